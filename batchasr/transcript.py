@@ -1,0 +1,54 @@
+"""Result types every model family returns, and the protocol the runner relies on.
+
+The runner never branches on the model family: it hands a list of 16 kHz mono float32
+waveforms to ``model.transcribe`` and gets one :class:`Transcript` per waveform back,
+in the same order.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence
+
+import numpy as np
+
+
+@dataclass
+class Token:
+    """One output token: its string as the model's vocabulary spells it, and its times."""
+
+    text: str
+    id: int
+    start_ms: int | None = None  # None when the model gives no timestamps
+    end_ms: int | None = None
+
+
+@dataclass
+class Segment:
+    """A stretch of text with times, relative to the start of the audio given to the model."""
+
+    start_s: float
+    end_s: float
+    text: str
+
+
+@dataclass
+class Transcript:
+    text: str
+    tokens: list[Token] = field(default_factory=list)
+    segments: list[Segment] = field(default_factory=list)
+    language: str | None = None
+    # Problems worth a column in the results, e.g. "repetition_loop", "token_cap".
+    flags: list[str] = field(default_factory=list)
+
+
+class ASRModel(Protocol):
+    """What the runner and the CLI need from a loaded model."""
+
+    name: str  # e.g. "paraformer" (recorded in the results)
+    sample_rate: int  # always 16000 for the FunASR families
+
+    def transcribe(
+        self, waveforms: Sequence[np.ndarray], *, languages: Sequence[str | None] | None = None
+    ) -> list[Transcript]:
+        """Transcribe 16 kHz mono float32 waveforms; one Transcript each, in input order."""
+        ...
