@@ -1,0 +1,50 @@
+"""Domain exceptions. The CLI maps each to a one-line ``Error: ...`` and exit code 1.
+
+Every message says *which* file/row/job is concerned and, where there is one, what to do.
+"""
+from __future__ import annotations
+
+
+class BatchasrError(Exception):
+    """Base class for every error batchasr reports to the user."""
+
+
+class AudioError(BatchasrError):
+    """An audio file cannot be used: missing, empty, truncated, not audio, unsupported codec.
+
+    ``path`` is the file and ``reason`` a short machine-readable word (``"missing"``,
+    ``"empty"``, ``"truncated"``, ``"not_audio"``, ``"unsupported"``, ``"unreadable"``);
+    ``str(err)`` names both, plus the decoder's own message when there is one.
+    """
+
+    def __init__(self, path, reason: str, detail: str = ""):
+        self.path = str(path)
+        self.reason = reason
+        self.detail = detail
+        msg = f"{self.path}: {reason.replace('_', ' ')}"
+        super().__init__(f"{msg} ({detail})" if detail else msg)
+
+
+class ManifestError(BatchasrError):
+    """A manifest cannot be used. ``problems`` lists ``(line_number, message)`` pairs
+    (line 0 = the whole file, e.g. a missing ``path`` column)."""
+
+    def __init__(self, source, problems: list[tuple[int, str]], max_shown: int = 20):
+        self.source = str(source)
+        self.problems = list(problems)
+        shown = [f"  line {n}: {m}" if n else f"  {m}" for n, m in self.problems[:max_shown]]
+        more = len(self.problems) - max_shown
+        if more > 0:
+            shown.append(f"  ... and {more} more")
+        super().__init__(
+            f"{self.source}: {len(self.problems)} problem(s) in the manifest:\n" + "\n".join(shown)
+        )
+
+
+class JobError(BatchasrError):
+    """A job folder cannot be used as asked: locked by a live runner, a different model than
+    it was started with, or a manifest that contradicts items already queued."""
+
+
+class CheckpointError(BatchasrError):
+    """A model checkpoint is missing pieces, has unexpected keys, or fails its checksum."""
