@@ -13,7 +13,8 @@ class AudioError(BatchasrError):
     """An audio file cannot be used: missing, empty, truncated, not audio, unsupported codec.
 
     ``path`` is the file and ``reason`` a short machine-readable word (``"missing"``,
-    ``"empty"``, ``"truncated"``, ``"not_audio"``, ``"unsupported"``, ``"unreadable"``);
+    ``"empty"``, ``"truncated"``, ``"corrupt"``, ``"not_audio"``, ``"unsupported"``,
+    ``"not_a_file"``, ``"unreadable"``);
     ``str(err)`` names both, plus the decoder's own message when there is one.
     """
 
