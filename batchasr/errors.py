@@ -28,17 +28,19 @@ class AudioError(BatchasrError):
 
 class ManifestError(BatchasrError):
     """A manifest cannot be used. ``problems`` lists ``(line_number, message)`` pairs
-    (line 0 = the whole file, e.g. a missing ``path`` column)."""
+    (line 0 = the whole file, e.g. a missing ``path`` column); ``total`` counts them all
+    when only the first ones were kept."""
 
-    def __init__(self, source, problems: list[tuple[int, str]], max_shown: int = 20):
+    def __init__(self, source, problems: list[tuple[int, str]], *, total: int | None = None,
+                 max_shown: int = 20):
         self.source = str(source)
-        self.problems = list(problems)
+        self.problems = sorted(problems)
+        self.total = max(total or 0, len(self.problems))
         shown = [f"  line {n}: {m}" if n else f"  {m}" for n, m in self.problems[:max_shown]]
-        more = len(self.problems) - max_shown
-        if more > 0:
-            shown.append(f"  ... and {more} more")
+        if self.total > max_shown:
+            shown.append(f"  ... and {self.total - max_shown} more")
         super().__init__(
-            f"{self.source}: {len(self.problems)} problem(s) in the manifest:\n" + "\n".join(shown)
+            f"{self.source}: {self.total} problem(s) in the manifest:\n" + "\n".join(shown)
         )
 
 

@@ -1,0 +1,266 @@
+"""Read manifests (CSV, TSV, JSON Lines) as a stream of validated rows.
+
+A manifest lists audio files, one per row:
+
+- ``path`` (required): absolute, or relative to the manifest's folder; ``~`` is expanded.
+- ``id`` (optional, unique): defaults to the path as written, normalised (``./a/b.wav`` ->
+  ``a/b.wav``); an absolute path inside the manifest's folder is made relative to it. The id
+  is what results are keyed on, so it must stay the same when a job is resumed.
+- ``language`` (optional): passed to the model; empty means "let the model decide".
+- every other column is carried through as ``extra`` (a dict of strings).
+
+Rows stream: a million-row manifest is never held in memory. Problems with single rows
+(empty path, wrong field count, invalid JSON, bytes that are not UTF-8) are collected with
+their line numbers in ``Manifest.problems`` while iterating, and the bad rows are skipped;
+problems with the whole file (unreadable, no ``path`` column) raise ManifestError at once.
+Duplicate ids need the whole manifest to find, so the queue, which stores every row,
+reports them (with line numbers, as a ManifestError). A missing audio file is not a
+manifest problem: it fails as an item when it is decoded.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from batchasr.audio import AUDIO_EXTENSIONS
+from batchasr.errors import ManifestError
+
+RESERVED = ("path", "id", "language")
+MAX_PROBLEMS_KEPT = 1000  # beyond this only the count grows, so memory stays bounded
+FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl",
+           ".ndjson": "jsonl", ".json": "jsonl"}
+MANIFEST_NAME = "manifest.csv"  # what scan_folder() writes into the job folder
+
+
+@dataclass(frozen=True)
+class ManifestRow:
+    line: int  # 1-based line of the manifest where the row starts
+    id: str
+    path: str  # absolute
+    language: str | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+class Manifest:
+    """A manifest file; iterate it (as often as needed) for :class:`ManifestRow` objects.
+
+    Opening checks what can be checked without reading every row (the file exists, its
+    format, the header has a ``path`` column) and raises ManifestError. After an iteration,
+    ``problems`` holds the first MAX_PROBLEMS_KEPT ``(line, message)`` pairs and
+    ``n_problems`` their count; ``raise_if_problems()`` turns them into a ManifestError.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, format: str | None = None):
+        self.path = Path(path)
+        self.base_dir = self.path.resolve().parent
+        if not self.path.is_file():
+            raise ManifestError(self.path, [(0, "no such file")])
+        self.format = format or _detect_format(self.path)
+        if self.format not in ("csv", "tsv", "jsonl"):
+            raise ManifestError(self.path, [(0, f"unknown format {self.format!r}")])
+        self.problems: list[tuple[int, str]] = []
+        self.n_problems = 0
+        self.header: list[str] | None = None
+        if self.format != "jsonl":
+            self.header = self._read_header()
+
+    def __iter__(self) -> Iterator[ManifestRow]:
+        self.problems, self.n_problems = [], 0
+        if self.format == "jsonl":
+            yield from self._iter_jsonl()
+        else:
+            yield from self._iter_delimited()
+
+    def raise_if_problems(self) -> None:
+        if self.n_problems:
+            raise ManifestError(self.path, self.problems, total=self.n_problems)
+
+    def problem(self, line: int, message: str) -> None:
+        self.n_problems += 1
+        if len(self.problems) < MAX_PROBLEMS_KEPT:
+            self.problems.append((line, message))
+
+    # ---- reading ---------------------------------------------------------------------
+
+    def _lines(self) -> Iterator[tuple[int, str, bool]]:
+        """``(line_number, text, decoded_ok)`` for each physical line; a line that is not
+        UTF-8 is reported once and handed on with replacement characters, marked bad."""
+        with open(self.path, "rb") as f:
+            for n, raw in enumerate(f, start=1):
+                if n == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                    raw = raw[3:]
+                try:
+                    yield n, raw.decode("utf-8"), True
+                except UnicodeDecodeError as e:
+                    self.problem(n, f"not valid UTF-8 (byte 0x{raw[e.start]:02x} at column "
+                                    f"{e.start + 1}); save the manifest as UTF-8")
+                    yield n, raw.decode("utf-8", errors="replace"), False
+
+    def _read_header(self) -> list[str]:
+        delimiter = "\t" if self.format == "tsv" else ","
+        numbered = self._lines()
+        try:
+            first = next(csv.reader((t for _, t, _ in numbered), delimiter=delimiter), None)
+        finally:
+            numbered.close()  # closes the file; rows are read later, by __iter__
+        if not first:
+            raise ManifestError(self.path, [(1, "empty manifest: expected a header line")])
+        header = [h.strip() for h in first]
+        problems = []
+        lowered = [h.lower() for h in header]
+        if "path" not in lowered:
+            problems.append((1, f"no 'path' column (header: {', '.join(header)}); the first "
+                                "line must name the columns, e.g. 'path,id,language'"))
+        dups = sorted({h for h in lowered if h and lowered.count(h) > 1})
+        if dups:
+            problems.append((1, f"column(s) named twice: {', '.join(dups)}"))
+        if problems:
+            raise ManifestError(self.path, problems)
+        # reserved names match case-insensitively; other columns keep their spelling
+        return [h.lower() if h.lower() in RESERVED else h for h in header]
+
+    def _iter_delimited(self) -> Iterator[ManifestRow]:
+        delimiter = "\t" if self.format == "tsv" else ","
+        last_bad = 0  # newest line that failed to decode; a row touching it is skipped
+        numbered = self._lines()
+
+        def text_lines():
+            nonlocal last_bad
+            for n, text, ok in numbered:
+                if not ok:
+                    last_bad = n
+                yield text
+
+        reader = csv.reader(text_lines(), delimiter=delimiter)
+        header = self.header
+        prev_end = 0
+        for record in reader:
+            start, prev_end = prev_end + 1, reader.line_num
+            if start == 1:
+                continue  # the header, checked at open
+            if last_bad >= start:
+                continue  # already reported as not UTF-8
+            if not record or all(not v.strip() for v in record):
+                continue  # blank line
+            if len(record) != len(header):
+                self.problem(start, f"{len(record)} fields, the header has {len(header)} "
+                                    "(check the delimiter and quoting)")
+                continue
+            row = self._make_row(start, dict(zip(header, record)))
+            if row is not None:
+                yield row
+
+    def _iter_jsonl(self) -> Iterator[ManifestRow]:
+        for n, text, ok in self._lines():
+            if not ok or not text.strip():
+                continue
+            try:
+                obj = json.loads(text)
+            except json.JSONDecodeError as e:
+                self.problem(n, f"invalid JSON ({e.msg} at column {e.colno})")
+                continue
+            if not isinstance(obj, dict):
+                self.problem(n, f"expected a JSON object, got {type(obj).__name__}")
+                continue
+            if "path" not in obj:
+                self.problem(n, "no 'path' field")
+                continue
+            fields = {k: _json_value_to_str(v) for k, v in obj.items()}
+            row = self._make_row(n, fields)
+            if row is not None:
+                yield row
+
+    def _make_row(self, line: int, fields: dict[str, str | None]) -> ManifestRow | None:
+        written = (fields.pop("path", None) or "").strip()
+        if not written:
+            self.problem(line, "empty path")
+            return None
+        item_id = (fields.pop("id", None) or "").strip() or default_id(written, self.base_dir)
+        language = (fields.pop("language", None) or "").strip() or None
+        extra = {k: v for k, v in fields.items() if v is not None}
+        return ManifestRow(line, item_id, resolve_path(written, self.base_dir), language, extra)
+
+
+def open_manifest(path: str | os.PathLike, *, format: str | None = None) -> Manifest:
+    """Open a manifest for streaming (raises ManifestError for whole-file problems)."""
+    return Manifest(path, format=format)
+
+
+def resolve_path(written: str, base_dir: str | os.PathLike) -> str:
+    """The absolute, normalised path of a manifest entry (relative = to ``base_dir``)."""
+    return os.path.normpath(os.path.join(base_dir, os.path.expanduser(written)))
+
+
+def default_id(written: str, base_dir: str | os.PathLike) -> str:
+    """A stable id for a row without one: the path relative to the manifest's folder
+    (POSIX separators), or the absolute path when the file lies outside that folder."""
+    p = os.path.normpath(os.path.expanduser(written))
+    if os.path.isabs(p):
+        rel = os.path.relpath(p, base_dir)
+        p = p if rel.startswith(os.pardir) else rel
+    return p.replace(os.sep, "/")
+
+
+# ---- folders --------------------------------------------------------------------------------
+
+
+def iter_audio_files(folder: str | os.PathLike,
+                     extensions: Iterable[str] = AUDIO_EXTENSIONS) -> Iterator[Path]:
+    """Audio files under ``folder`` by extension, in a stable (sorted, depth-first) order.
+    Hidden files and folders are skipped (e.g. macOS ``._x.wav`` resource forks)."""
+    exts = {e.lower() for e in extensions}
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            if not name.startswith(".") and os.path.splitext(name)[1].lower() in exts:
+                yield Path(root) / name
+
+
+def scan_folder(folder: str | os.PathLike, job_dir: str | os.PathLike, *,
+                extensions: Iterable[str] = AUDIO_EXTENSIONS) -> Path:
+    """Write a CSV manifest (``path,id``) of the audio files under ``folder`` into
+    ``job_dir/manifest.csv`` and return its path.
+
+    Ids are the paths relative to ``folder``, so scanning the same folder again (to resume,
+    or to pick up new files) gives the same ids. Paths are absolute, so the manifest works
+    from inside the job folder. The file is replaced atomically.
+    """
+    folder = Path(folder).resolve()
+    if not folder.is_dir():
+        raise ManifestError(folder, [(0, "not a folder")])
+    job_dir = Path(job_dir)
+    job_dir.mkdir(parents=True, exist_ok=True)
+    out = job_dir / MANIFEST_NAME
+    tmp = out.with_name(out.name + ".tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "id"])
+        for p in iter_audio_files(folder, extensions):
+            w.writerow([str(p), p.relative_to(folder).as_posix()])
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, out)
+    return out
+
+
+def _detect_format(path: Path) -> str:
+    fmt = FORMATS.get(path.suffix.lower())
+    if fmt:
+        return fmt
+    # Unknown extension: sniff the first non-blank line.
+    with open(path, "rb") as f:
+        for raw in f:
+            line = raw.lstrip(b"\xef\xbb\xbf").strip()
+            if line:
+                return "jsonl" if line.startswith(b"{") else "tsv" if b"\t" in line else "csv"
+    return "csv"
+
+
+def _json_value_to_str(v) -> str | None:
+    if v is None or isinstance(v, str):
+        return v
+    return json.dumps(v, ensure_ascii=False)
