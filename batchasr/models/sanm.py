@@ -1,0 +1,207 @@
+"""SAN-M blocks (self-attention with an FSMN memory branch), shared by every FunASR family here.
+
+Port of `funasr/models/sanm/{attention,encoder}.py` and `funasr/models/transformer/embedding.py`
+(SinusoidalPositionEncoder). Module attribute names follow the official state-dict keys
+(`encoders0.0.self_attn.linear_q_k_v`, `fsmn_block`, `norm1`, `feed_forward.w_1`, ...), so the
+checkpoint loads without a rename table.
+
+Shapes: B batch, T frames, D model width. Masks are boolean (B, T), True on real frames.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+
+LAYER_NORM_EPS = 1e-12  # funasr.models.transformer.layer_norm.LayerNorm
+
+
+def layer_norm(dims: int, eps: float = LAYER_NORM_EPS) -> nn.LayerNorm:
+    return nn.LayerNorm(dims, eps=eps)
+
+
+@lru_cache(maxsize=32)
+def _sinusoidal_table(length: int, depth: int) -> np.ndarray:
+    # Positions start at 1; log increment ln(10000)/(depth/2 - 1); [sin | cos] concatenated.
+    # float32 throughout, as the official encode() computes it.
+    positions = np.arange(1, length + 1, dtype=np.float32)
+    increment = np.float32(math.log(10000.0)) / np.float32(depth / 2 - 1)
+    inv = np.exp(np.arange(depth // 2, dtype=np.float32) * -increment).astype(np.float32)
+    scaled = positions[:, None] * inv[None, :]
+    return np.concatenate([np.sin(scaled), np.cos(scaled)], axis=1).astype(np.float32)
+
+
+def sinusoidal_position_encoding(length: int, depth: int) -> mx.array:
+    """(length, depth) table of FunASR's SinusoidalPositionEncoder (grown in steps, cached)."""
+    size = max(256, 1 << (max(length, 1) - 1).bit_length())
+    return mx.array(_sinusoidal_table(size, depth))[:length]
+
+
+class FSMNBlock(nn.Module):
+    """Depthwise 1-D convolution over time with zero padding (the FSMN memory).
+
+    `weight` keeps the torch layout (channels, 1, kernel) of `fsmn_block.weight`; the
+    convolution is a sum of shifted, scaled copies, which is exact and cheap for kernel 11.
+    """
+
+    def __init__(self, channels: int, kernel_size: int, left_padding: int):
+        super().__init__()
+        self.weight = mx.zeros((channels, 1, kernel_size))
+        self.kernel_size = kernel_size
+        self.left_padding = left_padding
+
+    def __call__(self, x: mx.array) -> mx.array:
+        """x: (B, T, C) -> (B, T, C)."""
+        B, T, C = x.shape
+        K, left = self.kernel_size, self.left_padding
+        xp = mx.pad(x, [(0, 0), (left, K - 1 - left), (0, 0)])
+        w = self.weight[:, 0, :].T  # (K, C)
+        out = xp[:, 0:T] * w[0]
+        for k in range(1, K):
+            out = out + xp[:, k : k + T] * w[k]
+        return out
+
+
+def fsmn_padding(kernel_size: int, sanm_shfit: int) -> int:
+    left = (kernel_size - 1) // 2
+    return left + sanm_shfit if sanm_shfit > 0 else left
+
+
+def attention(q: mx.array, k: mx.array, v: mx.array, key_mask: mx.array | None) -> mx.array:
+    """Scaled dot-product attention, q/k/v (B, H, T, d); padded keys get no weight."""
+    scale = q.shape[-1] ** -0.5
+    mask = None if key_mask is None else key_mask[:, None, None, :]
+    return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
+
+
+def split_heads(x: mx.array, heads: int) -> mx.array:
+    B, T, D = x.shape
+    return x.reshape(B, T, heads, D // heads).transpose(0, 2, 1, 3)
+
+
+def merge_heads(x: mx.array) -> mx.array:
+    B, H, T, d = x.shape
+    return x.transpose(0, 2, 1, 3).reshape(B, T, H * d)
+
+
+class MultiHeadedAttentionSANM(nn.Module):
+    """Self-attention plus the FSMN memory of v (MultiHeadedAttentionSANM)."""
+
+    def __init__(self, n_head: int, in_feat: int, n_feat: int, kernel_size: int,
+                 sanm_shfit: int = 0):
+        super().__init__()
+        self.h = n_head
+        self.n_feat = n_feat
+        self.linear_q_k_v = nn.Linear(in_feat, n_feat * 3)
+        self.linear_out = nn.Linear(n_feat, n_feat)
+        self.fsmn_block = FSMNBlock(n_feat, kernel_size, fsmn_padding(kernel_size, sanm_shfit))
+
+    def __call__(self, x: mx.array, mask: mx.array | None) -> mx.array:
+        qkv = self.linear_q_k_v(x)
+        q, k, v = mx.split(qkv, 3, axis=-1)
+        # FSMN memory: masked v, depthwise conv, plus v itself, masked again
+        m = None if mask is None else mask[..., None].astype(x.dtype)
+        v_in = v if m is None else v * m
+        memory = self.fsmn_block(v_in) + v_in
+        if m is not None:
+            memory = memory * m
+        out = attention(split_heads(q, self.h), split_heads(k, self.h),
+                        split_heads(v, self.h), mask)
+        return self.linear_out(merge_heads(out)) + memory
+
+
+class PositionwiseFeedForward(nn.Module):
+    def __init__(self, idim: int, hidden_units: int):
+        super().__init__()
+        self.w_1 = nn.Linear(idim, hidden_units)
+        self.w_2 = nn.Linear(hidden_units, idim)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return self.w_2(nn.relu(self.w_1(x)))
+
+
+class EncoderLayerSANM(nn.Module):
+    """Pre-norm SAN-M layer; no attention residual when the input width differs (layer 0)."""
+
+    def __init__(self, in_size: int, size: int, heads: int, linear_units: int,
+                 kernel_size: int, sanm_shfit: int, eps: float = LAYER_NORM_EPS):
+        super().__init__()
+        self.in_size, self.size = in_size, size
+        self.self_attn = MultiHeadedAttentionSANM(heads, in_size, size, kernel_size, sanm_shfit)
+        self.feed_forward = PositionwiseFeedForward(size, linear_units)
+        self.norm1 = layer_norm(in_size, eps)
+        self.norm2 = layer_norm(size, eps)
+
+    def __call__(self, x: mx.array, mask: mx.array | None) -> mx.array:
+        attn = self.self_attn(self.norm1(x), mask)
+        x = x + attn if self.in_size == self.size else attn
+        return x + self.feed_forward(self.norm2(x))
+
+
+@dataclass
+class SANMEncoderArgs:
+    """`encoder_conf` of config.yaml (SANMEncoder / SenseVoiceEncoderSmall), official names."""
+
+    input_size: int
+    output_size: int = 256
+    attention_heads: int = 4
+    linear_units: int = 2048
+    num_blocks: int = 6
+    tp_blocks: int = 0  # SenseVoiceEncoderSmall's extra tail of layers (Fun-ASR-Nano)
+    kernel_size: int = 11
+    sanm_shfit: int = 0
+    input_layer: str = "pe"
+    normalize_before: bool = True
+    layer_norm_eps: float = LAYER_NORM_EPS
+
+    @classmethod
+    def from_dict(cls, conf: dict, **overrides) -> "SANMEncoderArgs":
+        conf = {**conf, **overrides}
+        fields = cls.__dataclass_fields__
+        args = cls(**{k: v for k, v in conf.items() if k in fields})
+        if args.input_layer not in ("pe", None):
+            raise ValueError(f"SANMEncoder input_layer {args.input_layer!r} is not supported")
+        if not args.normalize_before:
+            raise ValueError("SANMEncoder with normalize_before=false is not supported")
+        return args
+
+
+class SANMEncoder(nn.Module):
+    """x * sqrt(D), sinusoidal positions, encoders0 (in -> D), encoders, after_norm
+    [, tp_encoders, tp_norm]. Output length = input length; padded frames of the output are
+    zeroed so that consumers (CIF, adaptors) see a row exactly as if it were alone."""
+
+    def __init__(self, args: SANMEncoderArgs):
+        super().__init__()
+        self.args = args
+        a = args
+        layer = lambda i: EncoderLayerSANM(i, a.output_size, a.attention_heads, a.linear_units,
+                                           a.kernel_size, a.sanm_shfit, a.layer_norm_eps)
+        self.encoders0 = [layer(a.input_size)]
+        self.encoders = [layer(a.output_size) for _ in range(a.num_blocks - 1)]
+        self.after_norm = layer_norm(a.output_size, a.layer_norm_eps)
+        if a.tp_blocks > 0:
+            self.tp_encoders = [layer(a.output_size) for _ in range(a.tp_blocks)]
+            self.tp_norm = layer_norm(a.output_size, a.layer_norm_eps)
+
+    def __call__(self, x: mx.array, lengths: mx.array) -> mx.array:
+        """x: (B, T, input_size), lengths: (B,) -> (B, T, output_size)."""
+        B, T, D = x.shape
+        mask = mx.arange(T)[None, :] < lengths[:, None]
+        x = x * (self.args.output_size ** 0.5)
+        if self.args.input_layer == "pe":
+            x = x + sinusoidal_position_encoding(T, D).astype(x.dtype)
+        for layer in self.encoders0:
+            x = layer(x, mask)
+        for layer in self.encoders:
+            x = layer(x, mask)
+        x = self.after_norm(x)
+        if self.args.tp_blocks > 0:
+            for layer in self.tp_encoders:
+                x = layer(x, mask)
+            x = self.tp_norm(x)
+        return x * mask[..., None].astype(x.dtype)
