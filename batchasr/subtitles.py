@@ -1,0 +1,613 @@
+"""Subtitles: build cues from a Transcript, then format them as SRT or WebVTT.
+
+Building and formatting are separate on purpose:
+
+* :func:`build_cues` ``(transcript, opts) -> list[Cue]`` is a pure function. It turns token times
+  (or, without them, segment times, or, without those, the item's duration) into cues that follow
+  the reading rules in :class:`SubtitleOptions` (line width, lines per cue, duration, gaps).
+* :class:`WriteSRT` / :class:`WriteVTT` only format a list of cues (``get_writer(fmt)``).
+* :func:`write_item_subtitles` ties them together for one queue item and writes the file
+  atomically under a name from :func:`safe_name`, which can never leave the output folder.
+
+Cue text follows the transcript's ``text`` (the reference spelling, with its punctuation and
+spaces); token strings are only matched against it to learn *where* each token's time applies.
+When they cannot be matched, tokens are joined by rule: ``@@`` pieces glue to the next piece, CJK
+characters are never separated by spaces, Latin words are.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+from batchasr.transcript import Transcript
+
+__all__ = [
+    "Cue", "SubtitleOptions", "build_cues", "format_timestamp", "WriteSRT", "WriteVTT",
+    "get_writer", "render", "safe_name", "subtitle_path", "write_item_subtitles", "atomic_write",
+]
+
+
+@dataclass(frozen=True)
+class SubtitleOptions:
+    """Reading rules for cues (defaults follow the Netflix timed-text guides; see style.md)."""
+
+    # layout; None = pick by script: 16 full-width chars for CJK text, 42 chars for Latin text
+    max_line_width: float | None = None
+    max_lines: int = 2
+    cjk: bool | None = None  # None = decide from the transcript's language / characters
+    # timing, in seconds
+    min_duration: float = 1.0
+    max_duration: float = 7.0
+    min_gap: float = 0.083  # two frames at 24 fps between consecutive cues
+    pause: float = 0.5  # a silence this long between tokens always starts a new cue
+    # reading speed: a cue read faster than this is extended by up to max_extend into silence
+    max_cps: float | None = None  # None = 9 for CJK text, 17 for Latin text
+    max_extend: float = 0.5
+
+    def __post_init__(self):
+        if self.max_lines < 1:
+            raise ValueError("max_lines must be at least 1")
+        if not 0 < self.min_duration <= self.max_duration:
+            raise ValueError("need 0 < min_duration <= max_duration")
+        if self.max_line_width is not None and self.max_line_width <= 0:
+            raise ValueError("max_line_width must be positive")
+        if self.min_gap < 0 or self.pause <= 0 or self.max_extend < 0:
+            raise ValueError("min_gap and max_extend must be >= 0 and pause > 0")
+
+
+@dataclass(frozen=True)
+class Cue:
+    start_s: float
+    end_s: float
+    text: str  # lines joined with "\n"
+
+
+# --- characters ------------------------------------------------------------------------------
+
+STRONG_PUNCT = set("。！？!?.…")
+WEAK_PUNCT = set("，,、；;：:")
+CLOSING = set("\"'”’)]}」』》）〉】")
+OPENING = set("“‘([{「『《（〈【")  # ASCII quotes are ambiguous and stay where spaces put them
+CJK_LANGUAGES = {"zh", "ja", "ko", "yue", "cmn", "wuu"}
+
+
+def _wide(ch: str) -> bool:
+    """Full-width: CJK ideographs, kana, hangul, CJK punctuation. Never separated by spaces."""
+    return unicodedata.east_asian_width(ch) in ("W", "F")
+
+
+def _width(text: str, cjk: bool) -> float:
+    """Display width: in CJK mode full-width chars count 1 and half-width 0.5, else 1 per char."""
+    if not cjk:
+        return sum(0 if unicodedata.combining(c) else 1 for c in text)
+    return sum(1.0 if _wide(c) else 0.5 for c in text if not unicodedata.combining(c))
+
+
+def _strength(text: str) -> int:
+    """2 after sentence-ending punctuation, 1 after a comma-like one, else 0."""
+    text = text.rstrip()
+    while text and text[-1] in CLOSING:
+        text = text[:-1]
+    if text and text[-1] in STRONG_PUNCT:
+        return 2
+    return 1 if text and text[-1] in WEAK_PUNCT else 0
+
+
+def _is_cjk_text(transcript: Transcript) -> bool:
+    lang = (transcript.language or "").lower().replace("_", "-").split("-")[0]
+    if lang in CJK_LANGUAGES:
+        return True
+    text = transcript.text or "".join(t.text for t in transcript.tokens)
+    wide = sum(1 for c in text if _wide(c) and c.isalpha())
+    narrow = sum(1 for c in text if c.isalpha() and not _wide(c))
+    return wide > 0 and 3 * wide >= narrow  # one CJK character carries about 3 Latin letters' worth
+
+
+# --- units: the smallest pieces a cue may be cut between ----------------------------------------
+
+
+@dataclass
+class _Unit:
+    start: int  # ms
+    end: int  # ms
+    text: str
+    sep: str = ""  # what goes between the previous unit and this one on the same line
+    hard_break: bool = False  # a cue must start here (long pause, segment boundary)
+    w: float = 0.0  # display widths of text and sep, filled in by build_cues
+    sep_w: float = 0.0
+
+
+def _split_gap(gap: str) -> tuple[str, str, str]:
+    """Split the text between two tokens into (trailing of left, separator, leading of right)."""
+    ws = [i for i, c in enumerate(gap) if c.isspace()]
+    if ws:
+        return gap[: ws[0]], " ", gap[ws[-1] + 1 :]
+    i = len(gap)
+    while i > 0 and gap[i - 1] in OPENING:  # an opening bracket belongs to the next word
+        i -= 1
+    return gap[:i], "", gap[i:]
+
+
+def _surface(raw: str) -> tuple[str, bool, bool]:
+    """A token's spelling without markers: (surface, glues to next, starts a word)."""
+    glue = raw.endswith("@@")
+    surf = raw[:-2] if glue else raw
+    word_start = surf[:1] in ("\u2581", "\u0120")  # sentencepiece "▁", byte-level BPE "Ġ"
+    return surf.lstrip("\u2581\u0120").strip(), glue, word_start
+
+
+def _align(text: str, surfaces: Sequence[str]) -> list[tuple[int, int] | None] | None:
+    """Find each token's span in ``text``, left to right; None where it cannot be found.
+
+    A token may be preceded by spaces and punctuation it does not contain (strict match).
+    Where the text holds letters no token explains (number formatting, a dropped token), a short
+    forward search resynchronises (lenient match). Returns None when more than 30% of the tokens
+    are missing: the spans are then not trusted and tokens are joined by rule instead.
+    """
+    lowered = text.lower()
+    if len(lowered) != len(text):  # rare case-folding that changes length: match exactly
+        lowered = text
+    spans: list[tuple[int, int] | None] = []
+    cur = missed = 0
+    for surf in surfaces:
+        n = len(surf)
+        if n == 0 or (surf.startswith("<") and surf.endswith(">")):
+            spans.append(None)  # special or empty token: no text of its own
+            continue
+        low, found, j = surf.lower(), -1, cur
+        while j + n <= len(text):
+            if lowered[j : j + n] == low:
+                found = j
+                break
+            if text[j].isalnum():
+                break
+            j += 1
+        if found < 0:
+            found = lowered.find(low, cur, cur + 16 + n)
+        if found < 0:
+            spans.append(None)
+            missed += 1
+            continue
+        spans.append((found, found + n))
+        cur = found + n
+    if missed > 0.3 * len(surfaces) or all(s is None for s in spans):
+        return None
+    return spans
+
+
+def _units_from_text(text: str, spans, times) -> list[_Unit]:
+    """Units cut from the reference ``text`` at the tokens' spans: nothing of the text is lost
+    (punctuation goes to the word before it, opening brackets to the word after), and a cut is
+    allowed only at a space, at CJK characters or at CJK punctuation."""
+    units: list[_Unit] = []
+    prev_b = None  # end of the previous matched span
+    early = None  # start time of unmatched tokens before the first matched one
+    for span, (t0, t1) in zip(spans, times):
+        if span is None:  # no text of its own: it widens its neighbour's time
+            if units:
+                units[-1].end = max(units[-1].end, t1)
+            elif early is None:
+                early = t0
+            continue
+        a, b = span
+        if prev_b is None:
+            lead, sep, glue = text[:a].strip(), "", False
+            t0 = min(t0, early) if early is not None else t0
+        else:
+            gap = text[prev_b:a]
+            left, sep, lead = _split_gap(gap)
+            units[-1].text += left
+            glue = not (sep or any(_wide(c) for c in gap) or _wide(text[prev_b - 1]) or _wide(text[a]))
+        if glue:
+            units[-1].text += lead + text[a:b]
+            units[-1].end = max(units[-1].end, t1)
+        else:
+            units.append(_Unit(t0, t1, lead + text[a:b], sep))
+        prev_b = b
+    units[-1].text += text[prev_b:].rstrip()  # punctuation after the last token
+    return units
+
+
+def _is_punct(s: str) -> bool:
+    return bool(s) and all(unicodedata.category(c)[0] == "P" for c in s)
+
+
+def _units_from_tokens(surfaces, flags, times) -> list[_Unit]:
+    """Units joined by rule, for tokens that cannot be matched against the text: ``@@`` pieces
+    glue to the next piece, sentencepiece tokens start a word only after ``▁``, CJK characters
+    are never separated by spaces, punctuation sticks to the word before it."""
+    spm = any(word_start for _, word_start in flags)
+    units: list[_Unit] = []
+    glue_prev = False
+    for surf, (glue, word_start), (t0, t1) in zip(surfaces, flags, times):
+        attach = units and (glue_prev or not surf or (spm and not word_start) or (not spm and _is_punct(surf)))
+        if attach:
+            units[-1].text += surf
+            units[-1].end = max(units[-1].end, t1)
+        else:
+            cjk_edge = units and (_wide(units[-1].text[-1:] or "a") or _wide(surf[:1] or "a"))
+            units.append(_Unit(t0, t1, surf, "" if not units or cjk_edge else " "))
+        glue_prev = glue
+    return [u for u in units if u.text] or units[:1]
+
+
+def _units_from_span(text: str, t0: int, t1: int) -> list[_Unit]:
+    """Units for a text known only to span ``t0..t1`` ms: words (or single CJK characters),
+    with times spread by character position."""
+    pieces: list[list] = []  # [offset, text, sep]
+    sep = ""
+    for i, ch in enumerate(text):
+        if ch.isspace():
+            sep = " " if pieces else ""
+            continue
+        prev = pieces[-1][1][-1] if pieces else None
+        if prev is None or sep or ch in OPENING:
+            new = True
+        elif prev in OPENING or (not ch.isalnum()):
+            new = False  # punctuation sticks left, an opening bracket sticks right
+        else:
+            new = _wide(ch) or _wide(prev)
+        if new:
+            pieces.append([i, ch, sep])
+        else:
+            pieces[-1][1] += ch
+        sep = ""
+    n, span = max(1, len(text)), t1 - t0
+    ends = [p[0] for p in pieces[1:]] + [n]
+    return [_Unit(t0 + span * off // n, t0 + span * e // n, s, sp) for (off, s, sp), e in zip(pieces, ends)]
+
+
+# --- cue building ------------------------------------------------------------------------------
+
+
+def build_cues(
+    transcript: Transcript, opts: SubtitleOptions | None = None, *, duration_s: float | None = None
+) -> list[Cue]:
+    """Cues for one transcript, in order, non-overlapping, at least ``min_gap`` apart.
+
+    Times come from the tokens when every token has them; else from the segments (text spread
+    over each segment by character position); else the text is spread over ``duration_s`` (or,
+    when that is unknown too, over a reading-speed estimate). Cues break at pauses of ``pause``
+    s, after sentence punctuation, and where the text would need more than ``max_lines`` lines of
+    ``max_line_width`` or the cue would last more than ``max_duration``; a cut never falls inside
+    a token, and prefers punctuation, then pauses. Short or fast cues are extended into the
+    following silence (towards ``min_duration`` and ``max_cps``), never into the next cue.
+    """
+    opts = opts or SubtitleOptions()
+    cjk = _is_cjk_text(transcript) if opts.cjk is None else opts.cjk
+    ctx = _Ctx(
+        cjk=cjk,
+        line_w=opts.max_line_width or (16 if cjk else 42),
+        cps=opts.max_cps or (9 if cjk else 17),
+        lines=opts.max_lines,
+        min_ms=_ms(opts.min_duration),
+        max_ms=_ms(opts.max_duration),
+    )
+    duration_ms = _ms(duration_s) if duration_s else None
+    units = _units(transcript, ctx, _ms(opts.pause), duration_ms)
+    for u in units:
+        u.w, u.sep_w = _width(u.text, cjk), _width(u.sep, cjk)
+    cues = [[g[0].start, max(g[-1].end, g[0].start), _layout(g, ctx)] for g in _group(units, ctx)]
+    _fix_timing(cues, opts, ctx, duration_ms)
+    return [Cue(s / 1000, e / 1000, t) for s, e, t in cues if t.strip()]
+
+
+def _ms(seconds: float) -> int:
+    return int(round(seconds * 1000))
+
+
+@dataclass(frozen=True)
+class _Ctx:
+    cjk: bool
+    line_w: float
+    cps: float
+    lines: int
+    min_ms: int
+    max_ms: int
+
+
+def _units(transcript: Transcript, ctx: _Ctx, pause_ms: int, duration_ms: int | None) -> list[_Unit]:
+    """The transcript as timed units, from tokens, segments or the bare text (in that order)."""
+    text = (transcript.text or "").strip()
+    toks = transcript.tokens
+    if toks and all(t.start_ms is not None and t.end_ms is not None for t in toks):
+        times = [(int(t.start_ms), max(int(t.start_ms), int(t.end_ms))) for t in toks]
+        parsed = [_surface(t.text) for t in toks]
+        spans = _align(text, [p[0] for p in parsed]) if text else None
+        if spans is not None:
+            units = _units_from_text(text, spans, times)
+        else:
+            units = _units_from_tokens([p[0] for p in parsed], [p[1:] for p in parsed], times)
+        for prev, u in zip(units, units[1:]):
+            u.hard_break = u.start - prev.end >= pause_ms
+        return units
+    segs = [s for s in transcript.segments if s.text.strip()]
+    if segs:
+        units = []
+        for seg in segs:
+            t0 = _ms(seg.start_s)
+            part = _units_from_span(seg.text.strip(), t0, max(t0, _ms(seg.end_s)))
+            part[0].hard_break, part[0].sep = True, ""  # a segment always starts a cue
+            units += part
+        return units
+    if not text:
+        return []
+    estimate = int(1000 * max(1.0, _width(text, ctx.cjk) / ctx.cps))
+    return _units_from_span(text, 0, duration_ms or estimate)
+
+
+def _lines_needed(group: Sequence[_Unit], line_w: float) -> int:
+    """Lines a greedy fill needs (greedy is optimal for the *number* of lines)."""
+    lines, cur = 1, 0.0
+    for u in group:
+        add = u.w + (u.sep_w if cur else 0)
+        if cur and cur + add > line_w:
+            lines, cur = lines + 1, u.w
+        else:
+            cur += add
+    return lines
+
+
+def _too_big(group: Sequence[_Unit], ctx: _Ctx) -> bool:
+    if len(group) < 2:
+        return False  # one unit cannot be cut, whatever its size
+    return group[-1].end - group[0].start > ctx.max_ms or _lines_needed(group, ctx.line_w) > ctx.lines
+
+
+def _best_cut(group: list[_Unit], ctx: _Ctx) -> int:
+    """Where to end an overflowing cue: index k, the cue keeps group[:k].
+
+    Prefer a cut after sentence punctuation, then after a comma, then at a pause, then as late as
+    possible; skip cuts that leave a head under 40% of the space or a tail that still overflows.
+    """
+    total = sum(u.w for u in group)
+    need = 0.4 * min(total, ctx.line_w * ctx.lines)
+    best, best_score, head = len(group) - 1, (-1, 0), 0.0
+    for k in range(1, len(group)):
+        head += group[k - 1].w
+        if k < len(group) - 1 and (head < need or _too_big(group[k:], ctx)):
+            continue
+        pause = group[k].start - group[k - 1].end >= 250
+        score = (2 * _strength(group[k - 1].text) + pause, k)
+        if score > best_score:
+            best, best_score = k, score
+    return best
+
+
+def _group(units: list[_Unit], ctx: _Ctx) -> list[list[_Unit]]:
+    """Greedy grouping of units into cues, cutting at the best point when a cue overflows."""
+    groups: list[list[_Unit]] = []
+    cur: list[_Unit] = []
+    for u in units:
+        if cur and u.hard_break:
+            groups.append(cur)
+            cur = []
+        cur.append(u)
+        while _too_big(cur, ctx):
+            k = _best_cut(cur, ctx)
+            groups.append(cur[:k])
+            cur = cur[k:]
+        if _strength(u.text) == 2 and cur[-1].end - cur[0].start >= ctx.min_ms:
+            groups.append(cur)  # a finished sentence that is long enough ends its cue
+            cur = []
+    if cur:
+        groups.append(cur)
+    return groups
+
+
+def _layout(group: list[_Unit], ctx: _Ctx) -> str:
+    """Break a cue into the fewest lines, balanced, preferring breaks after punctuation.
+
+    Lines are joined with "\\n"; a line break replaces the separator (never adds a space).
+    """
+    n, line_w = len(group), ctx.line_w
+    if _lines_needed(group, line_w) == 1:
+        return _join(group)
+    pre = [0.0]  # prefix sums: width of units[i:j] on one line = pre[j] - pre[i] - sep_w[i]
+    for u in group:
+        pre.append(pre[-1] + u.w + u.sep_w)
+    inf = float("inf")
+    best = [[(inf, -1)] * (ctx.lines + 1) for _ in range(n + 1)]  # best[j][l]: units[:j] on l lines
+    best[0][0] = (0.0, -1)
+    for j in range(1, n + 1):
+        no_punct = 0 if j == n or _strength(group[j - 1].text) else 0.2 * line_w * line_w
+        for i in range(j):
+            w = pre[j] - pre[i] - group[i].sep_w
+            if w > line_w and j - i > 1:
+                continue
+            cost = max(0.0, line_w - w) ** 2 + no_punct
+            for l in range(1, ctx.lines + 1):
+                if best[i][l - 1][0] + cost < best[j][l][0]:
+                    best[j][l] = (best[i][l - 1][0] + cost, i)
+    used = next((l for l in range(1, ctx.lines + 1) if best[n][l][0] < inf), None)
+    if used is None:  # only for a group _group would not make; keep all the text anyway
+        return _join(group)
+    lines, j = [], n
+    for l in range(used, 0, -1):
+        i = best[j][l][1]
+        lines.append(_join(group[i:j]))
+        j = i
+    return "\n".join(reversed(lines))
+
+
+def _join(units: Sequence[_Unit]) -> str:
+    return "".join((u.sep if i else "") + u.text for i, u in enumerate(units)).strip()
+
+
+def _fix_timing(cues: list[list], opts: SubtitleOptions, ctx: _Ctx, duration_ms: int | None) -> None:
+    """In place on [start_ms, end_ms, text]: no overlap, ``min_gap`` between cues (by trimming
+    the earlier cue's out-time), then short or fast cues extended into the following silence."""
+    gap = _ms(opts.min_gap)
+    for c, nxt in zip(cues, cues[1:]):
+        if nxt[0] - c[1] < gap:
+            c[1] = max(c[0] + 1, nxt[0] - gap)
+            nxt[0] = max(nxt[0], c[1] + gap)  # only when token times overlap
+            nxt[1] = max(nxt[1], nxt[0] + 1)
+    for i, c in enumerate(cues):
+        if i + 1 < len(cues):
+            limit = cues[i + 1][0] - gap
+        elif duration_ms is not None:
+            limit = max(c[1], duration_ms)
+        else:
+            limit = c[0] + ctx.max_ms
+        reading = c[0] + int(1000 * _width(c[2].replace("\n", ""), ctx.cjk) / ctx.cps)
+        want = max(c[0] + ctx.min_ms, min(reading, c[1] + _ms(opts.max_extend)))
+        c[1] = max(c[1], min(want, limit))
+        c[1] = min(c[1], c[0] + ctx.max_ms)  # a single very long token is cut short on screen only
+
+
+# --- formatting --------------------------------------------------------------------------------
+
+
+def format_timestamp(seconds: float, always_include_hours: bool = False, decimal_marker: str = ".") -> str:
+    """``HH:MM:SS,mmm``-style time; rounded to whole milliseconds *before* splitting."""
+    assert seconds >= 0, "non-negative timestamp expected"
+    ms = int(round(seconds * 1000))
+    hours, ms = divmod(ms, 3_600_000)
+    minutes, ms = divmod(ms, 60_000)
+    secs, ms = divmod(ms, 1000)
+    hh = f"{hours:02d}:" if always_include_hours or hours > 0 else ""
+    return f"{hh}{minutes:02d}:{secs:02d}{decimal_marker}{ms:03d}"
+
+
+class SubtitleWriter:
+    extension = ""
+    always_include_hours = False
+    decimal_marker = "."
+    header = ""
+
+    def clean(self, text: str) -> str:
+        # "-->" would read as a timing line; a blank line would end the cue early
+        lines = (ln.strip().replace("-->", "->") for ln in text.split("\n"))
+        return "\n".join(ln for ln in lines if ln)
+
+    def cue(self, index: int, cue: Cue) -> str:
+        start = format_timestamp(cue.start_s, self.always_include_hours, self.decimal_marker)
+        end = format_timestamp(cue.end_s, self.always_include_hours, self.decimal_marker)
+        return f"{start} --> {end}\n{self.clean(cue.text)}\n"
+
+    def render(self, cues: Sequence[Cue]) -> str:
+        """The whole file; cues with no text left after cleaning are dropped before numbering."""
+        kept = (c for c in cues if self.clean(c.text))
+        return self.header + "".join(self.cue(i, c) + "\n" for i, c in enumerate(kept, start=1))
+
+
+class WriteSRT(SubtitleWriter):
+    extension, always_include_hours, decimal_marker = "srt", True, ","
+
+    def cue(self, index: int, cue: Cue) -> str:
+        return f"{index}\n" + super().cue(index, cue)
+
+
+class WriteVTT(SubtitleWriter):
+    extension, header = "vtt", "WEBVTT\n\n"
+
+    def clean(self, text: str) -> str:  # "<" and "&" start tags and entities in WebVTT
+        return super().clean(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+WRITERS = {"srt": WriteSRT, "vtt": WriteVTT}
+
+
+def get_writer(fmt: str) -> SubtitleWriter:
+    try:
+        return WRITERS[fmt]()
+    except KeyError:
+        raise ValueError(f"unknown subtitle format {fmt!r}; available formats = {sorted(WRITERS)}") from None
+
+
+def render(cues: Sequence[Cue], fmt: str = "srt") -> str:
+    return get_writer(fmt).render(cues)
+
+
+# --- files -------------------------------------------------------------------------------------
+
+_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(10)), *(f"LPT{i}" for i in range(10))}
+
+
+def safe_name(item_id: str) -> str:
+    """A file-name stem for a manifest id: a readable slug plus 12 hex chars of the id's SHA-256.
+
+    Only letters, digits, ``-``, ``_`` and inner ``.`` survive, so no id can name a parent
+    folder, an absolute path, a hidden file or a Windows device; the hash keeps ids that slug
+    alike (``a/b`` and ``a?b``) apart. At most ~120 bytes, well under NAME_MAX.
+    """
+    digest = hashlib.sha256(str(item_id).encode("utf-8", "surrogatepass")).hexdigest()[:12]
+    slug = "".join(c if (c.isalnum() and c.isprintable()) or c in "-_." else "_" for c in str(item_id))
+    slug = re.sub(r"[_.]{2,}", "_", slug[:100]).strip("._-")
+    while len(slug.encode("utf-8")) > 100:
+        slug = slug[:-1].rstrip("._-")
+    if slug.split(".")[0].upper() in _RESERVED:
+        slug = "_" + slug
+    return f"{slug or 'item'}-{digest}"
+
+
+def subtitle_path(folder: str | os.PathLike, item_id: str, fmt: str = "srt") -> Path:
+    """Where an item's subtitle file goes: always directly inside ``folder``."""
+    folder = Path(folder)
+    path = folder / f"{safe_name(item_id)}.{get_writer(fmt).extension}"
+    if path.parent != folder or path.name.startswith("."):  # safe_name rules this out; be sure
+        raise ValueError(f"unsafe subtitle file name for item id {item_id!r}")
+    return path
+
+
+def atomic_write(path: str | os.PathLike, write: Callable | bytes | str, *, sync_dir: bool = True) -> None:
+    """Write ``path`` all-or-nothing: a temp file in the same folder, fsync, ``os.replace``.
+
+    ``write`` is the content (str is UTF-8 encoded) or a function given the open binary file.
+    On any error the temp file is removed and the error re-raised; ``path`` is then untouched.
+    With ``sync_dir`` the folder is fsynced too, so the new name survives a power cut.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if callable(write):
+                write(f)
+            else:
+                f.write(write.encode("utf-8") if isinstance(write, str) else write)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    if sync_dir:
+        fsync_dir(path.parent)
+
+
+def fsync_dir(folder: str | os.PathLike) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_item_subtitles(
+    job_dir: str | os.PathLike,
+    item_id: str,
+    transcript: Transcript,
+    options: SubtitleOptions | None = None,
+    *,
+    duration_s: float | None = None,
+    fmt: str = "srt",
+    folder: str | os.PathLike | None = None,
+    sync_dir: bool = True,
+) -> Path:
+    """Write one item's subtitles to ``<folder or job_dir/subtitles>/<safe_name(item_id)>.<fmt>``
+    atomically and return the path. An empty transcript gives a file with no cues."""
+    folder = Path(folder) if folder is not None else Path(job_dir) / "subtitles"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = subtitle_path(folder, item_id, fmt)
+    atomic_write(path, render(build_cues(transcript, options, duration_s=duration_s), fmt), sync_dir=sync_dir)
+    return path
