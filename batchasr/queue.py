@@ -1,0 +1,434 @@
+"""The job's SQLite store: one row per audio file and its state, plus the job's settings.
+
+A job folder holds ``queue.sqlite`` (this module), ``lock`` (held by the one live runner),
+and the result files the worker writes. Item states::
+
+    pending --claim--> running --complete--> done
+                          |  \\--fail-----> failed --retry_failed--> pending
+                          \\--release / reset_running (after a crash)--> pending
+
+Every state change is one ``BEGIN IMMEDIATE`` transaction, so a kill at any instant leaves
+each item in exactly one state. ``done`` is set only after the item's results are durable
+(the caller writes them first), and records the name of the Parquet part that holds them.
+
+A connection belongs to the thread that opened it (sqlite3's default); the worker keeps the
+queue on its main thread. ``now`` parameters exist for tests (as in huey).
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import sqlite_utils
+
+from batchasr.errors import JobError, ManifestError
+from batchasr.manifest import ManifestRow
+
+DB_NAME = "queue.sqlite"
+LOCK_NAME = "lock"
+STATES = ("pending", "running", "done", "failed")
+BUSY_TIMEOUT_MS = 30_000  # a `status` reader may briefly hold the database
+
+DDL = [
+    """CREATE TABLE IF NOT EXISTS items (
+        id TEXT PRIMARY KEY,
+        seq INTEGER NOT NULL,             -- manifest order (across resumes)
+        path TEXT NOT NULL,               -- absolute
+        language TEXT,
+        extra TEXT NOT NULL DEFAULT '{}', -- JSON object of carried manifest columns
+        status TEXT NOT NULL DEFAULT 'pending'
+            CHECK (status IN ('pending', 'running', 'done', 'failed')),
+        attempts INTEGER NOT NULL DEFAULT 0,  -- times claimed
+        error TEXT,
+        duration_s REAL,                  -- once decoded
+        part TEXT,                        -- Parquet part file holding the result (done items)
+        created_at TEXT NOT NULL,
+        started_at TEXT,
+        finished_at TEXT
+    )""",
+    "CREATE INDEX IF NOT EXISTS items_status_seq ON items (status, seq)",
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+]
+# Manifest rows land here first, inside the enqueue transaction, so that duplicate ids and
+# conflicts with queued items are found by SQLite on disk rather than in Python memory.
+STAGING = "_incoming"
+STAGING_DDL = f"""CREATE TABLE {STAGING} (
+    n INTEGER PRIMARY KEY, line INTEGER, id TEXT, path TEXT, language TEXT, extra TEXT)"""
+MAX_REPORTED = 20  # conflicts listed in one error message
+
+
+@dataclass(frozen=True)
+class Item:
+    id: str
+    seq: int
+    path: str
+    language: str | None
+    extra: dict[str, str]
+    status: str
+    attempts: int
+    error: str | None
+    duration_s: float | None
+    part: str | None
+
+    @classmethod
+    def from_row(cls, r: dict[str, Any]) -> Item:
+        return cls(r["id"], r["seq"], r["path"], r["language"], json.loads(r["extra"] or "{}"),
+                   r["status"], r["attempts"], r["error"], r["duration_s"], r["part"])
+
+
+@dataclass(frozen=True)
+class EnqueueResult:
+    added: int  # new items, now pending
+    existing: int  # rows whose id was already queued (their state is kept)
+    problems: list[tuple[int, str]]  # skipped bad rows (only with strict=False)
+
+
+def _iso(now: float | None = None) -> str:
+    t = datetime.now(timezone.utc) if now is None else datetime.fromtimestamp(now, timezone.utc)
+    return t.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class JobQueue:
+    """The items of one job folder (created on first use)."""
+
+    def __init__(self, job_dir: str | os.PathLike):
+        self.job_dir = Path(job_dir)
+        self.job_dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.job_dir / DB_NAME
+        self.db = sqlite_utils.Database(self.path)
+        conn = self.db.conn
+        conn.isolation_level = None  # autocommit: every transaction below is explicit
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        self.db.enable_wal()
+        # FULL: a commit survives power loss too; commits are per batch, so it costs nothing.
+        conn.execute("PRAGMA synchronous = FULL")
+        with self.transaction():
+            for statement in DDL:
+                conn.execute(statement)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> JobQueue:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """``BEGIN IMMEDIATE`` (take the write lock now, not at the first write) ... COMMIT,
+        or ROLLBACK on any exception, KeyboardInterrupt included."""
+        conn = self.db.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def _q(self, sql: str, params: Iterable[Any] = ()) -> list[dict[str, Any]]:
+        return [dict(r) for r in self.db.query(sql, params)]
+
+    # ---- job settings ---------------------------------------------------------------------
+
+    def meta(self) -> dict[str, Any]:
+        return {r["key"]: json.loads(r["value"]) for r in self._q("SELECT * FROM meta")}
+
+    def ensure_meta(self, settings: dict[str, Any]) -> dict[str, Any]:
+        """Record the settings a job is started with; on resume, refuse different values.
+
+        Keys already recorded must match (e.g. ``model``); new keys are added. Returns the
+        recorded settings. Raises JobError naming each difference.
+        """
+        with self.transaction():
+            recorded = self.meta()
+            diffs = [(k, recorded[k], v) for k, v in settings.items()
+                     if k in recorded and recorded[k] != v]
+            if diffs:
+                said = "; ".join(f"{k}={old!r} (now {new!r})" for k, old, new in diffs)
+                hint = " ".join(f"--{k.replace('_', '-')} {old}" for k, old, _ in diffs)
+                raise JobError(
+                    f"{self.job_dir} was started with different settings: {said}. Resume it "
+                    f"with the same settings ({hint}) or start a new job folder."
+                )
+            new = {k: v for k, v in settings.items() if k not in recorded}
+            self.db.conn.executemany(
+                "INSERT INTO meta (key, value) VALUES (?, ?)",
+                [(k, json.dumps(v)) for k, v in new.items()],
+            )
+        return {**recorded, **new}
+
+    # ---- filling the queue ---------------------------------------------------------------
+
+    def enqueue(self, rows: Iterable[ManifestRow], *, strict: bool = True,
+                batch_size: int = 5000, now: float | None = None) -> EnqueueResult:
+        """Add manifest rows as pending items; rows whose id is already queued keep their state.
+
+        Streams: rows are inserted ``batch_size`` at a time into a staging table, and all
+        checks run in SQL, so memory stays flat for any manifest size. All-or-nothing: one
+        transaction, so a kill or an error leaves the queue as it was.
+
+        Raises ManifestError for duplicate ids and, when ``strict``, for the bad rows the
+        manifest reported (``rows.problems``, collected while streaming); raises JobError
+        when an id is already queued with a different path.
+        """
+        conn = self.db.conn
+        with self.transaction():
+            conn.execute(f"DROP TABLE IF EXISTS {STAGING}")
+            conn.execute(STAGING_DDL)
+            self.db[STAGING].insert_all(
+                ({"line": r.line, "id": r.id, "path": r.path, "language": r.language,
+                  "extra": json.dumps(r.extra, ensure_ascii=False)} for r in rows),
+                batch_size=batch_size,
+            )
+            conn.execute(f"CREATE INDEX {STAGING}_id ON {STAGING} (id)")
+            problems = list(getattr(rows, "problems", []))
+            n_problems = getattr(rows, "n_problems", len(problems))
+            dups, n_dups = self._duplicates()
+            if dups or (strict and n_problems):
+                source = getattr(rows, "path", "manifest")
+                raise ManifestError(source, (problems if strict else []) + dups,
+                                    total=(n_problems if strict else 0) + n_dups)
+            self._raise_on_conflicts()
+            base = conn.execute("SELECT coalesce(max(seq), 0) FROM items").fetchone()[0]
+            added = conn.execute(
+                f"""INSERT INTO items (id, seq, path, language, extra, created_at)
+                    SELECT id, ? + n, path, language, extra, ? FROM {STAGING} AS s
+                    WHERE NOT EXISTS (SELECT 1 FROM items WHERE items.id = s.id)
+                    ORDER BY n""",
+                (base, _iso(now)),
+            ).rowcount
+            total = conn.execute(f"SELECT count(*) FROM {STAGING}").fetchone()[0]
+            conn.execute(f"DROP TABLE {STAGING}")
+        return EnqueueResult(added, total - added, [] if strict else problems)
+
+    def _duplicates(self) -> tuple[list[tuple[int, str]], int]:
+        """Rows repeating an id seen earlier in the same manifest: (kept problems, count)."""
+        first_line = f"(SELECT min(line) FROM {STAGING} AS f WHERE f.id = s.id)"
+        dup_rows = f"""FROM {STAGING} AS s WHERE EXISTS
+            (SELECT 1 FROM {STAGING} AS e WHERE e.id = s.id AND e.n < s.n)"""
+        count = self.db.conn.execute(f"SELECT count(*) {dup_rows}").fetchone()[0]
+        found = self._q(f"SELECT line, id, {first_line} AS first {dup_rows} ORDER BY n LIMIT 1000")
+        return [(d["line"], f"duplicate id {d['id']!r} (first used on line {d['first']})")
+                for d in found], count
+
+    def _raise_on_conflicts(self) -> None:
+        join = f"FROM {STAGING} AS s JOIN items AS i ON i.id = s.id WHERE i.path != s.path"
+        count = self.db.conn.execute(f"SELECT count(*) {join}").fetchone()[0]
+        if not count:
+            return
+        shown = self._q(f"SELECT s.line, s.id, s.path, i.path AS queued {join} "
+                        f"ORDER BY s.n LIMIT {MAX_REPORTED}")
+        lines = [f"  line {c['line']}: id {c['id']!r} is queued for {c['queued']}, "
+                 f"the manifest now says {c['path']}" for c in shown]
+        if count > len(shown):
+            lines.append(f"  ... and {count - len(shown)} more")
+        raise JobError(
+            f"{count} manifest row(s) reuse an id of this job for a different file:\n"
+            + "\n".join(lines)
+            + "\nGive those rows their own ids, or start a new job folder."
+        )
+
+    # ---- the worker's side ---------------------------------------------------------------
+
+    def claim(self, n: int, *, now: float | None = None) -> list[Item]:
+        """Atomically move up to ``n`` pending items (in manifest order) to running,
+        counting an attempt for each. Returns them in manifest order ([] when none)."""
+        if n <= 0:
+            return []
+        with self.transaction():
+            claimed = self._q(
+                """UPDATE items SET status = 'running', attempts = attempts + 1,
+                       started_at = ?, error = NULL
+                   WHERE id IN (SELECT id FROM items WHERE status = 'pending'
+                                ORDER BY seq LIMIT ?)
+                   RETURNING *""",
+                (_iso(now), n),
+            )
+        return sorted((Item.from_row(r) for r in claimed), key=lambda it: it.seq)
+
+    def complete(self, ids: Iterable[str], part: str, *,
+                 durations: dict[str, float] | None = None, now: float | None = None) -> int:
+        """Mark running items done, with the part file holding their results, in one
+        transaction. Call only after the part is durable. Raises JobError (and changes
+        nothing) if any item is not running: that would mean two runners on one job."""
+        ids = list(ids)
+        durations = durations or {}
+        stamp = _iso(now)
+        with self.transaction():
+            changed = sum(
+                self.db.conn.execute(
+                    """UPDATE items SET status = 'done', part = ?, finished_at = ?, error = NULL,
+                           duration_s = coalesce(?, duration_s)
+                       WHERE id = ? AND status = 'running'""",
+                    (part, stamp, durations.get(i), i),
+                ).rowcount
+                for i in ids
+            )
+            if changed != len(ids):
+                raise JobError(f"complete(): {len(ids) - changed} of {len(ids)} items were "
+                               "not running; is another process working on this job?")
+        return changed
+
+    def fail(self, item_id: str, error: str, *, duration_s: float | None = None,
+             now: float | None = None) -> bool:
+        """Mark a running item failed with its error (kept until retry_failed)."""
+        with self.transaction():
+            return self.db.conn.execute(
+                """UPDATE items SET status = 'failed', error = ?, finished_at = ?,
+                       duration_s = coalesce(?, duration_s)
+                   WHERE id = ? AND status = 'running'""",
+                (error, _iso(now), duration_s, item_id),
+            ).rowcount == 1
+
+    def release(self, ids: Iterable[str]) -> int:
+        """Give running items back (pending, attempt not counted): the runner stopped
+        before finishing them, through no fault of theirs."""
+        ids = list(ids)
+        with self.transaction():
+            return sum(
+                self.db.conn.execute(
+                    """UPDATE items SET status = 'pending', started_at = NULL,
+                           attempts = max(attempts - 1, 0)
+                       WHERE id = ? AND status = 'running'""", (i,),
+                ).rowcount
+                for i in ids
+            )
+
+    def reset_running(self, *, max_attempts: int | None = None,
+                      now: float | None = None) -> tuple[int, int]:
+        """Startup recovery: items left running by a process that died go back to pending.
+
+        With ``max_attempts``, an item that was already claimed that many times is marked
+        failed instead: it has probably been killing the worker (a decoder crash, memory).
+        Call only while holding the job lock. Returns ``(requeued, failed)``.
+        """
+        with self.transaction():
+            failed = 0
+            if max_attempts is not None:
+                failed = self.db.conn.execute(
+                    """UPDATE items SET status = 'failed', finished_at = ?,
+                           error = 'the worker died ' || attempts || ' times while this item '
+                                   || 'was in progress (crash, kill or out of memory)'
+                       WHERE status = 'running' AND attempts >= ?""",
+                    (_iso(now), max_attempts),
+                ).rowcount
+            requeued = self.db.conn.execute(
+                "UPDATE items SET status = 'pending', started_at = NULL "
+                "WHERE status = 'running'"
+            ).rowcount
+        return requeued, failed
+
+    def retry_failed(self) -> int:
+        """Move every failed item back to pending with a fresh attempt count."""
+        with self.transaction():
+            return self.db.conn.execute(
+                "UPDATE items SET status = 'pending', attempts = 0, error = NULL, "
+                "finished_at = NULL, started_at = NULL WHERE status = 'failed'"
+            ).rowcount
+
+    # ---- reading -------------------------------------------------------------------------
+
+    def counts(self) -> dict[str, int]:
+        """Items per state, every state present (0 when none)."""
+        found = {r["status"]: r["n"] for r in
+                 self._q("SELECT status, count(*) AS n FROM items GROUP BY status")}
+        return {s: found.get(s, 0) for s in STATES}
+
+    def failed(self, limit: int | None = None) -> list[Item]:
+        return list(self.items("failed", limit=limit))
+
+    def items(self, status: str | None = None, *, limit: int | None = None) -> Iterator[Item]:
+        """Items in manifest order, optionally of one state (streams)."""
+        where, params = ("WHERE status = ?", [status]) if status else ("", [])
+        sql = f"SELECT * FROM items {where} ORDER BY seq"
+        if limit is not None:
+            sql, params = sql + " LIMIT ?", params + [limit]
+        for r in self.db.query(sql, params):
+            yield Item.from_row(r)
+
+    def get(self, item_id: str) -> Item | None:
+        rows = self._q("SELECT * FROM items WHERE id = ?", [item_id])
+        return Item.from_row(rows[0]) if rows else None
+
+    def known_durations(self) -> tuple[int, float]:
+        """``(count, total seconds)`` of items whose duration is known (for ETA estimates)."""
+        n, total = self.db.conn.execute(
+            "SELECT count(duration_s), coalesce(sum(duration_s), 0) FROM items"
+        ).fetchone()
+        return n, float(total)
+
+
+# ---- the job lock ----------------------------------------------------------------------------
+
+_held: dict[str, list] = {}  # realpath of a lock file -> [fd, depth]: held by this process
+_held_guard = threading.Lock()
+
+
+class JobLock:
+    """At most one live runner per job folder.
+
+    ``flock(LOCK_EX | LOCK_NB)`` on ``<job_dir>/lock``, held for as long as the runner runs:
+    the kernel drops it when the process dies, however it dies, so a lock left by a
+    ``kill -9`` never blocks the next run. The holder's pid is written into the file for
+    the error message. Re-entrant within one process (the CLI can hold it around enqueue
+    and run_job, and run_job takes it again). The file is never deleted: unlinking a lock
+    file lets two processes lock two different files.
+    """
+
+    def __init__(self, job_dir: str | os.PathLike):
+        self.job_dir = Path(job_dir)
+        self.path = self.job_dir / LOCK_NAME
+        self._key: str | None = None
+
+    def acquire(self) -> JobLock:
+        if self._key is not None:
+            raise RuntimeError("this JobLock is already acquired")
+        self.job_dir.mkdir(parents=True, exist_ok=True)
+        key = os.path.realpath(self.path)
+        with _held_guard:
+            if key in _held:
+                _held[key][1] += 1
+            else:
+                fd = os.open(key, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by children
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+                    os.close(fd)
+                    raise JobError(
+                        f"{self.job_dir} is being processed by another batchasr process "
+                        f"(pid {holder}). Wait for it to finish, or stop it first "
+                        "(Ctrl-C, or kill <pid>); a killed runner never leaves a stale lock."
+                    ) from None
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+                _held[key] = [fd, 1]
+        self._key = key
+        return self
+
+    def release(self) -> None:
+        if self._key is None:
+            return
+        with _held_guard:
+            entry = _held[self._key]
+            entry[1] -= 1
+            if entry[1] == 0:
+                del _held[self._key]
+                os.close(entry[0])  # closing the only descriptor releases the flock
+        self._key = None
+
+    def __enter__(self) -> JobLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
