@@ -1,6 +1,6 @@
 """The job's SQLite store: one row per audio file and its state, plus the job's settings.
 
-A job folder holds ``queue.sqlite`` (this module), ``lock`` (held by the one live runner),
+A job folder holds ``queue.db`` (this module), ``lock`` (held by the one live runner),
 and the result files the worker writes. Item states::
 
     pending --claim--> running --complete--> done
@@ -31,7 +31,7 @@ import sqlite_utils
 from batchasr.errors import JobError, ManifestError
 from batchasr.manifest import ManifestRow
 
-DB_NAME = "queue.sqlite"
+DB_NAME = "queue.db"  # results.export reads it by this name
 LOCK_NAME = "lock"
 STATES = ("pending", "running", "done", "failed")
 BUSY_TIMEOUT_MS = 30_000  # a `status` reader may briefly hold the database
