@@ -24,7 +24,7 @@ import time
 import uuid
 from collections import defaultdict
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator, Mapping
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -70,22 +70,24 @@ def _seconds(ms: int | None) -> float | None:
     return None if ms is None else ms / 1000
 
 
-def transcript_to_row(item: dict, transcript: Transcript, *, model_name: str) -> dict:
+def transcript_to_row(item: Mapping | Any, transcript: Transcript, *, model_name: str) -> dict:
     """One :data:`PART_SCHEMA` row for a done item.
 
-    ``item`` is a queue row (``id, seq, path, language, extra, duration_s``); ``extra`` may be a
-    JSON string, a dict or None. The language is the model's when it reports one.
+    ``item`` is a queue row (a dict, or an object with the same attributes) with ``id, path,
+    language, extra, duration_s``; ``extra`` may be a JSON string, a dict or None. The language
+    is the model's when it reports one, else the manifest's.
     """
-    extra = item.get("extra")
+    get = item.get if isinstance(item, Mapping) else (lambda key: getattr(item, key, None))
+    extra = get("extra")
     if extra is not None and not isinstance(extra, str):
         extra = json.dumps(extra, ensure_ascii=False)
     return {
-        "id": str(item["id"]),
-        "path": item.get("path"),
+        "id": str(get("id")),
+        "path": get("path"),
         "status": "done",
         "error": None,
-        "duration_s": item.get("duration_s"),
-        "language": transcript.language or item.get("language"),
+        "duration_s": get("duration_s"),
+        "language": transcript.language or get("language"),
         "text": transcript.text,
         "segments": [{"start_s": s.start_s, "end_s": s.end_s, "text": s.text} for s in transcript.segments],
         "tokens": [
@@ -242,6 +244,11 @@ def results_table(job_dir: str | os.PathLike) -> pa.Table:
             order.append(k)
             k += 1
     table = table.take(pa.array(order, pa.int64()))
+    # the queue learns a duration when the item is decoded; the part may have been written
+    # from the claimed item, before that
+    queued = pa.array([it["duration_s"] for it in items], pa.float64())
+    table = table.set_column(table.schema.get_field_index("duration_s"), "duration_s",
+                             pc.coalesce(queued, table["duration_s"]))
     for name, values in _extra_columns(items).items():
         table = table.append_column(pa.field(name, pa.string()), pa.array(values, pa.string()))
     return table

@@ -19,8 +19,8 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import tempfile
 import unicodedata
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -565,7 +565,10 @@ def atomic_write(path: str | os.PathLike, write: Callable | bytes | str, *, sync
     With ``sync_dir`` the folder is fsynced too, so the new name survives a power cut.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
+    # os.open with 0o666 lets the umask decide the mode, as for any new file (mkstemp's 0600
+    # would make results unreadable to the rest of a team)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             if callable(write):
@@ -586,6 +589,7 @@ def atomic_write(path: str | os.PathLike, write: Callable | bytes | str, *, sync
 
 
 def fsync_dir(folder: str | os.PathLike) -> None:
+    """Make renames and new names inside ``folder`` durable."""
     fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -594,7 +598,7 @@ def fsync_dir(folder: str | os.PathLike) -> None:
 
 
 def write_item_subtitles(
-    job_dir: str | os.PathLike,
+    job_dir: str | os.PathLike | None,
     item_id: str,
     transcript: Transcript,
     options: SubtitleOptions | None = None,
@@ -604,8 +608,10 @@ def write_item_subtitles(
     folder: str | os.PathLike | None = None,
     sync_dir: bool = True,
 ) -> Path:
-    """Write one item's subtitles to ``<folder or job_dir/subtitles>/<safe_name(item_id)>.<fmt>``
-    atomically and return the path. An empty transcript gives a file with no cues."""
+    """Write one item's subtitles to ``<job_dir>/subtitles/<safe_name(item_id)>.<fmt>`` (or into
+    ``folder`` when given) atomically and return the path. ``duration_s`` is the item's length,
+    used when the transcript has no times. An empty transcript gives a file with no cues.
+    ``sync_dir=False`` skips the per-file folder fsync (the caller fsyncs the folder once)."""
     folder = Path(folder) if folder is not None else Path(job_dir) / "subtitles"
     folder.mkdir(parents=True, exist_ok=True)
     path = subtitle_path(folder, item_id, fmt)

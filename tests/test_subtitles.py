@@ -380,3 +380,12 @@ def test_atomic_write_failure_leaves_nothing(tmp_path):
         atomic_write(target, boom)
     assert target.read_text() == "old"
     assert os.listdir(tmp_path) == ["x.srt"]
+
+
+def test_atomic_write_respects_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        atomic_write(tmp_path / "x.srt", "x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "x.srt").stat().st_mode & 0o777 == 0o644  # readable by others, like any file
