@@ -31,7 +31,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from batchasr.errors import JobError
-from batchasr.subtitles import SubtitleOptions, atomic_write, fsync_dir, safe_name, write_item_subtitles
+from batchasr.subtitles import (
+    SubtitleOptions, atomic_write, default_folder, fsync_dir, safe_name, write_item_subtitles,
+)
 from batchasr.transcript import Segment, Token, Transcript
 
 __all__ = [
@@ -212,7 +214,8 @@ def _extra_columns(items: list[dict]) -> dict[str, list[str | None]]:
         while out in RESULT_SCHEMA.names or out in cols:
             out = f"manifest_{out}"
         vals = (p.get(key) for p in parsed)
-        cols[out] = [v if v is None or isinstance(v, str) else json.dumps(v, ensure_ascii=False) for v in vals]
+        cols[out] = [v if v is None or isinstance(v, str) else json.dumps(v, ensure_ascii=False)
+                     for v in vals]
     return cols
 
 
@@ -235,7 +238,9 @@ def results_table(job_dir: str | os.PathLike) -> pa.Table:
         for it in items
         if it["status"] != "done"
     ]
-    table = pa.concat_tables([done.select(RESULT_SCHEMA.names), pa.Table.from_pylist(others, schema=RESULT_SCHEMA)])
+    table = pa.concat_tables(
+        [done.select(RESULT_SCHEMA.names), pa.Table.from_pylist(others, schema=RESULT_SCHEMA)]
+    )
     order, k = [], done.num_rows
     for it in items:
         if it["status"] == "done":
@@ -275,7 +280,8 @@ def export_results(
     * ``parquet``: one file, default ``<job_dir>/results.parquet``, one row per queue item.
     * ``jsonl``: one JSON object per queue item, default ``<job_dir>/results.jsonl``.
     * ``srt`` / ``vtt``: re-rendered from the stored results (no model), one file per done item
-      named by :func:`~batchasr.subtitles.safe_name`, into ``out`` (default ``<job_dir>/subtitles``).
+      named by :func:`~batchasr.subtitles.safe_name`, into ``out`` (default: where the worker
+      writes them, ``<job_dir>/subtitles`` for SRT and ``<job_dir>/subtitles-vtt`` for VTT).
     * ``txt``: ``out`` a folder (existing, or no suffix): one ``<safe name>.txt`` per done item;
       otherwise (default ``<job_dir>/results.txt``) one file of ``id<TAB>text`` lines for the done
       items, with tabs and newlines inside the text folded to spaces.
@@ -288,7 +294,8 @@ def export_results(
     job_dir = Path(job_dir)
     table = results_table(job_dir)
     if fmt in ("srt", "vtt"):
-        return _export_subtitles(table, fmt, Path(out) if out else job_dir / "subtitles", subtitle_options)
+        folder = Path(out) if out else default_folder(job_dir, fmt)
+        return _export_subtitles(table, fmt, folder, subtitle_options)
     if fmt == "txt" and out is not None and (Path(out).is_dir() or not Path(out).suffix):
         return _export_txt_folder(table, Path(out))
     path = Path(out) if out else job_dir / f"results.{fmt}"
@@ -317,6 +324,7 @@ def _export_subtitles(table: pa.Table, fmt: str, folder: Path, options) -> Path:
 def _export_txt_folder(table: pa.Table, folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for row in _rows(table.filter(pc.equal(table["status"], "done"))):
-        atomic_write(folder / f"{safe_name(row['id'])}.txt", (row["text"] or "").strip() + "\n", sync_dir=False)
+        text = (row["text"] or "").strip() + "\n"
+        atomic_write(folder / f"{safe_name(row['id'])}.txt", text, sync_dir=False)
     fsync_dir(folder)
     return folder

@@ -29,7 +29,8 @@ from batchasr.transcript import Transcript
 
 __all__ = [
     "Cue", "SubtitleOptions", "build_cues", "format_timestamp", "WriteSRT", "WriteVTT",
-    "get_writer", "render", "safe_name", "subtitle_path", "write_item_subtitles", "atomic_write",
+    "get_writer", "render", "safe_name", "default_folder", "subtitle_path", "write_item_subtitles",
+    "atomic_write", "fsync_dir",
 ]
 
 
@@ -226,7 +227,8 @@ def _units_from_tokens(surfaces, flags, times) -> list[_Unit]:
     units: list[_Unit] = []
     glue_prev = False
     for surf, (glue, word_start), (t0, t1) in zip(surfaces, flags, times):
-        attach = units and (glue_prev or not surf or (spm and not word_start) or (not spm and _is_punct(surf)))
+        joins_word = (spm and not word_start) or (not spm and _is_punct(surf))
+        attach = units and (glue_prev or not surf or joins_word)
         if attach:
             units[-1].text += surf
             units[-1].end = max(units[-1].end, t1)
@@ -548,6 +550,11 @@ def safe_name(item_id: str) -> str:
     return f"{slug or 'item'}-{digest}"
 
 
+def default_folder(job_dir: str | os.PathLike, fmt: str = "srt") -> Path:
+    """Where a job keeps its subtitles: ``subtitles/`` for SRT, ``subtitles-<fmt>/`` otherwise."""
+    return Path(job_dir) / ("subtitles" if fmt == "srt" else f"subtitles-{fmt}")
+
+
 def subtitle_path(folder: str | os.PathLike, item_id: str, fmt: str = "srt") -> Path:
     """Where an item's subtitle file goes: always directly inside ``folder``."""
     folder = Path(folder)
@@ -608,11 +615,12 @@ def write_item_subtitles(
     folder: str | os.PathLike | None = None,
     sync_dir: bool = True,
 ) -> Path:
-    """Write one item's subtitles to ``<job_dir>/subtitles/<safe_name(item_id)>.<fmt>`` (or into
-    ``folder`` when given) atomically and return the path. ``duration_s`` is the item's length,
-    used when the transcript has no times. An empty transcript gives a file with no cues.
-    ``sync_dir=False`` skips the per-file folder fsync (the caller fsyncs the folder once)."""
-    folder = Path(folder) if folder is not None else Path(job_dir) / "subtitles"
+    """Write one item's subtitles atomically and return the path: into ``folder``, or else
+    ``default_folder(job_dir, fmt)`` (``<job_dir>/subtitles/`` for SRT), named
+    ``<safe_name(item_id)>.<fmt>``. ``duration_s`` is the item's length, used when the
+    transcript has no times. An empty transcript gives a file with no cues. ``sync_dir=False``
+    skips the per-file folder fsync (the caller fsyncs the folder once per batch)."""
+    folder = Path(folder) if folder is not None else default_folder(job_dir, fmt)
     folder.mkdir(parents=True, exist_ok=True)
     path = subtitle_path(folder, item_id, fmt)
     atomic_write(path, render(build_cues(transcript, options, duration_s=duration_s), fmt), sync_dir=sync_dir)

@@ -287,7 +287,7 @@ def test_export_txt_folder(done_job, tmp_path):
 @pytest.mark.parametrize("fmt", ["srt", "vtt"])
 def test_export_subtitles_rerendered_from_results(done_job, tmp_path, fmt):
     folder = export_results(done_job, fmt)
-    assert folder == done_job / "subtitles"
+    assert folder == done_job / ("subtitles" if fmt == "srt" else "subtitles-vtt")
     names = sorted(os.listdir(folder))
     assert names == sorted(f"{safe_name(i)}.{fmt}" for i in ("item-0", "item-1", "item-2"))
     # same bytes as writing straight from the transcript (the worker's path)
