@@ -10,9 +10,9 @@ Contract with the worker:
 
 Export (:func:`export_results`) trusts the queue, not the folder: a done item's row is read from
 the part the queue names, so an orphan part left by a killed run, or a second copy of an item in
-another part, can never duplicate it. Failed and still-pending items come from the queue. Every
-output has exactly one entry per queue item (subtitle/text folders: one file per done item), in
-manifest order (``seq``).
+another part, can never duplicate it. Failed and still-pending items come from the queue.
+Parquet and JSON Lines hold exactly one row per queue item, in manifest order (``seq``); the
+subtitle and text outputs hold one entry per done item.
 """
 from __future__ import annotations
 
