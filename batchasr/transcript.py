@@ -52,3 +52,27 @@ class ASRModel(Protocol):
     ) -> list[Transcript]:
         """Transcribe 16 kHz mono float32 waveforms; one Transcript each, in input order."""
         ...
+
+
+def to_record(t: Transcript, *, path: str, duration_s: float | None = None, asr=None) -> dict:
+    """The JSON object `batchasr transcribe --json` prints for one file (a stable interface:
+    the port is checked against the official implementation through it)."""
+    timed = [tok for tok in t.tokens if tok.start_ms is not None]
+    record = {
+        "path": path,
+        "text": t.text,
+        "tokens": [tok.text for tok in t.tokens],
+        "token_ids": [tok.id for tok in t.tokens],
+        "timestamps": [[tok.start_ms, tok.end_ms] for tok in timed],
+        "segments": [[round(s.start_s, 3), round(s.end_s, 3), s.text] for s in t.segments],
+    }
+    if duration_s is not None:
+        record["duration_s"] = round(duration_s, 3)
+    if t.language:
+        record["language"] = t.language
+    if t.flags:
+        record["flags"] = list(t.flags)
+    if asr is not None and hasattr(asr, "word_timestamps") and timed:
+        words, word_times = asr.word_timestamps(t)
+        record["words"], record["word_timestamps"] = words, word_times
+    return record

@@ -290,9 +290,41 @@ def make_paraformer():
         run_official_paraformer(mdir, clips, mdir)
 
 
+# Token sequences covering every branch of funasr's sentence_postprocess / abbr_dispose.
+TEXT_CASES = [
+    ["你", "好", "世", "界"], ["h@@", "el@@", "lo", "world"], ["a", "b", "c", "and", "d", "e"],
+    ["i", "love", "n", "l", "p"], ["我", "爱", "n", "l", "p", "和", "a@@", "pple"],
+    ["the", "<unk>", "cat"], ["<s>", "中", "</s>"], ["你", "h@@", "i", "好"], ["x"],
+    ["1", "2", "3", "个"], ["don", "'", "t"], ["a", "b"], ["中", "a", "b", "c", "d"],
+    ["re@@", "中"], ["en@@"], ["<unk>"], [], ["ok", "a", "<unk>", "b", "c"],
+    ["é", "t", "é"], ["中", "-", "文"], ["q", "u@@", "ick", "x", "y"],
+]
+
+
+def make_text_cases():
+    from funasr.utils.postprocess_utils import sentence_postprocess
+
+    out = []
+    for tokens in TEXT_CASES:
+        times = [[100 * i, 100 * i + 90] for i in range(len(tokens))]
+        rec = {"tokens": tokens}
+        for key, args in (("plain", (list(tokens),)), ("timed", (list(tokens), times))):
+            try:
+                res = sentence_postprocess(*args)
+                rec[key] = {"text": res[0], "words": res[-1] if key == "plain" else res[2]}
+                if key == "timed":
+                    rec[key]["times"] = res[1]
+            except Exception as e:  # the official code raises on some inputs: record that
+                rec[key] = {"error": type(e).__name__}
+        out.append(rec)
+    path = FIXTURES / "text_postprocess.json"
+    path.write_text(json.dumps(out, ensure_ascii=False, indent=1), encoding="utf-8")
+    print(f"wrote {path}")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=["paraformer"], nargs="+")
+    ap.add_argument("what", choices=["paraformer", "text"], nargs="+")
     args = ap.parse_args(argv)
     import torch
 
@@ -300,6 +332,8 @@ def main(argv=None):
     torch.manual_seed(0)
     if "paraformer" in args.what:
         make_paraformer()
+    if "text" in args.what:
+        make_text_cases()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,23 @@
+"""Pick the MLX device for a run."""
+from __future__ import annotations
+
+import mlx.core as mx
+
+
+def setup_device(device: str = "auto") -> mx.Device:
+    """'auto' keeps MLX's default (the GPU when this MLX build has one), 'cpu' or 'gpu' force it."""
+    if device == "cpu":
+        mx.set_default_device(mx.cpu)
+    elif device == "gpu":
+        if not gpu_available():
+            raise ValueError("--device gpu: this MLX build has no GPU backend "
+                             "(install mlx[cuda13] on NVIDIA, or use a Mac)")
+        mx.set_default_device(mx.gpu)
+    return mx.default_device()
+
+
+def gpu_available() -> bool:
+    try:
+        return mx.metal.is_available() or mx.cuda.is_available()
+    except AttributeError:
+        return mx.default_device() == mx.gpu

@@ -1,0 +1,111 @@
+"""Parity with the official FunASR 1.4.16 Paraformer on committed fixtures (tools/make_reference_fixtures.py).
+
+Same token ids, text and per-token timestamps as the official inference; layer outputs within
+float tolerance; a padded batch gives exactly what each clip gives alone.
+"""
+import json
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from batchasr.checkpoints import load_model
+
+FIXTURES = Path(__file__).parent / "fixtures" / "paraformer"
+MODELS = ["zh_mixed", "en"]
+
+
+def clips(model):
+    return json.loads((FIXTURES / model / "expected.json").read_text(encoding="utf-8"))["clips"]
+
+
+def tensors(model, clip):
+    return np.load(FIXTURES / model / "tensors" / f"{clip}.npz")
+
+
+@pytest.fixture(scope="module", params=MODELS)
+def fixture_model(request):
+    return request.param, load_model(FIXTURES / request.param)
+
+
+def rel_err(a, b):
+    return float(np.abs(np.asarray(a) - b).max() / max(np.abs(b).max(), 1e-12))
+
+
+def test_layer_outputs_within_tolerance(fixture_model):
+    name, asr = fixture_model
+    for clip in clips(name):
+        ref = tensors(name, clip)
+        feats, lens = asr.features([ref["waveform"]])
+        assert feats.shape[1] == ref["features"].shape[0]
+        if lens[0] == 0:
+            continue
+        # log-mel features: absolute tolerance (values ~ 1-20), then relative for the network
+        np.testing.assert_allclose(np.array(feats[0]), ref["features"], atol=1e-3)
+        enc, alphas = asr.model(feats, lens)
+        assert rel_err(enc[0], ref["encoder_out"]) < 1e-4, clip
+        np.testing.assert_allclose(np.array(alphas[0]), ref["alphas"][: alphas.shape[1]], atol=1e-5)
+        out = asr.model.decode(feats, lens, keep_cif=True)
+        np.testing.assert_allclose(out.cif.alphas[0], ref["alphas"], atol=1e-5)
+        np.testing.assert_allclose(out.cif.fires[0], ref["fires"], atol=1e-4)
+        if "decoder_logp" in ref:
+            from batchasr.models.paraformer import cif_embeddings
+
+            hidden = mx.pad(enc, [(0, 0), (0, 1), (0, 0)])
+            emb = cif_embeddings(hidden, out.cif)
+            assert rel_err(emb[0], ref["acoustic_embeds"][: emb.shape[1]]) < 1e-4, clip
+            n = int(ref["token_num"][0])
+            tm = mx.arange(emb.shape[1])[None] < n
+            logp = asr.model.decoder(enc, mx.arange(enc.shape[1])[None] < lens[:, None], emb, tm)
+            assert rel_err(logp[0, :n], ref["decoder_logp"][:n]) < 1e-4, clip
+
+
+def test_tokens_text_timestamps_identical(fixture_model):
+    name, asr = fixture_model
+    for clip, exp in clips(name).items():
+        t = asr.transcribe([tensors(name, clip)["waveform"]])[0]
+        assert [tok.id for tok in t.tokens] == exp["token_ids"], clip
+        assert [tok.text for tok in t.tokens] == exp["tokens"], clip
+        assert t.text == exp["text"], clip
+        times = [[tok.start_ms, tok.end_ms] for tok in t.tokens if tok.start_ms is not None]
+        assert times == exp["token_timestamps"], clip
+        words, word_times = asr.word_timestamps(t)
+        assert " ".join(words) == exp["text_with_timestamps"], clip
+        assert word_times == exp["timestamp"], clip
+
+
+@pytest.mark.parametrize("order", ["as_listed", "reversed"])
+def test_batched_equals_unbatched(fixture_model, order):
+    name, asr = fixture_model
+    names = list(clips(name))
+    if order == "reversed":
+        names = names[::-1]
+    expected = clips(name)
+    results = asr.transcribe([tensors(name, c)["waveform"] for c in names])
+    assert len(results) == len(names)
+    for clip, t in zip(names, results):
+        assert [tok.id for tok in t.tokens] == expected[clip]["token_ids"], clip
+        assert [[tok.start_ms, tok.end_ms] for tok in t.tokens] == expected[clip]["token_timestamps"], clip
+        assert t.text == expected[clip]["text"], clip
+
+
+def test_batch_padding_is_invisible(fixture_model):
+    """Pairs of very different lengths: each row as if alone."""
+    name, asr = fixture_model
+    long_w = tensors(name, "utt_11s")["waveform"]
+    for clip in ("utt_2s", "utt_short", "utt_tiny"):
+        short_w = tensors(name, clip)["waveform"]
+        alone = asr.transcribe([short_w])[0]
+        for batch, pos in (([short_w, long_w], 0), ([long_w, short_w, long_w], 1)):
+            row = asr.transcribe(batch)[pos]
+            assert [t.id for t in row.tokens] == [t.id for t in alone.tokens]
+            assert [(t.start_ms, t.end_ms) for t in row.tokens] == \
+                [(t.start_ms, t.end_ms) for t in alone.tokens]
+
+
+def test_empty_and_silent_input(fixture_model):
+    name, asr = fixture_model
+    out = asr.transcribe([np.zeros(0, np.float32), np.zeros(100, np.float32)])
+    assert [t.text for t in out] == ["", ""]
+    assert all(t.tokens == [] for t in out)
