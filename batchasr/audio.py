@@ -60,6 +60,10 @@ class AudioInfo:
     def duration_s(self) -> float:
         return self.frames / self.samplerate if self.samplerate else 0.0
 
+    def n_samples(self, sr: int = SAMPLE_RATE) -> int:
+        """Length after resampling to ``sr`` (soxr gives round(frames * sr / samplerate))."""
+        return round(self.frames * sr / self.samplerate) if self.samplerate else 0
+
 
 def to_mono(x: np.ndarray) -> np.ndarray:
     """(frames, channels) -> (frames,) float32, averaging the channels as FunASR does."""

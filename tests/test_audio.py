@@ -66,6 +66,13 @@ def test_resampled_with_soxr_hq(tmp_path, sr):
     np.testing.assert_array_equal(y, soxr.resample(x, sr, 16000, "HQ"))
 
 
+@pytest.mark.parametrize("sr,seconds", [(44100, 1.2345), (8000, 0.77), (22050, 3.0001)])
+def test_n_samples_predicts_the_resampled_length(tmp_path, sr, seconds):
+    sf.write(tmp_path / "n.wav", tone(sr, seconds), sr)
+    with audio.open_audio(tmp_path / "n.wav") as f:
+        assert f.info.n_samples() == len(f.read())
+
+
 def test_probe_reads_header_only(tmp_path):
     sf.write(tmp_path / "p.flac", tone(44100, 2.0, channels=2), 44100)
     assert audio.probe(tmp_path / "p.flac") == (2.0, 44100, 2)

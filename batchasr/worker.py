@@ -1,0 +1,676 @@
+"""The job loop: claim -> decode (reader threads) -> batch -> transcribe -> write -> mark done.
+
+One process, one model, on the main thread. Reader threads decode and resample ahead of the
+model into a buffer bounded in audio seconds; the main thread keeps a pool of decoded
+pieces, cuts it into length-sorted batches (``batching.plan_batches``) and runs the model.
+Files longer than ``max_window_s`` are read as windows in bounded memory and their
+transcripts stitched back with file times (a later VAD step will choose better cuts).
+
+After each batch, the items whose every piece is transcribed go to a writer thread (so the
+model does not wait for the disk either), which writes them in this order: Parquet part
+(atomic) -> subtitles -> ``queue.complete(ids, part)`` (one transaction).
+So a kill at any instant leaves each item either done with its part on disk, or
+pending/running, to be redone by the next run; an orphan part is ignored by the export,
+which reads only the part the queue names. Failures are per item: an unreadable file, or a
+piece the model fails on even alone, marks that item failed and the rest carry on.
+
+Ctrl-C stops after the current batch (unfinished items go back to pending); a second
+Ctrl-C stops at once. Tests can kill the process at named points with
+``BATCHASR_TEST_CRASH_AT=<point>:<n>`` (see ``CRASH_POINTS``).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import queue as stdqueue
+import signal
+import threading
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from batchasr import audio, results, subtitles
+from batchasr.batching import plan_batches, stitch
+from batchasr.errors import AudioError, JobError
+from batchasr.queue import Item, JobLock, JobQueue
+from batchasr.transcript import ASRModel, Transcript
+
+logger = logging.getLogger("batchasr.worker")
+
+SR = audio.SAMPLE_RATE
+CRASH_ENV = "BATCHASR_TEST_CRASH_AT"
+# decode: a reader has decoded the n-th piece; batch: just before the n-th model call;
+# after_part: the n-th part is written, its items not yet done; after_complete: committed.
+CRASH_POINTS = ("decode", "batch", "after_part", "after_complete")
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    # Batching. A batch holds at most batch_seconds of audio, and at most
+    # max_padded_seconds once padded to its longest piece (default: batch_seconds).
+    batch_seconds: float
+    max_padded_seconds: float | None = None
+    max_batch_items: int | None = None
+    # Longer files are cut into windows of at most this length (equal lengths per file).
+    max_window_s: float = 30.0
+    # Pipeline. Readers decode ahead into a buffer of prefetch_seconds (default 2 batches);
+    # the main thread sorts a pool of pool_seconds (default 4 batches) into batches.
+    readers: int = 2
+    prefetch_seconds: float | None = None
+    pool_seconds: float | None = None
+    claim_size: int = 64  # items claimed per queue transaction
+    # Robustness. An item claimed max_attempts times by runs that died is failed at start;
+    # this many items failing in the model in a row means the model, not the items, is
+    # broken: the run stops instead of failing the whole job.
+    max_attempts: int | None = 5
+    max_model_failures_in_a_row: int = 20
+    # Outputs written next to each part (besides the Parquet rows): subtitles per item.
+    subtitle_formats: tuple[str, ...] = ("srt",)
+    subtitle_options: Any = None  # subtitles.SubtitleOptions
+
+    def __post_init__(self):
+        if self.batch_seconds <= 0 or self.max_window_s <= 0:
+            raise ValueError("batch_seconds and max_window_s must be positive")
+        if self.readers < 1 or self.claim_size < 1:
+            raise ValueError("readers and claim_size must be at least 1")
+
+    @property
+    def padded_seconds(self) -> float:
+        return self.max_padded_seconds or self.batch_seconds
+
+
+@dataclass
+class RunSummary:
+    """What one run did, and where its time went (seconds)."""
+
+    done: int = 0
+    failed: int = 0
+    audio_s: float = 0.0  # audio of the items completed
+    wall_s: float = 0.0
+    decode_s: float = 0.0  # reader threads decoding + resampling (summed over threads)
+    wait_s: float = 0.0  # the main thread waiting for decoded audio: the model idle on I/O
+    model_s: float = 0.0
+    write_s: float = 0.0  # parts, subtitles, queue commits (on the writer thread)
+    batches: int = 0
+    padding: float = 0.0  # share of the batches' padded size that was padding
+    requeued: int = 0  # items a previous run left running, put back at start
+    stopped: bool = False  # stopped early (Ctrl-C / stop_event), not out of work
+    remaining: dict[str, int] = field(default_factory=dict)  # queue counts at the end
+
+    @property
+    def items(self) -> int:
+        return self.done + self.failed
+
+    @property
+    def speed(self) -> float:
+        """Audio seconds per wall second (= audio hours per hour)."""
+        return self.audio_s / self.wall_s if self.wall_s else 0.0
+
+    @property
+    def overhead_per_item_s(self) -> float:
+        """Wall time not spent in the model, per item."""
+        return (self.wall_s - self.model_s) / self.items if self.items else 0.0
+
+    def __str__(self) -> str:
+        return (
+            f"{self.done} done, {self.failed} failed, {self.audio_s / 3600:.2f} h of audio in "
+            f"{self.wall_s:.1f} s ({self.speed:.1f}x real time); model {self.model_s:.1f} s, "
+            f"waiting for audio {self.wait_s:.1f} s; on other threads: decoding "
+            f"{self.decode_s:.1f} s, writing {self.write_s:.1f} s; {self.batches} batches, "
+            f"{self.padding:.0%} padding; {self.overhead_per_item_s * 1000:.1f} ms overhead/item"
+        )
+
+
+def run_job(
+    job_dir: str | os.PathLike,
+    model: ASRModel,
+    *,
+    batch_seconds: float,
+    limit: int | None = None,
+    max_window_s: float = 30.0,
+    progress: bool = True,
+    stop_event: threading.Event | None = None,
+    meta: dict[str, Any] | None = None,
+    **options: Any,
+) -> RunSummary:
+    """Transcribe the pending items of a job folder (already enqueued) and return a summary.
+
+    Takes the job lock (JobError if another live process holds it), checks the job's
+    recorded settings (``{"model": model.name}`` plus ``meta``; JobError on a mismatch),
+    puts items left running by a dead run back to pending, then works until the queue is
+    empty, ``limit`` items were taken, or ``stop_event`` is set (Ctrl-C sets it when called
+    from the main thread). Other keyword arguments are :class:`RunOptions` fields.
+    """
+    opts = RunOptions(batch_seconds=batch_seconds, max_window_s=max_window_s, **options)
+    if getattr(model, "sample_rate", SR) != SR:
+        raise ValueError(f"model {model.name} expects {model.sample_rate} Hz; batchasr feeds {SR}")
+    stop_event = stop_event or threading.Event()
+    with JobLock(job_dir), JobQueue(job_dir) as queue, _sigint_sets(stop_event):
+        queue.ensure_meta({"model": model.name, **(meta or {})})
+        requeued, poisoned = queue.reset_running(max_attempts=opts.max_attempts)
+        if requeued or poisoned:
+            logger.info("%d item(s) left running by a previous run requeued, %d failed after "
+                        "%s attempts", requeued, poisoned, opts.max_attempts)
+        runner = _Runner(Path(job_dir), queue, model, opts, stop_event, limit, progress)
+        summary = runner.run()
+        summary.requeued = requeued
+        summary.remaining = queue.counts()
+    logger.info("run finished: %s", summary)
+    return summary
+
+
+# ---- internals -------------------------------------------------------------------------------
+
+
+@dataclass
+class _Work:
+    """A claimed item on its way through the pipeline (shared with its reader thread)."""
+
+    item: Item
+    reading: bool = True  # the reader has not sent its last message yet
+    n_pieces: int | None = None  # known once the reader is done
+    duration_s: float | None = None
+    pieces: dict[int, tuple[float, Transcript]] = field(default_factory=dict)
+    failed: bool = False  # also tells the reader to stop
+
+    @property
+    def complete(self) -> bool:
+        return not self.failed and self.n_pieces is not None and len(self.pieces) == self.n_pieces
+
+
+@dataclass
+class _Piece:
+    work: _Work
+    index: int
+    offset_s: float
+    audio: np.ndarray
+    arrival: int  # order of arrival, so the oldest piece is never starved
+
+
+class _Prefetch:
+    """Reader threads -> main thread hand-over, bounded in samples (not in messages), so
+    memory is bounded whatever mix of short clips and long windows comes through."""
+
+    def __init__(self, max_samples: int):
+        self.max_samples = max_samples
+        self._q: deque = deque()
+        self._samples = 0
+        self._cv = threading.Condition()
+        self.cancelled = False
+
+    def put(self, msg: tuple, samples: int = 0, abandon=lambda: False) -> bool:
+        """Block while full; False if cancelled or ``abandon()`` became true meanwhile."""
+        with self._cv:
+            while (self._samples and self._samples + samples > self.max_samples
+                   and not self.cancelled and not abandon()):
+                self._cv.wait(0.1)
+            if self.cancelled or (samples and abandon()):
+                return False
+            self._q.append((msg, samples))
+            self._samples += samples
+            self._cv.notify_all()
+            return True
+
+    def get(self, timeout: float | None = 0.0) -> tuple | None:
+        with self._cv:
+            if not self._q and timeout:
+                self._cv.wait(timeout)
+            if not self._q:
+                return None
+            msg, samples = self._q.popleft()
+            self._samples -= samples
+            self._cv.notify_all()
+            return msg
+
+    def cancel(self) -> None:
+        with self._cv:
+            self.cancelled = True
+            self._cv.notify_all()
+
+
+class _CrashHook:
+    """``BATCHASR_TEST_CRASH_AT=<point>:<n>``: SIGKILL this process the n-th time ``point``
+    is reached. For fault-injection tests only; a no-op when the variable is unset."""
+
+    def __init__(self, spec: str | None):
+        self.point, self.n, self.count = None, 0, 0
+        self._lock = threading.Lock()
+        if spec:
+            point, _, n = spec.partition(":")
+            if point not in CRASH_POINTS:
+                raise ValueError(f"{CRASH_ENV}: unknown point {point!r}; one of {CRASH_POINTS}")
+            self.point, self.n = point, int(n or 1)
+
+    def __call__(self, point: str) -> None:
+        if point != self.point:
+            return
+        with self._lock:
+            self.count += 1
+            if self.count == self.n:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+
+class _Writer:
+    """The writer thread: for each batch of finished items, part -> subtitles -> complete,
+    in hand-over order, on a queue connection of its own. ``done`` reports each written
+    batch back (ids, audio seconds); ``error`` is the exception that stopped it, if any."""
+
+    def __init__(self, job_dir: Path, model_name: str, opts: RunOptions, crash: _CrashHook):
+        self.job_dir, self.model_name, self.opts, self.crash = job_dir, model_name, opts, crash
+        self.inbox: stdqueue.Queue = stdqueue.Queue(maxsize=2)  # back-pressure on the model
+        self.done: stdqueue.Queue = stdqueue.Queue()
+        self.error: BaseException | None = None
+        self.write_s = 0.0
+        self.thread = threading.Thread(target=self._loop, name="batchasr-writer", daemon=True)
+        self.thread.start()
+
+    def submit(self, works: list[_Work]) -> None:
+        while self.error is None:
+            try:
+                return self.inbox.put(works, timeout=0.1)
+            except stdqueue.Full:
+                pass
+        raise self.error
+
+    def close(self) -> None:
+        """Finish what was handed over, then stop."""
+        if self.thread.is_alive():
+            while self.error is None:
+                try:
+                    self.inbox.put(None, timeout=0.1)
+                    break
+                except stdqueue.Full:
+                    pass
+            self.thread.join()
+
+    def _loop(self) -> None:
+        try:
+            with JobQueue(self.job_dir) as queue:
+                while (works := self.inbox.get()) is not None:
+                    t = time.perf_counter()
+                    self._write(queue, works)
+                    self.write_s += time.perf_counter() - t
+                    self.done.put(works)
+        except BaseException as e:  # reported to the main thread, which stops the run
+            self.error = e
+
+    def _write(self, queue: JobQueue, works: list[_Work]) -> None:
+        transcripts = {w.item.id: stitch(list(w.pieces.values())) for w in works}
+        rows = [results.transcript_to_row(_item_dict(w), transcripts[w.item.id],
+                                          model_name=self.model_name) for w in works]
+        part = results.write_part(self.job_dir, rows)
+        self.crash("after_part")
+        self._write_subtitles(works, transcripts)
+        queue.complete([w.item.id for w in works], part,
+                       durations={w.item.id: w.duration_s for w in works})
+        self.crash("after_complete")
+
+    def _write_subtitles(self, works: Sequence[_Work], transcripts: dict[str, Transcript]) -> None:
+        # Subtitles are a convenience copy (the export renders them from the parts), so a
+        # problem with one is logged and does not fail its item. One folder fsync per batch.
+        folders = set()
+        for fmt in self.opts.subtitle_formats:
+            folder = self.job_dir / ("subtitles" if fmt == "srt" else f"subtitles-{fmt}")
+            for w in works:
+                try:
+                    subtitles.write_item_subtitles(
+                        self.job_dir, w.item.id, transcripts[w.item.id],
+                        self.opts.subtitle_options, duration_s=w.duration_s, fmt=fmt,
+                        folder=folder, sync_dir=False,
+                    )
+                    folders.add(folder)
+                except Exception:
+                    logger.exception("could not write %s subtitles for %s", fmt, w.item.id)
+        for folder in folders:
+            subtitles.fsync_dir(folder)
+
+
+class _Runner:
+    def __init__(self, job_dir: Path, queue: JobQueue, model: ASRModel, opts: RunOptions,
+                 stop: threading.Event, limit: int | None, progress: bool):
+        self.job_dir, self.queue, self.model, self.opts, self.stop = job_dir, queue, model, opts, stop
+        self.claim_budget = math.inf if limit is None else max(0, limit)
+        self.summary = RunSummary()
+        self.crash = _CrashHook(os.environ.get(CRASH_ENV))
+        self.buffer = _Prefetch(int((opts.prefetch_seconds or 2 * opts.batch_seconds) * SR))
+        self.pool_target = int((opts.pool_seconds or 4 * opts.batch_seconds) * SR)
+        self.claimed: deque[Item] = deque()  # claimed, not yet handed to a reader
+        self.work: dict[str, _Work] = {}  # handed to a reader, not yet done/failed
+        self.pool: list[_Piece] = []
+        self.pool_samples = 0
+        self.ready: list[_Work] = []  # every piece transcribed, not yet written
+        self.arrivals = 0
+        self.model_failures_in_a_row = 0
+        self._decode_s = 0.0
+        self._decode_lock = threading.Lock()
+        self.padded = self.useful = 0  # samples in batches once padded / of real audio
+        # Progress counts audio seconds through the model; its rate is audio-hours per hour.
+        self.n_run = int(min(queue.counts()["pending"], self.claim_budget))
+        self.known = queue.known_durations()  # for the ETA before this run knows any
+        self.transcribed_s = 0.0
+        self.bar = tqdm(total=None, unit="s", unit_scale=True, desc="transcribing",
+                        disable=not progress, dynamic_ncols=True, smoothing=0.05)
+        self._update_bar_total()
+
+    # ---- the loop -------------------------------------------------------------------------
+
+    def run(self) -> RunSummary:
+        t0 = time.perf_counter()
+        readers = ThreadPoolExecutor(self.opts.readers, thread_name_prefix="batchasr-reader")
+        self.readers = readers
+        self.writer = _Writer(self.job_dir, self.model.name, self.opts, self.crash)
+        try:
+            while self.step():
+                pass
+        finally:
+            # Normal end, Ctrl-C, or an error: stop the readers, let the writer finish what
+            # it was given, and hand every item not written back to pending.
+            self.buffer.cancel()
+            readers.shutdown(wait=True, cancel_futures=True)
+            self.writer.close()
+            self._collect_written()
+            self._release_unfinished()
+            self.bar.close()
+            s = self.summary
+            s.wall_s = time.perf_counter() - t0
+            s.decode_s = self._decode_s
+            s.write_s = self.writer.write_s
+            s.padding = 1.0 - self.useful / self.padded if self.padded else 0.0
+        if self.writer.error is not None:  # failed on the last batch, after the loop ended
+            raise self.writer.error
+        return self.summary
+
+    def step(self) -> bool:
+        """One iteration: feed the readers, take decoded audio, and run at most one batch.
+        False when the run is over (no more work, limit reached, or asked to stop)."""
+        self._collect_written()
+        if self.writer.error is not None:
+            raise self.writer.error  # e.g. the disk is full: stop, keep what is written
+        if self.stop.is_set():
+            self.summary.stopped = True
+            logger.info("stopping: unfinished items go back to pending")
+            return False
+        self._feed_readers()
+        self._drain()
+        self._write_ready()
+        if self.pool and (self.pool_samples >= self.pool_target or not self._more_coming()):
+            self._run_batch(self._next_batch())
+            self._write_ready()
+            return True
+        if self._more_coming():
+            t = time.perf_counter()
+            msg = self.buffer.get(timeout=0.1)
+            self.summary.wait_s += time.perf_counter() - t
+            if msg is not None:
+                self._handle(msg)
+            return True
+        return False  # out of work (items still being written are waited for by run())
+
+    def _more_coming(self) -> bool:
+        """Could more audio arrive without running a batch first? (_feed_readers has just
+        claimed whatever the readers can take.)"""
+        return bool(self.claimed) or any(w.reading for w in self.work.values())
+
+    # ---- claiming and reading -------------------------------------------------------------
+
+    def _claim(self) -> int:
+        n = int(min(self.opts.claim_size, self.claim_budget))
+        items = self.queue.claim(n) if n > 0 else []
+        if len(items) < n:
+            self.claim_budget = 0  # the queue is empty (for this run)
+        else:
+            self.claim_budget -= len(items)
+        self.claimed.extend(items)
+        return len(items)
+
+    def _feed_readers(self) -> None:
+        """Keep a claim's worth of files queued for the reader threads, so they never wait
+        for the main thread (a hand-over per file would cost a GIL switch, ~5 ms, each).
+        Queued files hold no audio; the prefetch buffer bounds what is decoded."""
+        reading = sum(w.reading for w in self.work.values())
+        while reading < max(2 * self.opts.readers, self.opts.claim_size):
+            if not self.claimed and (self.claim_budget <= 0 or not self._claim()):
+                return
+            w = _Work(self.claimed.popleft())
+            self.work[w.item.id] = w
+            self.readers.submit(self._read, w)
+            reading += 1
+
+    def _read(self, w: _Work) -> None:
+        """Reader thread: decode one file into pieces; always ends with one 'end' or
+        'error' message (unless the run is cancelled)."""
+        busy = 0.0
+        t = time.perf_counter()
+        n = samples = 0
+        try:
+            with audio.open_audio(w.item.path) as f:
+                window_s = self._window_for(f.info)
+                for offset_s, wave in f.windows(window_s):
+                    busy += time.perf_counter() - t
+                    self.crash("decode")
+                    ok = self.buffer.put(("piece", w, n, offset_s, wave), len(wave),
+                                         abandon=lambda: w.failed)
+                    t = time.perf_counter()
+                    if not ok:
+                        break
+                    n += 1
+                    samples += len(wave)
+            busy += time.perf_counter() - t
+            self.buffer.put(("end", w, n, samples / SR))
+        except AudioError as e:
+            busy += time.perf_counter() - t
+            self.buffer.put(("error", w, str(e)))
+        except Exception as e:  # a decoder bug must fail the item, not hang the run
+            busy += time.perf_counter() - t
+            logger.exception("unexpected error decoding %s", w.item.path)
+            self.buffer.put(("error", w, f"{type(e).__name__}: {e}"))
+        finally:
+            with self._decode_lock:
+                self._decode_s += busy
+
+    def _window_for(self, info: audio.AudioInfo) -> float:
+        """Equal windows of at most max_window_s (31 s -> 2 x 15.5 s, not 30 s + 1 s)."""
+        n = info.n_samples(SR)  # from the header: exact for PCM and FLAC, else an estimate
+        max_n = int(self.opts.max_window_s * SR)
+        if n <= max_n:
+            return self.opts.max_window_s
+        return math.ceil(n / math.ceil(n / max_n)) / SR
+
+    def _drain(self) -> None:
+        while self.pool_samples < self.pool_target:
+            msg = self.buffer.get()
+            if msg is None:
+                return
+            self._handle(msg)
+
+    def _handle(self, msg: tuple) -> None:
+        kind, w = msg[0], msg[1]
+        if kind == "piece":
+            if not w.failed:
+                _, _, index, offset_s, wave = msg
+                self.pool.append(_Piece(w, index, offset_s, wave, self.arrivals))
+                self.pool_samples += len(wave)
+                self.arrivals += 1
+            return
+        w.reading = False
+        if kind == "error":
+            self._fail(w, msg[2])
+        else:
+            w.n_pieces, w.duration_s = msg[2], msg[3]
+            if w.complete:
+                self.ready.append(w)
+        self._forget_if_finished(w)
+
+    # ---- batches ----------------------------------------------------------------------------
+
+    def _next_batch(self) -> list[_Piece]:
+        """The planned batch that holds the oldest piece in the pool (so no piece starves),
+        taken out of the pool."""
+        lengths = [len(p.audio) for p in self.pool]
+        plan = plan_batches(
+            lengths,
+            max_total=int(self.opts.batch_seconds * SR),
+            max_padded=int(self.opts.padded_seconds * SR),
+            max_items=self.opts.max_batch_items,
+        )
+        oldest = min(range(len(self.pool)), key=lambda i: self.pool[i].arrival)
+        chosen = next(b for b in plan if oldest in b)
+        taken = set(chosen)
+        batch = [self.pool[i] for i in chosen]
+        self.pool = [p for i, p in enumerate(self.pool) if i not in taken]
+        self.pool_samples -= sum(len(p.audio) for p in batch)
+        return batch
+
+    def _run_batch(self, batch: list[_Piece]) -> None:
+        batch = [p for p in batch if not p.work.failed]
+        if not batch:
+            return
+        self.crash("batch")
+        try:
+            outs = self._transcribe(batch)
+        except Exception as e:  # retry each piece alone; fail only those that still fail
+            logger.warning("batch of %d failed in the model (%s: %s); retrying one by one",
+                           len(batch), type(e).__name__, e)
+            for p in batch:
+                if p.work.failed:
+                    continue
+                try:
+                    [out] = self._transcribe([p])
+                except Exception as e1:
+                    logger.exception("model failed on %s", p.work.item.id)
+                    self._fail(p.work, f"model error: {type(e1).__name__}: {e1}")
+                    self._forget_if_finished(p.work)
+                    self.model_failures_in_a_row += 1
+                    if self.model_failures_in_a_row >= self.opts.max_model_failures_in_a_row:
+                        raise JobError(
+                            f"the model failed on {self.model_failures_in_a_row} items in a "
+                            f"row, last with {type(e1).__name__}: {e1}. Stopping; the items "
+                            "not reached stay pending (retry failed ones with retry_failed)."
+                        ) from e1
+                else:
+                    self._record(p, out)
+            return
+        for p, out in zip(batch, outs):
+            self._record(p, out)
+
+    def _transcribe(self, batch: list[_Piece]) -> list[Transcript]:
+        langs = [p.work.item.language for p in batch]
+        t = time.perf_counter()
+        outs = self.model.transcribe([p.audio for p in batch],
+                                     languages=langs if any(langs) else None)
+        self.summary.model_s += time.perf_counter() - t
+        if len(outs) != len(batch):  # guard the zip, as whisper's DecodingTask.run does
+            raise ValueError(f"model returned {len(outs)} transcripts for {len(batch)} inputs")
+        self.summary.batches += 1
+        longest = max(len(p.audio) for p in batch)
+        self.padded += longest * len(batch)
+        self.useful += sum(len(p.audio) for p in batch)
+        seconds = sum(len(p.audio) for p in batch) / SR
+        self.transcribed_s += seconds
+        self.bar.update(seconds)
+        return outs
+
+    def _record(self, p: _Piece, out: Transcript) -> None:
+        self.model_failures_in_a_row = 0
+        w = p.work
+        w.pieces[p.index] = (p.offset_s, out)
+        if w.complete:
+            self.ready.append(w)
+
+    # ---- writing ----------------------------------------------------------------------------
+
+    def _write_ready(self) -> None:
+        """Hand the items whose every piece is transcribed to the writer (as one part)."""
+        if self.ready:
+            ready, self.ready = self.ready, []
+            self.writer.submit(ready)
+
+    def _collect_written(self) -> None:
+        """Count the items the writer has committed."""
+        while True:
+            try:
+                works = self.writer.done.get_nowait()
+            except stdqueue.Empty:
+                break
+            for w in works:
+                self.work.pop(w.item.id, None)
+                self.summary.done += 1
+                self.summary.audio_s += w.duration_s or 0.0
+            self._update_bar_total()
+
+    def _fail(self, w: _Work, error: str) -> None:
+        if w.failed:
+            return
+        w.failed = True
+        logger.warning("%s failed: %s", w.item.id, error)
+        self.queue.fail(w.item.id, error, duration_s=w.duration_s)
+        self.summary.failed += 1
+        if w in self.ready:
+            self.ready.remove(w)
+        if any(p.work is w for p in self.pool):
+            self.pool = [p for p in self.pool if p.work is not w]
+            self.pool_samples = sum(len(p.audio) for p in self.pool)
+        self._update_bar_total()
+
+    def _forget_if_finished(self, w: _Work) -> None:
+        if w.failed and not w.reading:
+            self.work.pop(w.item.id, None)
+
+    def _release_unfinished(self) -> None:
+        ids = [w.item.id for w in self.work.values() if not w.failed]
+        ids += [i.id for i in self.claimed]
+        self.work.clear()
+        self.claimed.clear()
+        if ids:
+            logger.info("%d unfinished item(s) go back to pending", len(ids))
+            try:
+                self.queue.release(ids)
+            except Exception:  # e.g. a second Ctrl-C inside it: reset_running covers them
+                logger.exception("could not hand %d unfinished item(s) back", len(ids))
+
+    def _update_bar_total(self) -> None:
+        """Estimated audio seconds of this run: what went through the model, plus the items
+        not finished yet at the mean duration of the job's items so far."""
+        s = self.summary
+        n, total = self.known[0] + s.done, self.known[1] + s.audio_s
+        if n:
+            remaining = max(0, self.n_run - s.items)
+            self.bar.total = max(self.bar.n, round(self.transcribed_s + remaining * total / n))
+        self.bar.set_postfix(done=s.done, failed=s.failed, refresh=False)
+
+
+def _item_dict(w: _Work) -> dict[str, Any]:
+    i = w.item
+    return {"id": i.id, "seq": i.seq, "path": i.path, "language": i.language,
+            "extra": i.extra, "duration_s": w.duration_s}
+
+
+class _sigint_sets:
+    """While active (main thread only): the first Ctrl-C sets ``stop``, so the loop ends
+    after the current batch; the second raises KeyboardInterrupt at once. The handler only
+    sets a flag: logging from a signal handler is not safe (huey does the same)."""
+
+    def __init__(self, stop: threading.Event):
+        self.stop = stop
+        self.previous = None
+
+    def _handler(self, signum, frame):
+        if self.stop.is_set():
+            raise KeyboardInterrupt
+        self.stop.set()
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
