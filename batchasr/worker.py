@@ -259,8 +259,8 @@ class _CrashHook:
 
 class _Writer:
     """The writer thread: for each batch of finished items, part -> subtitles -> complete,
-    in hand-over order, on a queue connection of its own. ``done`` reports each written
-    batch back (ids, audio seconds); ``error`` is the exception that stopped it, if any."""
+    in hand-over order, on a queue connection of its own. ``done`` hands each committed
+    batch back to the main thread; ``error`` is the exception that stopped it, if any."""
 
     def __init__(self, job_dir: Path, model_name: str, opts: RunOptions, crash: _CrashHook):
         self.job_dir, self.model_name, self.opts, self.crash = job_dir, model_name, opts, crash
@@ -317,7 +317,7 @@ class _Writer:
         # problem with one is logged and does not fail its item. One folder fsync per batch.
         folders = set()
         for fmt in self.opts.subtitle_formats:
-            folder = self.job_dir / ("subtitles" if fmt == "srt" else f"subtitles-{fmt}")
+            folder = subtitles.default_folder(self.job_dir, fmt)
             for w in works:
                 try:
                     subtitles.write_item_subtitles(
@@ -642,7 +642,7 @@ class _Runner:
         n, total = self.known[0] + s.done, self.known[1] + s.audio_s
         if n:
             remaining = max(0, self.n_run - s.items)
-            self.bar.total = max(self.bar.n, round(self.transcribed_s + remaining * total / n))
+            self.bar.total = max(self.bar.n, self.transcribed_s + remaining * total / n)
         self.bar.set_postfix(done=s.done, failed=s.failed, refresh=False)
 
 
