@@ -152,7 +152,7 @@ def run_job(
     if getattr(model, "sample_rate", SR) != SR:
         raise ValueError(f"model {model.name} expects {model.sample_rate} Hz; batchasr feeds {SR}")
     stop_event = stop_event or threading.Event()
-    with JobLock(job_dir), JobQueue(job_dir) as queue, _sigint_sets(stop_event):
+    with JobLock(job_dir), JobQueue(job_dir) as queue, _StopOnCtrlC(stop_event):
         queue.ensure_meta({"model": model.name, **(meta or {})})
         requeued, poisoned = queue.reset_running(max_attempts=opts.max_attempts)
         if requeued or poisoned:
@@ -218,7 +218,8 @@ class _Prefetch:
             self._cv.notify_all()
             return True
 
-    def get(self, timeout: float | None = 0.0) -> tuple | None:
+    def get(self, timeout: float = 0.0) -> tuple | None:
+        """The oldest message, waiting up to ``timeout`` seconds; None if there is none."""
         with self._cv:
             if not self._q and timeout:
                 self._cv.wait(timeout)
@@ -652,10 +653,11 @@ def _item_dict(w: _Work) -> dict[str, Any]:
             "extra": i.extra, "duration_s": w.duration_s}
 
 
-class _sigint_sets:
+class _StopOnCtrlC:
     """While active (main thread only): the first Ctrl-C sets ``stop``, so the loop ends
     after the current batch; the second raises KeyboardInterrupt at once. The handler only
-    sets a flag: logging from a signal handler is not safe (huey does the same)."""
+    sets a flag and writes one line with os.write: logging from a signal handler can
+    deadlock on the logging lock (huey avoids it the same way)."""
 
     def __init__(self, stop: threading.Event):
         self.stop = stop
@@ -665,6 +667,8 @@ class _sigint_sets:
         if self.stop.is_set():
             raise KeyboardInterrupt
         self.stop.set()
+        os.write(2, b"\nbatchasr: stopping after the current batch "
+                    b"(press Ctrl-C again to stop at once)\n")
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
