@@ -1,4 +1,8 @@
 """batchasr: batch speech transcription with FunASR models on MLX."""
+from batchasr import _blas
+
+_blas.preload()  # before anything imports mlx.core: a fast BLAS for MLX's Linux CPU backend
+
 from batchasr.transcript import Segment, Token, Transcript
 
 __version__ = "0.1.0"

@@ -12,6 +12,7 @@ import functools
 import json
 import logging
 import sys
+from pathlib import Path
 
 import click
 
@@ -133,6 +134,215 @@ def transcribe(files, model, weights, dtype, device, download, batch_size, as_js
             else:
                 click.echo(results[i].text if len(files) == 1 else f"{path}\t{results[i].text}")
     sys.exit(EXIT_FAILED_ITEMS if failures else EXIT_OK)
+
+
+# --------------------------------------------------------------------------------------------
+# jobs
+# --------------------------------------------------------------------------------------------
+def job_dir_for(source: str | None, job_dir: str | None) -> Path:
+    if job_dir:
+        return Path(job_dir)
+    if source is None:
+        raise click.UsageError("give a manifest or folder, or --job-dir of an existing job")
+    src = Path(source.rstrip("/"))
+    return Path("jobs") / (src.name if src.is_dir() else src.stem)
+
+
+def job_option(required: bool = True):
+    return click.option("--job-dir", "-j", required=required, type=click.Path(file_okay=False),
+                        help="Job folder (queue.db, parts/, subtitles/, results).")
+
+
+@cli.command()
+@click.argument("source", required=False, type=click.Path(exists=True))
+@model_options
+@job_option(required=False)
+@click.option("--batch-seconds", default=300.0, show_default=True, type=click.FloatRange(1),
+              help="Audio seconds per model batch (padded length x count is bounded too), like "
+                   "FunASR's batch_size_s. Larger batches are faster on GPUs and use more "
+                   "memory.")
+@click.option("--limit", type=click.IntRange(1), default=None,
+              help="Transcribe at most N items in this invocation (the whole manifest is still "
+                   "enqueued; run again to continue).")
+@click.option("--max-window-s", default=30.0, show_default=True, type=click.FloatRange(1),
+              help="Files longer than this are cut into windows of at most this length.")
+@click.option("--readers", default=2, show_default=True, type=click.IntRange(1),
+              help="Threads decoding and resampling audio ahead of the model.")
+@click.option("--strict-manifest", is_flag=True,
+              help="Refuse the whole manifest when any row is bad (default: report bad rows "
+                   "with their line numbers, enqueue the rest, exit 3).")
+@click.option("--progress/--no-progress", default=True, help="Show the progress bar.")
+@click.option("--max-new-tokens", type=click.IntRange(1), default=None,
+              help="LLM models: generation cap, counting the stop token.")
+@click.option("--hotwords", default=None, help="LLM models: comma-separated hotwords.")
+def run(source, model, weights, dtype, device, download, job_dir, batch_seconds, limit,
+        max_window_s, readers, strict_manifest, progress, max_new_tokens, hotwords):
+    """Transcribe every file of a manifest (CSV, TSV, JSONL) or folder, resumably.
+
+    The manifest is enqueued into <job-dir>/queue.db (default jobs/<manifest name>/); only
+    items not yet done are transcribed. Run the same command again after a crash, a reboot
+    or Ctrl-C to continue: nothing is done twice, nothing is lost. Results go to Parquet part
+    files (consolidate with `batchasr export`) and one SRT per file under <job-dir>/subtitles.
+
+    \b
+    Example:
+      batchasr run archive.csv --model ~/models/paraformer-zh
+      batchasr run /mnt/nas/recordings --model paraformer-zh --job-dir jobs/nas
+      batchasr run --job-dir jobs/nas --model paraformer-zh      # resume, manifest known
+    """
+    from batchasr.manifest import MANIFEST_NAME, open_manifest, scan_folder
+    from batchasr.queue import JobLock, JobQueue
+    from batchasr.worker import run_job
+
+    job = job_dir_for(source, job_dir)
+    options = {k: v for k, v in (("max_new_tokens", max_new_tokens), ("hotwords", hotwords))
+               if v is not None}
+    skipped = 0
+    try:
+        job.mkdir(parents=True, exist_ok=True)
+        with JobLock(job):
+            with JobQueue(job) as queue:
+                queue.ensure_meta({"model": str(model), "weights": weights, "dtype": dtype,
+                                   **options})
+                if source is not None:
+                    manifest_path = scan_folder(source, job) if Path(source).is_dir() else source
+                    manifest = open_manifest(manifest_path)
+                    added = queue.enqueue(manifest, strict=strict_manifest)
+                    skipped = manifest.n_problems
+                    for line, problem in manifest.problems:
+                        click.echo(f"Warning: {manifest.path}:{line}: {problem} (row skipped)",
+                                   err=True)
+                    click.echo(f"{job}: {added.added} new item(s), {added.existing} already "
+                               f"queued" + (f", {skipped} bad row(s) skipped" if skipped else ""),
+                               err=True)
+                elif not (job / "queue.db").exists():
+                    raise click.UsageError(f"{job} is not a job folder; give a manifest")
+                pending = queue.counts()
+            if pending["pending"] + pending["running"] == 0:
+                click.echo(f"{job}: nothing to do ({pending['done']} done, "
+                           f"{pending['failed']} failed)", err=True)
+            else:
+                asr = open_model(model, weights, dtype, device, download, **options)
+                summary = run_job(job, asr, batch_seconds=batch_seconds, limit=limit,
+                                  max_window_s=max_window_s, progress=progress, readers=readers,
+                                  meta={"model": str(model)})
+                record_run(job, summary)
+                click.echo(f"{job}: {summary}", err=True)
+            with JobQueue(job) as queue:
+                counts = queue.counts()
+    except (BatchasrError, ValueError) as e:
+        fail(str(e))
+    if counts["failed"] or skipped:
+        click.echo(f"{counts['failed']} failed item(s): see `batchasr status --job-dir {job} "
+                   f"--failed`", err=True)
+        sys.exit(EXIT_FAILED_ITEMS)
+    sys.exit(EXIT_OK)
+
+
+def record_run(job: Path, summary) -> None:
+    """Append the run's figures to <job>/runs.jsonl (throughput and ETA for `status`)."""
+    import dataclasses
+    import time
+
+    rec = {"finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+           **dataclasses.asdict(summary)}
+    with open(job / "runs.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps(rec) + "\n")
+
+
+@cli.command()
+@job_option()
+@click.option("--failed", "show_failed", is_flag=True, help="List the failed items and errors.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the counts per status as one JSON object.")
+def status(job_dir, show_failed, as_json):
+    """Show a job's progress: counts, audio hours done, throughput, ETA, failures.
+
+    \b
+    Example:
+      batchasr status --job-dir jobs/archive --failed
+    """
+    from batchasr.queue import JobQueue
+
+    job = Path(job_dir)
+    if not (job / "queue.db").exists():
+        fail(f"{job} is not a job folder (no queue.db)")
+    with JobQueue(job) as queue:
+        counts = queue.counts()
+        if as_json:
+            click.echo(json.dumps(counts))
+            return
+        done_s = queue.db.conn.execute(
+            "SELECT coalesce(sum(duration_s), 0) FROM items WHERE status = 'done'").fetchone()[0]
+        n_known, known_s = queue.known_durations()
+        failed = queue.failed() if show_failed else []
+        meta = queue.meta()
+    total = sum(counts.values())
+    click.echo(f"job      {job}  (model {meta.get('model', '?')})")
+    click.echo("items    " + ", ".join(f"{v} {k}" for k, v in counts.items()) + f" / {total}")
+    click.echo(f"audio    {done_s / 3600:.3f} h done")
+    runs = []
+    if (job / "runs.jsonl").exists():
+        runs = [json.loads(line) for line in (job / "runs.jsonl").read_text().splitlines()
+                if line.strip()]
+    wall = sum(r["wall_s"] for r in runs)
+    audio = sum(r["audio_s"] for r in runs)
+    if wall > 0 and audio > 0:
+        speed = audio / wall
+        left = counts["pending"] + counts["running"]
+        mean_s = known_s / n_known if n_known else 0.0
+        eta_s = left * mean_s / speed
+        click.echo(f"speed    {speed:.1f} audio-hours per hour over {len(runs)} run(s)")
+        click.echo(f"eta      {eta_s / 3600:.2f} h for {left} item(s) left "
+                   f"(~{mean_s:.1f} s of audio each)")
+    for item in failed:
+        click.echo(f"failed   {item.id}\t{item.path}\t{item.error}")
+
+
+@cli.command()
+@job_option()
+@click.option("--format", "fmt", type=click.Choice(["parquet", "srt", "vtt", "txt", "jsonl"]),
+              default="parquet", show_default=True)
+@click.option("-o", "--output", default=None, type=click.Path(),
+              help="Output file (parquet, jsonl, txt) or folder (srt, vtt, txt per item); "
+                   "default inside the job folder.")
+def export(job_dir, fmt, output):
+    """Export a job's results from the stored parts, without running any model.
+
+    Parquet and JSONL hold exactly one row per manifest item (done, failed or pending) in
+    manifest order; srt/vtt/txt render the done items.
+
+    \b
+    Example:
+      batchasr export --job-dir jobs/archive --format parquet -o archive.parquet
+      batchasr export --job-dir jobs/archive --format vtt
+    """
+    from batchasr.results import export_results
+
+    try:
+        path = export_results(job_dir, fmt, output)
+    except (BatchasrError, ValueError) as e:
+        fail(str(e))
+    click.echo(str(path))
+
+
+@cli.command("retry-failed")
+@job_option()
+def retry_failed(job_dir):
+    """Put a job's failed items back in the queue; the next `batchasr run` retries them.
+
+    \b
+    Example:
+      batchasr retry-failed --job-dir jobs/archive && batchasr run --job-dir jobs/archive
+    """
+    from batchasr.queue import JobLock, JobQueue
+
+    try:
+        with JobLock(job_dir), JobQueue(job_dir) as queue:
+            n = queue.retry_failed()
+    except BatchasrError as e:
+        fail(str(e))
+    click.echo(f"{n} failed item(s) requeued")
 
 
 def main():

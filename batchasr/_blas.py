@@ -1,0 +1,67 @@
+"""Give MLX's Linux CPU backend a fast BLAS, without the user doing anything.
+
+The `mlx[cpu]` wheel links the reference BLAS (about 5 GFLOP/s for a 1024² fp32 matmul on a
+2-core EPYC, ~38x slower than an optimised one). libmlx resolves `cblas_sgemm` through the
+dynamic linker's global scope, so a BLAS opened with RTLD_GLOBAL *before* `mlx.core` is first
+imported takes its place (measured in shared/reference/cpu-blas.md). We look for, in order:
+
+1. `$BATCHASR_BLAS` (a path to a shared library exporting cblas_sgemm; "reference" disables
+   this module),
+2. Intel MKL from the `mkl` wheel (a default dependency on Linux x86-64),
+3. the system OpenBLAS (e.g. Debian's libopenblas0-pthread).
+
+macOS (Accelerate) and CUDA builds do not need this; loading is harmless there and skipped.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import glob
+import os
+import sys
+
+loaded: str | None = None  # path of the BLAS we preloaded, for `batchasr bench` and logs
+
+
+def _candidates() -> list[str]:
+    env = os.environ.get("BATCHASR_BLAS")
+    if env:
+        return [] if env == "reference" else [env]
+    found = []
+    for prefix in dict.fromkeys([sys.prefix, sys.base_prefix, os.path.dirname(sys.executable)
+                                 + "/.."]):
+        found += sorted(glob.glob(os.path.join(prefix, "lib", "libmkl_rt.so*")))
+    for name in ("openblas", "openblasp", "openblaso"):
+        lib = ctypes.util.find_library(name)
+        if lib:
+            found.append(lib)
+    found += ["libopenblas.so.0"]
+    return found
+
+
+def preload() -> str | None:
+    """Preload a fast BLAS for MLX; returns its path, or None when none was found/needed."""
+    global loaded
+    if loaded or not sys.platform.startswith("linux") or "mlx.core" in sys.modules:
+        return loaded
+    for path in _candidates():
+        if "mkl_rt" in path:
+            # MKL picks its threading runtime from this; intel-openmp ships libiomp5 beside it
+            os.environ.setdefault("MKL_THREADING_LAYER", "INTEL")
+            libdir = os.path.dirname(path)
+            iomp = os.path.join(libdir, "libiomp5.so")
+            try:
+                if os.path.exists(iomp):
+                    ctypes.CDLL(iomp, mode=ctypes.RTLD_GLOBAL)
+                else:
+                    os.environ["MKL_THREADING_LAYER"] = "GNU"
+            except OSError:
+                os.environ["MKL_THREADING_LAYER"] = "SEQUENTIAL"
+        try:
+            lib = ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+            lib.cblas_sgemm  # noqa: B018 - must export the symbol MLX needs
+        except (OSError, AttributeError):
+            continue
+        loaded = path
+        return loaded
+    return None
