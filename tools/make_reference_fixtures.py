@@ -322,9 +322,396 @@ def make_text_cases():
     print(f"wrote {path}")
 
 
+# ---------------------------------------------------------------------------------------------
+# Fun-ASR-Nano: tiny random FunASRNano checkpoints in the official layout (config.yaml,
+# configuration.json, model.pt, Qwen3-0.6B/{config.json, tokenizer.json, tokenizer_config.json},
+# and for the CTC variant multilingual.tiktoken), built by funasr's own classes; official outputs
+# of AutoModel.generate recorded (one clip per call, and one batched call without CTC).
+#
+# CTC timestamps need torchaudio.functional.forced_align, and no torchaudio build matches torch
+# 2.13: without it the official inference raises ImportError for every clip of a checkpoint
+# with CTC weights (require_torchaudio runs outside forced_align's try block). Point
+# NANO_TORCHAUDIO at "<dir with torchaudio 2.11>:<dir with stub libcudart.so.13, libc10_cuda.so,
+# libtorch_cuda.so>" to load torchaudio's CPU aligner (the PyPI wheel is a CUDA build; its CPU
+# kernels run once the CUDA libraries it links resolve to stubs). It is made importable only
+# after funasr has chosen kaldi-native-fbank and soundfile, so features and audio do not change.
+# ---------------------------------------------------------------------------------------------
+QWEN_PRETOKENIZE = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}"
+                    r"\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+QWEN_ADDED = [  # Qwen3's added tokens (ids 151643.. in the real vocabulary), with special flags
+    ("<|endoftext|>", True), ("<|im_start|>", True), ("<|im_end|>", True),
+    ("<|object_ref_start|>", True), ("<|object_ref_end|>", True), ("<|box_start|>", True),
+    ("<|box_end|>", True), ("<|quad_start|>", True), ("<|quad_end|>", True),
+    ("<|vision_start|>", True), ("<|vision_end|>", True), ("<|vision_pad|>", True),
+    ("<|image_pad|>", True), ("<|video_pad|>", True), ("<tool_call>", False),
+    ("</tool_call>", False), ("<|fim_prefix|>", False), ("<|fim_middle|>", False),
+    ("<|fim_suffix|>", False), ("<|fim_pad|>", False), ("<|repo_name|>", False),
+    ("<|file_sep|>", False), ("<tool_response>", False), ("</tool_response>", False),
+    ("<think>", False), ("</think>", False),
+]
+NANO_CORPUS = [
+    "You are a helpful assistant.", "system", "user", "assistant",
+    "语音转写：", "语音转写成中文：", "语音转写成英文：", "语音转写成日文：", "，不进行文本规整",
+    "请结合上下文信息，更加准确地完成语音转写任务。如果没有相关信息，我们会留空。",
+    "**上下文信息：**", "热词列表：[阿里巴巴, 通义实验室, FunASR]",
+    "今天天气很好，我们去公园散步吧。会议将在下午三点开始，请大家准时参加。",
+    "这是一个语音识别的测试，模型会输出带标点的文字。你好世界！",
+    "The quick brown fox jumps over the lazy dog. Hello world, this is a test of speech.",
+    "It was the best of times, it was the worst of times. 1234567890 2025年12月",
+    "こんにちは、世界。音声認識のテストです。", "/sil", "Okay, so, um, yeah.",
+]
+
+
+def nano_tokenizer_files(llm_dir: Path):
+    """A small Qwen-style byte-level BPE (Qwen2Tokenizer's pipeline: NFC, Qwen's split regex,
+    ByteLevel) trained on prompt-like text, plus Qwen3's added tokens with their real names."""
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers
+    from tokenizers import pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN_PRETOKENIZE), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=600, show_progress=False, min_frequency=1,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(NANO_CORPUS * 3, trainer=trainer)
+    for content, special in QWEN_ADDED:
+        tok.add_tokens([AddedToken(content, special=special, normalized=False)])
+    tok.save(str(llm_dir / "tokenizer.json"))
+    ids = {c: tok.token_to_id(c) for c, _ in QWEN_ADDED}
+    cfg = {
+        "tokenizer_class": "Qwen2Tokenizer", "bos_token": None, "eos_token": "<|im_end|>",
+        "pad_token": "<|endoftext|>", "unk_token": None, "errors": "replace",
+        "model_max_length": 131072, "split_special_tokens": False, "clean_up_tokenization_spaces":
+        False, "add_prefix_space": False,
+        "additional_special_tokens": [c for c, s in QWEN_ADDED if s and c not in
+                                      ("<|endoftext|>",)],
+        "added_tokens_decoder": {str(ids[c]): {"content": c, "lstrip": False, "normalized": False,
+                                               "rstrip": False, "single_word": False,
+                                               "special": s} for c, s in QWEN_ADDED},
+    }
+    (llm_dir / "tokenizer_config.json").write_text(json.dumps(cfg, ensure_ascii=False, indent=1),
+                                                   encoding="utf-8")
+    return tok
+
+
+def nano_qwen_config(vocab_size, eos_id, bos_id, *, hidden=64, layers=2, heads=4, kv_heads=2,
+                     head_dim=32, inter=128):
+    """A tiny Qwen3 config.json in the published Qwen3-0.6B layout (head_dim != hidden/heads
+    on purpose, as in the real model)."""
+    return {"architectures": ["Qwen3ForCausalLM"], "attention_bias": False,
+            "attention_dropout": 0.0, "bos_token_id": bos_id, "eos_token_id": eos_id,
+            "head_dim": head_dim, "hidden_act": "silu", "hidden_size": hidden,
+            "initializer_range": 0.02, "intermediate_size": inter,
+            "max_position_embeddings": 40960, "max_window_layers": layers, "model_type": "qwen3",
+            "num_attention_heads": heads, "num_hidden_layers": layers,
+            "num_key_value_heads": kv_heads, "rms_norm_eps": 1e-06, "rope_scaling": None,
+            "rope_theta": 1000000, "sliding_window": None, "tie_word_embeddings": True,
+            "torch_dtype": "bfloat16", "use_cache": True, "use_sliding_window": False,
+            "vocab_size": vocab_size}
+
+
+def nano_config(*, d=48, heads=4, units=96, blocks=3, tp_blocks=2, ffn=96, n_layer=2,
+                ctc=False, ctc_vocab=None):
+    """The published Fun-ASR-Nano config.yaml, shrunk (dither 0 for repeatable features)."""
+    cfg = {
+        "model": "FunASRNano",
+        "model_conf": {"lsm_weight": 0.1, "length_normalized_loss": True},
+        "audio_encoder": "SenseVoiceEncoderSmall",
+        "audio_encoder_conf": {"output_size": d, "attention_heads": heads,
+                               "linear_units": units, "num_blocks": blocks,
+                               "tp_blocks": tp_blocks, "dropout_rate": 0.1,
+                               "positional_dropout_rate": 0.1, "attention_dropout_rate": 0.1,
+                               "input_layer": "pe", "pos_enc_class": "SinusoidalPositionEncoder",
+                               "normalize_before": True, "kernel_size": 11, "sanm_shfit": 0,
+                               "selfattention_layer_type": "sanm", "freeze": True,
+                               "freeze_layer_num": -1, "feat_permute": True},
+        "llm": "Qwen3-0.6b",
+        "llm_conf": {"hub": "hf", "freeze": True, "llm_dtype": "bf16",
+                     "init_param_path": "Qwen3-0.6B", "use_lora": False,
+                     "lora_conf": {"freeze_lora": True, "task_type": "CAUSAL_LM", "r": 16,
+                                   "lora_alpha": 32, "lora_dropout": 0.05, "bias": "none",
+                                   "target_modules": ["q_proj", "v_proj"]}},
+        "audio_adaptor": "Transformer",
+        "audio_adaptor_conf": {"downsample_rate": 1, "use_low_frame_rate": True,
+                               "ffn_dim": ffn, "llm_dim": 1024, "encoder_dim": 512,
+                               "n_layer": n_layer, "freeze": True},
+        "frontend": "WavFrontend",
+        "frontend_conf": {"fs": 16000, "window": "hamming", "n_mels": 80, "frame_length": 25,
+                          "frame_shift": 10, "lfr_m": 7, "lfr_n": 6, "dither": 0.0},
+        "tokenizer": "HuggingfaceTokenizer",
+        "tokenizer_conf": {"init_param_path": "Qwen3-0.6B"},
+    }
+    if ctc:
+        cfg.update({
+            "ctc_decoder": "Transformer", "detach_ctc_decoder": True,
+            "ctc_decoder_conf": {"downsample_rate": 1, "ffn_dim": ffn, "llm_dim": d,
+                                 "encoder_dim": d, "n_layer": 2, "freeze": False},
+            "ctc_weight": 1.0, "ctc_vocab_size": ctc_vocab,
+            "ctc_conf": {"dropout_rate": 0.0, "ctc_type": "builtin", "reduce": True,
+                         "ignore_nan_grad": True},
+            "dataset_conf": {"ctc_tokenizer": "SenseVoiceTokenizer",
+                             "ctc_tokenizer_conf": {"vocab_path": "multilingual.tiktoken",
+                                                    "is_multilingual": True,
+                                                    "num_languages": 8749}},
+        })
+    return cfg
+
+
+def write_tiktoken(path: Path, n_merges=120):
+    """A small tiktoken rank file: the 256 bytes plus byte-pair merges learnt from the corpus
+    (the format of SenseVoice's multilingual.tiktoken)."""
+    import base64
+    from collections import Counter
+
+    ranks = {bytes([b]): b for b in range(256)}
+    seqs = [[bytes([b]) for b in s.encode("utf-8")] for s in NANO_CORPUS]
+    for _ in range(n_merges):
+        pairs = Counter((a, b) for s in seqs for a, b in zip(s, s[1:]))
+        if not pairs:
+            break
+        (a, b), _ = max(pairs.items(), key=lambda kv: (kv[1], kv[0]))
+        ranks.setdefault(a + b, len(ranks))
+        merged = []
+        for s in seqs:
+            out, i = [], 0
+            while i < len(s):
+                if i + 1 < len(s) and s[i] == a and s[i + 1] == b:
+                    out.append(a + b)
+                    i += 2
+                else:
+                    out.append(s[i])
+                    i += 1
+            merged.append(out)
+        seqs = merged
+    with open(path, "w", encoding="utf-8") as f:
+        for tok, rank in sorted(ranks.items(), key=lambda kv: kv[1]):
+            f.write(f"{base64.b64encode(tok).decode()} {rank}\n")
+    return len(ranks)
+
+
+def build_nano_dir(model_dir: Path, *, seed: int, ctc: bool, attn_scale=32.0,
+                   mlp_scale=2048.0, eos_scale=1.0):
+    """Write the official folder and model.pt (weights from funasr's own FunASRNano)."""
+    import torch
+    import yaml
+    from funasr import AutoModel
+
+    if model_dir.exists():
+        shutil.rmtree(model_dir)
+    llm_dir = model_dir / "Qwen3-0.6B"
+    llm_dir.mkdir(parents=True)
+    tok = nano_tokenizer_files(llm_dir)
+    vocab = tok.get_vocab_size(with_added_tokens=True)
+    qcfg = nano_qwen_config(vocab, tok.token_to_id("<|im_end|>"), tok.token_to_id("<|endoftext|>"))
+    (llm_dir / "config.json").write_text(json.dumps(qcfg, indent=2), encoding="utf-8")
+    metas = {"init_param": "model.pt", "config": "config.yaml",
+             "llm_conf": {"init_param_path": "Qwen3-0.6B"},
+             "tokenizer_conf": {"init_param_path": "Qwen3-0.6B"}}
+    ctc_vocab = None
+    if ctc:
+        n_ranks = write_tiktoken(model_dir / "multilingual.tiktoken")
+        from funasr.models.sense_voice.whisper_lib.tokenizer import get_encoding
+
+        n_vocab = get_encoding("multilingual", 8749, str(model_dir / "multilingual.tiktoken")).n_vocab
+        # The CTC head covers the byte-level tokens plus a blank (ctc_vocab_size - 1) that
+        # takes the id of the first special token: the ~1,700 tiktoken specials (languages,
+        # events, timestamps) never occur in a transcript, and leaving them out keeps the
+        # fixture's CTC tensors small.
+        ctc_vocab = n_ranks + 1
+        metas["dataset_conf"] = {"ctc_tokenizer_conf": {"vocab_path": "multilingual.tiktoken"}}
+        print(f"  CTC vocabulary: {n_ranks} ranks, {n_vocab} with specials, blank {ctc_vocab - 1}")
+    config = nano_config(ctc=ctc, ctc_vocab=ctc_vocab)
+    with open(model_dir / "config.yaml", "w", encoding="utf-8") as f:
+        yaml.safe_dump(config, f, sort_keys=False, allow_unicode=True)
+    (model_dir / "configuration.json").write_text(json.dumps(
+        {"framework": "pytorch", "task": "auto-speech-recognition", "model": {"type": "funasr"},
+         "file_path_metas": metas}, indent=1), encoding="utf-8")
+
+    kw = json.loads(json.dumps(config))
+    kw["llm_conf"]["init_param_path"] = str(llm_dir)
+    kw["tokenizer_conf"]["init_param_path"] = str(llm_dir)
+    if ctc:
+        kw["dataset_conf"]["ctc_tokenizer_conf"]["vocab_path"] = str(model_dir /
+                                                                     "multilingual.tiktoken")
+    kw.update(device="cpu", seed=seed, disable_update=True)
+    torch.manual_seed(seed)
+    model, _ = AutoModel.build_model(**kw)
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        # Random init (embeddings std 0.02, tied to the LM head) only ever repeats the last
+        # input token. Wider embeddings, and attention/MLP outputs scaled well above them, give
+        # audio-dependent outputs of varied length: some clips stop on <|im_end|> after a few
+        # tokens, some loop, some run to the cap; special and non-special added tokens and
+        # partial UTF-8 pieces all occur.
+        emb = model.llm.get_input_embeddings().weight
+        emb.copy_(torch.randn(emb.shape, generator=g).to(emb.dtype))
+        for pname, p in model.llm.named_parameters():
+            if pname.endswith("o_proj.weight"):
+                p.mul_(attn_scale)
+            elif pname.endswith("down_proj.weight"):
+                p.mul_(mlp_scale)
+        emb[qcfg["eos_token_id"]].mul_(eos_scale)
+        if ctc:  # a CTC head that prefers blank, as trained ones do
+            model.ctc.ctc_lo.bias[model.blank_id] += 4.0
+    torch.save(model.state_dict(), model_dir / "model.pt")
+
+
+def _enable_torchaudio_aligner():
+    """See the section comment: make torchaudio's CPU forced_align importable (or not)."""
+    spec = os.environ.get("NANO_TORCHAUDIO")
+    if not spec:
+        return False
+    import ctypes
+
+    import funasr.utils.fbank as fb
+    import funasr.utils.load_utils as lu
+
+    assert lu.torchaudio is None, "run without torchaudio importable (kaldi-native-fbank path)"
+    pkg, stubs = spec.split(":")
+    for lib in ("libcudart.so.13", "libc10_cuda.so", "libtorch_cuda.so"):
+        ctypes.CDLL(os.path.join(stubs, lib), mode=ctypes.RTLD_GLOBAL)
+    sys.path.insert(0, pkg)
+    import torchaudio  # noqa: F401
+
+    assert not fb._HAS_TORCHAUDIO and fb._knf is not None, "fbank backend must stay knf"
+    return True
+
+
+def run_official_nano(model_dir: Path, clips: dict, *, cap: int, options: dict,
+                      batched: bool, aligner: bool):
+    """Official AutoModel.generate per clip (plus option variants and a batched call);
+    records generated ids/text and the official intermediate tensors."""
+    import torch
+    from funasr import AutoModel
+
+    am = AutoModel(model=str(model_dir), device="cpu", disable_update=True, hub="ms", ncpu=2,
+                   disable_pbar=True)
+    model = am.model
+    model.eval()
+    rec = {}
+
+    def hook_pre(_, args):
+        rec["features"] = args[0][0].detach().clone().numpy()
+
+    model.audio_encoder.register_forward_pre_hook(hook_pre)
+    model.audio_encoder.register_forward_hook(
+        lambda m, a, out: rec.__setitem__("encoder_out", out[0][0].detach().clone().numpy()))
+    model.audio_adaptor.register_forward_hook(
+        lambda m, a, out: rec.__setitem__("adaptor_out", out[0][0].detach().clone().numpy()))
+    orig_load = model.data_load_speech
+
+    def load_speech(*a, **k):
+        out = orig_load(*a, **k)
+        rec["source_ids"] = out["source_ids"][0].tolist()
+        rec["fake_token_len"] = int(out["fake_token_len"][0, 0])
+        rec["fbank_beg"] = int(out["fbank_beg"][0, 0])
+        return out
+
+    model.data_load_speech = load_speech
+    orig_gen = model.llm.generate
+
+    def llm_generate(*a, **k):
+        out = orig_gen(*a, **k)
+        rec["inputs_embeds"] = k["inputs_embeds"].detach().float().clone().numpy()
+        rec["attention_mask"] = None if k.get("attention_mask") is None else \
+            k["attention_mask"].numpy()
+        rec["generated"] = out.tolist()
+        return out
+
+    model.llm.generate = llm_generate
+    if model.ctc_decoder is not None:
+        orig_ls = model.ctc.log_softmax
+
+        def ctc_log_softmax(x):
+            out = orig_ls(x)
+            rec["ctc_log_probs"] = out[0].detach().clone().numpy()
+            return out
+
+        model.ctc.log_softmax = ctc_log_softmax
+
+    if aligner:
+        _enable_torchaudio_aligner()
+    first = next(iter(clips.values()))
+    am.generate(input=str(first), max_length=4)  # warm-up: the LLM is fp32 from here on
+    tensors_dir = model_dir / "tensors"
+    tensors_dir.mkdir(exist_ok=True)
+    expected = {"funasr": "1.4.16", "torch": torch.__version__, "max_length": cap,
+                "ctc": model.ctc_decoder is not None, "clips": {}, "options": {}}
+    tok = am.kwargs["tokenizer"]
+    for name, path in clips.items():
+        rec.clear()
+        res = am.generate(input=str(path), max_length=cap)[0]
+        gen_ids = rec["generated"][0]
+        with torch.no_grad():
+            emb = torch.tensor(rec["inputs_embeds"])
+            logits = model.llm(inputs_embeds=emb).logits[0, -1].float().numpy()
+        top2 = np.sort(logits)[-2:]
+        arrays = {"encoder_out": rec["encoder_out"],
+                  "adaptor_out": rec["adaptor_out"], "prompt_embeds": rec["inputs_embeds"][0],
+                  "first_logits": logits}
+        if "ctc_log_probs" in rec:
+            arrays["ctc_log_probs"] = rec["ctc_log_probs"]
+        np.savez_compressed(tensors_dir / f"{name}.npz", **arrays)
+        entry = {"audio": os.path.relpath(path, model_dir), "generated_ids": gen_ids,
+                 "text": res.get("text"), "text_tn": res.get("text_tn"),
+                 "prompt_ids": rec["source_ids"], "speech_start": rec["fbank_beg"],
+                 "speech_tokens": rec["fake_token_len"],
+                 "first_step_margin": float(top2[1] - top2[0]),
+                 "tokens": tok.convert_ids_to_tokens(gen_ids)}
+        for key in ("ctc_text", "timestamps", "ctc_timestamps"):
+            if key in res:
+                entry[key] = res[key]
+        expected["clips"][name] = entry
+        print(f"  {name}: {len(gen_ids)} ids, {res.get('text')!r:.60}", flush=True)
+    for label, (clip, opts) in options.items():
+        rec.clear()
+        res = am.generate(input=str(clips[clip]), max_length=cap, **opts)[0]
+        expected["options"][label] = {"clip": clip, "options": opts,
+                                      "generated_ids": rec["generated"][0],
+                                      "prompt_ids": rec["source_ids"], "text": res.get("text")}
+        print(f"  option {label}: {res.get('text')!r:.60}", flush=True)
+    if batched:
+        rec.clear()
+        names = list(clips)
+        res = am.generate(input=[str(clips[n]) for n in names], batch_size=len(names),
+                          max_length=cap)
+        expected["batched"] = {"clips": names, "generated_ids": rec["generated"],
+                               "texts": [r.get("text") for r in res]}
+        same = [r.get("text") == expected["clips"][n]["text"] for n, r in zip(names, res)]
+        print(f"  batched call: {sum(same)}/{len(same)} texts equal the one-clip calls")
+    with open(model_dir / "expected.json", "w", encoding="utf-8") as f:
+        json.dump(expected, f, ensure_ascii=False, indent=1)
+
+
+NANO_CLIPS = ["utt_2s", "utt_4s", "utt_7s", "utt_11s", "utt_short", "utt_tiny", "utt_silence"]
+
+
+def make_nano():
+    base = FIXTURES / "nano"
+    audio = FIXTURES / "paraformer" / "audio"
+    clips = {n: audio / f"{n}.wav" for n in NANO_CLIPS}
+    options = {"language": ("utt_4s", {"language": "英文"}),
+               "no_itn": ("utt_2s", {"itn": False}),
+               "hotwords": ("utt_7s", {"hotwords": ["阿里巴巴", "FunASR"]})}
+    aligner = bool(os.environ.get("NANO_TORCHAUDIO"))
+    eos_scale = float(os.environ.get("NANO_EOS_SCALE", 2.0))
+    for name, seed, ctc in (("plain", 0, False), ("ctc", 1, True)):
+        if ctc and not aligner:
+            print("nano/ctc skipped: set NANO_TORCHAUDIO (see the comment above QWEN_ADDED)")
+            continue
+        print(f"nano/{name}", flush=True)
+        mdir = base / name
+        build_nano_dir(mdir, seed=seed, ctc=ctc, eos_scale=eos_scale)
+        run_official_nano(mdir, clips, cap=30, options=options if not ctc else {},
+                          batched=not ctc, aligner=aligner and ctc)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=["paraformer", "text"], nargs="+")
+    ap.add_argument("what", choices=["paraformer", "text", "nano"], nargs="+")
     args = ap.parse_args(argv)
     import torch
 
@@ -334,6 +721,8 @@ def main(argv=None):
         make_paraformer()
     if "text" in args.what:
         make_text_cases()
+    if "nano" in args.what:
+        make_nano()
 
 
 if __name__ == "__main__":
