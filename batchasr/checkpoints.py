@@ -56,7 +56,8 @@ PARAFORMER_LARGE_CONFIG = {
                       "frame_shift": 10, "lfr_m": 7, "lfr_n": 6},
     "tokenizer": "CharTokenizer",
 }
-DUMMY_VOCAB = {"paraformer-zh": 8404, "paraformer": 8404, "paraformer-en": 10020}
+DUMMY_VOCAB = {"paraformer-zh": 8404, "paraformer": 8404, "paraformer-en": 10020,
+               "fun-asr-nano": 151936}
 
 
 def cache_dir() -> Path:
@@ -239,7 +240,14 @@ def _build_paraformer(folder: Path | None, config: dict, tokens: list[str] | Non
     return ParaformerASR(model, tokens, cmvn, name=name, dtype=dtype)
 
 
-FAMILIES = {"Paraformer": _build_paraformer}
+def _build_fun_asr_nano(*args):
+    from batchasr.nano import build
+
+    return build(*args)
+
+
+FAMILIES = {"Paraformer": _build_paraformer, "FunASRNano": _build_fun_asr_nano}
+NO_TOKEN_LIST = {"FunASRNano"}  # families whose tokenizer is not a tokens.json list
 
 
 def load_model(path_or_name, *, weights: str = "checkpoint", dtype=mx.float32,
@@ -267,10 +275,13 @@ def load_model(path_or_name, *, weights: str = "checkpoint", dtype=mx.float32,
             raise
     if folder is None:
         config, tokens = PARAFORMER_LARGE_CONFIG, None
+        if name == "fun-asr-nano":
+            from batchasr.nano import FUN_ASR_NANO_CONFIG as config
     else:
         config = read_config(folder)
         tokens = read_tokens(folder, config) if (folder / "tokens.json").exists() or \
-            (folder / "tokens.txt").exists() or not dummy else None
+            (folder / "tokens.txt").exists() or not (dummy or config.get("model") in
+                                                     NO_TOKEN_LIST) else None
         name = name if name in KNOWN_MODELS else folder.name
     family = config.get("model")
     if family not in FAMILIES:
