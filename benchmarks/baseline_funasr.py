@@ -1,0 +1,184 @@
+#!/usr/bin/env python3
+"""The baseline side of the benchmark: the official FunASR (PyTorch) on the same model folder
+and the same audio as batchasr. Runs in an environment with torch and funasr 1.4.16 (the
+`reference` extra on a CPU machine; the GPU machine has torch and gets funasr as wheels).
+
+    python benchmarks/baseline_funasr.py make-paraformer DIR [--tokens-per-s 4]
+        Writes an official Paraformer-large folder (config.yaml, model.pt, tokens.json,
+        am.mvn) with random weights built by funasr's own classes. batchasr loads the same
+        folder (torch-free), so both sides run identical weights.
+    python benchmarks/baseline_funasr.py run-paraformer DIR AUDIO_DIR [--batch-size-s 300]
+        Times AutoModel.generate over the audio the official way for many utterances: one
+        long recording through the VAD path (segments sorted, packed by batch_size_s), with a
+        stub VAD that returns the known utterance boundaries (no VAD weights exist here).
+        Prints one JSON object.
+
+The timed call starts from float32 arrays in memory (the official path has no file decoding
+in this mode); batchasr's end-to-end figure also decodes the files.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+FS = 16000
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def make_paraformer(model_dir: Path, tokens_per_s: float, seed: int = 0):
+    import torch
+    import yaml
+    from funasr import AutoModel
+
+    from tools.make_reference_fixtures import paraformer_config, write_cmvn
+
+    if (model_dir / "model.pt").exists():
+        return
+    model_dir.mkdir(parents=True, exist_ok=True)
+    config = paraformer_config(d=512, heads=4, units=2048, enc_blocks=50, dec_blocks=16,
+                               att_layers=16, kernel=11)
+    tokens = ["<blank>", "<s>", "</s>"] + [chr(0x4E00 + i) for i in range(8400)] + ["<unk>"]
+    with open(model_dir / "config.yaml", "w", encoding="utf-8") as f:
+        yaml.safe_dump(config, f, sort_keys=False, allow_unicode=True)
+    (model_dir / "tokens.json").write_text(json.dumps(tokens, ensure_ascii=False), "utf-8")
+    write_cmvn(model_dir / "am.mvn", 560, seed)
+    kw = json.loads(json.dumps(config))
+    kw["tokenizer_conf"]["token_list"] = str(model_dir / "tokens.json")
+    kw["frontend_conf"]["cmvn_file"] = str(model_dir / "am.mvn")
+    kw.update(device="cpu", seed=seed, disable_update=True)
+    model, _ = AutoModel.build_model(**kw)
+    alpha = tokens_per_s / (1000.0 / 60.0)
+    with torch.no_grad():  # a constant firing weight: tokens_per_s tokens per second of audio
+        model.predictor.cif_output.weight.zero_()
+        model.predictor.cif_output.bias.fill_(math.log(alpha / (1.0 - alpha)))
+    torch.save(model.state_dict(), model_dir / "model.pt")
+
+
+def load_audio_dir(audio_dir: Path) -> list[np.ndarray]:
+    import soundfile as sf
+
+    files = sorted(audio_dir.glob("*.wav"))
+    return [sf.read(f, dtype="float32")[0] for f in files]
+
+
+def stub_vad(segments_ms):
+    import torch
+
+    class StubVad(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self._p = torch.nn.Parameter(torch.zeros(1), requires_grad=False)
+
+        def inference(self, data_in, data_lengths=None, key=None, **kwargs):
+            n = len(data_in[0]) if not isinstance(data_in, np.ndarray) else data_in.shape[-1]
+            return [{"key": key[0], "value": [list(s) for s in segments_ms]}], \
+                {"batch_data_time": n / FS}
+
+    return StubVad()
+
+
+def run_paraformer(model_dir: Path, audio_dir: Path, batch_size_s: int, device: str,
+                   repeats: int, ncpu: int, path: str = "vad") -> dict:
+    import torch
+    from funasr import AutoModel
+
+    cuda = device.startswith("cuda")
+    utts = load_audio_dir(audio_dir)
+    long_audio = np.concatenate(utts)
+    segs, pos = [], 0
+    for u in utts:
+        d = len(u) * 1000 // FS
+        segs.append([pos, pos + d])
+        pos += d
+    audio_s = len(long_audio) / FS
+    am = AutoModel(model=str(model_dir), device=device, ncpu=ncpu, disable_update=True,
+                   disable_pbar=True, disable_log=True, log_level="ERROR")
+    am.vad_model = stub_vad(segs)
+    am.vad_kwargs = {"device": "cpu", "batch_size": 1, "ncpu": ncpu}
+    feat_s = [0.0]
+    orig = am.model.inference
+
+    def timed_inference(*a, **k):
+        res = orig(*a, **k)
+        meta = res[1] if isinstance(res, (list, tuple)) and len(res) > 1 else {}
+        feat_s[0] += float(meta.get("extract_feat", 0.0)) + float(meta.get("load_data", 0.0))
+        return res
+
+    am.model.inference = timed_inference
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    if path == "vad":
+        call = lambda: am.generate(input=long_audio, batch_size_s=batch_size_s,
+                                   batch_size_threshold_s=60)
+        described = f"AutoModel.generate(long audio, stub VAD, batch_size_s={batch_size_s})"
+    else:  # a list of utterances, batched by count in input order (no VAD, no sorting)
+        am.vad_model = None
+        n = max(1, int(batch_size_s // (audio_s / len(utts))))
+        call = lambda: am.generate(input=utts, batch_size=n)
+        described = f"AutoModel.generate(list of utterances, batch_size={n})"
+    with torch.inference_mode():
+        call()  # warm-up
+        sync()
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        walls, feats = [], []
+        for _ in range(repeats):
+            feat_s[0] = 0.0
+            t = time.perf_counter()
+            out = call()
+            sync()
+            walls.append(time.perf_counter() - t)
+            feats.append(feat_s[0])
+    import statistics
+
+    med = statistics.median(walls)
+    i = walls.index(sorted(walls)[len(walls) // 2])
+    import resource
+
+    return {
+        "implementation": "funasr 1.4.16 (PyTorch " + torch.__version__ + ")",
+        "path": described,
+        "device": device, "ncpu": ncpu, "audio_s": round(audio_s, 3), "n_utts": len(utts),
+        "wall_s": [round(w, 4) for w in walls], "rtfx": round(audio_s / med, 2),
+        "frontend_s": round(feats[i], 4),
+        "peak_gpu_memory_gb": round(torch.cuda.max_memory_allocated() / 1e9, 3) if cuda else None,
+        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 3),
+        "chars": sum(len("".join(str(r.get("text", "")).split())) for r in out),
+    }
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    mk = sub.add_parser("make-paraformer")
+    mk.add_argument("model_dir", type=Path)
+    mk.add_argument("--tokens-per-s", type=float, default=4.0)
+    rp = sub.add_parser("run-paraformer")
+    rp.add_argument("model_dir", type=Path)
+    rp.add_argument("audio_dir", type=Path)
+    rp.add_argument("--batch-size-s", type=int, default=300)
+    rp.add_argument("--device", default="cuda:0")
+    rp.add_argument("--repeats", type=int, default=3)
+    rp.add_argument("--ncpu", type=int, default=4)
+    rp.add_argument("--path", choices=["vad", "list"], default="vad")
+    args = ap.parse_args(argv)
+    if args.cmd == "make-paraformer":
+        make_paraformer(args.model_dir, args.tokens_per_s)
+    else:
+        device = args.device
+        import torch
+
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            device = "cpu"
+        print(json.dumps(run_paraformer(args.model_dir, args.audio_dir, args.batch_size_s, device,
+                                        args.repeats, args.ncpu, args.path)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,227 @@
+#!/usr/bin/env python3
+"""Speed of batchasr next to the official FunASR, measured in the same run.
+
+Full-size architectures with random ("dummy") weights, synthetic speech-like audio with a
+realistic duration mix (2-20 s utterances), written as 16 kHz WAV files:
+
+* batchasr end to end: `run_job` over a manifest of the files (decode -> features -> model
+  -> Parquet + SRT outputs -> queue), the way `batchasr run` works; time per stage;
+* batchasr in memory: `model.transcribe` over length-sorted batches of the decoded arrays
+  (the same starting point as the baseline);
+* the baseline: the official funasr 1.4.16 on the same model folder (same weights) and the
+  same audio (benchmarks/baseline_funasr.py, in a subprocess with torch).
+
+Each figure is appended to benchmarks/results.json with the date, machine, command and the
+ratio to the baseline. Examples:
+
+    python benchmarks/bench.py paraformer --audio-s 1800 --baseline          # GPU machine
+    python benchmarks/bench.py paraformer --audio-s 160 --device cpu --baseline --ncpu 2
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import batchasr  # noqa: E402  (first: preloads the CPU BLAS before mlx)
+import mlx.core as mx  # noqa: E402
+import numpy as np  # noqa: E402
+
+FS = 16000
+RESULTS = ROOT / "benchmarks" / "results.json"
+
+
+def speechlike(seconds: float, rng) -> np.ndarray:
+    n = int(seconds * FS)
+    t = np.arange(n) / FS
+    f0 = rng.uniform(100, 220) * (1 + 0.1 * np.sin(2 * np.pi * rng.uniform(0.2, 1.0) * t))
+    phase = 2 * np.pi * np.cumsum(f0) / FS
+    x = sum(np.sin(h * phase) / h for h in range(1, 11))
+    env = 0.5 * (1 + np.sin(2 * np.pi * rng.uniform(3, 5) * t + rng.uniform(0, 6.3)))
+    x = x * env + 0.03 * rng.standard_normal(n)
+    return (0.3 * x / (np.abs(x).max() + 1e-9)).astype(np.float32)
+
+
+def make_audio(folder: Path, total_s: float, seed: int = 0, dmin=2.0, dmax=20.0) -> Path:
+    """WAV files of 2-20 s utterances adding up to total_s, plus their manifest."""
+    import soundfile as sf
+
+    manifest = folder / "manifest.csv"
+    if manifest.exists():
+        return manifest
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    rows, total, i = [], 0.0, 0
+    while total < total_s:
+        d = round(float(rng.uniform(dmin, dmax)), 3)
+        path = folder / f"utt{i:05d}.wav"
+        sf.write(path, speechlike(d, rng), FS, subtype="PCM_16")
+        rows.append(f"{path.name},{path}")
+        total += d
+        i += 1
+    manifest.write_text("id,path\n" + "\n".join(rows) + "\n")
+    return manifest
+
+
+def machine() -> str:
+    gpu = ""
+    if mx.default_device() == mx.gpu:
+        try:
+            gpu = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                                 capture_output=True, text=True).stdout.strip().splitlines()[0]
+        except (OSError, IndexError):
+            gpu = "Apple GPU" if sys.platform == "darwin" else "GPU"
+    return f"{gpu or platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
+
+
+def peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+
+
+def bench_paraformer(args, model_dir: Path | None, manifest: Path, dtype: str) -> list[dict]:
+    from batchasr.audio import load
+    from batchasr.batching import plan_batches
+    from batchasr.checkpoints import load_model
+    from batchasr.queue import JobQueue
+    from batchasr.manifest import open_manifest
+    from batchasr.worker import run_job
+
+    out = []
+    asr = load_model(model_dir or "paraformer-zh", weights="checkpoint" if model_dir else "dummy",
+                     dtype=getattr(mx, dtype))
+    paths = [line.split(",", 1)[1] for line in manifest.read_text().splitlines()[1:]]
+    waves = [load(p) for p in paths]
+    audio_s = sum(len(w) for w in waves) / FS
+    lengths = [len(w) / FS for w in waves]
+    batches = plan_batches(lengths, max_total=args.batch_seconds)
+    # warm-up (kernel compilation, allocator)
+    asr.transcribe([waves[i] for i in batches[0]])
+    mx.reset_peak_memory()
+
+    # in memory: same starting point as the baseline
+    walls = []
+    for _ in range(args.repeats):
+        t = time.perf_counter()
+        n_tok = 0
+        for b in batches:
+            n_tok += sum(len(r.tokens) for r in asr.transcribe([waves[i] for i in b]))
+        walls.append(time.perf_counter() - t)
+    wall = sorted(walls)[len(walls) // 2]
+    out.append(dict(metric="rtfx_in_memory", value=round(audio_s / wall, 2),
+                    wall_s=[round(w, 3) for w in walls], tokens=n_tok,
+                    peak_memory_gb=round(mx.get_peak_memory() / 1e9, 3)))
+
+    # end to end through the job runner, from the files
+    job = Path(args.workdir) / f"job-{dtype}"
+    shutil.rmtree(job, ignore_errors=True)
+    job.mkdir(parents=True)
+    with JobQueue(job) as q:
+        q.enqueue(open_manifest(manifest))
+    s = run_job(job, asr, batch_seconds=args.batch_seconds, progress=False,
+                readers=args.readers)
+    out.append(dict(metric="rtfx_end_to_end", value=round(s.audio_s / s.wall_s, 2),
+                    wall_s=round(s.wall_s, 3), stages_s=dict(
+                        model=round(s.model_s, 3), waiting_for_audio=round(s.wait_s, 3),
+                        decode_threads=round(s.decode_s, 3), write_thread=round(s.write_s, 3)),
+                    batches=s.batches, padding=round(s.padding, 3), done=s.done,
+                    peak_memory_gb=round(mx.get_peak_memory() / 1e9, 3),
+                    peak_rss_gb=round(peak_rss_gb(), 3)))
+    for r in out:
+        r["audio_s"] = round(audio_s, 2)
+    return out
+
+
+def run_baseline(args, model_dir: Path, audio_dir: Path) -> dict | None:
+    """The official code's faster path on this device: its VAD path (sorted, packed by
+    batch_size_s) or a list batched by count; both are timed and the better one is kept."""
+    best = None
+    for path in ("vad", "list"):
+        r = _run_baseline_path(args, model_dir, audio_dir, path)
+        if r and (best is None or r["rtfx"] > best["rtfx"]):
+            best = r
+    return best
+
+
+def _run_baseline_path(args, model_dir: Path, audio_dir: Path, path: str) -> dict | None:
+    cmd = [args.baseline_python, str(ROOT / "benchmarks" / "baseline_funasr.py"),
+           "run-paraformer", str(model_dir), str(audio_dir), "--batch-size-s",
+           str(int(args.batch_seconds)), "--device", "cpu" if args.device == "cpu" else "cuda:0",
+           "--repeats", str(args.repeats), "--ncpu", str(args.ncpu), "--path", path]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        print(proc.stderr[-3000:], file=sys.stderr)
+        return None
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    print("baseline path:", json.dumps(result), flush=True)
+    return result
+
+
+def append_results(records: list[dict]) -> None:
+    existing = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
+    RESULTS.write_text(json.dumps(existing + records, indent=1, ensure_ascii=False) + "\n")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("model", choices=["paraformer"])
+    ap.add_argument("--audio-s", type=float, default=1800.0)
+    ap.add_argument("--batch-seconds", type=float, default=300.0)
+    ap.add_argument("--dtypes", default="float32", help="comma-separated: float32,float16,bfloat16")
+    ap.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--readers", type=int, default=4)
+    ap.add_argument("--workdir", default="/tmp/batchasr-bench")
+    ap.add_argument("--baseline", action="store_true",
+                    help="also time the official funasr on the same folder and audio")
+    ap.add_argument("--baseline-python", default=sys.executable,
+                    help="python with torch + funasr (default: this one)")
+    ap.add_argument("--ncpu", type=int, default=4, help="torch threads of the baseline")
+    ap.add_argument("--no-append", action="store_true", help="do not write results.json")
+    args = ap.parse_args(argv)
+
+    from batchasr.device import setup_device
+
+    setup_device(args.device)
+    work = Path(args.workdir)
+    audio_dir = work / f"audio-{int(args.audio_s)}s"
+    manifest = make_audio(audio_dir, args.audio_s)
+    model_dir = None
+    if args.baseline:
+        model_dir = work / "paraformer-large-random"
+        subprocess.run([args.baseline_python, str(ROOT / "benchmarks" / "baseline_funasr.py"),
+                        "make-paraformer", str(model_dir)], check=True)
+    base = run_baseline(args, model_dir, audio_dir) if args.baseline else None
+    if base:
+        print("baseline:", json.dumps(base), flush=True)
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+    command = "python benchmarks/" + " ".join([Path(sys.argv[0]).name] + sys.argv[1:])
+    records = []
+    for dtype in args.dtypes.split(","):
+        for r in bench_paraformer(args, model_dir, manifest, dtype):
+            rec = dict(date=date, machine=machine(), model="paraformer-large (dummy weights)",
+                       device=str(mx.default_device()), precision=dtype,
+                       batch_budget_s=args.batch_seconds, metric=r.pop("metric"),
+                       batchasr=r.pop("value"), baseline=base["rtfx"] if base else None,
+                       ratio=None, command=command, details=r)
+            if base:
+                rec["ratio"] = round(rec["batchasr"] / base["rtfx"], 2)
+                rec["baseline_details"] = base
+            print(json.dumps(rec), flush=True)
+            records.append(rec)
+    if not args.no_append:
+        append_results(records)
+
+
+if __name__ == "__main__":
+    main()
