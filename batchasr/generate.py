@@ -74,7 +74,10 @@ class BatchKVCache:
 
     def _sync(self):
         self.left_padding = mx.array(self.lp, dtype=mx.int32)
-        self.offset = mx.array([self.idx - p for p in self.lp], dtype=mx.int32)
+
+    @property
+    def offset(self) -> mx.array:
+        return self.idx - self.left_padding
 
     @property
     def batch_size(self) -> int:
@@ -93,7 +96,6 @@ class BatchKVCache:
         self.keys[..., prev:prev + L, :] = k
         self.values[..., prev:prev + L, :] = v
         self.idx += L
-        self._sync()
         return self.keys[..., :self.idx, :], self.values[..., :self.idx, :]
 
     def filter(self, rows: Sequence[int]) -> None:

@@ -15,6 +15,19 @@ max(min_tokens, ceil(max_tokens_per_second x duration)) new tokens (never more t
 min_repeats times over at least min_span tokens is cut back to one copy of the unit. Both are
 reported in `Transcript.flags` ("token_cap", "repetition_loop"). When neither triggers the
 output is the official one; `GuardOptions.off()` disables both.
+
+Numerics as FunASR runs the published config (`llm_dtype: bf16`): the LLM is built in bf16,
+model.pt is copied into it and it is cast to fp32 for inference, so its weights *and RoPE's
+inv_freq buffer* carry bf16 rounding while the arithmetic is fp32 (the steady state; the
+official first call of a process also rounds the prompt embeddings to bf16). Encoder and
+adaptor run in fp32 whatever `dtype` says; `dtype` applies to the LLM.
+
+Timestamps: FunASR uses the CTC head only when config.yaml has a `ctc_decoder` and model.pt
+holds every `ctc_decoder.*`/`ctc.*` tensor (else it disables CTC with a warning and batches
+clips instead). Then each clip's LLM text is tokenized with the CTC tokenizer (SenseVoice's
+tiktoken file) and force-aligned to the CTC log-probabilities (torchaudio's forced_align:
+`timestamps`, 60 ms frames); batchasr ports that and gives every LLM token the span of the CTC
+tokens covering its characters. Without CTC the only time is the segment (0, duration).
 """
 from __future__ import annotations
 
@@ -22,7 +35,7 @@ import json
 import logging
 import math
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -38,7 +51,8 @@ from batchasr.transcript import Segment, Token, Transcript
 logger = logging.getLogger("batchasr.nano")
 
 # Languages as the official examples spell them in the prompt (`语音转写成{language}`); other
-# values (and these Chinese names themselves) are placed into the prompt unchanged.
+# values (and these Chinese names themselves) are placed into the prompt unchanged, and
+# None, "" or "auto" mean no language (`语音转写：`).
 LANGUAGE_NAMES = {"zh": "中文", "en": "英文", "ja": "日文"}
 
 
@@ -126,7 +140,8 @@ class FunASRNanoASR:
 
     Attributes (change them between calls as needed):
         max_new_tokens: funasr's `max_length` (512), the cap on new tokens, stop token included.
-        hotwords: list of hotwords for the prompt (official `hotwords`), [] for none.
+        hotwords: list of hotwords for the prompt (official `hotwords`), [] for none; a string
+            is split on whitespace and commas.
         itn: official `itn` (False adds "，不进行文本规整" to the prompt).
         decode_mode: "continuous" (all live sequences per forward) or "sequential".
         temperature, top_p, top_k, seed: sampling (temperature 0 = greedy, the official default).
@@ -150,7 +165,7 @@ class FunASRNanoASR:
         self.frontend = WavFrontend(FrontendConfig.from_dict(frontend_conf), cmvn)
         self.sys_prompt, self.do_think = sys_prompt, do_think
         self.max_new_tokens = max_new_tokens
-        self.hotwords = list(hotwords or [])
+        self.hotwords = hotwords if isinstance(hotwords, str) else list(hotwords or [])
         self.itn = itn
         self.decode_mode = decode_mode
         self.temperature, self.top_p, self.top_k, self.seed = temperature, top_p, top_k, seed
@@ -175,8 +190,12 @@ class FunASRNanoASR:
         return enc, adapted, olens, ctc
 
     def prompt_text(self, language: str | None = None) -> tuple[str, str]:
-        lang = LANGUAGE_NAMES.get(language, language) if language else None
-        return fan.chatml_around_speech(fan.user_prompt(self.hotwords, lang, self.itn),
+        hotwords = self.hotwords
+        if isinstance(hotwords, str):  # "a, b c" -> ["a", "b", "c"] (not its characters)
+            hotwords = [w for w in re.split(r"[\s,，]+", hotwords) if w]
+        lang = None if not language or language.lower() == "auto" else \
+            LANGUAGE_NAMES.get(language, language)
+        return fan.chatml_around_speech(fan.user_prompt(hotwords, lang, self.itn),
                                         sys_prompt=self.sys_prompt, do_think=self.do_think)
 
     def prompt_ids(self, language: str | None = None) -> tuple[list[int], list[int]]:

@@ -147,6 +147,9 @@ def test_options_match_official():
     assert user_prompt(["a", "b"], "英文", False).endswith("热词列表：[a, b]\n语音转写成英文，不进行文本规整：")
     asr.hotwords, asr.itn = [], True
     assert asr.prompt_text("en") == asr.prompt_text("英文")
+    assert asr.prompt_text("auto") == asr.prompt_text(None) == asr.prompt_text("")
+    asr.hotwords = "阿里巴巴, FunASR"
+    assert "热词列表：[阿里巴巴, FunASR]" in asr.prompt_text()[0]
 
 
 def test_batched_equals_unbatched_and_official_batch():
@@ -263,6 +266,9 @@ def test_dummy_builder(monkeypatch):
         **nano.QWEN3_0_6B_CONFIG, "hidden_size": 32, "intermediate_size": 64,
         "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 2,
         "head_dim": 8, "vocab_size": 1100, "eos_token_id": 1076, "bos_token_id": 1074})
+    from batchasr import checkpoints
+
+    monkeypatch.setattr(checkpoints, "_cache_candidates", lambda *a: iter(()))
     asr = load_model("fun-asr-nano", weights="dummy")
     assert asr.tokenizer.token_to_id("<|im_end|>") == 1076 == asr.eos_ids[0]
     asr.stop_on_eos = False
