@@ -236,6 +236,7 @@ def _build_paraformer(folder: Path | None, config: dict, tokens: list[str] | Non
         apply_weights(model, model.sanitize(read_weights(folder)), what=str(folder))
     if dtype != mx.float32:
         model.set_dtype(dtype)
+        model.predictor.set_dtype(mx.float32)  # CIF decides token counts: keep it float32
     model.eval()
     return ParaformerASR(model, tokens, cmvn, name=name, dtype=dtype)
 

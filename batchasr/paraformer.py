@@ -16,6 +16,10 @@ class ParaformerASR:
     """Implements the runner's ASRModel protocol for Paraformer checkpoints."""
 
     sample_rate = 16000
+    # Batches are padded to a multiple of this many frames (~1 s) so that a long job sees few
+    # distinct shapes (GPU kernels, cuBLAS/cuDNN plans and compiled graphs are per shape).
+    # Padding is invisible to the results: every layer masks it.
+    frame_bucket = 16
 
     def __init__(self, model: Model, tokens: list[str], cmvn: np.ndarray | None,
                  name: str = "paraformer", dtype: mx.Dtype = mx.float32):
@@ -48,6 +52,10 @@ class ParaformerASR:
             if len(live) < len(waveforms):
                 idx = mx.array(np.array(live, dtype=np.int32))
                 feats, lengths = feats[idx][:, : int(lens[live].max())], lengths[idx]
+            T = feats.shape[1]
+            pad = -T % self.frame_bucket
+            if pad:
+                feats = mx.pad(feats, [(0, 0), (0, pad), (0, 0)])
             out = self.model.decode(feats.astype(self.dtype), lengths)
             for row, i in enumerate(live):
                 results[i] = self.to_transcript(out.token_ids[row], out.token_times_ms[row])

@@ -309,10 +309,12 @@ class Model(nn.Module):
         return out
 
     def __call__(self, feats: mx.array, lengths: mx.array):
-        """Batched forward up to the alphas: (encoder_out, alphas), both zero past lengths."""
+        """Batched forward up to the alphas: (encoder_out, alphas), both zero past lengths.
+        The predictor always runs in float32 (as the official code runs CIF outside autocast):
+        token counts and fire positions must not depend on the network's precision."""
         enc = self.encoder(feats, lengths)
         mask = mx.arange(feats.shape[1])[None, :] < lengths[:, None]
-        return enc, self.predictor.alphas(enc, mask)
+        return enc, self.predictor.alphas(enc.astype(mx.float32), mask)
 
     def decode(self, feats: mx.array, lengths: mx.array, *, timestamps: bool = True,
                keep_cif: bool = False) -> ParaformerOutput:
@@ -330,7 +332,7 @@ class Model(nn.Module):
         hidden = enc
         if cif.alphas.shape[1] > T:
             hidden = mx.pad(enc, [(0, 0), (0, cif.alphas.shape[1] - T), (0, 0)])
-        embeds = cif_embeddings(hidden, cif)
+        embeds = cif_embeddings(hidden.astype(mx.float32), cif).astype(enc.dtype)
         token_mask = mx.arange(embeds.shape[1])[None, :] < mx.array(n_tok)[:, None]
         memory_mask = mx.arange(T)[None, :] < lengths[:, None]
         logp = self.decoder(enc, memory_mask, embeds, token_mask)
