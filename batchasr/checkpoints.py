@@ -35,6 +35,9 @@ KNOWN_MODELS = {
     "paraformer-en": ("funasr/paraformer-en",
                       "iic/speech_paraformer-large-vad-punc_asr_nat-en-16k-common-vocab10020"),
     "fun-asr-nano": ("FunAudioLLM/Fun-ASR-Nano-2512", "FunAudioLLM/Fun-ASR-Nano-2512"),
+    "ct-punc": ("funasr/ct-punc", "iic/punc_ct-transformer_cn-en-common-vocab471067-large"),
+    "ct-punc-c": ("iic/punc_ct-transformer_zh-cn-common-vocab272727-pytorch",
+                  "iic/punc_ct-transformer_zh-cn-common-vocab272727-pytorch"),
 }
 
 # The published paraformer-large config.yaml (values in shared/reference/funasr-models.md 1.2),
@@ -247,7 +250,14 @@ def _build_fun_asr_nano(*args):
     return build(*args)
 
 
-FAMILIES = {"Paraformer": _build_paraformer, "FunASRNano": _build_fun_asr_nano}
+def _build_ct_punc(*args):
+    from batchasr.punctuation import build
+
+    return build(*args)
+
+
+FAMILIES = {"Paraformer": _build_paraformer, "FunASRNano": _build_fun_asr_nano,
+            "CTTransformer": _build_ct_punc}
 NO_TOKEN_LIST = {"FunASRNano"}  # families whose tokenizer is not a tokens.json list
 
 
