@@ -709,9 +709,298 @@ def make_nano():
                           batched=not ctc, aligner=aligner and ctc)
 
 
+# ---------------------------------------------------------------------------------------------
+# ct-punc (CTTransformer): tiny random checkpoints whose token embeddings lean towards chosen
+# punctuation classes, so that every class, sentence ends, carried tails and the 200-token cut
+# all occur; the official text, punc_array and per-call logits are recorded.
+# ---------------------------------------------------------------------------------------------
+PUNC_LIST = ["<unk>", "_", "，", "。", "？", "、"]
+# the large model's config.yaml as the Hugging Face page shows it (ASCII ',' and '?'); the
+# official code compares with full-width marks, so this variant checks the literal port
+PUNC_LIST_ASCII = ["<unk>", "_", ",", "。", "?", "、"]
+PUNC_ZH_CHARS = ("的一是在不了有和人这中大为上个国我以要他时来用们生到作地于出就分对成会可主发"
+                 "年动同工也能下过子说产种面而方后多定行学法所民得经十三之进着等部度家电力里如"
+                 "水化高自二理起小物现实加量都两体制机当使点从业本去把性好应开它合还因由其些然前"
+                 "外天政四日那社义事平形相全表间样与关各重新线内数正心反你明看原又么利比或但质气"
+                 "第向道命此变条只没结解问意建月公无系军很情者最立代想已通并提直题党程展五果料象"
+                 "员革位入常文总次品式活设及管特件长求老头基资边流路级少图山统接知较将组见计别她"
+                 "手角期根论运农指几九区强放决西被干做必战先回则任取据处队南给色光门即保治北造百"
+                 "规热领七海口东导器压志世金增争济阶油思术极交受联什认六共权收证改清己美再采转更"
+                 "单风切打白教速花带安场身车例真务具万每目至达走积示议声报斗完类八离华名确才科张"
+                 "信马节话米整空元况今集温传土许步群广石记需段研界拉林律叫且究观越织装影算低持音"
+                 "众书布复容儿须际商非验连断深难近矿千周委素技备半办青省列习响约支般史感劳便团往"
+                 "酸历市克何除消构府称太准精值号率族维划选标写存候毛亲快效斯院查江型眼王按格养易"
+                 "置派层片始却专状育厂京识适属圆包火住调满县局照参红细引听该铁价严龙飞")
+PUNC_EN_WORDS = ("hello world this is a test of the model we use gpu and cpu for speech "
+                 "recognition today it works very well can you hear me okay thanks good "
+                 "morning python code data time").split()
+PUNC_EN_CASED = ["GPU", "CPU", "OK", "iPhone", "FunASR", "MLX", "AI", "don't", "e.g.", "3.5"]
+# words of jieba's default dictionary (and of the user dict below) that the large model knows
+PUNC_ZH_WORDS = ("我们 今天 天气 非常 觉得 出去 中国 北京 上海 模型 语音 识别 问题 时间 工作 "
+                 "大家 一下 什么 为什么 怎么 可以 没有 已经 因为 所以 但是 如果 这个 那个 现在 "
+                 "明天 昨天 朋友 公司 会议 开始 结束 数据 系统 标点 文本 结果 方法 需要 知道").split()
+PUNC_USER_WORDS = ["语音识别 10", "标点模型 8 n", "大模型", "批量转写 5", "长音频 3 n"]
+
+
+def punc_config(*, d, heads, units, blocks, kernel=11, punc_list=PUNC_LIST):
+    """The published ct-punc config.yaml, shrunk (keys and registry names are the official ones)."""
+    return {
+        "model": "CTTransformer",
+        "model_conf": {"ignore_id": 0, "embed_unit": d, "att_unit": d, "dropout_rate": 0.1,
+                       "punc_list": list(punc_list), "punc_weight": [1.0] * len(punc_list),
+                       "sentence_end_id": 3},
+        "encoder": "SANMEncoder",
+        "encoder_conf": {"input_size": d, "output_size": d, "attention_heads": heads,
+                         "linear_units": units, "num_blocks": blocks, "dropout_rate": 0.1,
+                         "positional_dropout_rate": 0.1, "attention_dropout_rate": 0.0,
+                         "input_layer": "pe", "pos_enc_class": "SinusoidalPositionEncoder",
+                         "normalize_before": True, "kernel_size": kernel, "sanm_shfit": 0,
+                         "selfattention_layer_type": "sanm", "padding_idx": 0},
+        "tokenizer": "CharTokenizer",
+        "tokenizer_conf": {"unk_symbol": "<unk>"},
+    }
+
+
+def punc_zh_tokens():
+    """ct-punc-c style: single CJK characters, some English words (case-sensitive), digits."""
+    toks = ["<blank>", "<s>", "</s>"] + list(PUNC_ZH_CHARS[:400])
+    toks += PUNC_EN_WORDS[:24] + PUNC_EN_CASED[:6] + list("0123456789") + ["<unk>"]
+    return toks
+
+
+def punc_large_tokens():
+    """cn-en large style: words as jieba cuts them, single characters, English words."""
+    toks = ["<blank>", "<s>", "</s>"] + PUNC_ZH_WORDS + ["语音识别", "标点模型", "大模型"]
+    toks += list(PUNC_ZH_CHARS[:300]) + PUNC_EN_WORDS + PUNC_EN_CASED + ["<unk>"]
+    return list(dict.fromkeys(toks))
+
+
+def build_punc_dir(model_dir: Path, config: dict, tokens: list[str], seed: int, *,
+                   user_dict: list[str] | None = None):
+    """Write the official folder (config.yaml, configuration.json, tokens.json, model.pt and,
+    for the large model, jieba_usr_dict) with weights made by funasr's own classes."""
+    import torch
+    import yaml
+    from funasr import AutoModel
+
+    if model_dir.exists():
+        shutil.rmtree(model_dir)
+    model_dir.mkdir(parents=True)
+    with open(model_dir / "config.yaml", "w", encoding="utf-8") as f:
+        yaml.safe_dump(config, f, sort_keys=False, allow_unicode=True)
+    with open(model_dir / "tokens.json", "w", encoding="utf-8") as f:
+        json.dump(tokens, f, ensure_ascii=False, indent=0)
+    metas = {"init_param": "model.pt", "config": "config.yaml",
+             "tokenizer_conf": {"token_list": "tokens.json"}}
+    if user_dict is not None:
+        (model_dir / "jieba_usr_dict").write_text("\n".join(user_dict) + "\n", encoding="utf-8")
+        metas["tokenizer_conf"]["jieba_usr_dict"] = "jieba_usr_dict"
+        metas["jieba_usr_dict"] = "jieba_usr_dict"
+    with open(model_dir / "configuration.json", "w", encoding="utf-8") as f:
+        json.dump({"framework": "pytorch", "task": "punctuation", "model": {"type": "funasr"},
+                   "pipeline": {"type": "funasr-pipeline"}, "file_path_metas": metas}, f,
+                  indent=2)
+
+    kw = json.loads(json.dumps(config))
+    kw["tokenizer_conf"]["token_list"] = str(model_dir / "tokens.json")
+    kw.update(device="cpu", seed=seed, disable_update=True)
+    model, _ = AutoModel.build_model(**kw)
+
+    # Random init predicts one class everywhere. Give each token a leaning towards one class
+    # (a shared direction per class in the embedding, read out by the output layer), strong for
+    # most tokens and weak for some, so context still decides near the boundaries.
+    n_cls, d = len(config["model_conf"]["punc_list"]), config["model_conf"]["embed_unit"]
+    g = torch.Generator().manual_seed(seed + 1)
+    dirs, _ = torch.linalg.qr(torch.randn(d, n_cls, generator=g))
+    dirs = dirs.T  # (n_cls, d) orthonormal
+    # class of each token: mostly '_' (1), then '，' (2), '。' (3), '？' (4), '、' (5), '<unk>' (0)
+    weights = torch.tensor([0.02, 0.55, 0.2, 0.11, 0.06, 0.06])
+    cls = torch.multinomial(weights, len(tokens), replacement=True, generator=g)
+    strong = torch.rand(len(tokens), generator=g) < 0.75
+    strength = torch.where(strong, 1.5, 0.3)
+    with torch.no_grad():
+        emb = 0.25 * torch.randn(len(tokens), d, generator=g) + strength[:, None] * dirs[cls]
+        model.embed.weight.copy_(emb)
+        model.decoder.weight.copy_(6.0 * dirs)
+        model.decoder.bias.copy_(torch.tensor([-1.0, 1.0, 0.0, 0.0, 0.0, 0.0]))
+    torch.save(model.state_dict(), model_dir / "model.pt")
+    # token -> its leaning class, or -1 where the leaning is weak (context decides)
+    return {t: int(c) if s else -1 for t, c, s in zip(tokens, cls, strong)}
+
+
+def punc_text_cases(tokens: list[str], classes: dict, *, jieba_style: bool, seed: int):
+    """Inputs of several lengths and kinds: name -> (text, generate() options). Names starting
+    with 'search_' are generators of candidates for find_punc_cases."""
+    import random
+
+    rng = random.Random(seed)
+    chars = [t for t in tokens if len(t) == 1 and ord(t) > 0x2E80]
+    words = [t for t in tokens if len(t) > 1 and ord(t[0]) > 0x2E80]
+    calm = [t for t in chars if classes[t] in (1, 2)]  # strongly '_' or '，'
+    silent = [t for t in chars if classes[t] == 1]
+    ends = [t for t in chars if classes[t] in (3, 4)]
+    en = [t for t in tokens if t.isascii() and t[0].isalpha() and not t.startswith("<")]
+    pick = lambda pool, k: [rng.choice(pool) for _ in range(k)]
+
+    def zh_run(k):  # a Chinese run as ASR prints it: no spaces (words for the jieba model)
+        pool = words + chars if jieba_style else chars
+        return "".join(pick(pool, k))
+
+    def mixed(n_runs):
+        parts = []
+        for i in range(n_runs):
+            parts.append(zh_run(rng.randint(2, 9)) if i % 2 == 0 else
+                         " ".join(pick(en, rng.randint(1, 4))))
+        return " ".join(parts)
+
+    cases = {
+        "empty": ("", {}),
+        "blank": ("   ", {}),
+        "one_char": (chars[7], {}),
+        "one_en_word": ("hello", {}),
+        "short": (zh_run(6), {}),
+        "exactly_20": ("".join(pick(chars, 20)), {}),
+        "twenty_one": ("".join(pick(chars, 21)), {}),
+        "forty": ("".join(pick(chars, 40)), {}),
+        "medium": (zh_run(57), {}),
+        "mixed_long": (mixed(40), {}),
+        "english": (" ".join(pick(en, 47)), {}),
+        "english_cased": ("we use GPU and gpu and Gpu on iPhone " + " ".join(pick(en, 9))
+                          + " FunASR MLX ok OK", {}),
+        "unknown_tokens": (zh_run(5) + "龘靐齉" + " zebra " + zh_run(4) + " <unk> "
+                           + chars[3] + "Ω" + chars[4] + " xyzzy", {}),
+        "spaces_tabs": ("  " + zh_run(3) + " \t " + zh_run(4) + "  hello   world  "
+                        + chars[9] + "\u3000" + chars[10] + " ", {}),
+        "digits_symbols": ("2024年" + zh_run(3) + " 3.5 " + zh_run(2) + " e.g. don't "
+                           + "GPU2" + zh_run(2) + " 100% a-b " + zh_run(5), {}),
+        "ends_english": (zh_run(30) + " hello world", {}),
+        "no_comma_260": ("".join(pick(silent, 260)), {}),
+        "long_mixed_300": (mixed(120), {}),
+        "split_size_7": (zh_run(45), {"split_size": 7}),
+        # candidates; find_punc_cases keeps the first that shows the named behaviour
+        "search_comma_cut_220": (lambda: "".join(pick(calm, 250)), {}),
+        "search_comma_cut_201_219": (lambda: zh_run(rng.randint(3, 12)) + "".join(
+            pick(ends, 1)) + "".join(pick(calm, 240)), {}),
+        "search_end_at_index_1": (lambda: "".join(
+            rng.choice(ends) if rng.random() < 0.06 else rng.choice(calm) for _ in range(120)),
+            {}),
+    }
+    if jieba_style:
+        cases["user_dict_words"] = ("语音识别" + zh_run(4) + "标点模型" + "大模型" + zh_run(3)
+                                    + "批量转写长音频", {})
+        cases["spaced_chars"] = (" ".join(pick(chars, 30)), {})
+    return cases
+
+
+def _punc_events(calls, punc_list):
+    """What the official loop did at each model call but the last: ('end', i) for a sentence
+    end found in the scanned range, ('cut', len) for the 200-token comma cut, ('end_at_1',)
+    when a sentence end at index 1 is the only one before index len - 1, ('none',) otherwise."""
+    events = []
+    for ids, y in calls[:-1]:
+        marks = [punc_list[int(c)] for c in y.argmax(-1)]
+        L = len(marks)
+        scanned = range(L - 2, 1, -1)
+        if any(marks[i] in ("。", "？") for i in scanned):
+            events.append(("end",))
+        elif L > 200 and any(marks[i] == "，" for i in scanned):
+            events.append(("cut", L))
+        elif marks[1] in ("。", "？"):
+            events.append(("end_at_1",))
+        else:
+            events.append(("none",))
+    return events
+
+
+PUNC_SEARCH = {
+    "search_comma_cut_220": lambda ev: ("cut", 220) in ev,
+    "search_comma_cut_201_219": lambda ev: any(e[0] == "cut" and 200 < e[1] < 220 for e in ev),
+    "search_end_at_index_1": lambda ev: ("end_at_1",) in ev,
+}
+
+
+def run_official_punc(model_dir: Path, cases: dict, out_dir: Path, *, logits_for: set):
+    """AutoModel(model=DIR).generate(input=text) per case; records text, punc_array, and the
+    ids and logits of every punc_forward call (the mini-sentences with their carried tails).
+    A 'search_' case draws candidates until one shows its behaviour (PUNC_SEARCH)."""
+    import torch
+    from funasr import AutoModel
+
+    am = AutoModel(model=str(model_dir), device="cpu", disable_update=True, hub="ms", ncpu=2,
+                   disable_pbar=True, disable_log=True)
+    model = am.model
+    model.eval()
+    calls = []
+    forward = model.punc_forward
+
+    def recording_forward(text, text_lengths, **kw):
+        y, h = forward(text, text_lengths, **kw)
+        calls.append((text[0].tolist(), y[0].detach().numpy().copy()))
+        return y, h
+
+    model.punc_forward = recording_forward
+    expected = {}
+    arrays = {}
+    for name, (text, options) in cases.items():
+        for attempt in range(200 if name.startswith("search_") else 1):
+            calls.clear()
+            candidate = text() if callable(text) else text
+            res = am.generate(input=candidate, **options)[0]
+            if not name.startswith("search_"):
+                break
+            if PUNC_SEARCH[name](_punc_events(calls, model.punc_list)):
+                break
+        else:
+            raise RuntimeError(f"{model_dir.name}/{name}: no candidate showed the behaviour")
+        key = name.removeprefix("search_")
+        pa = res.get("punc_array")
+        expected[key] = {
+            "input": candidate, "options": options, "text": res["text"],
+            "punc_array": None if pa is None else [int(x) for x in pa.reshape(-1).tolist()],
+            "calls": [ids for ids, _ in calls],
+        }
+        if name in logits_for:
+            for i, (_, y) in enumerate(calls):
+                arrays[f"{key}/{i}"] = y.astype(np.float32)
+        print(f"  {key}: {len(calls)} calls, {res['text'][:50]!r}", flush=True)
+    # one case per line: readable diffs, small file
+    lines = [f" {json.dumps(k)}: {json.dumps(v, ensure_ascii=False)}" for k, v in
+             expected.items()]
+    head = json.dumps({"funasr": "1.4.16", "torch": torch.__version__})[:-1]
+    with open(out_dir / "expected.json", "w", encoding="utf-8") as f:
+        f.write(head + ', "cases": {\n' + ",\n".join(lines) + "\n}}\n")
+    np.savez_compressed(out_dir / "logits.npz", **arrays)
+
+
+def make_punc():
+    base = FIXTURES / "punc"
+    logits_for = {"short", "medium", "mixed_long", "english", "search_comma_cut_220"}
+    models = {
+        # ct-punc-c style: CJK characters, full-width marks, no jieba
+        "zh": (punc_config(d=32, heads=4, units=64, blocks=3), punc_zh_tokens(), 0, None),
+        # cn-en large style: words, a jieba user dict, an odd head count, another kernel
+        "large": (punc_config(d=36, heads=3, units=72, blocks=4, kernel=7),
+                  punc_large_tokens(), 1, PUNC_USER_WORDS),
+        # punc_list with ASCII ',' and '?' as the Hugging Face page of ct-punc shows it: the
+        # official code compares with full-width marks, so no comma cut, no '?' sentence end
+        "ascii_marks": (punc_config(d=16, heads=2, units=32, blocks=2,
+                                    punc_list=PUNC_LIST_ASCII), punc_zh_tokens(), 2, None),
+    }
+    for name, (config, tokens, seed, user_dict) in models.items():
+        print(f"punc/{name}", flush=True)
+        mdir = base / name
+        classes = build_punc_dir(mdir, config, tokens, seed, user_dict=user_dict)
+        cases = punc_text_cases(tokens, classes, jieba_style=user_dict is not None, seed=seed)
+        if name == "ascii_marks":
+            cases = {k: v for k, v in cases.items() if k in (
+                "short", "forty", "medium", "mixed_long", "english_cased", "ends_english",
+                "no_comma_260", "long_mixed_300")}
+        run_official_punc(mdir, cases, mdir, logits_for=logits_for)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=["paraformer", "text", "nano"], nargs="+")
+    ap.add_argument("what", choices=["paraformer", "text", "nano", "punc"], nargs="+")
     args = ap.parse_args(argv)
     import torch
 
@@ -723,6 +1012,8 @@ def main(argv=None):
         make_text_cases()
     if "nano" in args.what:
         make_nano()
+    if "punc" in args.what:
+        make_punc()
 
 
 if __name__ == "__main__":
