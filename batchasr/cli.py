@@ -345,6 +345,58 @@ def retry_failed(job_dir):
     click.echo(f"{n} failed item(s) requeued")
 
 
+@cli.command()
+@click.option("--model", "-m", default="ct-punc", show_default=True,
+              help="Official CT-Transformer folder (config.yaml, model.pt, tokens.json) or a "
+                   "known name (ct-punc, ct-punc-c) found in the local Hugging Face / "
+                   "ModelScope cache.")
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON object per input line: text, punctuated, punc_ids (one "
+                   "punctuation class id per token).")
+@click.option("--batch-size", "-b", default=64, show_default=True, type=click.IntRange(1),
+              help="Lines read and run through the model together.")
+@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]),
+              default="float32", show_default=True,
+              help="Precision of the network weights; float32 is exact to the official outputs.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), default="auto",
+              show_default=True, help="MLX device (auto: the GPU when MLX has one).")
+@click.option("--download", is_flag=True,
+              help="Allow fetching a known model name from the Hugging Face hub.")
+def punctuate(model, as_json, batch_size, dtype, device, download):
+    """Punctuate text lines read on stdin and print them, one output line per input line.
+
+    Separate tokens by spaces where the model's tokenizer expects them (English words);
+    Chinese characters need none. Empty lines stay empty.
+
+    \b
+    Example:
+      echo "今天天气很好 we went out 你呢" | batchasr punctuate --model ./ct-punc --json
+    """
+    import itertools
+
+    import mlx.core as mx
+
+    from batchasr.device import setup_device
+    from batchasr.punctuation import load_punctuator
+
+    try:
+        setup_device(device)
+        punctuator = load_punctuator(model, dtype=getattr(mx, dtype), download=download)
+    except (BatchasrError, ValueError) as e:
+        fail(str(e))
+    while True:
+        lines = [line.rstrip("\r\n") for line in itertools.islice(sys.stdin, batch_size)]
+        if not lines:
+            break
+        for line, (text, ids) in zip(lines, punctuator.punctuate_many(lines,
+                                                                      batch_size=batch_size)):
+            if as_json:
+                click.echo(json.dumps({"text": line, "punctuated": text, "punc_ids": ids},
+                                      ensure_ascii=False))
+            else:
+                click.echo(text)
+
+
 def main():
     cli(prog_name="batchasr")
 
