@@ -1,15 +1,24 @@
 """The job's SQLite store: one row per audio file and its state, plus the job's settings.
 
-A job folder holds ``queue.db`` (this module), ``lock`` (held by the one live runner),
-and the result files the worker writes. Item states::
+A job folder holds ``queue.db`` (this module), ``lock`` (held by the one live run), and the
+result files the workers write. Item states::
 
     pending --claim--> running --complete--> done
-                          |  \\--fail-----> failed --retry_failed--> pending
-                          \\--release / reset_running (after a crash)--> pending
+                        |  |  \\--fail-----> failed --retry_failed--> pending
+                        |  \\--release / reset_running (after a crash)--> pending
+                        \\--lease expired: claim again (another worker takes it over)
 
 Every state change is one ``BEGIN IMMEDIATE`` transaction, so a kill at any instant leaves
 each item in exactly one state. ``done`` is set only after the item's results are durable
 (the caller writes them first), and records the name of the Parquet part that holds them.
+
+Leases (several worker processes on one queue). A claim with an ``owner`` also sets
+``lease_until`` = now + ``lease_s``; the owner's heartbeat (:meth:`JobQueue.heartbeat`)
+pushes it forward while the owner lives. A running item whose lease has expired is claimable
+again, by anyone. ``complete``/``fail``/``release`` with an ``owner`` only touch items that
+owner still holds, so a worker that stalled past its lease (a "zombie") and whose items were
+taken over can never mark them done a second time: its part file is an orphan the export
+ignores. Claims without an owner (the tests, old callers) have no lease and never expire.
 
 A connection belongs to the thread that opened it (sqlite3's default); the worker keeps the
 queue on its main thread. ``now`` parameters exist for tests (as in huey).
@@ -20,6 +29,7 @@ import fcntl
 import json
 import os
 import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -51,7 +61,9 @@ DDL = [
         part TEXT,                        -- Parquet part file holding the result (done items)
         created_at TEXT NOT NULL,
         started_at TEXT,
-        finished_at TEXT
+        finished_at TEXT,
+        lease_owner TEXT,                 -- worker that claimed it last
+        lease_until REAL                  -- running: claimable again after this (epoch s)
     )""",
     "CREATE INDEX IF NOT EXISTS items_status_seq ON items (status, seq)",
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -62,6 +74,8 @@ STAGING = "_incoming"
 STAGING_DDL = f"""CREATE TABLE {STAGING} (
     n INTEGER PRIMARY KEY, line INTEGER, id TEXT, path TEXT, language TEXT, extra TEXT)"""
 MAX_REPORTED = 20  # conflicts listed in one error message
+# Columns added after the first release: (name, type), added to older queue.db files on open.
+ADDED_COLUMNS = [("lease_owner", "TEXT"), ("lease_until", "REAL")]
 
 
 @dataclass(frozen=True)
@@ -76,11 +90,14 @@ class Item:
     error: str | None
     duration_s: float | None
     part: str | None
+    lease_owner: str | None = None
+    lease_until: float | None = None
 
     @classmethod
     def from_row(cls, r: dict[str, Any]) -> Item:
         return cls(r["id"], r["seq"], r["path"], r["language"], json.loads(r["extra"] or "{}"),
-                   r["status"], r["attempts"], r["error"], r["duration_s"], r["part"])
+                   r["status"], r["attempts"], r["error"], r["duration_s"], r["part"],
+                   r.get("lease_owner"), r.get("lease_until"))
 
 
 @dataclass(frozen=True)
@@ -88,6 +105,10 @@ class EnqueueResult:
     added: int  # new items, now pending
     existing: int  # rows whose id was already queued (their state is kept)
     problems: list[tuple[int, str]]  # skipped bad rows (only with strict=False)
+
+
+_DIED_ERROR = ("lease_until = NULL, error = 'the worker died ' || attempts || ' times while "
+               "this item was in progress (crash, kill or out of memory)'")
 
 
 def _iso(now: float | None = None) -> str:
@@ -112,6 +133,10 @@ class JobQueue:
         with self.transaction():
             for statement in DDL:
                 conn.execute(statement)
+            have = {r[1] for r in conn.execute("PRAGMA table_info(items)")}
+            for name, kind in ADDED_COLUMNS:
+                if name not in have:
+                    conn.execute(f"ALTER TABLE items ADD COLUMN {name} {kind}")
 
     def close(self) -> None:
         self.db.close()
@@ -240,66 +265,122 @@ class JobQueue:
 
     # ---- the worker's side ---------------------------------------------------------------
 
-    def claim(self, n: int, *, now: float | None = None) -> list[Item]:
-        """Atomically move up to ``n`` pending items (in manifest order) to running,
-        counting an attempt for each. Returns them in manifest order ([] when none)."""
+    def claim(self, n: int, *, owner: str | None = None, lease_s: float | None = None,
+              max_attempts: int | None = None, now: float | None = None) -> list[Item]:
+        """Atomically move up to ``n`` items (in manifest order) to running, counting an
+        attempt for each, and return them in manifest order ([] when none).
+
+        Without ``owner``: pending items only, with no lease. With ``owner`` and ``lease_s``:
+        first running items whose lease has expired (their worker died or stalled), then
+        pending ones, each leased to ``owner`` until now + ``lease_s``. An expired item
+        already claimed ``max_attempts`` times is failed instead of claimed again: it has
+        probably been killing its workers (the same rule as :meth:`reset_running`).
+        """
         if n <= 0:
             return []
+        t = time.time() if now is None else now
+        until = None if owner is None or lease_s is None else t + lease_s
+        claim_sql = """UPDATE items SET status = 'running', attempts = attempts + 1,
+                           started_at = ?, error = NULL, lease_owner = ?, lease_until = ?
+                       WHERE id IN ({}) RETURNING *"""
+        stamp = (_iso(now), owner, until)
+        claimed: list[dict] = []
         with self.transaction():
-            claimed = self._q(
-                """UPDATE items SET status = 'running', attempts = attempts + 1,
-                       started_at = ?, error = NULL
-                   WHERE id IN (SELECT id FROM items WHERE status = 'pending'
-                                ORDER BY seq LIMIT ?)
-                   RETURNING *""",
-                (_iso(now), n),
-            )
+            if owner is not None:
+                if max_attempts is not None:
+                    self.db.conn.execute(
+                        f"""UPDATE items SET status = 'failed', finished_at = ?, {_DIED_ERROR}
+                            WHERE status = 'running' AND lease_until < ? AND attempts >= ?""",
+                        (_iso(now), t, max_attempts),
+                    )
+                claimed += self._q(claim_sql.format(
+                    "SELECT id FROM items WHERE status = 'running' AND lease_until < ? "
+                    "ORDER BY seq LIMIT ?"), (*stamp, t, n))
+            if len(claimed) < n:
+                claimed += self._q(claim_sql.format(
+                    "SELECT id FROM items WHERE status = 'pending' ORDER BY seq LIMIT ?"),
+                    (*stamp, n - len(claimed)))
         return sorted((Item.from_row(r) for r in claimed), key=lambda it: it.seq)
 
-    def complete(self, ids: Iterable[str], part: str, *,
+    def heartbeat(self, owner: str, *, lease_s: float, now: float | None = None) -> int:
+        """Extend every lease ``owner`` holds to now + ``lease_s``; returns how many it holds."""
+        t = time.time() if now is None else now
+        with self.transaction():
+            return self.db.conn.execute(
+                "UPDATE items SET lease_until = ? WHERE status = 'running' AND lease_owner = ?",
+                (t + lease_s, owner),
+            ).rowcount
+
+    def expire(self, owner: str) -> int:
+        """End ``owner``'s leases now (the coordinator saw that worker die), so the others
+        take its items over at once instead of after the lease time. Returns how many."""
+        with self.transaction():
+            return self.db.conn.execute(
+                "UPDATE items SET lease_until = 0 WHERE status = 'running' AND lease_owner = ?",
+                (owner,),
+            ).rowcount
+
+    def running_elsewhere(self, owner: str) -> int:
+        """Running items not held by ``owner``: work another worker may still finish, or
+        leave behind when it dies (then they become claimable when the lease expires)."""
+        return self.db.conn.execute(
+            "SELECT count(*) FROM items WHERE status = 'running' "
+            "AND lease_owner IS NOT ?", (owner,),
+        ).fetchone()[0]
+
+    def complete(self, ids: Iterable[str], part: str, *, owner: str | None = None,
                  durations: dict[str, float] | None = None, now: float | None = None) -> int:
         """Mark running items done, with the part file holding their results, in one
-        transaction. Call only after the part is durable. Raises JobError (and changes
-        nothing) if any item is not running: that would mean two runners on one job."""
+        transaction, and return how many were marked. Call only after the part is durable.
+
+        Without ``owner``: all or nothing; raises JobError (and changes nothing) if any item
+        is not running, which would mean two runners on one job. With ``owner``: marks the
+        items that ``owner`` still holds and skips the others (another worker took them over
+        after this one's lease expired; their rows in ``part`` are ignored by the export)."""
         ids = list(ids)
         durations = durations or {}
         stamp = _iso(now)
+        owned = "" if owner is None else " AND lease_owner = ?"
         with self.transaction():
             changed = sum(
                 self.db.conn.execute(
-                    """UPDATE items SET status = 'done', part = ?, finished_at = ?, error = NULL,
-                           duration_s = coalesce(?, duration_s)
-                       WHERE id = ? AND status = 'running'""",
-                    (part, stamp, durations.get(i), i),
+                    f"""UPDATE items SET status = 'done', part = ?, finished_at = ?, error = NULL,
+                           duration_s = coalesce(?, duration_s), lease_until = NULL
+                       WHERE id = ? AND status = 'running'{owned}""",
+                    (part, stamp, durations.get(i), i, *([] if owner is None else [owner])),
                 ).rowcount
                 for i in ids
             )
-            if changed != len(ids):
+            if owner is None and changed != len(ids):
                 raise JobError(f"complete(): {len(ids) - changed} of {len(ids)} items were "
                                "not running; is another process working on this job?")
         return changed
 
-    def fail(self, item_id: str, error: str, *, duration_s: float | None = None,
-             now: float | None = None) -> bool:
-        """Mark a running item failed with its error (kept until retry_failed)."""
+    def fail(self, item_id: str, error: str, *, owner: str | None = None,
+             duration_s: float | None = None, now: float | None = None) -> bool:
+        """Mark a running item failed with its error (kept until retry_failed); with
+        ``owner``, only while that owner holds it."""
         with self.transaction():
             return self.db.conn.execute(
                 """UPDATE items SET status = 'failed', error = ?, finished_at = ?,
-                       duration_s = coalesce(?, duration_s)
-                   WHERE id = ? AND status = 'running'""",
-                (error, _iso(now), duration_s, item_id),
+                       duration_s = coalesce(?, duration_s), lease_until = NULL
+                   WHERE id = ? AND status = 'running' AND (? IS NULL OR lease_owner = ?)""",
+                (error, _iso(now), duration_s, item_id, owner, owner),
             ).rowcount == 1
 
-    def release(self, ids: Iterable[str]) -> int:
+    def release(self, ids: Iterable[str], *, owner: str | None = None) -> int:
         """Give running items back (pending, attempt not counted): the runner stopped
-        before finishing them, through no fault of theirs."""
+        before finishing them, through no fault of theirs. With ``owner``, only the items
+        that owner still holds."""
         ids = list(ids)
         with self.transaction():
             return sum(
                 self.db.conn.execute(
                     """UPDATE items SET status = 'pending', started_at = NULL,
-                           attempts = max(attempts - 1, 0)
-                       WHERE id = ? AND status = 'running'""", (i,),
+                           attempts = max(attempts - 1, 0), lease_owner = NULL,
+                           lease_until = NULL
+                       WHERE id = ? AND status = 'running' AND (? IS NULL OR lease_owner = ?)""",
+                    (i, owner, owner),
                 ).rowcount
                 for i in ids
             )
@@ -316,15 +397,13 @@ class JobQueue:
             failed = 0
             if max_attempts is not None:
                 failed = self.db.conn.execute(
-                    """UPDATE items SET status = 'failed', finished_at = ?,
-                           error = 'the worker died ' || attempts || ' times while this item '
-                                   || 'was in progress (crash, kill or out of memory)'
+                    f"""UPDATE items SET status = 'failed', finished_at = ?, {_DIED_ERROR}
                        WHERE status = 'running' AND attempts >= ?""",
                     (_iso(now), max_attempts),
                 ).rowcount
             requeued = self.db.conn.execute(
-                "UPDATE items SET status = 'pending', started_at = NULL "
-                "WHERE status = 'running'"
+                "UPDATE items SET status = 'pending', started_at = NULL, lease_owner = NULL, "
+                "lease_until = NULL WHERE status = 'running'"
             ).rowcount
         return requeued, failed
 
@@ -375,7 +454,7 @@ _held_guard = threading.Lock()
 
 
 class JobLock:
-    """At most one live runner per job folder.
+    """At most one live run per job folder.
 
     ``flock(LOCK_EX | LOCK_NB)`` on ``<job_dir>/lock``, held for as long as the runner runs:
     the kernel drops it when the process dies, however it dies, so a lock left by a
@@ -383,6 +462,11 @@ class JobLock:
     the error message. Re-entrant within one process (the CLI can hold it around enqueue
     and run_job, and run_job takes it again). The file is never deleted: unlinking a lock
     file lets two processes lock two different files.
+
+    A run with several worker processes (``batchasr run --workers N``) takes the lock once
+    and hands its descriptor to each worker (``pass_fds``), which calls :meth:`adopt`: the
+    lock then lives as long as any process of that run does, and a second, independent
+    ``batchasr run`` is refused while any of them is alive.
     """
 
     def __init__(self, job_dir: str | os.PathLike):
@@ -415,6 +499,38 @@ class JobLock:
                 _held[key] = [fd, 1]
         self._key = key
         return self
+
+    @property
+    def fd(self) -> int:
+        """The locked descriptor, to pass to worker processes (see :meth:`adopt`)."""
+        if self._key is None:
+            raise RuntimeError("this JobLock is not acquired")
+        return _held[self._key][0]
+
+    @classmethod
+    def adopt(cls, job_dir: str | os.PathLike, fd: int) -> JobLock:
+        """Take over the lock that the process which started this one holds for
+        ``job_dir`` and passed down as descriptor ``fd``. Raises JobError unless ``fd`` is
+        that job's lock file, locked by the run that started us."""
+        lock = cls(job_dir)
+        key = os.path.realpath(lock.path)
+        try:
+            held, path = os.fstat(fd), os.stat(key)
+            same = (held.st_dev, held.st_ino) == (path.st_dev, path.st_ino)
+            # flock on the same open file description as the holder's succeeds at once;
+            # on any other it would block (so nothing changes if it is not ours).
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB) if same else None
+        except (OSError, BlockingIOError) as e:
+            raise JobError(f"{lock.job_dir}: descriptor {fd} is not this job's lock ({e})") from None
+        if not same:
+            raise JobError(f"{lock.job_dir}: descriptor {fd} is not this job's lock file")
+        with _held_guard:
+            if key in _held:
+                _held[key][1] += 1
+            else:
+                _held[key] = [fd, 1]
+        lock._key = key
+        return lock
 
     def release(self) -> None:
         if self._key is None:
