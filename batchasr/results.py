@@ -13,6 +13,17 @@ the part the queue names, so an orphan part left by a killed run, or a second co
 another part, can never duplicate it. Failed and still-pending items come from the queue.
 Parquet and JSON Lines hold exactly one row per queue item, in manifest order (``seq``); the
 subtitle and text outputs hold one entry per done item.
+
+Two more kinds of source (``batchasr.scale`` / ``batchasr.ray_engine``):
+
+* An output folder of the Ray engine (a local path or any URI pyarrow opens, e.g.
+  ``s3://bucket/jobs/x``): no queue, but ``manifest.parquet`` (every item, in manifest order)
+  and parts with deterministic names holding ``done`` and ``failed`` rows. An item may be in
+  more than one part (a task retried after its actor died, a failure retried by a later run):
+  its row is the ``done`` one if there is any, else a ``failed`` one, the part with the
+  smallest name winning a tie; an item in no part is ``pending``.
+* Several job folders (the shards of one manifest): their rows one after the other, in the
+  order given; an id found in two folders is an error rather than a duplicate row.
 """
 from __future__ import annotations
 
@@ -24,10 +35,11 @@ import time
 import uuid
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from batchasr.errors import JobError
@@ -66,6 +78,7 @@ RESULT_SCHEMA = pa.schema(
 PART_SCHEMA = RESULT_SCHEMA.append(pa.field("extra", pa.string()))
 FORMATS = ("parquet", "srt", "vtt", "txt", "jsonl")
 PARTS = "parts"
+MANIFEST_TABLE = "manifest.parquet"  # the items of an output folder without a queue (Ray)
 
 
 def _seconds(ms: int | None) -> float | None:
@@ -102,6 +115,14 @@ def transcript_to_row(item: Mapping | Any, transcript: Transcript, *, model_name
     }
 
 
+def failure_to_row(item: Mapping | Any, error: str, *, model_name: str) -> dict:
+    """One :data:`PART_SCHEMA` row for an item that failed (engines without a queue, such
+    as Ray, record failures in their parts)."""
+    row = transcript_to_row(item, Transcript(text=""), model_name=model_name)
+    return {**row, "status": "failed", "error": error, "text": None,
+            "language": row["language"] if row["language"] else None}
+
+
 def row_to_transcript(row: dict) -> Transcript:
     """Rebuild the Transcript stored in a row (for re-rendering subtitles without a model)."""
     ms = lambda s: None if s is None else int(round(s * 1000))  # noqa: E731
@@ -114,8 +135,9 @@ def row_to_transcript(row: dict) -> Transcript:
     )
 
 
-def write_part(job_dir: str | os.PathLike, rows: list[dict]) -> str:
-    """Write ``rows`` as one new Parquet file in ``<job_dir>/parts/`` and return its file name.
+def write_part(job_dir: str | os.PathLike, rows: list[dict], *, name: str | None = None) -> str:
+    """Write ``rows`` as one new Parquet file in ``<job_dir>/parts/`` and return its file name
+    (``name``, or a new unique one).
 
     Atomic: the file is written under a temp name in the same folder, fsynced, renamed with
     ``os.replace`` and the folder fsynced, so after a crash the part either exists whole under
@@ -124,7 +146,7 @@ def write_part(job_dir: str | os.PathLike, rows: list[dict]) -> str:
     """
     parts = Path(job_dir) / PARTS
     parts.mkdir(parents=True, exist_ok=True)
-    name = f"part-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:12]}.parquet"
+    name = name or f"part-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:12]}.parquet"
     table = pa.Table.from_pylist(rows, schema=PART_SCHEMA)
     try:
         atomic_write(parts / name, lambda f: pq.write_table(table, f, compression="zstd"))
@@ -219,12 +241,93 @@ def _extra_columns(items: list[dict]) -> dict[str, list[str | None]]:
     return cols
 
 
-def results_table(job_dir: str | os.PathLike) -> pa.Table:
-    """Exactly one row per queue item, in manifest order: :data:`RESULT_SCHEMA` plus the carried
-    manifest columns as strings. Holds the whole result in memory (Arrow buffers)."""
-    job_dir = Path(job_dir)
-    items = _queue_items(job_dir)
-    done, index = _done_rows(job_dir, items)
+def open_location(location: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
+    """``(filesystem, path)`` for a local path or a URI pyarrow supports (``s3://``,
+    ``gs://``, ``hdfs://``, ``file://``...)."""
+    text = str(location)
+    if "://" in text:
+        return pafs.FileSystem.from_uri(text)
+    return pafs.LocalFileSystem(), str(Path(text).absolute())
+
+
+def _exists(fs: pafs.FileSystem, path: str) -> bool:
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def _part_rows(location: str | os.PathLike) -> tuple[list[dict], pa.Table, dict[str, int]]:
+    """Items and done rows of an output folder without a queue (see the module docstring)."""
+    fs, root = open_location(location)
+    manifest = pq.read_table(f"{root}/{MANIFEST_TABLE}", filesystem=fs).to_pylist()
+    selector = pafs.FileSelector(f"{root}/{PARTS}", allow_not_found=True)
+    names = sorted(i.path for i in fs.get_file_info(selector)
+                   if i.type == pafs.FileType.File and i.base_name.startswith("part-")
+                   and i.base_name.endswith(".parquet"))
+    best: dict[str, tuple[bool, int, int]] = {}  # id -> (failed?, part, row): smallest wins
+    tables, columns = [], []
+    for p, name in enumerate(names):
+        try:
+            table = pq.read_table(name, filesystem=fs, columns=PART_SCHEMA.names, schema=PART_SCHEMA)
+        except (OSError, pa.ArrowException) as e:
+            raise JobError(f"{name}: unreadable results part ({e})") from e
+        cols = {c: table[c].to_pylist() for c in ("id", "status", "error", "duration_s")}
+        tables.append(table)
+        columns.append(cols)
+        for r, (rid, status) in enumerate(zip(cols["id"], cols["status"])):
+            key = (status != "done", p, r)
+            if rid not in best or key < best[rid]:
+                best[rid] = key
+    items, taken = [], defaultdict(list)
+    for m in manifest:
+        item = {**m, "status": "pending", "error": None, "duration_s": None, "part": None}
+        got = best.get(str(m["id"]))
+        if got is not None:
+            failed, p, r = got
+            item["duration_s"] = columns[p]["duration_s"][r]
+            if failed:
+                item.update(status="failed", error=columns[p]["error"][r])
+            else:
+                item["status"] = "done"
+                taken[p].append(r)
+        items.append(item)
+    pieces = [tables[p].take(pa.array(rows, pa.int64())) for p, rows in sorted(taken.items())]
+    done = pa.concat_tables(pieces) if pieces else PART_SCHEMA.empty_table()
+    index = {rid: i for i, rid in enumerate(done["id"].to_pylist())}
+    return items, done, index
+
+
+def is_queue_job(location: str | os.PathLike) -> bool:
+    return "://" not in str(location) and (Path(location) / "queue.db").exists()
+
+
+def results_table(job_dir: str | os.PathLike | Sequence[str | os.PathLike]) -> pa.Table:
+    """Exactly one row per item, in manifest order: :data:`RESULT_SCHEMA` plus the carried
+    manifest columns as strings. Holds the whole result in memory (Arrow buffers).
+
+    ``job_dir``: a job folder, an output folder of the Ray engine, or a list of them (shards
+    of one manifest: their rows in the order given). Raises JobError for an id in two of them.
+    """
+    if not isinstance(job_dir, (str, os.PathLike)):
+        sources = list(job_dir)
+        if len(sources) == 1:
+            return results_table(sources[0])
+        tables = [results_table(j) for j in sources]
+        seen: dict[str, int] = {}
+        for k, t in enumerate(tables):
+            for rid in t["id"].to_pylist():
+                if seen.setdefault(rid, k) != k:
+                    raise JobError(f"item {rid!r} is in both {sources[seen[rid]]} and {sources[k]}; "
+                                   "merge only the shards of one manifest, each once")
+        return pa.concat_tables(tables, promote_options="default")
+    if is_queue_job(job_dir):
+        job_dir = Path(job_dir)
+        items = _queue_items(job_dir)
+        done, index = _done_rows(job_dir, items)
+    else:
+        fs, root = open_location(job_dir)
+        if not _exists(fs, f"{root}/{MANIFEST_TABLE}"):
+            raise JobError(f"{job_dir}: no queue.db (or {MANIFEST_TABLE} of a Ray run) here; "
+                           "is this a job folder?")
+        items, done, index = _part_rows(job_dir)
     others = [
         {
             "id": str(it["id"]),
@@ -269,7 +372,7 @@ def _one_line(s: str | None) -> str:
 
 
 def export_results(
-    job_dir: str | os.PathLike,
+    job_dir: str | os.PathLike | Sequence[str | os.PathLike],
     fmt: str = "parquet",
     out: str | os.PathLike | None = None,
     *,
@@ -286,13 +389,18 @@ def export_results(
       otherwise (default ``<job_dir>/results.txt``) one file of ``id<TAB>text`` lines for the done
       items, with tabs and newlines inside the text folded to spaces.
 
-    Every file is written atomically. Raises ValueError for an unknown format and JobError when
-    the folder is not a job or a stored result is missing.
+    ``job_dir`` may also be a Ray output folder or URI, or a list of job folders (shards, merged
+    as :func:`results_table` says); outputs then need ``out`` unless ``job_dir`` is one local
+    folder. Every file is written atomically. Raises ValueError for an unknown format and
+    JobError when a folder is not a job, a stored result is missing, or an id is in two folders.
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; available formats = {list(FORMATS)}")
-    job_dir = Path(job_dir)
-    table = results_table(job_dir)
+    sources = [job_dir] if isinstance(job_dir, (str, os.PathLike)) else list(job_dir)
+    if out is None and (len(sources) != 1 or "://" in str(sources[0])):
+        raise ValueError("exporting several job folders (or a URI) needs an output path (-o)")
+    table = results_table(sources)
+    job_dir = Path(sources[0])
     if fmt in ("srt", "vtt"):
         folder = Path(out) if out else default_folder(job_dir, fmt)
         return _export_subtitles(table, fmt, folder, subtitle_options)

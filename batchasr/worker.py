@@ -14,9 +14,19 @@ pending/running, to be redone by the next run; an orphan part is ignored by the 
 which reads only the part the queue names. Failures are per item: an unreadable file, or a
 piece the model fails on even alone, marks that item failed and the rest carry on.
 
+Several worker processes can share one job (``batchasr run --workers N``, see
+``batchasr.scale``): each claims items under a lease (``owner``, renewed by a heartbeat
+thread), and a worker that dies leaves leases that expire and are claimed again by the
+others; ``complete`` only commits the items this worker still holds. A worker started
+with ``lock_fd`` (the run's lock, inherited) skips the startup recovery (its siblings are
+working) and, once the queue is empty, waits for the items its siblings hold, taking over
+any whose lease expires. The batching, model call, one-by-one retry and stitching are the
+shared functions of ``batchasr.pipeline``, which the Ray engine calls too.
+
 Ctrl-C stops after the current batch (unfinished items go back to pending); a second
 Ctrl-C stops at once. Tests can kill the process at named points with
-``BATCHASR_TEST_CRASH_AT=<point>:<n>`` (see ``CRASH_POINTS``).
+``BATCHASR_TEST_CRASH_AT=<point>:<n>`` (see ``CRASH_POINTS``); with
+``BATCHASR_TEST_CRASH_ONCE=<file>`` only the first process to create that file dies.
 """
 from __future__ import annotations
 
@@ -25,9 +35,12 @@ import math
 import os
 import queue as stdqueue
 import signal
+import socket
 import threading
 import time
+import uuid
 from collections import deque
+from contextlib import ExitStack
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,9 +49,9 @@ from typing import Any, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from batchasr import audio, results, subtitles
-from batchasr.batching import plan_batches, stitch
-from batchasr.errors import AudioError, JobError
+from batchasr import audio, pipeline, results, subtitles
+from batchasr.batching import stitch
+from batchasr.errors import AudioError
 from batchasr.queue import Item, JobLock, JobQueue
 from batchasr.transcript import ASRModel, Transcript
 
@@ -46,6 +59,7 @@ logger = logging.getLogger("batchasr.worker")
 
 SR = audio.SAMPLE_RATE
 CRASH_ENV = "BATCHASR_TEST_CRASH_AT"
+CRASH_ONCE_ENV = "BATCHASR_TEST_CRASH_ONCE"
 # decode: a reader has decoded the n-th piece; batch: just before the n-th model call;
 # after_part: the n-th part is written, its items not yet done; after_complete: committed.
 CRASH_POINTS = ("decode", "batch", "after_part", "after_complete")
@@ -71,6 +85,12 @@ class RunOptions:
     # broken: the run stops instead of failing the whole job.
     max_attempts: int | None = 5
     max_model_failures_in_a_row: int = 20
+    # Leases: a claimed item is this worker's for lease_s seconds, renewed every
+    # heartbeat_s (default lease_s / 4) while the process lives; after a worker dies, the
+    # others take its items over when the lease runs out (at once when the coordinating
+    # run sees it die).
+    lease_s: float = 60.0
+    heartbeat_s: float | None = None
     # Outputs written next to each part (besides the Parquet rows): subtitles per item.
     subtitle_formats: tuple[str, ...] = ("srt",)
     subtitle_options: Any = None  # subtitles.SubtitleOptions
@@ -80,6 +100,9 @@ class RunOptions:
             raise ValueError("batch_seconds and max_window_s must be positive")
         if self.readers < 1 or self.claim_size < 1:
             raise ValueError("readers and claim_size must be at least 1")
+        if self.lease_s <= 0 or (self.heartbeat_s is not None
+                                 and not 0 < self.heartbeat_s < self.lease_s):
+            raise ValueError("lease_s must be positive and heartbeat_s below it")
 
     @property
     def padded_seconds(self) -> float:
@@ -101,6 +124,8 @@ class RunSummary:
     batches: int = 0
     padding: float = 0.0  # share of the batches' padded size that was padding
     requeued: int = 0  # items a previous run left running, put back at start
+    taken_over: int = 0  # items finished here but committed by another worker (lease lost)
+    workers: int = 1  # worker processes (the figures above are their sums)
     stopped: bool = False  # stopped early (Ctrl-C / stop_event), not out of work
     remaining: dict[str, int] = field(default_factory=dict)  # queue counts at the end
 
@@ -138,6 +163,8 @@ def run_job(
     progress: bool = True,
     stop_event: threading.Event | None = None,
     meta: dict[str, Any] | None = None,
+    owner: str | None = None,
+    lock_fd: int | None = None,
     **options: Any,
 ) -> RunSummary:
     """Transcribe the pending items of a job folder (already enqueued) and return a summary.
@@ -147,23 +174,44 @@ def run_job(
     puts items left running by a dead run back to pending, then works until the queue is
     empty, ``limit`` items were taken, or ``stop_event`` is set (Ctrl-C sets it when called
     from the main thread). Other keyword arguments are :class:`RunOptions` fields.
+
+    ``owner`` names this worker in the leases (default: host, pid and a random suffix).
+    ``lock_fd``: this process is one of several workers of one run, which holds the job
+    lock and passed it down as this descriptor (see ``JobLock.adopt``); the startup
+    recovery is then the run's business, and this worker keeps going until no item is
+    pending or held by a sibling.
     """
     opts = RunOptions(batch_seconds=batch_seconds, max_window_s=max_window_s, **options)
     if getattr(model, "sample_rate", SR) != SR:
         raise ValueError(f"model {model.name} expects {model.sample_rate} Hz; batchasr feeds {SR}")
     stop_event = stop_event or threading.Event()
-    with JobLock(job_dir), JobQueue(job_dir) as queue, _StopOnCtrlC(stop_event):
+    owner = owner or worker_id()
+    shared = lock_fd is not None
+    with ExitStack() as stack:
+        lock = JobLock.adopt(job_dir, lock_fd) if shared else JobLock(job_dir).acquire()
+        stack.callback(lock.release)
+        queue = stack.enter_context(JobQueue(job_dir))
+        stack.enter_context(_StopOnCtrlC(stop_event))
         queue.ensure_meta({"model": model.name, **(meta or {})})
-        requeued, poisoned = queue.reset_running(max_attempts=opts.max_attempts)
+        requeued = poisoned = 0
+        if not shared:  # nobody else can be running items of this job: they were orphaned
+            requeued, poisoned = queue.reset_running(max_attempts=opts.max_attempts)
         if requeued or poisoned:
             logger.info("%d item(s) left running by a previous run requeued, %d failed after "
                         "%s attempts", requeued, poisoned, opts.max_attempts)
-        runner = _Runner(Path(job_dir), queue, model, opts, stop_event, limit, progress)
+        runner = _Runner(Path(job_dir), queue, model, opts, stop_event, limit, progress,
+                         owner=owner, shared=shared)
         summary = runner.run()
         summary.requeued = requeued
         summary.remaining = queue.counts()
     logger.info("run finished: %s", summary)
     return summary
+
+
+def worker_id(tag: str = "") -> str:
+    """A lease owner name unique to this process: ``host:pid[:tag]:random``."""
+    return ":".join(x for x in (socket.gethostname(), str(os.getpid()), tag,
+                                uuid.uuid4().hex[:8]) if x)
 
 
 # ---- internals -------------------------------------------------------------------------------
@@ -240,8 +288,8 @@ class _CrashHook:
     """``BATCHASR_TEST_CRASH_AT=<point>:<n>``: SIGKILL this process the n-th time ``point``
     is reached. For fault-injection tests only; a no-op when the variable is unset."""
 
-    def __init__(self, spec: str | None):
-        self.point, self.n, self.count = None, 0, 0
+    def __init__(self, spec: str | None, once: str | None = None):
+        self.point, self.n, self.count, self.once = None, 0, 0, once
         self._lock = threading.Lock()
         if spec:
             point, _, n = spec.partition(":")
@@ -254,8 +302,18 @@ class _CrashHook:
             return
         with self._lock:
             self.count += 1
-            if self.count == self.n:
+            if self.count == self.n and self._first():
                 os.kill(os.getpid(), signal.SIGKILL)
+
+    def _first(self) -> bool:
+        """With a once-file: True only for the process that creates it."""
+        if not self.once:
+            return True
+        try:
+            os.close(os.open(self.once, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            return True
+        except FileExistsError:
+            return False
 
 
 class _Writer:
@@ -263,8 +321,10 @@ class _Writer:
     in hand-over order, on a queue connection of its own. ``done`` hands each committed
     batch back to the main thread; ``error`` is the exception that stopped it, if any."""
 
-    def __init__(self, job_dir: Path, model_name: str, opts: RunOptions, crash: _CrashHook):
+    def __init__(self, job_dir: Path, model_name: str, opts: RunOptions, crash: _CrashHook,
+                 owner: str):
         self.job_dir, self.model_name, self.opts, self.crash = job_dir, model_name, opts, crash
+        self.owner = owner
         self.inbox: stdqueue.Queue = stdqueue.Queue(maxsize=2)  # back-pressure on the model
         self.done: stdqueue.Queue = stdqueue.Queue()
         self.error: BaseException | None = None
@@ -296,22 +356,27 @@ class _Writer:
             with JobQueue(self.job_dir) as queue:
                 while (works := self.inbox.get()) is not None:
                     t = time.perf_counter()
-                    self._write(queue, works)
+                    committed = self._write(queue, works)
                     self.write_s += time.perf_counter() - t
-                    self.done.put(works)
+                    self.done.put((works, committed))
         except BaseException as e:  # reported to the main thread, which stops the run
             self.error = e
 
-    def _write(self, queue: JobQueue, works: list[_Work]) -> None:
+    def _write(self, queue: JobQueue, works: list[_Work]) -> int:
         transcripts = {w.item.id: stitch(list(w.pieces.values())) for w in works}
         rows = [results.transcript_to_row(_item_dict(w), transcripts[w.item.id],
                                           model_name=self.model_name) for w in works]
         part = results.write_part(self.job_dir, rows)
         self.crash("after_part")
         self._write_subtitles(works, transcripts)
-        queue.complete([w.item.id for w in works], part,
-                       durations={w.item.id: w.duration_s for w in works})
+        committed = queue.complete([w.item.id for w in works], part, owner=self.owner,
+                                   durations={w.item.id: w.duration_s for w in works})
+        if committed < len(works):
+            logger.warning("%d of %d item(s) were taken over by another worker after this "
+                           "one's lease ran out; their results in %s are ignored",
+                           len(works) - committed, len(works), part)
         self.crash("after_complete")
+        return committed
 
     def _write_subtitles(self, works: Sequence[_Work], transcripts: dict[str, Transcript]) -> None:
         # Subtitles are a convenience copy (the export renders them from the parts), so a
@@ -333,13 +398,39 @@ class _Writer:
             subtitles.fsync_dir(folder)
 
 
+class _Heartbeat:
+    """A thread renewing this worker's leases every ``every`` seconds, on a queue
+    connection of its own (a long model call on the main thread must not let them lapse)."""
+
+    def __init__(self, job_dir: Path, owner: str, lease_s: float, every: float):
+        self.job_dir, self.owner, self.lease_s, self.every = job_dir, owner, lease_s, every
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="batchasr-heartbeat", daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        with JobQueue(self.job_dir) as queue:
+            while not self._stop.wait(self.every):
+                try:
+                    queue.heartbeat(self.owner, lease_s=self.lease_s)
+                except Exception:  # e.g. the database stayed busy: try again next beat
+                    logger.exception("lease heartbeat failed")
+
+    def close(self) -> None:
+        self._stop.set()
+        self.thread.join()
+
+
 class _Runner:
     def __init__(self, job_dir: Path, queue: JobQueue, model: ASRModel, opts: RunOptions,
-                 stop: threading.Event, limit: int | None, progress: bool):
+                 stop: threading.Event, limit: int | None, progress: bool, *,
+                 owner: str, shared: bool = False):
         self.job_dir, self.queue, self.model, self.opts, self.stop = job_dir, queue, model, opts, stop
+        self.owner, self.shared = owner, shared
         self.claim_budget = math.inf if limit is None else max(0, limit)
+        self.exhausted = False  # the last claim found the queue empty
         self.summary = RunSummary()
-        self.crash = _CrashHook(os.environ.get(CRASH_ENV))
+        self.crash = _CrashHook(os.environ.get(CRASH_ENV), os.environ.get(CRASH_ONCE_ENV))
         self.buffer = _Prefetch(int((opts.prefetch_seconds or 2 * opts.batch_seconds) * SR))
         self.pool_target = int((opts.pool_seconds or 4 * opts.batch_seconds) * SR)
         self.claimed: deque[Item] = deque()  # claimed, not yet handed to a reader
@@ -348,7 +439,7 @@ class _Runner:
         self.pool_samples = 0
         self.ready: list[_Work] = []  # every piece transcribed, not yet written
         self.arrivals = 0
-        self.model_failures_in_a_row = 0
+        self.streak = pipeline.FailureStreak(opts.max_model_failures_in_a_row)
         self._decode_s = 0.0
         self._decode_lock = threading.Lock()
         self.padded = self.useful = 0  # samples in batches once padded / of real audio
@@ -366,7 +457,9 @@ class _Runner:
         t0 = time.perf_counter()
         readers = ThreadPoolExecutor(self.opts.readers, thread_name_prefix="batchasr-reader")
         self.readers = readers
-        self.writer = _Writer(self.job_dir, self.model.name, self.opts, self.crash)
+        self.writer = _Writer(self.job_dir, self.model.name, self.opts, self.crash, self.owner)
+        heartbeat = _Heartbeat(self.job_dir, self.owner, self.opts.lease_s,
+                               self.opts.heartbeat_s or self.opts.lease_s / 4)
         try:
             while self.step():
                 pass
@@ -378,6 +471,7 @@ class _Runner:
             self.writer.close()
             self._collect_written()
             self._release_unfinished()
+            heartbeat.close()
             self.bar.close()
             s = self.summary
             s.wall_s = time.perf_counter() - t0
@@ -412,6 +506,12 @@ class _Runner:
             if msg is not None:
                 self._handle(msg)
             return True
+        if self.shared and self.claim_budget > 0 and self.queue.running_elsewhere(self.owner):
+            # A sibling holds items: wait for it to finish them, or take them over once
+            # its lease runs out (it died). Pending items it gives back are claimed too.
+            self.stop.wait(min(1.0, self.opts.lease_s / 4))
+            self.exhausted = False
+            return True
         return False  # out of work (items still being written are waited for by run())
 
     def _more_coming(self) -> bool:
@@ -423,11 +523,10 @@ class _Runner:
 
     def _claim(self) -> int:
         n = int(min(self.opts.claim_size, self.claim_budget))
-        items = self.queue.claim(n) if n > 0 else []
-        if len(items) < n:
-            self.claim_budget = 0  # the queue is empty (for this run)
-        else:
-            self.claim_budget -= len(items)
+        items = self.queue.claim(n, owner=self.owner, lease_s=self.opts.lease_s,
+                                 max_attempts=self.opts.max_attempts) if n > 0 else []
+        self.exhausted = len(items) < n  # the queue is empty (for now)
+        self.claim_budget -= len(items)
         self.claimed.extend(items)
         return len(items)
 
@@ -437,7 +536,8 @@ class _Runner:
         Queued files hold no audio; the prefetch buffer bounds what is decoded."""
         reading = sum(w.reading for w in self.work.values())
         while reading < max(2 * self.opts.readers, self.opts.claim_size):
-            if not self.claimed and (self.claim_budget <= 0 or not self._claim()):
+            if not self.claimed and (self.claim_budget <= 0 or self.exhausted
+                                     or not self._claim()):
                 return
             w = _Work(self.claimed.popleft())
             self.work[w.item.id] = w
@@ -477,12 +577,8 @@ class _Runner:
                 self._decode_s += busy
 
     def _window_for(self, info: audio.AudioInfo) -> float:
-        """Equal windows of at most max_window_s (31 s -> 2 x 15.5 s, not 30 s + 1 s)."""
-        n = info.n_samples(SR)  # from the header: exact for PCM and FLAC, else an estimate
-        max_n = int(self.opts.max_window_s * SR)
-        if n <= max_n:
-            return self.opts.max_window_s
-        return math.ceil(n / math.ceil(n / max_n)) / SR
+        # n_samples from the header: exact for PCM and FLAC, else an estimate
+        return pipeline.window_seconds(info.n_samples(SR), self.opts.max_window_s)
 
     def _drain(self) -> None:
         while self.pool_samples < self.pool_target:
@@ -515,12 +611,9 @@ class _Runner:
         """The planned batch that holds the oldest piece in the pool (so no piece starves),
         taken out of the pool."""
         lengths = [len(p.audio) for p in self.pool]
-        plan = plan_batches(
-            lengths,
-            max_total=int(self.opts.batch_seconds * SR),
-            max_padded=int(self.opts.padded_seconds * SR),
-            max_items=self.opts.max_batch_items,
-        )
+        plan = pipeline.batch_plan(lengths, batch_seconds=self.opts.batch_seconds,
+                                   padded_seconds=self.opts.padded_seconds,
+                                   max_items=self.opts.max_batch_items)
         oldest = min(range(len(self.pool)), key=lambda i: self.pool[i].arrival)
         chosen = next(b for b in plan if oldest in b)
         taken = set(chosen)
@@ -534,52 +627,33 @@ class _Runner:
         if not batch:
             return
         self.crash("batch")
-        try:
-            outs = self._transcribe(batch)
-        except Exception as e:  # retry each piece alone; fail only those that still fail
-            logger.warning("batch of %d failed in the model (%s: %s); retrying one by one",
-                           len(batch), type(e).__name__, e)
-            for p in batch:
-                if p.work.failed:
-                    continue
-                try:
-                    [out] = self._transcribe([p])
-                except Exception as e1:
-                    logger.exception("model failed on %s", p.work.item.id)
-                    self._fail(p.work, f"model error: {type(e1).__name__}: {e1}")
-                    self._forget_if_finished(p.work)
-                    self.model_failures_in_a_row += 1
-                    if self.model_failures_in_a_row >= self.opts.max_model_failures_in_a_row:
-                        raise JobError(
-                            f"the model failed on {self.model_failures_in_a_row} items in a "
-                            f"row, last with {type(e1).__name__}: {e1}. Stopping; the items "
-                            "not reached stay pending (retry failed ones with retry_failed)."
-                        ) from e1
-                else:
-                    self._record(p, out)
-            return
+        outs = pipeline.run_or_each(self._transcribe, [p.audio for p in batch],
+                                    [p.work.item.language for p in batch])
         for p, out in zip(batch, outs):
-            self._record(p, out)
+            if p.work.failed:  # an earlier piece of the same file failed
+                continue
+            if isinstance(out, Exception):
+                logger.error("model failed on %s", p.work.item.id, exc_info=out)
+                self._fail(p.work, pipeline.model_error(out))
+                self._forget_if_finished(p.work)
+                self.streak.failed(out)  # raises JobError when the model looks broken
+            else:
+                self.streak.ok()
+                self._record(p, out)
 
-    def _transcribe(self, batch: list[_Piece]) -> list[Transcript]:
-        langs = [p.work.item.language for p in batch]
+    def _transcribe(self, waves: list[np.ndarray], langs: list[str | None]) -> list[Transcript]:
         t = time.perf_counter()
-        outs = self.model.transcribe([p.audio for p in batch],
-                                     languages=langs if any(langs) else None)
+        outs = pipeline.run_model(self.model, waves, langs)
         self.summary.model_s += time.perf_counter() - t
-        if len(outs) != len(batch):  # guard the zip, as whisper's DecodingTask.run does
-            raise ValueError(f"model returned {len(outs)} transcripts for {len(batch)} inputs")
         self.summary.batches += 1
-        longest = max(len(p.audio) for p in batch)
-        self.padded += longest * len(batch)
-        self.useful += sum(len(p.audio) for p in batch)
-        seconds = sum(len(p.audio) for p in batch) / SR
+        self.padded += max(len(w) for w in waves) * len(waves)
+        self.useful += sum(len(w) for w in waves)
+        seconds = sum(len(w) for w in waves) / SR
         self.transcribed_s += seconds
         self.bar.update(seconds)
         return outs
 
     def _record(self, p: _Piece, out: Transcript) -> None:
-        self.model_failures_in_a_row = 0
         w = p.work
         w.pieces[p.index] = (p.offset_s, out)
         if w.complete:
@@ -597,13 +671,21 @@ class _Runner:
         """Count the items the writer has committed."""
         while True:
             try:
-                works = self.writer.done.get_nowait()
+                works, committed = self.writer.done.get_nowait()
             except stdqueue.Empty:
                 break
+            self.summary.taken_over += len(works) - committed
             for w in works:
                 self.work.pop(w.item.id, None)
-                self.summary.done += 1
-                self.summary.audio_s += w.duration_s or 0.0
+            if committed == len(works):
+                self.summary.done += committed
+                self.summary.audio_s += sum(w.duration_s or 0.0 for w in works)
+            else:  # which ones were committed is the queue's to say
+                for w in works:
+                    it = self.queue.get(w.item.id)
+                    if it is not None and it.status == "done" and it.lease_owner == self.owner:
+                        self.summary.done += 1
+                        self.summary.audio_s += w.duration_s or 0.0
             self._update_bar_total()
 
     def _fail(self, w: _Work, error: str) -> None:
@@ -611,7 +693,7 @@ class _Runner:
             return
         w.failed = True
         logger.warning("%s failed: %s", w.item.id, error)
-        self.queue.fail(w.item.id, error, duration_s=w.duration_s)
+        self.queue.fail(w.item.id, error, owner=self.owner, duration_s=w.duration_s)
         self.summary.failed += 1
         if w in self.ready:
             self.ready.remove(w)
@@ -632,7 +714,7 @@ class _Runner:
         if ids:
             logger.info("%d unfinished item(s) go back to pending", len(ids))
             try:
-                self.queue.release(ids)
+                self.queue.release(ids, owner=self.owner)
             except Exception:  # e.g. a second Ctrl-C inside it: reset_running covers them
                 logger.exception("could not hand %d unfinished item(s) back", len(ids))
 
