@@ -175,39 +175,85 @@ def job_option(required: bool = True):
 @click.option("--max-new-tokens", type=click.IntRange(1), default=None,
               help="LLM models: generation cap, counting the stop token.")
 @click.option("--hotwords", default=None, help="LLM models: comma-separated hotwords.")
+@click.option("--workers", "-w", type=click.IntRange(1), default=None,
+              help="Worker processes on this host sharing the job's queue, each loading the "
+                   "model once (default 1; with --gpus, one per GPU). With --engine ray: model "
+                   "actors (default one per GPU of the cluster).")
+@click.option("--gpus", default=None, metavar="all|0,1,...",
+              help="CUDA: one worker per listed GPU, each seeing only its own "
+                   "(CUDA_VISIBLE_DEVICES); 'all' lists them with nvidia-smi.")
+@click.option("--shard", default=None, metavar="I/N",
+              help="Only the items whose id hashes to shard I of N (0 <= I < N), in a job "
+                   "folder of their own (default jobs/<name>.shard-I-of-N): one per Slurm "
+                   "array task; `batchasr export` merges the N folders.")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local",
+              show_default=True,
+              help="'ray': run on a Ray cluster with Ray Data (needs batchasr[ray]); "
+                   "--job-dir is then the output location, a path every node sees or a "
+                   "URI such as s3://bucket/jobs/x.")
+@click.option("--address", default=None,
+              help="--engine ray: the cluster to join ('auto': the one this node belongs to; "
+                   "default: start a local Ray).")
+@click.option("--allow-network-fs", is_flag=True,
+              help="Run even though the job folder is on a network filesystem (NFS, SMB, "
+                   "sshfs...), where SQLite's locking is unreliable: one host only.")
 def run(source, model, weights, dtype, device, download, job_dir, batch_seconds, limit,
-        max_window_s, readers, strict_manifest, progress, max_new_tokens, hotwords):
+        max_window_s, readers, strict_manifest, progress, max_new_tokens, hotwords,
+        workers, gpus, shard, engine, address, allow_network_fs):
     """Transcribe every file of a manifest (CSV, TSV, JSONL) or folder, resumably.
 
     The manifest is enqueued into <job-dir>/queue.db (default jobs/<manifest name>/); only
     items not yet done are transcribed. Run the same command again after a crash, a reboot
     or Ctrl-C to continue: nothing is done twice, nothing is lost. Results go to Parquet part
     files (consolidate with `batchasr export`) and one SRT per file under <job-dir>/subtitles.
+    To use several GPUs or hosts, see --workers, --gpus, --shard and --engine ray.
 
     \b
     Example:
       batchasr run archive.csv --model ~/models/paraformer-zh
       batchasr run /mnt/nas/recordings --model paraformer-zh --job-dir jobs/nas
       batchasr run --job-dir jobs/nas --model paraformer-zh      # resume, manifest known
+      batchasr run archive.csv --model ~/models/paraformer-zh --gpus all
+      batchasr run archive.csv --model /shared/paraformer-zh --engine ray --address auto \\
+          --job-dir /shared/jobs/archive
     """
     from batchasr.manifest import MANIFEST_NAME, open_manifest, scan_folder
     from batchasr.queue import JobLock, JobQueue
+    from batchasr.scale import ShardedManifest, check_local_disk, parse_shard, plan_devices
     from batchasr.worker import run_job
 
-    job = job_dir_for(source, job_dir)
     options = {k: v for k, v in (("max_new_tokens", max_new_tokens), ("hotwords", hotwords))
                if v is not None}
+    model_args = {"model": str(model), "weights": weights, "dtype": dtype, "device": device,
+                  "download": download, **options}
+    try:
+        shard_i, shard_n = parse_shard(shard) if shard else (None, None)
+        devices = plan_devices(workers, gpus) if engine == "local" else []
+    except (BatchasrError, ValueError) as e:
+        raise click.UsageError(str(e))
+    if engine == "ray":
+        if shard or gpus:
+            raise click.UsageError("--shard and --gpus are for --engine local; Ray places "
+                                   "one actor per GPU itself")
+        run_on_ray(source, job_dir, model_args, batch_seconds=batch_seconds, limit=limit,
+                   max_window_s=max_window_s, strict_manifest=strict_manifest,
+                   progress=progress, actors=workers, address=address)
+    job = job_dir_for(source, job_dir)
+    if shard and not job_dir:
+        job = job.with_name(f"{job.name}.shard-{shard_i}-of-{shard_n}")
     skipped = 0
     try:
         job.mkdir(parents=True, exist_ok=True)
-        with JobLock(job):
+        check_local_disk(job, allow_network=allow_network_fs)
+        with JobLock(job) as lock:
             with JobQueue(job) as queue:
                 queue.ensure_meta({"model": str(model), "weights": weights, "dtype": dtype,
-                                   **options})
+                                   **options, **({"shard": shard} if shard else {})})
                 if source is not None:
                     manifest_path = scan_folder(source, job) if Path(source).is_dir() else source
                     manifest = open_manifest(manifest_path)
-                    added = queue.enqueue(manifest, strict=strict_manifest)
+                    rows = ShardedManifest(manifest, shard_i, shard_n) if shard else manifest
+                    added = queue.enqueue(rows, strict=strict_manifest)
                     skipped = manifest.n_problems
                     for line, problem in manifest.problems:
                         click.echo(f"Warning: {manifest.path}:{line}: {problem} (row skipped)",
@@ -221,13 +267,26 @@ def run(source, model, weights, dtype, device, download, job_dir, batch_seconds,
             if pending["pending"] + pending["running"] == 0:
                 click.echo(f"{job}: nothing to do ({pending['done']} done, "
                            f"{pending['failed']} failed)", err=True)
-            else:
+            elif devices == [None]:  # one worker, in this process
                 asr = open_model(model, weights, dtype, device, download, **options)
                 summary = run_job(job, asr, batch_seconds=batch_seconds, limit=limit,
                                   max_window_s=max_window_s, progress=progress, readers=readers,
                                   meta={"model": str(model)})
                 record_run(job, summary)
                 click.echo(f"{job}: {summary}", err=True)
+            else:
+                from batchasr.scale import run_workers
+
+                with JobQueue(job) as queue:  # we hold the lock: whatever runs is orphaned
+                    requeued, _ = queue.reset_running(max_attempts=5)
+                summary = run_workers(
+                    job, lock, devices=devices, model_args=model_args, progress=progress,
+                    run_args={"batch_seconds": batch_seconds, "limit": limit,
+                              "max_window_s": max_window_s, "readers": readers,
+                              "meta": {"model": str(model)}})
+                summary.requeued = requeued
+                record_run(job, summary)
+                click.echo(f"{job}: {summary} ({summary.workers} workers)", err=True)
             with JobQueue(job) as queue:
                 counts = queue.counts()
     except (BatchasrError, ValueError) as e:
@@ -237,6 +296,36 @@ def run(source, model, weights, dtype, device, download, job_dir, batch_seconds,
                    f"--failed`", err=True)
         sys.exit(EXIT_FAILED_ITEMS)
     sys.exit(EXIT_OK)
+
+
+def run_on_ray(source, out, model_args, *, batch_seconds, limit, max_window_s,
+               strict_manifest, progress, actors, address):
+    """`run --engine ray`: the manifest through a Ray Data pipeline into ``out``; exits."""
+    from batchasr.manifest import open_manifest, scan_folder
+    from batchasr.ray_engine import run_ray
+
+    out = out or str(job_dir_for(source, None))
+    settings = {k: v for k, v in model_args.items() if k not in ("device", "download")}
+    try:
+        manifest = None
+        if source is not None:
+            if Path(source).is_dir():
+                if "://" in out:
+                    raise click.UsageError("a folder source needs a local --job-dir with "
+                                           "--engine ray (or give a manifest)")
+                source = scan_folder(source, out)
+            manifest = open_manifest(source)
+        summary, problems = run_ray(
+            manifest, out, model_args=model_args, settings=settings,
+            batch_seconds=batch_seconds, max_window_s=max_window_s, address=address,
+            actors=actors, limit=limit, strict=strict_manifest, progress=progress)
+    except (BatchasrError, ValueError) as e:
+        fail(str(e))
+    for line, problem in problems:
+        click.echo(f"Warning: {source}:{line}: {problem} (row skipped)", err=True)
+    click.echo(f"{out}: {summary}", err=True)
+    click.echo(f"export with: batchasr export --job-dir {out} -o results.parquet", err=True)
+    sys.exit(EXIT_FAILED_ITEMS if summary.failed or problems else EXIT_OK)
 
 
 def record_run(job: Path, summary) -> None:
@@ -300,30 +389,49 @@ def status(job_dir, show_failed, as_json):
 
 
 @cli.command()
-@job_option()
+@click.option("--job-dir", "-j", "job_dirs", required=True, multiple=True,
+              help="Job folder (repeat it, or give a glob such as 'jobs/x.shard-*', to merge "
+                   "the shards of one manifest), or the output location of --engine ray.")
 @click.option("--format", "fmt", type=click.Choice(["parquet", "srt", "vtt", "txt", "jsonl"]),
               default="parquet", show_default=True)
 @click.option("-o", "--output", default=None, type=click.Path(),
               help="Output file (parquet, jsonl, txt) or folder (srt, vtt, txt per item); "
-                   "default inside the job folder.")
-def export(job_dir, fmt, output):
+                   "default inside the job folder (needed when merging several).")
+def export(job_dirs, fmt, output):
     """Export a job's results from the stored parts, without running any model.
 
     Parquet and JSONL hold exactly one row per manifest item (done, failed or pending) in
-    manifest order; srt/vtt/txt render the done items.
+    manifest order; srt/vtt/txt render the done items. Several job folders (shards) are
+    merged one after the other; an id in two of them is refused, never duplicated.
 
     \b
     Example:
       batchasr export --job-dir jobs/archive --format parquet -o archive.parquet
       batchasr export --job-dir jobs/archive --format vtt
+      batchasr export --job-dir 'jobs/archive.shard-*' -o archive.parquet
     """
+    import glob
+
     from batchasr.results import export_results
 
+    sources = []
+    for pattern in job_dirs:
+        found = sorted(glob.glob(pattern), key=_natural) if glob.has_magic(pattern) else []
+        if glob.has_magic(pattern) and not found:
+            fail(f"--job-dir {pattern}: no folder matches")
+        sources += found or [pattern]
     try:
-        path = export_results(job_dir, fmt, output)
+        path = export_results(sources, fmt, output)
     except (BatchasrError, ValueError) as e:
         fail(str(e))
     click.echo(str(path))
+
+
+def _natural(text: str) -> list:
+    """Sort key putting shard-2 before shard-10."""
+    import re
+
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text)]
 
 
 @cli.command("retry-failed")

@@ -1,0 +1,322 @@
+"""Many hosts: ``batchasr run --engine ray``, a Ray Data pipeline around the worker's code.
+
+The driver (the ``batchasr run`` process) writes the validated manifest once into the output
+location as ``manifest.parquet`` (``id, seq, path, language, extra``: the same parsing and
+checks as the queue), records the job's settings in ``job.json``, and builds::
+
+    read_parquet(manifest)                      Ray Data reads the items
+      -> map_batches(skip done ids)             ids with a done row in <out>/parts/
+      -> map_batches(decode, CPU tasks)         pipeline.decode_windows per file
+      -> map_batches(Transcriber, actor pool)   one actor per accelerator, model loaded once;
+                                                pipeline.transcribe_items (the worker's
+                                                batching, retry and stitching), then one
+                                                Parquet part per call, named by its ids
+
+The output location is a local path or any URI pyarrow opens (``s3://...``); ``batchasr
+export --job-dir <out> -o results.parquet`` consolidates it (``results`` module docstring).
+
+Exactly once, and what it means here: Ray restarts a dead actor and retries its task, so an
+item can be *transcribed* twice, but a retried call writes the same part name again
+(atomically on a local or shared POSIX path; object stores replace whole objects), and the
+export keeps one row per id, so an item is never *in the results* twice. Failed items
+(undecodable files, model errors) are recorded as ``failed`` rows and tried again by the
+next run; done ids are skipped.
+
+Every node needs batchasr installed (``pip install 'batchasr[ray]'``), the model folder
+and the audio files at the same paths (a shared mount), and the output location.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from batchasr import pipeline, results
+from batchasr.errors import JobError, ManifestError
+
+logger = logging.getLogger("batchasr.ray_engine")
+
+JOB_FILE = "job.json"
+MANIFEST_SCHEMA = pa.schema([("id", pa.string()), ("seq", pa.int64()), ("path", pa.string()),
+                             ("language", pa.string()), ("extra", pa.string())])
+DECODED_SCHEMA = MANIFEST_SCHEMA.append(pa.field("duration_s", pa.float64())).append(
+    pa.field("error", pa.string())).append(pa.field("offsets", pa.list_(pa.float64()))).append(
+    pa.field("audio", pa.list_(pa.large_binary())))
+STATUS_SCHEMA = pa.schema([("id", pa.string()), ("status", pa.string()),
+                           ("duration_s", pa.float64()), ("part", pa.string())])
+FORWARDED_ENV = ("BATCHASR_CACHE", "BATCHASR_TEST_CRASH_AT", "BATCHASR_TEST_CRASH_ONCE",
+                 "MLX_ENABLE_TF32")
+
+
+@dataclass
+class RaySummary:
+    done: int = 0
+    failed: int = 0
+    skipped: int = 0  # already done in the output location
+    audio_s: float = 0.0
+    wall_s: float = 0.0
+    actors: int = 0
+
+    def __str__(self) -> str:
+        speed = self.audio_s / self.wall_s if self.wall_s else 0.0
+        return (f"{self.done} done, {self.failed} failed, {self.skipped} already done; "
+                f"{self.audio_s / 3600:.2f} h of audio in {self.wall_s:.1f} s "
+                f"({speed:.1f}x real time) on {self.actors} actor(s)")
+
+
+def _import_ray():
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError as e:
+        raise JobError("--engine ray needs Ray Data: pip install 'batchasr[ray]' "
+                       f"(on every node of the cluster) ({e})") from None
+    return ray
+
+
+def part_name(ids: list[str]) -> str:
+    """The part of one transcriber call: named by its item ids, so a retried call (same
+    items) replaces its own part instead of adding a copy."""
+    digest = hashlib.sha256("\0".join(sorted(ids)).encode("utf-8")).hexdigest()[:24]
+    return f"part-r{digest}.parquet"
+
+
+# ---- the output location's records -------------------------------------------------------------
+
+
+def _read_json(fs: pafs.FileSystem, path: str) -> dict | None:
+    try:
+        with fs.open_input_stream(path) as f:
+            return json.loads(f.read().decode("utf-8"))
+    except FileNotFoundError:
+        return None
+
+
+def _write_bytes(fs: pafs.FileSystem, path: str, data: bytes) -> None:
+    if isinstance(fs, pafs.LocalFileSystem):
+        from batchasr.subtitles import atomic_write
+
+        atomic_write(path, data)
+    else:
+        with fs.open_output_stream(path) as f:  # object stores: the whole object or none
+            f.write(data)
+
+
+def ensure_settings(fs: pafs.FileSystem, root: str, settings: dict[str, Any]) -> None:
+    """Record the settings in ``job.json``; on resume, refuse different values (as the
+    queue's ``ensure_meta`` does)."""
+    path = f"{root}/{JOB_FILE}"
+    recorded = _read_json(fs, path) or {}
+    diffs = [(k, recorded[k], v) for k, v in settings.items() if k in recorded and recorded[k] != v]
+    if diffs:
+        said = "; ".join(f"{k}={old!r} (now {new!r})" for k, old, new in diffs)
+        raise JobError(f"{root} was started with different settings: {said}. Resume it with the "
+                       "same settings or choose another --job-dir.")
+    if any(k not in recorded for k in settings):
+        _write_bytes(fs, path, json.dumps({**recorded, **settings}, indent=1).encode())
+
+
+def write_manifest(fs: pafs.FileSystem, root: str, manifest, *, strict: bool,
+                   chunk: int = 10_000) -> tuple[int, list[tuple[int, str]]]:
+    """Stream a manifest's rows into ``<root>/manifest.parquet``; returns (rows, skipped
+    problems). Raises ManifestError for duplicate ids (and for bad rows when ``strict``), and
+    JobError when an id recorded by an earlier run now names another file."""
+    old = {}
+    if fs.get_file_info(f"{root}/{results.MANIFEST_TABLE}").type == pafs.FileType.File:
+        t = pq.read_table(f"{root}/{results.MANIFEST_TABLE}", filesystem=fs, columns=["id", "path"])
+        old = dict(zip(t["id"].to_pylist(), t["path"].to_pylist()))
+    sink = pa.BufferOutputStream()
+    seen: dict[str, int] = {}
+    dups, moved, n = [], [], 0
+    with pq.ParquetWriter(sink, MANIFEST_SCHEMA, compression="zstd") as writer:
+        rows: list[dict] = []
+        for r in manifest:
+            if r.id in seen:
+                dups.append((r.line, f"duplicate id {r.id!r} (first used on line {seen[r.id]})"))
+                continue
+            seen[r.id] = r.line
+            if old.get(r.id, r.path) != r.path:
+                moved.append(f"  line {r.line}: id {r.id!r} was {old[r.id]}, now {r.path}")
+            rows.append({"id": r.id, "seq": n, "path": r.path, "language": r.language,
+                         "extra": json.dumps(r.extra, ensure_ascii=False)})
+            n += 1
+            if len(rows) >= chunk:
+                writer.write_table(pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA))
+                rows = []
+        if rows:
+            writer.write_table(pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA))
+    problems = list(getattr(manifest, "problems", []))
+    if dups or (strict and problems):
+        raise ManifestError(getattr(manifest, "path", "manifest"),
+                            (problems if strict else []) + dups[:1000])
+    if moved:
+        raise JobError(f"{len(moved)} manifest row(s) reuse an id of this job for a different "
+                       "file:\n" + "\n".join(moved[:20]) + "\nGive those rows their own ids, or "
+                       "choose another --job-dir.")
+    _write_bytes(fs, f"{root}/{results.MANIFEST_TABLE}", sink.getvalue().to_pybytes())
+    return n, [] if strict else problems
+
+
+def done_ids(fs: pafs.FileSystem, root: str) -> pa.Array:
+    """Ids with a ``done`` row in the output location's parts."""
+    selector = pafs.FileSelector(f"{root}/{results.PARTS}", allow_not_found=True)
+    found = []
+    for info in fs.get_file_info(selector):
+        if info.type == pafs.FileType.File and info.base_name.startswith("part-") \
+                and info.base_name.endswith(".parquet"):
+            t = pq.read_table(info.path, filesystem=fs, columns=["id", "status"])
+            found += t.filter(pc.equal(t["status"], "done"))["id"].chunks
+    return pc.unique(pa.chunked_array(found, pa.string()))
+
+
+# ---- the pipeline's stages (run in Ray tasks and actors) ---------------------------------------
+
+
+def skip_done(batch: pa.Table, done: pa.Array) -> pa.Table:
+    if not len(done):
+        return batch
+    return batch.filter(pc.invert(pc.is_in(batch["id"], value_set=done)))
+
+
+def decode_batch(batch: pa.Table, max_window_s: float) -> pa.Table:
+    """CPU task: each file decoded into windows (pipeline.decode_windows), or its error."""
+    from batchasr.errors import AudioError
+
+    out = {name: batch[name].to_pylist() for name in MANIFEST_SCHEMA.names}
+    out.update(duration_s=[], error=[], offsets=[], audio=[])
+    for path in out["path"]:
+        try:
+            windows, duration = pipeline.decode_windows(path, max_window_s)
+            error = None
+        except AudioError as e:
+            windows, duration, error = [], None, str(e)
+        except Exception as e:  # a decoder bug fails the item, not the job
+            windows, duration, error = [], None, f"{type(e).__name__}: {e}"
+        out["duration_s"].append(duration)
+        out["error"].append(error)
+        out["offsets"].append([o for o, _ in windows])
+        out["audio"].append([np.ascontiguousarray(w, np.float32).tobytes() for _, w in windows])
+    return pa.Table.from_pydict(out, schema=DECODED_SCHEMA)
+
+
+class Transcriber:
+    """The actor: loads the model once (``cli.open_model``, as a worker process does), then
+    per call transcribes a block of decoded items with ``pipeline.transcribe_items`` and
+    writes their rows as one part."""
+
+    def __init__(self, model_args: dict, out: str, batch_seconds: float,
+                 max_failures_in_a_row: int = 20):
+        from batchasr.cli import open_model
+        from batchasr.worker import CRASH_ENV, CRASH_ONCE_ENV, _CrashHook
+
+        self.model = open_model(**model_args)
+        self.fs, self.root = results.open_location(out)
+        self.local = isinstance(self.fs, pafs.LocalFileSystem)
+        self.batch_seconds = batch_seconds
+        self.max_failures = max_failures_in_a_row
+        self.crash = _CrashHook(os.environ.get(CRASH_ENV), os.environ.get(CRASH_ONCE_ENV))
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        cols = {name: batch[name].to_pylist() for name in DECODED_SCHEMA.names}
+        items = [
+            pipeline.DecodedItem(
+                item={"id": cols["id"][k], "path": cols["path"][k],
+                      "language": cols["language"][k], "extra": cols["extra"][k]},
+                windows=[(o, np.frombuffer(a, np.float32))
+                         for o, a in zip(cols["offsets"][k], cols["audio"][k])],
+                duration_s=cols["duration_s"][k], error=cols["error"][k])
+            for k in range(batch.num_rows)
+        ]
+        self.crash("batch")
+        rows = pipeline.transcribe_items(self.model, items, batch_seconds=self.batch_seconds,
+                                         max_failures_in_a_row=self.max_failures)
+        name = part_name([r["id"] for r in rows])
+        if self.local:
+            results.write_part(self.root, rows, name=name)
+        else:
+            self.fs.create_dir(f"{self.root}/{results.PARTS}", recursive=True)
+            table = pa.Table.from_pylist(rows, schema=results.PART_SCHEMA)
+            with self.fs.open_output_stream(f"{self.root}/{results.PARTS}/{name}") as f:
+                pq.write_table(table, f, compression="zstd")
+        self.crash("after_part")
+        return pa.Table.from_pydict(
+            {"id": [r["id"] for r in rows], "status": [r["status"] for r in rows],
+             "duration_s": [r["duration_s"] for r in rows], "part": [name] * len(rows)},
+            schema=STATUS_SCHEMA)
+
+
+# ---- the driver ------------------------------------------------------------------------------
+
+
+def run_ray(manifest, out: str, *, model_args: dict[str, Any], settings: dict[str, Any],
+            batch_seconds: float, max_window_s: float = 30.0, address: str | None = None,
+            actors: int | None = None, actor_cpus: float = 0.5, actor_gpus: float | None = None,
+            items_per_call: int = 32, limit: int | None = None, strict: bool = False,
+            progress: bool = True) -> tuple[RaySummary, list[tuple[int, str]]]:
+    """Transcribe a manifest (or, with ``manifest`` None, the one recorded in ``out``) on a
+    Ray cluster into the output location ``out``; return the summary and the manifest rows
+    skipped as bad. ``address``: None starts a local Ray (or uses the one this process
+    started), ``auto`` joins the cluster this node belongs to, or ``ray://host:10001``.
+    ``actors``: model replicas (default: one per GPU in the cluster, else 1), each with
+    ``actor_gpus`` GPUs (default 1 when the cluster has GPUs) and ``actor_cpus`` CPUs.
+    """
+    ray = _import_ray()
+    fs, root = results.open_location(out)
+    fs.create_dir(root, recursive=True)
+    ensure_settings(fs, root, {"engine": "ray", **settings})
+    problems: list[tuple[int, str]] = []
+    if manifest is not None:
+        _, problems = write_manifest(fs, root, manifest, strict=strict)
+    elif fs.get_file_info(f"{root}/{results.MANIFEST_TABLE}").type != pafs.FileType.File:
+        raise JobError(f"{out} holds no manifest yet; give one")
+    done = done_ids(fs, root)
+
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = progress
+    gpus = ray.cluster_resources().get("GPU", 0)
+    if actor_gpus is None:
+        actor_gpus = 1.0 if gpus else 0.0
+    if actors is None:
+        actors = max(1, int(gpus // actor_gpus)) if actor_gpus else 1
+    if actor_gpus * actors > gpus:
+        raise JobError(f"{actors} actor(s) x {actor_gpus} GPU need more GPUs than the cluster "
+                       f"has ({gpus:g})")
+
+    env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}  # to the actors
+    t0 = time.perf_counter()
+    ds = ray.data.read_parquet(f"{root}/{results.MANIFEST_TABLE}", filesystem=fs)
+    ds = ds.map_batches(skip_done, fn_kwargs={"done": done}, batch_format="pyarrow",
+                        batch_size=None, num_cpus=0.25)
+    if limit is not None:
+        ds = ds.limit(limit)
+    ds = ds.map_batches(decode_batch, fn_kwargs={"max_window_s": max_window_s},
+                        batch_format="pyarrow", batch_size=8, num_cpus=0.5)
+    ds = ds.map_batches(
+        Transcriber,
+        fn_constructor_kwargs={"model_args": model_args, "out": out,
+                               "batch_seconds": batch_seconds},
+        compute=ray.data.ActorPoolStrategy(size=actors), batch_size=items_per_call,
+        batch_format="pyarrow", num_cpus=actor_cpus, num_gpus=actor_gpus,
+        runtime_env={"env_vars": env} if env else None,
+    )
+    summary = RaySummary(skipped=len(done), actors=actors)
+    for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+        status = batch["status"].to_pylist()
+        summary.done += status.count("done")
+        summary.failed += status.count("failed")
+        durations = pc.if_else(pc.equal(batch["status"], "done"), batch["duration_s"], 0.0)
+        summary.audio_s += pc.sum(durations).as_py() or 0.0
+    summary.wall_s = time.perf_counter() - t0
+    return summary, problems
