@@ -55,8 +55,12 @@ def open_model(model, weights, dtype, device, download, **options):
     from batchasr.device import setup_device
 
     setup_device(device)
-    return load_model(model, weights=weights, dtype=getattr(mx, dtype), download=download,
-                      **options)
+    asr = load_model(model, weights=weights, dtype=getattr(mx, dtype), download=download)
+    for key, value in options.items():  # decoding options of LLM recognizers
+        if not hasattr(asr, key):
+            raise ValueError(f"--{key.replace('_', '-')} does not apply to {asr.name} models")
+        setattr(asr, key, value)
+    return asr
 
 
 def fail(message: str, code: int = EXIT_ERROR):
@@ -503,6 +507,55 @@ def punctuate(model, as_json, batch_size, dtype, device, download):
                                       ensure_ascii=False))
             else:
                 click.echo(text)
+
+
+@cli.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--vad", "vad_name", default="auto", show_default=True,
+              help="'silero' (weights included), 'fsmn-vad' (found in the local Hugging Face / "
+                   "ModelScope cache), an official fsmn-vad folder, or 'auto': fsmn-vad when its "
+                   "checkpoint is cached, else silero.")
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON object per file per line: path, segments ([start_ms, end_ms] "
+                   "lists).")
+@click.option("--max-segment-ms", type=click.IntRange(1), default=None,
+              help="Cut longer speech segments into equal parts no longer than this.")
+@click.option("--download", is_flag=True,
+              help="Allow fetching fsmn-vad from the Hugging Face hub.")
+def segment(files, vad_name, as_json, max_segment_ms, download):
+    """Print each file's speech segments (start and end in ms, tab-separated).
+
+    Files are decoded a window at a time, so any length fits in memory. Files that cannot
+    be decoded are reported on stderr (and as JSON objects with an "error" key); the exit
+    code is then 3.
+
+    \b
+    Example:
+      batchasr segment --vad silero --json meeting.flac talk.wav
+    """
+    from batchasr.vad import load_vad
+
+    try:
+        vad = load_vad(vad_name, download=download)
+    except (BatchasrError, ValueError) as e:
+        fail(str(e))
+    failures = 0
+    for path in files:
+        try:
+            segments = vad.segment_file(path, max_segment_ms=max_segment_ms)
+        except BatchasrError as e:
+            failures += 1
+            click.echo(f"Error: {e}", err=True)
+            if as_json:
+                click.echo(json.dumps({"path": path, "error": str(e)}, ensure_ascii=False))
+            continue
+        if as_json:
+            click.echo(json.dumps({"path": path, "segments": [list(s) for s in segments]},
+                                  ensure_ascii=False))
+        else:
+            for start, end in segments:
+                click.echo(f"{start}\t{end}" if len(files) == 1 else f"{path}\t{start}\t{end}")
+    sys.exit(EXIT_FAILED_ITEMS if failures else EXIT_OK)
 
 
 def main():

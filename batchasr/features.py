@@ -192,8 +192,9 @@ class WavFrontend:
         if T_out == 0:
             return mx.zeros((B, 0, dim)), mx.array(out_lens, dtype=mx.int32)
 
-        rows: list[mx.array | None] = [None] * B
         regular = [i for i in range(B) if lengths[i] * 1000 >= conf.frame_length * conf.fs]
+        short = [i for i in range(B) if i not in set(regular) and frame_counts[i] > 0]
+        parts: dict[int, mx.array] = {}  # row index -> its (T, dim) features, unmasked
         if regular:
             n_max = max(lengths[i] for i in regular)
             padded = np.zeros((len(regular), n_max), np.float32)
@@ -201,23 +202,24 @@ class WavFrontend:
                 padded[r, : lengths[i]] = waveforms[i]
             fb = fbank(mx.array(padded), [lengths[i] for i in regular], conf)
             feats = lfr(fb, [frame_counts[i] for i in regular], conf.lfr_m, conf.lfr_n)
+            if len(regular) == B:  # the usual case: one batched graph, no per-row ops
+                return self._finish(feats, out_lens, T_out), mx.array(out_lens, dtype=mx.int32)
             for r, i in enumerate(regular):
-                rows[i] = feats[r]
-        for i in range(B):  # clips shorter than one window: Kaldi's window shrinks to the clip
-            if rows[i] is None and frame_counts[i] > 0:
-                fl = min(conf.frame_length, lengths[i] / conf.fs * 1000)
-                w = mx.array(np.asarray(waveforms[i], np.float32)[None])
-                fb = fbank(w, [lengths[i]], conf, frame_length_ms=fl)
-                rows[i] = lfr(fb, [frame_counts[i]], conf.lfr_m, conf.lfr_n)[0]
+                parts[i] = feats[r]
+        for i in short:  # clips shorter than one window: Kaldi's window shrinks to the clip
+            fl = min(conf.frame_length, lengths[i] / conf.fs * 1000)
+            w = mx.array(np.asarray(waveforms[i], np.float32)[None])
+            fb = fbank(w, [lengths[i]], conf, frame_length_ms=fl)
+            parts[i] = lfr(fb, [frame_counts[i]], conf.lfr_m, conf.lfr_n)[0]
+        rows = [mx.pad(parts[i][:T_out], [(0, T_out - min(T_out, parts[i].shape[0])), (0, 0)])
+                if i in parts else mx.zeros((T_out, dim)) for i in range(B)]
+        return self._finish(mx.stack(rows), out_lens, T_out), mx.array(out_lens, dtype=mx.int32)
 
-        lens = mx.array(out_lens, dtype=mx.int32)
-        out = mx.zeros((B, T_out, dim), mx.float32)
-        parts = []
-        for i in range(B):
-            r = rows[i] if rows[i] is not None else mx.zeros((0, dim))
-            r = r[: out_lens[i]]
-            if self.cmvn is not None:
-                r = (r + self.cmvn[0, :dim]) * self.cmvn[1, :dim]
-            parts.append(mx.pad(r, [(0, T_out - r.shape[0]), (0, 0)]))
-        out = mx.stack(parts)
-        return out, lens
+    def _finish(self, feats: mx.array, out_lens: Sequence[int], T_out: int) -> mx.array:
+        """CMVN, then zeros past each row's length (FunASR pads after CMVN)."""
+        feats = feats[:, :T_out]
+        dim = feats.shape[-1]
+        if self.cmvn is not None:
+            feats = (feats + self.cmvn[0, :dim]) * self.cmvn[1, :dim]
+        mask = mx.arange(T_out)[None, :] < mx.array(out_lens)[:, None]
+        return mx.where(mask[..., None], feats, 0.0)

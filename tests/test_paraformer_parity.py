@@ -109,3 +109,18 @@ def test_empty_and_silent_input(fixture_model):
     out = asr.transcribe([np.zeros(0, np.float32), np.zeros(100, np.float32)])
     assert [t.text for t in out] == ["", ""]
     assert all(t.tokens == [] for t in out)
+
+
+def test_compiled_layers_give_the_same_results(fixture_model):
+    """mx.compile'd layers (the GPU default) change nothing in the outputs."""
+    name, asr = fixture_model
+    waves = [tensors(name, c)["waveform"] for c in clips(name)]
+    plain = asr.transcribe(waves)
+    asr.model.compile()
+    try:
+        fused = asr.transcribe(waves)
+    finally:
+        asr.model.compile(False)
+    for a, b in zip(plain, fused):
+        assert [(t.id, t.start_ms, t.end_ms) for t in a.tokens] == \
+            [(t.id, t.start_ms, t.end_ms) for t in b.tokens]

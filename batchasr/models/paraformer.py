@@ -28,6 +28,7 @@ from batchasr.models.sanm import (
     layer_norm,
     merge_heads,
     split_heads,
+    use_compiled,
 )
 
 BLANK_ID, SOS_ID, EOS_ID = 0, 1, 2  # Paraformer class defaults
@@ -262,11 +263,14 @@ class ParaformerSANMDecoder(nn.Module):
         self.after_norm = layer_norm(size)
         self.output_layer = nn.Linear(size, vocab_size)
 
+    def compile(self, enable: bool = True) -> None:
+        use_compiled(self, enable, self.decoders + self.decoders2 + self.decoders3)
+
     def __call__(self, memory, memory_mask, embeds, token_mask) -> mx.array:
         """memory (B, T, D), embeds (B, N, D) -> log-probabilities (B, N, vocab)."""
         x = embeds
-        for layer in self.decoders + self.decoders2 + self.decoders3:
-            x = layer(x, token_mask, memory, memory_mask)
+        for call in getattr(self, "_calls", None) or self.decoders + self.decoders2 + self.decoders3:
+            x = call(x, token_mask, memory, memory_mask)
         logits = self.output_layer(self.after_norm(x))
         return logits - mx.logsumexp(logits, axis=-1, keepdims=True)
 
@@ -294,6 +298,11 @@ class Model(nn.Module):
         self.predictor = CifPredictorV2(pred)
         self.decoder = ParaformerSANMDecoder(args.vocab_size, enc.output_size,
                                              DecoderArgs.from_dict(args.decoder_conf))
+
+    def compile(self, enable: bool = True) -> None:
+        """Use mx.compile'd layers (faster on GPUs; each new input shape is traced once)."""
+        self.encoder.compile(enable)
+        self.decoder.compile(enable)
 
     def sanitize(self, weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Map official state-dict tensors onto this module tree."""

@@ -24,6 +24,17 @@ def layer_norm(dims: int, eps: float = LAYER_NORM_EPS) -> nn.LayerNorm:
     return nn.LayerNorm(dims, eps=eps)
 
 
+def compiled_calls(layers) -> tuple:
+    """mx.compile each layer's forward (fuses its element-wise ops: ~15% faster on GPUs).
+    The parameters are declared as implicit inputs, so later weight updates are seen."""
+    return tuple(mx.compile(layer.__call__, inputs=layer.state) for layer in layers)
+
+
+def use_compiled(module: nn.Module, enable: bool, layers) -> None:
+    # kept outside the module tree (object attribute), so parameters() never sees it
+    object.__setattr__(module, "_calls", compiled_calls(layers) if enable else None)
+
+
 @lru_cache(maxsize=32)
 def _sinusoidal_table(length: int, depth: int) -> np.ndarray:
     # Positions start at 1; log increment ln(10000)/(depth/2 - 1); [sin | cos] concatenated.
@@ -44,9 +55,12 @@ def sinusoidal_position_encoding(length: int, depth: int) -> mx.array:
 class FSMNBlock(nn.Module):
     """Depthwise 1-D convolution over time with zero padding (the FSMN memory).
 
-    `weight` keeps the torch layout (channels, 1, kernel) of `fsmn_block.weight`; the
-    convolution is a sum of shifted, scaled copies, which is exact and cheap for kernel 11.
+    `weight` keeps the torch layout (channels, 1, kernel) of `fsmn_block.weight`. On GPUs the
+    convolution is one grouped-conv kernel; on CPUs a sum of shifted, scaled copies is faster
+    (MLX's CPU grouped conv is slow). `method` = "auto" | "conv" | "shift".
     """
+
+    method = "auto"
 
     def __init__(self, channels: int, kernel_size: int, left_padding: int):
         super().__init__()
@@ -59,7 +73,13 @@ class FSMNBlock(nn.Module):
         B, T, C = x.shape
         K, left = self.kernel_size, self.left_padding
         xp = mx.pad(x, [(0, 0), (left, K - 1 - left), (0, 0)])
-        w = self.weight[:, 0, :].T  # (K, C)
+        method = self.method
+        if method == "auto":
+            method = "shift" if mx.default_device() == mx.cpu else "conv"
+        if method == "conv":
+            w = self.weight.transpose(0, 2, 1).astype(x.dtype)  # MLX layout (C, K, 1)
+            return mx.conv1d(xp, w, groups=C)
+        w = self.weight[:, 0, :].T.astype(x.dtype)  # (K, C)
         out = xp[:, 0:T] * w[0]
         for k in range(1, K):
             out = out + xp[:, k : k + T] * w[k]
@@ -188,6 +208,12 @@ class SANMEncoder(nn.Module):
             self.tp_encoders = [layer(a.output_size) for _ in range(a.tp_blocks)]
             self.tp_norm = layer_norm(a.output_size, a.layer_norm_eps)
 
+    def layers(self) -> list:
+        return self.encoders0 + self.encoders + (self.tp_encoders if self.args.tp_blocks else [])
+
+    def compile(self, enable: bool = True) -> None:
+        use_compiled(self, enable, self.layers())
+
     def __call__(self, x: mx.array, lengths: mx.array) -> mx.array:
         """x: (B, T, input_size), lengths: (B,) -> (B, T, output_size)."""
         B, T, D = x.shape
@@ -195,13 +221,13 @@ class SANMEncoder(nn.Module):
         x = x * (self.args.output_size ** 0.5)
         if self.args.input_layer == "pe":
             x = x + sinusoidal_position_encoding(T, D).astype(x.dtype)
-        for layer in self.encoders0:
-            x = layer(x, mask)
-        for layer in self.encoders:
-            x = layer(x, mask)
+        calls = getattr(self, "_calls", None) or self.layers()
+        n_main = len(self.encoders0) + len(self.encoders)
+        for call in calls[:n_main]:
+            x = call(x, mask)
         x = self.after_norm(x)
         if self.args.tp_blocks > 0:
-            for layer in self.tp_encoders:
-                x = layer(x, mask)
+            for call in calls[n_main:]:
+                x = call(x, mask)
             x = self.tp_norm(x)
         return x * mask[..., None].astype(x.dtype)
