@@ -38,6 +38,7 @@ KNOWN_MODELS = {
     "ct-punc": ("funasr/ct-punc", "iic/punc_ct-transformer_cn-en-common-vocab471067-large"),
     "ct-punc-c": ("iic/punc_ct-transformer_zh-cn-common-vocab272727-pytorch",
                   "iic/punc_ct-transformer_zh-cn-common-vocab272727-pytorch"),
+    "fsmn-vad": ("funasr/fsmn-vad", "iic/speech_fsmn_vad_zh-cn-16k-common-pytorch"),
 }
 
 # The published paraformer-large config.yaml (values in shared/reference/funasr-models.md 1.2),
@@ -259,6 +260,16 @@ def _build_ct_punc(*args):
 FAMILIES = {"Paraformer": _build_paraformer, "FunASRNano": _build_fun_asr_nano,
             "CTTransformer": _build_ct_punc}
 NO_TOKEN_LIST = {"FunASRNano"}  # families whose tokenizer is not a tokens.json list
+
+
+def _build_fsmn_vad(*args):
+    from batchasr.vad import build_fsmn_vad
+
+    return build_fsmn_vad(*args)
+
+
+FAMILIES["FsmnVADStreaming"] = _build_fsmn_vad  # a VAD (batchasr.vad.load_vad), not an ASR model
+NO_TOKEN_LIST.add("FsmnVADStreaming")
 
 
 def load_model(path_or_name, *, weights: str = "checkpoint", dtype=mx.float32,
