@@ -998,9 +998,379 @@ def make_punc():
         run_official_punc(mdir, cases, mdir, logits_for=logits_for)
 
 
+# ---------------------------------------------------------------------------------------------
+# VAD: a tiny random fsmn-vad checkpoint whose silence posterior follows the frame energy (so
+# real recordings give speech and silence), the official AutoModel.generate segments (60 s
+# chunks, dynamic end silence) and per-frame posteriors; silero-vad's own outputs (its
+# TorchScript model, what load_silero_vad() and FunASR's SileroVad use) on the same audio.
+# The clips are real espeak-ng recordings (sample_manifests/audio) joined with silences: the
+# recordings are stored once (speech.flac, 16 kHz PCM_16) and each clip is a recipe of pieces
+# of it, so the tests rebuild the exact waveforms the official code read.
+# ---------------------------------------------------------------------------------------------
+VAD_SOURCES = ["en_16k_mono.wav", "zh_22k.ogg", "en_8k.wav", "zh_44k_stereo.flac",
+               "en_24bit.wav", "long_45s.ogg"]
+SILERO_VERSION = "6.2.3"
+
+
+def vad_recipes():
+    """name -> pieces: ("speech", source[, start_s, end_s]), ("zeros", s), ("noise", s),
+    ("fill", source, total_s): the start of source, as much as makes the clip total_s long."""
+    short = ["en_16k_mono.wav", "zh_22k.ogg", "en_8k.wav", "zh_44k_stereo.flac", "en_24bit.wav"]
+    gaps = [0.35, 0.5, 0.25, 0.45, 0.3, 0.4, 0.2]
+    run = []  # > 60 s of speech with short pauses: the 60 s segment cut, chunks inside speech
+    for r in range(4):
+        for j, name in enumerate(short):
+            run += [("speech", name), ("zeros", gaps[(r * 5 + j) % len(gaps)])]
+    return {
+        "short_mix": [("zeros", 0.5), ("speech", "en_16k_mono.wav"), ("zeros", 1.2),
+                      ("speech", "zh_22k.ogg"), ("noise", 3.0), ("speech", "en_8k.wav"),
+                      ("zeros", 0.4), ("speech", "en_24bit.wav"), ("zeros", 2.5)],
+        "long_mix": [("zeros", 2.0)] + run + [("noise", 4.0), ("speech", "long_45s.ogg"),
+                                              ("zeros", 3.0), ("speech", "zh_22k.ogg"),
+                                              ("zeros", 1.0), ("speech", "en_16k_mono.wav")],
+        # exactly 60 s, speech to the last sample: the final chunk is empty
+        "exact_60s": [("zeros", 1.0), ("speech", "long_45s.ogg", 0.0, 40.0),
+                      ("speech", "zh_22k.ogg"), ("zeros", 0.8), ("speech", "en_16k_mono.wav"),
+                      ("zeros", 0.6), ("speech", "zh_44k_stereo.flac"), ("zeros", 0.5),
+                      ("fill", "zh_22k.ogg", 60.0)],
+        "speech_only": [("speech", "zh_22k.ogg")],  # speech from sample 0 to the end
+        "silence": [("zeros", 3.0)],
+        "noise": [("noise", 4.0)],
+        "tiny": [("speech", "zh_22k.ogg", 1.0, 1.02)],  # 320 samples: no frame at all
+    }
+
+
+def vad_speech_store(out_dir: Path):
+    """Decode the sample recordings (16 kHz, soxr HQ, as batchasr/funasr do), quantize to
+    int16 and store them one after another in speech.flac, with a low noise floor (-55 dBFS,
+    seeded) at the end. Returns (store int16 array, {name: (start, end)})."""
+    import soundfile as sf
+
+    sys.path.insert(0, str(ROOT))
+    from batchasr.audio import load
+
+    parts, index, pos = [], {}, 0
+    for name in VAD_SOURCES:
+        x = np.clip(np.round(load(ROOT / "sample_manifests" / "audio" / name) * 32768),
+                    -32768, 32767).astype(np.int16)
+        parts.append(x)
+        index[name] = (pos, pos + len(x))
+        pos += len(x)
+    rng = np.random.default_rng(5)
+    noise = np.convolve(rng.standard_normal(6 * FS), np.ones(4) / 4, mode="same")
+    noise = np.round(noise / np.abs(noise).max() * 32768 * 10 ** (-55 / 20) * 3).astype(np.int16)
+    parts.append(noise)
+    index["noise"] = (pos, pos + len(noise))
+    store = np.concatenate(parts)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sf.write(out_dir / "speech.flac", store, FS, subtype="PCM_16")
+    return store, index
+
+
+def vad_pieces(recipe, index):
+    """Recipe -> explicit pieces [["store", start, end] | ["zeros", n]] (sample ranges)."""
+    pieces = []
+    for kind, *args in recipe:
+        if kind == "zeros":
+            pieces.append(["zeros", int(round(args[0] * FS))])
+        elif kind == "noise":
+            a, _ = index["noise"]
+            pieces.append(["store", a, a + int(round(args[0] * FS))])
+        elif kind == "fill":
+            a, _ = index[args[0]]
+            have = sum(p[1] if p[0] == "zeros" else p[2] - p[1] for p in pieces)
+            pieces.append(["store", a, a + int(round(args[1] * FS)) - have])
+        else:
+            a, b = index[args[0]]
+            if len(args) == 3:
+                a, b = a + int(round(args[1] * FS)), min(b, a + int(round(args[2] * FS)))
+            pieces.append(["store", a, b])
+    return pieces
+
+
+def vad_assemble(pieces, store):
+    """The waveform of a clip (what the tests rebuild): float32 = int16 / 32768."""
+    return np.concatenate([np.zeros(p[1], np.int16) if p[0] == "zeros" else store[p[1]:p[2]]
+                           for p in pieces]).astype(np.float32) / 32768
+
+
+def fsmn_vad_config(*, d_in_aff=32, d_lin=48, d_proj=24, layers=3, out_aff=32, n_out=16):
+    """The published fsmn-vad config.yaml (funasr-models.md section 3), FSMN sizes shrunk."""
+    return {
+        "frontend": "WavFrontendOnline",
+        "frontend_conf": {"fs": 16000, "window": "hamming", "n_mels": 80, "frame_length": 25,
+                          "frame_shift": 10, "dither": 0.0, "lfr_m": 5, "lfr_n": 1},
+        "model": "FsmnVADStreaming",
+        "model_conf": {"sample_rate": 16000, "detect_mode": 1, "snr_mode": 0,
+                       "max_end_silence_time": 800, "max_start_silence_time": 3000,
+                       "do_start_point_detection": True, "do_end_point_detection": True,
+                       "window_size_ms": 200, "sil_to_speech_time_thres": 150,
+                       "speech_to_sil_time_thres": 150, "speech_2_noise_ratio": 1.0,
+                       "do_extend": 1, "lookback_time_start_point": 200,
+                       "lookahead_time_end_point": 100, "max_single_segment_time": 60000,
+                       "snr_thres": -100.0, "noise_frame_num_used_for_snr": 100,
+                       "decibel_thres": -100.0, "speech_noise_thres": 0.6,
+                       "fe_prior_thres": 0.0001, "silence_pdf_num": 1, "sil_pdf_ids": [0],
+                       "speech_noise_thresh_low": -0.1, "speech_noise_thresh_high": 0.3,
+                       "output_frame_probs": False, "frame_in_ms": 10, "frame_length_ms": 25},
+        "encoder": "FSMN",
+        "encoder_conf": {"input_dim": 400, "input_affine_dim": d_in_aff, "fsmn_layers": layers,
+                         "linear_dim": d_lin, "proj_dim": d_proj, "lorder": 20, "rorder": 0,
+                         "lstride": 1, "rstride": 0, "output_affine_dim": out_aff,
+                         "output_dim": n_out},
+    }
+
+
+def build_fsmn_vad_dir(model_dir: Path, wave: np.ndarray, *, seed: int, gain: float,
+                       offset: float):
+    """Official folder (config.yaml, am.mvn, model.pt from funasr's FsmnVADStreaming).
+
+    am.mvn normalizes the log-mel of `wave` (its mean and std per bin). Random weights, except
+    one channel that every layer passes on unchanged (FSMN memory: a light 20-frame average):
+    the mean normalized log-mel, i.e. the frame energy. The silence logit is
+    -gain * (energy + offset), so loud frames are speech, quiet ones silence, and every other
+    channel and logit is random, as the port must get all of them right."""
+    import torch
+    import yaml
+    from funasr import AutoModel
+    from funasr.utils import fbank as kaldi
+
+    if model_dir.exists():
+        shutil.rmtree(model_dir)
+    model_dir.mkdir(parents=True)
+    config = fsmn_vad_config()
+    with open(model_dir / "config.yaml", "w", encoding="utf-8") as f:
+        yaml.safe_dump(config, f, sort_keys=False)
+    with torch.no_grad():
+        fb = kaldi.fbank(torch.from_numpy(wave)[None] * (1 << 15), num_mel_bins=80,
+                         frame_length=25, frame_shift=10, dither=0.0, energy_floor=0.0,
+                         window_type="hamming", sample_frequency=FS).numpy()
+    mean, std = fb.mean(0), fb.std(0) + 1e-3
+    fmt = lambda v: " ".join(f"{x:.6f}" for x in v)
+    with open(model_dir / "am.mvn", "w", encoding="utf-8") as f:
+        f.write("<Nnet>\n<Splice> 400 400\n[ 0 ]\n")
+        f.write(f"<AddShift> 400 400\n<LearnRateCoef> 0 [ {fmt(np.tile(-mean, 5))} ]\n")
+        f.write(f"<Rescale> 400 400\n<LearnRateCoef> 0 [ {fmt(np.tile(1 / std, 5))} ]\n")
+        f.write("</Nnet>\n")
+
+    kw = json.loads(json.dumps(config))
+    kw["frontend_conf"]["cmvn_file"] = str(model_dir / "am.mvn")
+    kw.update(device="cpu", seed=seed, disable_update=True)
+    model, _ = AutoModel.build_model(**kw)
+    enc = model.encoder
+    g = torch.Generator().manual_seed(seed)
+    rand = lambda *s, scale=1.0: torch.randn(*s, generator=g) * scale
+    with torch.no_grad():
+        for name, p in enc.named_parameters():
+            fan_in = p.shape[1] if p.ndim == 2 else (p.shape[2] if p.ndim == 4 else 10)
+            p.copy_(rand(*p.shape, scale=1.0 / math.sqrt(fan_in)))
+        l1, l2 = enc.in_linear1.linear, enc.in_linear2.linear
+        l1.weight[0] = 1.0 / 400
+        l1.bias[0] = 0.0
+        l2.weight[0] = 0.0
+        l2.weight[0, 0] = 1.0
+        l2.bias[0] = 3.0  # keeps the energy channel above the ReLU's zero
+        for block in enc.fsmn:
+            block.linear.linear.weight[0] = 0.0
+            block.linear.linear.weight[0, 0] = 1.0
+            block.fsmn_block.conv_left.weight[0] = 0.5 / 20
+            block.affine.linear.weight[0] = 0.0
+            block.affine.linear.weight[0, 0] = 1.0 / 1.5
+            block.affine.linear.bias[0] = 0.0
+        o1, o2 = enc.out_linear1.linear, enc.out_linear2.linear
+        o1.weight[0] = 0.0
+        o1.weight[0, 0] = 1.0
+        o1.bias[0] = -3.0
+        o2.weight[0] = 0.0
+        o2.weight[0, 0] = -gain
+        o2.bias[0] = -gain * offset
+        o2.weight[1:] *= 0.5
+    torch.save(model.state_dict(), model_dir / "model.pt")
+
+
+def run_official_fsmn_vad(model_dir: Path, clips: dict, fixed: dict):
+    """AutoModel.generate per clip (dynamic end silence); `fixed`: clip -> max_end_silence_time
+    runs. Records segments, the silence posterior per frame and, per chunk, the frames scored
+    and the end-silence threshold in force."""
+    import torch
+    from funasr import AutoModel
+
+    rec = {}
+    expected = {"funasr": "1.4.16", "torch": torch.__version__, "clips": {}, "fixed": {}}
+    probs = {}
+
+    def generate(am, wave_path, **kw):
+        model = am.model
+        rec.update(p=[], chunks=[])
+        hook = model.encoder.register_forward_hook(
+            lambda m, i, out: rec["p"].append(out[0, :, 0].detach().numpy().copy()))
+        orig = model.forward
+
+        def forward(**batch):
+            st = batch["cache"]["stats"]
+            rec["chunks"].append([int(batch["feats"].shape[1]) if batch["feats"].ndim == 3 else 0,
+                                  int(st.max_end_sil_frame_cnt_thresh),
+                                  float(st.speech_noise_thres)])
+            return orig(**batch)
+
+        model.forward = forward
+        try:
+            res = am.generate(input=str(wave_path), **kw)[0]
+        finally:
+            hook.remove()
+            model.forward = orig
+        p = np.concatenate(rec["p"]) if rec["p"] else np.zeros(0, np.float32)
+        return [list(map(int, s)) for s in res["value"]], p, rec["chunks"]
+
+    am = AutoModel(model=str(model_dir), device="cpu", disable_update=True, hub="ms", ncpu=2,
+                   disable_pbar=True)
+    for name, (path, pieces) in clips.items():
+        try:
+            segs, p, chunks = generate(am, path)
+        except ZeroDivisionError:  # < 25 ms: no frame, and generate() divides by 0 s
+            expected["clips"][name] = {"pieces": pieces, "official_error": "ZeroDivisionError"}
+            print(f"  {name}: the official generate() fails (ZeroDivisionError)")
+            continue
+        probs[name] = p.astype(np.float32)
+        margin = float(np.abs(p - 0.25).min()) if len(p) else None
+        expected["clips"][name] = {"pieces": pieces, "segments": segs, "chunks": chunks,
+                                   "n_frames": int(len(p)), "min_margin": margin,
+                                   "speech_frames": int((p <= 0.25).sum())}
+        print(f"  {name}: {len(p)} frames, {int((p <= 0.25).sum())} speech-like, "
+              f"margin {margin}, {len(segs)} segments {segs[:6]}", flush=True)
+    for name, mest in fixed.items():
+        am2 = AutoModel(model=str(model_dir), device="cpu", disable_update=True, hub="ms",
+                        ncpu=2, disable_pbar=True)
+        segs, p, chunks = generate(am2, clips[name][0], max_end_silence_time=mest)
+        expected["fixed"][name] = {"max_end_silence_time": mest, "segments": segs,
+                                   "chunks": chunks}
+        print(f"  {name} fixed {mest} ms: {len(segs)} segments {segs[:6]}", flush=True)
+    np.savez_compressed(model_dir / "frame_probs.npz", **probs)
+    with open(model_dir / "expected.json", "w", encoding="utf-8") as f:
+        json.dump(expected, f, indent=1)
+
+
+SILERO_VARIANTS = {  # get_speech_timestamps_from_probs options beyond the defaults
+    "max_speech_4s": {"max_speech_duration_s": 4.0},
+    "max_speech_4s_last_silence": {"max_speech_duration_s": 4.0,
+                                   "use_max_poss_sil_at_max_speech": False},
+    "strict": {"threshold": 0.7, "min_silence_duration_ms": 300, "speech_pad_ms": 100,
+               "min_speech_duration_ms": 500},
+}
+
+
+def run_silero_reference(out_dir: Path, clips: dict):
+    """silero-vad's load_silero_vad() (TorchScript) and get_speech_timestamps, defaults."""
+    import importlib.metadata
+
+    import torch
+    from silero_vad import get_speech_timestamps, get_speech_timestamps_from_probs
+    from silero_vad import load_silero_vad
+
+    version = importlib.metadata.version("silero-vad")
+    assert version == SILERO_VERSION, f"silero-vad {version}, the fixtures are for {SILERO_VERSION}"
+    model = load_silero_vad()
+    expected = {"silero_vad": version, "torch": torch.__version__, "clips": {}}
+    probs = {}
+    for name, (wave, pieces) in clips.items():
+        audio = torch.from_numpy(wave)
+        model.reset_states()
+        p = []
+        for s in range(0, len(audio), 512):
+            chunk = audio[s:s + 512]
+            if len(chunk) < 512:
+                chunk = torch.nn.functional.pad(chunk, (0, 512 - len(chunk)))
+            p.append(model(chunk, 16000).item())
+        p = np.array(p, np.float32)
+        ts = get_speech_timestamps(audio, model)
+        again = get_speech_timestamps_from_probs(p.tolist(), audio_length_samples=len(audio))
+        assert again == ts, (name, ts, again)
+        variants = {k: get_speech_timestamps_from_probs(p.tolist(), audio_length_samples=len(audio),
+                                                        **opts)
+                    for k, opts in SILERO_VARIANTS.items()}
+        probs[name] = p
+        margin = float(min(np.abs(p - 0.5).min(), np.abs(p - 0.35).min())) if len(p) else None
+        expected["clips"][name] = {
+            "pieces": pieces, "timestamps": [[d["start"], d["end"]] for d in ts],
+            "variants": {k: [[d["start"], d["end"]] for d in v] for k, v in variants.items()},
+            "min_margin": margin}
+        print(f"  silero {name}: {len(ts)} speeches, margin {margin}", flush=True)
+    np.savez_compressed(out_dir / "silero_probs.npz", **probs)
+    with open(out_dir / "silero_expected.json", "w", encoding="utf-8") as f:
+        json.dump(expected, f, indent=1)
+
+
+def make_vad():
+    import tempfile
+
+    import soundfile as sf
+
+    base = FIXTURES / "vad"
+    store, index = vad_speech_store(base)
+    recipes = vad_recipes()
+    tmp = Path(tempfile.mkdtemp(prefix="vad_fixtures_"))
+    clips, waves = {}, {}
+    for name, recipe in recipes.items():
+        pieces = vad_pieces(recipe, index)
+        wave = vad_assemble(pieces, store)
+        path = tmp / f"{name}.wav"
+        sf.write(path, wave, FS, subtype="PCM_16")  # exact: the samples are int16 / 32768
+        assert np.array_equal(sf.read(path, dtype="float32")[0], wave)
+        clips[name] = (path, pieces)
+        waves[name] = (wave, pieces)
+        print(f"  {name}: {len(wave) / FS:.2f} s", flush=True)
+    print("vad/fsmn", flush=True)
+    allwave = np.concatenate([w for w, _ in waves.values()])
+    build_fsmn_vad_dir(base / "fsmn", allwave, seed=int(os.environ.get("VAD_SEED", 1)),
+                       gain=float(os.environ.get("VAD_GAIN", 4.0)),
+                       offset=float(os.environ.get("VAD_OFFSET", -0.95)))
+    run_official_fsmn_vad(base / "fsmn", clips, fixed={"long_mix": 3000, "short_mix": 300,
+                                                              "exact_60s": 800})
+    print("vad/silero", flush=True)
+    run_silero_reference(base, waves)
+    shutil.rmtree(tmp)
+
+
+def make_silero_weights():
+    """batchasr/data/silero_vad_16k_v6.safetensors: the 16 kHz tensors of silero-vad's
+    silero_vad.jit (byte-identical to those in its ONNX files), in the key layout of the
+    package's silero_vad_16k.safetensors. That file holds other weights (max 0.48 apart in
+    probability on real speech), so it is not what load_silero_vad() runs."""
+    import importlib.metadata
+    import importlib.util
+
+    from safetensors.torch import save_file
+    import torch
+
+    version = importlib.metadata.version("silero-vad")
+    assert version == SILERO_VERSION, f"silero-vad {version}, expected {SILERO_VERSION}"
+    data = Path(importlib.util.find_spec("silero_vad").submodule_search_locations[0]) / "data"
+    jit = torch.jit.load(str(data / "silero_vad.jit"), map_location="cpu")
+    sd = jit._model.state_dict()
+    names = {"stft_conv.weight": "stft.forward_basis_buffer",
+             "final_conv.weight": "decoder.decoder.2.weight",
+             "final_conv.bias": "decoder.decoder.2.bias"}
+    for i in range(4):
+        for p in ("weight", "bias"):
+            names[f"conv{i + 1}.{p}"] = f"encoder.{i}.reparam_conv.{p}"
+    for p in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+        names[f"lstm_cell.{p}"] = f"decoder.rnn.{p}"
+    tensors = {k: sd[v].detach().float().contiguous().clone() for k, v in names.items()}
+    out = ROOT / "batchasr" / "data"
+    out.mkdir(exist_ok=True)
+    save_file(tensors, str(out / "silero_vad_16k_v6.safetensors"),
+              metadata={"source": f"silero-vad {version} silero_vad.jit (_model, 16 kHz)",
+                        "license": "MIT, Copyright (c) 2020-present Silero Team"})
+    shutil.copy(Path(importlib.util.find_spec("silero_vad").submodule_search_locations[0]).parent
+                / f"silero_vad-{version}.dist-info" / "licenses" / "LICENSE",
+                out / "LICENSE.silero-vad")
+    print(f"wrote {out / 'silero_vad_16k_v6.safetensors'}")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=["paraformer", "text", "nano", "punc"], nargs="+")
+    ap.add_argument("what", choices=["paraformer", "text", "nano", "punc", "vad",
+                                     "silero-weights"], nargs="+")
     args = ap.parse_args(argv)
     import torch
 
@@ -1014,6 +1384,10 @@ def main(argv=None):
         make_nano()
     if "punc" in args.what:
         make_punc()
+    if "vad" in args.what:
+        make_vad()
+    if "silero-weights" in args.what:
+        make_silero_weights()
 
 
 if __name__ == "__main__":
