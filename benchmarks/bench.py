@@ -89,6 +89,26 @@ def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
 
 
+def timed_job(asr, manifest: Path, args, tag: str):
+    """`run_job` over the manifest twice (fresh job folders): the first pass warms kernels,
+    compiled graphs and caches for every batch shape, as the baseline's warm-up pass does;
+    the second is timed."""
+    from batchasr.manifest import open_manifest
+    from batchasr.queue import JobQueue
+    from batchasr.worker import run_job
+
+    for attempt in ("warmup", "timed"):
+        job = Path(args.workdir) / f"job-{tag}-{attempt}"
+        shutil.rmtree(job, ignore_errors=True)
+        job.mkdir(parents=True)
+        with JobQueue(job) as q:
+            q.enqueue(open_manifest(manifest))
+        mx.reset_peak_memory()
+        summary = run_job(job, asr, batch_seconds=args.batch_seconds, progress=False,
+                          readers=args.readers)
+    return summary
+
+
 def bench_paraformer(args, model_dir: Path | None, manifest: Path, dtype: str) -> list[dict]:
     from batchasr.audio import load
     from batchasr.batching import plan_batches
@@ -123,13 +143,7 @@ def bench_paraformer(args, model_dir: Path | None, manifest: Path, dtype: str) -
                     peak_memory_gb=round(mx.get_peak_memory() / 1e9, 3)))
 
     # end to end through the job runner, from the files
-    job = Path(args.workdir) / f"job-{dtype}"
-    shutil.rmtree(job, ignore_errors=True)
-    job.mkdir(parents=True)
-    with JobQueue(job) as q:
-        q.enqueue(open_manifest(manifest))
-    s = run_job(job, asr, batch_seconds=args.batch_seconds, progress=False,
-                readers=args.readers)
+    s = timed_job(asr, manifest, args, f"paraformer-{dtype}")
     out.append(dict(metric="rtfx_end_to_end", value=round(s.audio_s / s.wall_s, 2),
                     wall_s=round(s.wall_s, 3), stages_s=dict(
                         model=round(s.model_s, 3), waiting_for_audio=round(s.wait_s, 3),
@@ -140,6 +154,79 @@ def bench_paraformer(args, model_dir: Path | None, manifest: Path, dtype: str) -
     for r in out:
         r["audio_s"] = round(audio_s, 2)
     return out
+
+
+def bench_nano(args, manifest: Path, dtype: str) -> list[dict]:
+    """Fun-ASR-Nano, full size, dummy weights, a fixed number of new tokens per clip
+    (args.tokens_per_s x seconds; the stop token is suppressed, as the official baseline's
+    logits processor forces it): RTFx and LLM tokens/s per decoding mode, and end to end."""
+    from batchasr.audio import load
+    from batchasr.batching import plan_batches
+    from batchasr.checkpoints import load_model
+    from batchasr.manifest import open_manifest
+    from batchasr.nano import GuardOptions
+    from batchasr.queue import JobQueue
+    from batchasr.worker import run_job
+
+    asr = load_model("fun-asr-nano", weights="dummy", dtype=getattr(mx, dtype))
+    asr.stop_on_eos = False
+    asr.guard = GuardOptions(max_tokens_per_second=args.tokens_per_s, min_tokens=1,
+                             detect_loops=False)
+    paths = [line.split(",", 1)[1] for line in manifest.read_text().splitlines()[1:]]
+    waves = [load(p) for p in paths]
+    audio_s = sum(len(w) for w in waves) / FS
+    batches = plan_batches([len(w) / FS for w in waves], max_total=args.batch_seconds)
+    out = []
+    for mode in args.modes.split(","):
+        asr.decode_mode = mode
+        asr.transcribe([waves[i] for i in batches[-1]])  # warm-up
+        mx.reset_peak_memory()
+        t = time.perf_counter()
+        n_tok = 0
+        for b in batches:
+            n_tok += sum(len(r.tokens) for r in asr.transcribe([waves[i] for i in b]))
+        wall = time.perf_counter() - t
+        out.append(dict(metric=f"rtfx_in_memory_{mode}", value=round(audio_s / wall, 2),
+                        wall_s=round(wall, 3), tokens=n_tok,
+                        llm_tokens_per_s=round(n_tok / wall, 1),
+                        peak_memory_gb=round(mx.get_peak_memory() / 1e9, 3)))
+    asr.decode_mode = "continuous"
+    s = timed_job(asr, manifest, args, f"nano-{dtype}")
+    out.append(dict(metric="rtfx_end_to_end", value=round(s.audio_s / s.wall_s, 2),
+                    wall_s=round(s.wall_s, 3), stages_s=dict(
+                        model=round(s.model_s, 3), waiting_for_audio=round(s.wait_s, 3),
+                        decode_threads=round(s.decode_s, 3), write_thread=round(s.write_s, 3)),
+                    batches=s.batches, done=s.done,
+                    peak_memory_gb=round(mx.get_peak_memory() / 1e9, 3),
+                    peak_rss_gb=round(peak_rss_gb(), 3)))
+    for r in out:
+        r["audio_s"] = round(audio_s, 2)
+    return out
+
+
+def run_nano_baseline(args) -> dict | None:
+    """The official funasr Fun-ASR-Nano on the same architecture, audio mix and token counts
+    (benchmarks/official/funasr_nano_gpu.py: random weights of its own, stub VAD, forced
+    lengths), batched as the official code batches without a CTC decoder."""
+    out = Path(args.workdir) / "nano_baseline.json"
+    cmd = [args.baseline_python, str(ROOT / "benchmarks" / "official" / "funasr_nano_gpu.py"),
+           "--budgets", str(int(args.batch_seconds)), "--repeats", "1",
+           "--total-audio-s", str(args.audio_s), "--tokens-per-s", str(args.tokens_per_s),
+           "--out", str(out), "--device", "cpu" if args.device == "cpu" else "cuda:0"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0 or not out.exists():
+        print(proc.stderr[-3000:], file=sys.stderr)
+        return None
+    rec = json.loads(out.read_text())
+    r = [x for x in rec["results"] if "error" not in x]
+    if not r:
+        print(json.dumps(rec["results"])[-2000:], file=sys.stderr)
+        return None
+    r = r[0]
+    return {"implementation": f"funasr {rec['funasr']} (PyTorch {rec['torch']})",
+            "path": r["path"] + f", batch_size_s={r['batch_size_s']}", "rtfx": r["rtfx_median"],
+            "llm_tokens_per_s": r["llm_new_tokens_per_wall_s"], "audio_s": r["audio_s"],
+            "new_tokens": r["new_tokens"], "peak_gpu_memory_gib": r["peak_mem_allocated_gib"]}
 
 
 def run_baseline(args, model_dir: Path, audio_dir: Path) -> dict | None:
@@ -174,7 +261,9 @@ def append_results(records: list[dict]) -> None:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("model", choices=["paraformer"])
+    ap.add_argument("model", choices=["paraformer", "nano"])
+    ap.add_argument("--tokens-per-s", type=float, default=4.0, help="nano: forced new tokens")
+    ap.add_argument("--modes", default="continuous,sequential", help="nano decoding modes")
     ap.add_argument("--audio-s", type=float, default=1800.0)
     ap.add_argument("--batch-seconds", type=float, default=300.0)
     ap.add_argument("--dtypes", default="float32", help="comma-separated: float32,float16,bfloat16")
@@ -196,31 +285,53 @@ def main(argv=None):
     work = Path(args.workdir)
     audio_dir = work / f"audio-{int(args.audio_s)}s"
     manifest = make_audio(audio_dir, args.audio_s)
-    model_dir = None
-    if args.baseline:
-        model_dir = work / "paraformer-large-random"
-        subprocess.run([args.baseline_python, str(ROOT / "benchmarks" / "baseline_funasr.py"),
-                        "make-paraformer", str(model_dir)], check=True)
-    base = run_baseline(args, model_dir, audio_dir) if args.baseline else None
-    if base:
-        print("baseline:", json.dumps(base), flush=True)
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
     command = "python benchmarks/" + " ".join([Path(sys.argv[0]).name] + sys.argv[1:])
     records = []
+    if args.model == "paraformer":
+        model_dir = None
+        if args.baseline:
+            model_dir = work / "paraformer-large-random"
+            subprocess.run([args.baseline_python, str(ROOT / "benchmarks" / "baseline_funasr.py"),
+                            "make-paraformer", str(model_dir)], check=True)
+        base = run_baseline(args, model_dir, audio_dir) if args.baseline else None
+        model_name = "paraformer-large (dummy weights)"
+        runs = lambda dtype: bench_paraformer(args, model_dir, manifest, dtype)
+    else:
+        base = run_nano_baseline(args) if args.baseline else None
+        model_name = "fun-asr-nano (dummy weights, %g new tokens/s of audio)" % args.tokens_per_s
+        runs = lambda dtype: bench_nano(args, manifest, dtype)
+    if base:
+        print("baseline:", json.dumps(base), flush=True)
     for dtype in args.dtypes.split(","):
-        for r in bench_paraformer(args, model_dir, manifest, dtype):
-            rec = dict(date=date, machine=machine(), model="paraformer-large (dummy weights)",
+        try:
+            results = runs(dtype)
+        except Exception as e:  # e.g. out of memory: keep the other precisions' figures
+            import traceback
+
+            traceback.print_exc()
+            results = [dict(metric="error", value=None, error=f"{type(e).__name__}: {e}")]
+        for r in results:
+            metric = r.pop("metric")
+            rec = dict(date=date, machine=machine(), model=model_name,
                        device=str(mx.default_device()), precision=dtype,
-                       batch_budget_s=args.batch_seconds, metric=r.pop("metric"),
+                       batch_budget_s=args.batch_seconds, metric=metric,
                        batchasr=r.pop("value"), baseline=base["rtfx"] if base else None,
                        ratio=None, command=command, details=r)
-            if base:
+            if base and rec["batchasr"]:
                 rec["ratio"] = round(rec["batchasr"] / base["rtfx"], 2)
                 rec["baseline_details"] = base
             print(json.dumps(rec), flush=True)
             records.append(rec)
-    if not args.no_append:
-        append_results(records)
+            if "llm_tokens_per_s" in r:
+                tok = dict(rec, metric=metric.replace("rtfx", "llm_tokens_per_s"),
+                           batchasr=r["llm_tokens_per_s"],
+                           baseline=base.get("llm_tokens_per_s") if base else None)
+                tok["ratio"] = round(tok["batchasr"] / tok["baseline"], 2) if tok["baseline"] else None
+                records.append(tok)
+        if not args.no_append:
+            append_results(records)
+            records = []
 
 
 if __name__ == "__main__":
