@@ -24,13 +24,15 @@ reference:
 
 `punctuate_many` runs the mini-sentences of many texts as padded batches (a text's next
 mini-sentence depends on the previous one's predictions, so each step takes the next
-mini-sentence of up to `batch_size` texts); the results equal one-at-a-time runs.
+mini-sentence of up to `batch_size` texts, in calls of similar lengths); the results equal
+one-at-a-time runs.
 """
 from __future__ import annotations
 
 import json
 import logging
 import re
+from collections import deque
 from pathlib import Path
 
 import mlx.core as mx
@@ -239,16 +241,17 @@ class Punctuator:
             runs.append(_Run(words, ids, split_size))
             tokens.append(words)
         # texts with more mini-sentences start first so the batch stays full at the end
-        pending = sorted((i for i, r in enumerate(runs) if r is not None),
-                         key=lambda i: -len(runs[i].words))
+        pending = deque(sorted((i for i, r in enumerate(runs) if r is not None),
+                               key=lambda i: -len(runs[i].words)))
         active: list[int] = []
         while pending or active:
             while pending and len(active) < batch_size:
-                active.append(pending.pop(0))
-            outs = self.logits([runs[i].next_ids() for i in active])
-            for i, y in zip(active, outs):
-                runs[i].feed(np.argmax(y, axis=-1).tolist(), self.punc_list,
-                             self.sentence_end_id)
+                active.append(pending.popleft())
+            for group in _length_groups(active, [len(runs[i].next_ids()) for i in active]):
+                outs = self.logits([runs[i].next_ids() for i in group])
+                for i, y in zip(group, outs):
+                    runs[i].feed(np.argmax(y, axis=-1).tolist(), self.punc_list,
+                                 self.sentence_end_id)
             active = [i for i in active if not runs[i].done]
         results = []
         for run, words in zip(runs, tokens):
@@ -260,6 +263,20 @@ class Punctuator:
                 punc = _expand_word_ids(words, punc)
             results.append((run.text, [int(p) for p in punc]))
         return results
+
+
+def _length_groups(rows: list[int], lengths: list[int]) -> list[list[int]]:
+    """Rows split into model calls whose longest row is at most twice the shortest, so that a
+    text carrying a long unfinished sentence does not pad every other row to its length."""
+    order = sorted(range(len(rows)), key=lambda k: lengths[k])
+    groups: list[list[int]] = []
+    shortest = 0
+    for k in order:
+        if not groups or lengths[k] > 2 * shortest:
+            groups.append([])
+            shortest = lengths[k]
+        groups[-1].append(rows[k])
+    return groups
 
 
 def _expand_word_ids(words: list[str], punc: list[int]) -> list[int]:
