@@ -24,6 +24,7 @@ networks run in MLX.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import os
@@ -40,10 +41,11 @@ SAMPLE_RATE = 16000
 # ---------------------------------------------------------------------------------------------
 # common interface
 # ---------------------------------------------------------------------------------------------
-Segment = tuple[int, int]  # (start_ms, end_ms)
+SpeechSegment = tuple[int, int]  # (start_ms, end_ms)
 
 
-def split_long_segments(segments: Iterable[Segment], max_segment_ms: int | None) -> list[Segment]:
+def split_long_segments(segments: Iterable[SpeechSegment],
+                        max_segment_ms: int | None) -> list[SpeechSegment]:
     """Cut each segment longer than max_segment_ms into the fewest equal parts that fit."""
     out = []
     for start, end in segments:
@@ -58,10 +60,10 @@ class VADStream:
     """One file's detector state: `feed(samples)` in order, then `finish()`; both return the
     segments (start_ms, end_ms) that became final."""
 
-    def feed(self, samples: np.ndarray) -> list[Segment]:
+    def feed(self, samples: np.ndarray) -> list[SpeechSegment]:
         raise NotImplementedError
 
-    def finish(self) -> list[Segment]:
+    def finish(self) -> list[SpeechSegment]:
         raise NotImplementedError
 
 
@@ -75,12 +77,13 @@ class VAD:
     def stream(self) -> VADStream:
         raise NotImplementedError
 
-    def segments(self, waveform: np.ndarray, *, max_segment_ms: int | None = None) -> list[Segment]:
+    def segments(self, waveform: np.ndarray, *,
+                 max_segment_ms: int | None = None) -> list[SpeechSegment]:
         """Speech segments of a whole 16 kHz mono float32 waveform, in ms."""
         return list(self.segments_stream([(0.0, waveform)], max_segment_ms=max_segment_ms))
 
     def segments_stream(self, windows: Iterable[tuple[float, np.ndarray]], *,
-                        max_segment_ms: int | None = None) -> Iterator[Segment]:
+                        max_segment_ms: int | None = None) -> Iterator[SpeechSegment]:
         """Segments of a file given as contiguous `(offset_s, waveform)` windows, in order."""
         st = self.stream()
         consumed = 0
@@ -93,11 +96,11 @@ class VAD:
         yield from split_long_segments(st.finish(), max_segment_ms)
 
     def segment_file(self, path, *, max_segment_ms: int | None = None,
-                     window_s: float = 60.0) -> list[Segment]:
+                     window_s: float = 60.0) -> list[SpeechSegment]:
         """Segments of an audio file decoded window by window (bounded memory)."""
         from batchasr.audio import iter_windows
 
-        return list(self.segments_stream(iter_windows(path, window_s),
+        return list(self.segments_stream(iter_windows(path, window_s, sr=self.sample_rate),
                                          max_segment_ms=max_segment_ms))
 
 
@@ -130,13 +133,14 @@ def load_vad(name_or_dir: str | os.PathLike = "auto", *, download: bool = False)
     p = Path(name).expanduser()
     if p.is_file() and p.suffix == ".safetensors":
         return SileroVAD.load(p)
-    from batchasr.checkpoints import load_model
+    from batchasr.checkpoints import load_model, read_config, resolve
 
-    model = load_model(name_or_dir, download=download)
-    if not isinstance(model, VAD):
-        raise CheckpointError(f"{name}: not a VAD model (config.yaml `model:` must be "
-                              f"FsmnVADStreaming), or use --vad silero")
-    return model
+    folder = resolve(name_or_dir, download=download)
+    family = read_config(folder).get("model")
+    if family != "FsmnVADStreaming":
+        raise CheckpointError(f"{folder}: not a VAD model (config.yaml says model: {family}; "
+                              f"FsmnVADStreaming expected), or use silero")
+    return load_model(folder)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -204,7 +208,9 @@ class _SpeechBuf:  # E2EVadSpeechBufWithDoa, times only
 class Endpointer:
     """The official per-frame endpoint detection (WindowDetector + Stats + FsmnVADStreaming's
     Detect*/On* methods), with the waveform buffers reduced to the frame counters that decide
-    times. Frames are absolute indices; `scores[t]` is the silence posterior of frame t."""
+    times. Frames are absolute indices; scores and decibels before `_drop` are released where
+    the official DropCachedFrames releases them, and reported segments are dropped too, so a
+    file of any length keeps a bounded state."""
 
     def __init__(self, opts: FsmnVADOptions):
         self.o = opts
@@ -300,7 +306,7 @@ class Endpointer:
                 self._detect_one(self.frame_state(t), t, is_final and i == 0)
         self._release(self.data_buf_start_frame)
 
-    def take_segments(self, is_final: bool) -> list[Segment]:
+    def take_segments(self, is_final: bool) -> list[SpeechSegment]:
         """Segments to report after a chunk (non-streaming input: complete ones, all at the end)."""
         out = []
         for i in range(self.output_offset, len(self.output)):
@@ -309,6 +315,10 @@ class Endpointer:
                 continue
             out.append((seg.start_ms, seg.end_ms))
             self.output_offset += 1
+        done = min(self.output_offset, len(self.output) - 1)  # the last one stays: it is
+        if done > 0:  # what the next frames extend or compare with
+            del self.output[:done]
+            self.output_offset -= done
         return out
 
     def _release(self, frame: int) -> None:
@@ -522,7 +532,7 @@ class FsmnVADStream(VADStream):
         self.vad = vad
         opts = vad.options
         if max_end_silence_time is not None:
-            opts = FsmnVADOptions(**{**opts.__dict__, "max_end_silence_time": max_end_silence_time})
+            opts = dataclasses.replace(opts, max_end_silence_time=max_end_silence_time)
         self.dynamic = max_end_silence_time is None
         self.ep = Endpointer(opts)
         self.front = _OnlineFrontend(vad.frontend_conf, vad.cmvn)
@@ -536,7 +546,7 @@ class FsmnVADStream(VADStream):
         self.end_silence: list[int] = []  # per chunk, the end silence in force (for tests)
         self.finished = False
 
-    def feed(self, samples: np.ndarray) -> list[Segment]:
+    def feed(self, samples: np.ndarray) -> list[SpeechSegment]:
         if self.finished:
             raise RuntimeError("stream already finished")
         out = []
@@ -548,14 +558,14 @@ class FsmnVADStream(VADStream):
             self.pending, self.n_pending = [buf[self.chunk :]], len(buf) - self.chunk
         return out
 
-    def finish(self) -> list[Segment]:
+    def finish(self) -> list[SpeechSegment]:
         buf = np.concatenate(self.pending) if self.pending else np.zeros(0, np.float32)
         self.pending, self.n_pending = [], 0
         out = self._chunk(buf, True)
         self.finished = True
         return out
 
-    def _chunk(self, audio: np.ndarray, is_final: bool) -> list[Segment]:
+    def _chunk(self, audio: np.ndarray, is_final: bool) -> list[SpeechSegment]:
         ep = self.ep
         if self.dynamic:
             if ep.state == IN_SPEECH or self.in_speech:
@@ -571,8 +581,11 @@ class FsmnVADStream(VADStream):
         feats, waves = self.front(audio, is_final)
         if feats is None:  # forward() returns nothing for a chunk without frames
             return []
+        import mlx.core as mx
+
         probs, self.cache = self.vad.model(feats[None], self.cache)
-        sil = np.array(probs[0], dtype=np.float32)[:, list(ep.o.sil_pdf_ids)]
+        sil = np.array(mx.take(probs[0], mx.array(list(ep.o.sil_pdf_ids)), axis=1),
+                       dtype=np.float32)
         if self.frame_probs is not None:
             self.frame_probs.append(sil)
         ep.add_frames(sil, _decibels(waves))
@@ -798,7 +811,7 @@ class SpeechTimestamps:
             self.possible_ends = []
 
 
-def _samples_to_ms(speech: dict, sr: int) -> Segment:
+def _samples_to_ms(speech: dict, sr: int) -> SpeechSegment:
     return int(speech["start"] * 1000 / sr), int(speech["end"] * 1000 / sr)
 
 
@@ -818,7 +831,7 @@ class SileroVADStream(VADStream):
         self.probs: list[np.ndarray] | None = [] if keep_probs else None
         self.raw: list[dict] = []  # released speeches in samples (for tests)
 
-    def feed(self, samples: np.ndarray) -> list[Segment]:
+    def feed(self, samples: np.ndarray) -> list[SpeechSegment]:
         samples = np.asarray(samples, np.float32)
         self.n_samples += len(samples)
         buf = np.concatenate([self.rest, samples]) if len(self.rest) else samples
@@ -831,7 +844,7 @@ class SileroVADStream(VADStream):
         self.rest = buf[n * W :].copy()
         return out
 
-    def finish(self) -> list[Segment]:
+    def finish(self) -> list[SpeechSegment]:
         out = []
         if len(self.rest):
             W = self.vad.model.WINDOW
@@ -841,7 +854,7 @@ class SileroVADStream(VADStream):
         self.raw += speeches
         return out + [_samples_to_ms(s, self.vad.sample_rate) for s in speeches]
 
-    def _score(self, audio: np.ndarray) -> list[Segment]:
+    def _score(self, audio: np.ndarray) -> list[SpeechSegment]:
         probs, self.state, self.context = self.vad.model.probs(audio, self.context, self.state)
         if self.probs is not None:
             self.probs.append(probs)
