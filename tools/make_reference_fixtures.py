@@ -1006,6 +1006,8 @@ def make_punc():
 # The clips are real espeak-ng recordings (sample_manifests/audio) joined with silences: the
 # recordings are stored once (speech.flac, 16 kHz PCM_16) and each clip is a recipe of pieces
 # of it, so the tests rebuild the exact waveforms the official code read.
+#   pip install silero-vad==6.2.3 --no-deps   (into the reference venv; it needs `packaging`)
+#   python tools/make_reference_fixtures.py vad silero-weights
 # ---------------------------------------------------------------------------------------------
 VAD_SOURCES = ["en_16k_mono.wav", "zh_22k.ogg", "en_8k.wav", "zh_44k_stereo.flac",
                "en_24bit.wav", "long_45s.ogg"]
