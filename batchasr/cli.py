@@ -290,7 +290,7 @@ def run(source, model, weights, dtype, device, download, job_dir, batch_seconds,
                               "meta": {"model": str(model)}})
                 summary.requeued = requeued
                 record_run(job, summary)
-                click.echo(f"{job}: {summary} ({summary.workers} workers)", err=True)
+                click.echo(f"{job}: {summary}", err=True)
             with JobQueue(job) as queue:
                 counts = queue.counts()
     except (BatchasrError, ValueError) as e:

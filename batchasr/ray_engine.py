@@ -179,6 +179,27 @@ def done_ids(fs: pafs.FileSystem, root: str) -> pa.Array:
     return pc.unique(pa.chunked_array(found, pa.string()))
 
 
+def estimate_items_per_call(fs: pafs.FileSystem, root: str, batch_seconds: float, *,
+                            sample: int = 32, default: int = 32, most: int = 256) -> int:
+    """Items per actor call so that a call holds about two batches of audio: few for long
+    files (a call's audio is in memory at once), many for short clips (full batches). The
+    mean duration comes from the headers of ``sample`` files spread over the manifest."""
+    from batchasr.audio import probe
+
+    paths = pq.read_table(f"{root}/{results.MANIFEST_TABLE}", filesystem=fs,
+                          columns=["path"])["path"].to_pylist()
+    durations = []
+    for path in paths[:: max(1, len(paths) // sample)][:sample]:
+        try:
+            durations.append(probe(path)[0])
+        except Exception:  # missing or broken: it will fail as an item, not here
+            continue
+    mean = sum(durations) / len(durations) if durations else 0.0
+    if mean <= 0:
+        return default
+    return max(1, min(most, round(2 * batch_seconds / mean)))
+
+
 # ---- the pipeline's stages (run in Ray tasks and actors) ---------------------------------------
 
 
@@ -261,7 +282,7 @@ class Transcriber:
 def run_ray(manifest, out: str, *, model_args: dict[str, Any], settings: dict[str, Any],
             batch_seconds: float, max_window_s: float = 30.0, address: str | None = None,
             actors: int | None = None, actor_cpus: float = 0.5, actor_gpus: float | None = None,
-            items_per_call: int = 32, limit: int | None = None, strict: bool = False,
+            items_per_call: int | None = None, limit: int | None = None, strict: bool = False,
             progress: bool = True) -> tuple[RaySummary, list[tuple[int, str]]]:
     """Transcribe a manifest (or, with ``manifest`` None, the one recorded in ``out``) on a
     Ray cluster into the output location ``out``; return the summary and the manifest rows
@@ -269,6 +290,8 @@ def run_ray(manifest, out: str, *, model_args: dict[str, Any], settings: dict[st
     started), ``auto`` joins the cluster this node belongs to, or ``ray://host:10001``.
     ``actors``: model replicas (default: one per GPU in the cluster, else 1), each with
     ``actor_gpus`` GPUs (default 1 when the cluster has GPUs) and ``actor_cpus`` CPUs.
+    ``items_per_call``: items handed to an actor at once, which it cuts into batches
+    (default: about two batches' worth, from the headers of a sample of the files).
     """
     ray = _import_ray()
     fs, root = results.open_location(out)
@@ -280,6 +303,8 @@ def run_ray(manifest, out: str, *, model_args: dict[str, Any], settings: dict[st
     elif fs.get_file_info(f"{root}/{results.MANIFEST_TABLE}").type != pafs.FileType.File:
         raise JobError(f"{out} holds no manifest yet; give one")
     done = done_ids(fs, root)
+    if items_per_call is None:
+        items_per_call = estimate_items_per_call(fs, root, batch_seconds)
 
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False)

@@ -144,13 +144,14 @@ class RunSummary:
         return (self.wall_s - self.model_s) / self.items if self.items else 0.0
 
     def __str__(self) -> str:
-        return (
-            f"{self.done} done, {self.failed} failed, {self.audio_s / 3600:.2f} h of audio in "
-            f"{self.wall_s:.1f} s ({self.speed:.1f}x real time); model {self.model_s:.1f} s, "
-            f"waiting for audio {self.wait_s:.1f} s; on other threads: decoding "
-            f"{self.decode_s:.1f} s, writing {self.write_s:.1f} s; {self.batches} batches, "
-            f"{self.padding:.0%} padding; {self.overhead_per_item_s * 1000:.1f} ms overhead/item"
-        )
+        head = (f"{self.done} done, {self.failed} failed, {self.audio_s / 3600:.2f} h of audio "
+                f"in {self.wall_s:.1f} s ({self.speed:.1f}x real time)")
+        times = (f"model {self.model_s:.1f} s, waiting for audio {self.wait_s:.1f} s; on other "
+                 f"threads: decoding {self.decode_s:.1f} s, writing {self.write_s:.1f} s; "
+                 f"{self.batches} batches, {self.padding:.0%} padding")
+        if self.workers > 1:
+            return f"{head} on {self.workers} workers; summed over them: {times}"
+        return f"{head}; {times}; {self.overhead_per_item_s * 1000:.1f} ms overhead/item"
 
 
 def run_job(

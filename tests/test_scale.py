@@ -277,7 +277,7 @@ def test_run_with_two_workers_one_dies_mid_batch(tmp_path):
                     "--batch-seconds", "6", "--no-progress", env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "once").exists()  # one worker really was killed
-    assert "died" in proc.stderr and "2 workers" in proc.stderr
+    assert "died" in proc.stderr and "on 2 workers" in proc.stderr
     rows = export_rows(job, out=tmp_path / "r.parquet")
     assert [r["id"] for r in rows] == [f"item-{i:04d}" for i in range(24)]
     assert all(r["status"] == "done" for r in rows)
