@@ -293,9 +293,9 @@ class JobQueue:
                             WHERE status = 'running' AND lease_until < ? AND attempts >= ?""",
                         (_iso(now), t, max_attempts),
                     )
-                claimed += self._q(claim_sql.format(
+                claimed += self._q(claim_sql.format(  # never our own: we still have them
                     "SELECT id FROM items WHERE status = 'running' AND lease_until < ? "
-                    "ORDER BY seq LIMIT ?"), (*stamp, t, n))
+                    "AND lease_owner IS NOT ? ORDER BY seq LIMIT ?"), (*stamp, t, owner, n))
             if len(claimed) < n:
                 claimed += self._q(claim_sql.format(
                     "SELECT id FROM items WHERE status = 'pending' ORDER BY seq LIMIT ?"),

@@ -307,6 +307,7 @@ def _supervise(job_dir: Path, children: list[_Child], progress: bool) -> list[di
         start = counts["done"] + counts["failed"]
         bar = tqdm(total=sum(counts.values()) - start, unit="item", desc="transcribing",
                    disable=not progress, dynamic_ncols=True)
+        next_count = 0.0
         while True:
             alive = 0
             for c in children:
@@ -318,7 +319,8 @@ def _supervise(job_dir: Path, children: list[_Child], progress: bool) -> list[di
                     n = queue.expire(c.owner)
                     logger.warning("worker %d (pid %d) died (exit %s); %d item(s) it held go to "
                                    "the other workers", c.index, c.proc.pid, code, n)
-            if progress:
+            if progress and time.monotonic() >= next_count:  # a count scans the index: 1/s
+                next_count = time.monotonic() + 1.0
                 counts = queue.counts()
                 bar.n = counts["done"] + counts["failed"] - start
                 bar.set_postfix(done=counts["done"], failed=counts["failed"], workers=alive,
