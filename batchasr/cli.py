@@ -17,7 +17,7 @@ from pathlib import Path
 import click
 
 from batchasr import __version__
-from batchasr.errors import BatchasrError
+from batchasr.errors import BatchasrError, JobError
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_FAILED_ITEMS = 0, 1, 2, 3
 
@@ -247,6 +247,9 @@ def run(source, model, weights, dtype, device, download, job_dir, batch_seconds,
         job = job.with_name(f"{job.name}.shard-{shard_i}-of-{shard_n}")
     skipped = 0
     try:
+        if (job / "job.json").exists() and not (job / "queue.db").exists():
+            raise JobError(f"{job} is the output of an --engine ray run; continue it with "
+                           "--engine ray, or give the local engine a job folder of its own")
         job.mkdir(parents=True, exist_ok=True)
         check_local_disk(job, allow_network=allow_network_fs)
         with JobLock(job) as lock:

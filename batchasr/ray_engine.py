@@ -295,6 +295,9 @@ def run_ray(manifest, out: str, *, model_args: dict[str, Any], settings: dict[st
     """
     ray = _import_ray()
     fs, root = results.open_location(out)
+    if fs.get_file_info(f"{root}/queue.db").type == pafs.FileType.File:
+        raise JobError(f"{out} is a job folder of the local engine (it has a queue.db); give "
+                       "--engine ray an output location of its own")
     fs.create_dir(root, recursive=True)
     ensure_settings(fs, root, {"engine": "ray", **settings})
     problems: list[tuple[int, str]] = []

@@ -23,7 +23,6 @@ from batchasr.errors import JobError
 from batchasr.manifest import open_manifest
 from batchasr.queue import JobLock, JobQueue
 
-from conftest import write_marked_wav
 from test_worker import check_done_exactly_once, make_job
 
 TESTS = Path(__file__).parent
@@ -337,6 +336,20 @@ def test_a_second_independent_run_is_refused_while_workers_run(tmp_path):
             worker.wait()
 
 
+def test_workers_per_gpu(monkeypatch):
+    assert scale.plan_devices(None, None) == [None]
+    assert scale.plan_devices(3, None) == [None, None, None]
+    assert scale.plan_devices(None, "0,1") == ["0", "1"]
+    assert scale.plan_devices(4, "0, 1") == ["0", "1", "0", "1"]  # two per GPU
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3,5")
+    assert scale.plan_devices(None, "all") == ["2", "3", "5"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    with pytest.raises(JobError, match="no CUDA device"):
+        scale.plan_devices(None, "all")
+    with pytest.raises(ValueError, match="--gpus"):
+        scale.plan_devices(None, "0,,1")
+
+
 # ---- static shards ---------------------------------------------------------------------------
 
 
@@ -453,8 +466,11 @@ def test_a_job_on_a_network_filesystem_is_refused_clearly(tmp_path, monkeypatch,
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install "
-                                            "'batchasr[ray]')")
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError as e:
+        pytest.skip(f"the ray extra is not installed (pip install 'batchasr[ray]'): {e}")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
@@ -484,6 +500,12 @@ def test_ray_job_exactly_once_and_equal_to_the_local_runner(tmp_path, ray_cluste
         assert (r["status"], r["text"], r["tokens"], r["speaker"]) == \
             (e["status"], e["text"], e["tokens"], e["speaker"]), r["id"]
         assert (r["error"] is None) == (e["error"] is None)
+    assert export_rows(f"file://{out}", out=tmp_path / "uri.parquet") == rows  # a URI works too
+    # the two engines never share a folder
+    proc = batchasr("run", manifest, "--model", MODEL, "--job-dir", out)
+    assert proc.returncode == 1 and "--engine ray" in proc.stderr
+    with pytest.raises(JobError, match="queue.db"):
+        run_on_ray(manifest, local)
     # a second run skips what is done (and tries the failures again)
     again, _ = run_on_ray(None, out)
     assert (again.skipped, again.done, again.failed) == (6, 0, 5)
