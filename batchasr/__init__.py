@@ -4,10 +4,13 @@ import os
 from batchasr import _blas
 
 _blas.preload()  # before anything imports mlx.core: a fast BLAS for MLX's Linux CPU backend
-# float32 means float32: MLX would otherwise run fp32 matmuls as TF32 on tensor-core GPUs,
-# which moves layer outputs by ~1e-3 and breaks exactness to the official outputs. Half
-# precision (--dtype float16/bfloat16) is the fast path; set MLX_ENABLE_TF32=1 to opt in.
-os.environ.setdefault("MLX_ENABLE_TF32", "0")
+# float32 means float32 on CPUs and Apple GPUs: MLX would otherwise run fp32 matmuls as TF32 on
+# tensor-core hardware, moving layer outputs by ~1e-3 (enough to flip near-tied tokens). On
+# NVIDIA GPUs MLX 0.32.4 with TF32 off ran out of memory on large batches (measured on an
+# H200, cudaMallocAsync), so there TF32 stays on: use --dtype float16/bfloat16 for speed, and
+# MLX_ENABLE_TF32=0 with a small --batch-seconds for fp32 exactness.
+if "MLX_ENABLE_TF32" not in os.environ and not _blas.mlx_cuda_installed():
+    os.environ["MLX_ENABLE_TF32"] = "0"
 
 from batchasr.transcript import Segment, Token, Transcript
 

@@ -65,3 +65,15 @@ def preload() -> str | None:
         loaded = path
         return loaded
     return None
+
+
+def mlx_cuda_installed() -> bool:
+    """Whether MLX's CUDA backend is installed (the mlx-cuda-* wheels), without importing mlx."""
+    from importlib import metadata
+
+    try:
+        return any((d.metadata["Name"] or "").lower().startswith("mlx-cuda")
+                   or (d.metadata["Name"] or "").lower().startswith("mlx_cuda")
+                   for d in metadata.distributions())
+    except Exception:
+        return False

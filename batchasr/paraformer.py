@@ -20,7 +20,7 @@ class ParaformerASR:
     # Batches are padded to a multiple of this many frames (~1 s) so that a long job sees few
     # distinct shapes (GPU kernels, cuBLAS/cuDNN plans and compiled graphs are per shape).
     # Padding is invisible to the results: every layer masks it.
-    frame_bucket = 16
+    frame_bucket = int(os.environ.get("BATCHASR_FRAME_BUCKET", "16"))
 
     def __init__(self, model: Model, tokens: list[str], cmvn: np.ndarray | None,
                  name: str = "paraformer", dtype: mx.Dtype = mx.float32):

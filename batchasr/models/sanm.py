@@ -10,6 +10,7 @@ Shapes: B batch, T frames, D model width. Masks are boolean (B, T), True on real
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -55,12 +56,13 @@ def sinusoidal_position_encoding(length: int, depth: int) -> mx.array:
 class FSMNBlock(nn.Module):
     """Depthwise 1-D convolution over time with zero padding (the FSMN memory).
 
-    `weight` keeps the torch layout (channels, 1, kernel) of `fsmn_block.weight`. On GPUs the
-    convolution is one grouped-conv kernel; on CPUs a sum of shifted, scaled copies is faster
-    (MLX's CPU grouped conv is slow). `method` = "auto" | "conv" | "shift".
+    `weight` keeps the torch layout (channels, 1, kernel) of `fsmn_block.weight`. The default
+    is a sum of shifted, scaled copies (exact, fast on CPUs). A grouped-conv kernel is ~20%
+    faster on GPUs but a long run crashed MLX 0.32.4's CUDA backend with it (not yet
+    isolated), so it is opt-in: BATCHASR_FSMN=conv ("auto" picks it on GPUs).
     """
 
-    method = "auto"
+    method = os.environ.get("BATCHASR_FSMN", "shift")
 
     def __init__(self, channels: int, kernel_size: int, left_padding: int):
         super().__init__()
