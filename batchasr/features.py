@@ -45,7 +45,12 @@ class FrontendConfig:
     def from_dict(cls, conf: dict | None) -> "FrontendConfig":
         conf = conf or {}
         keys = cls.__dataclass_fields__
-        return cls(**{k: v for k, v in conf.items() if k in keys})
+        out = cls(**{k: v for k, v in conf.items() if k in keys})
+        if not out.snip_edges:
+            raise ValueError("frontend_conf snip_edges: false is not supported (Kaldi framing "
+                             "without snipped edges); the published FunASR models use true")
+        _window(out.window, 4)  # unknown window types fail here, not mid-job
+        return out
 
     @property
     def frame_ms(self) -> float:
