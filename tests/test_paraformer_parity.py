@@ -124,3 +124,31 @@ def test_compiled_layers_give_the_same_results(fixture_model):
     for a, b in zip(plain, fused):
         assert [(t.id, t.start_ms, t.end_ms) for t in a.tokens] == \
             [(t.id, t.start_ms, t.end_ms) for t in b.tokens]
+
+
+@pytest.mark.parametrize("dtype, enc_tol, min_same, ms_tol",
+                         [("float16", 5e-3, 1.0, 60), ("bfloat16", 3e-2, 0.7, 120)])
+def test_half_precision_within_tolerance(dtype, enc_tol, min_same, ms_tol):
+    """The fast GPU precisions: float16 keeps every token on the fixtures, times within one
+    60 ms frame; bfloat16 (times within two frames) (8-bit mantissa) stays within tolerance and keeps most clips'
+    tokens identical. float32 is the exact mode (the tests above)."""
+    for name in MODELS:
+        asr = load_model(FIXTURES / name, dtype=getattr(mx, dtype))
+        same = total = 0
+        for clip, exp in clips(name).items():
+            ref = tensors(name, clip)
+            feats, lens = asr.features([ref["waveform"]])
+            if int(lens[0]) == 0:
+                continue
+            enc, _ = asr.model(feats.astype(asr.dtype), lens)
+            assert rel_err(enc[0].astype(mx.float32), ref["encoder_out"]) < enc_tol, (name, clip)
+            t = asr.transcribe([ref["waveform"]])[0]
+            total += 1
+            if [tok.id for tok in t.tokens] != exp["token_ids"]:
+                continue
+            same += 1
+            times = np.array([[tok.start_ms, tok.end_ms] for tok in t.tokens]).reshape(-1, 2)
+            official = np.array(exp["token_timestamps"]).reshape(-1, 2)
+            if len(times) == len(official):
+                assert np.abs(times - official).max(initial=0) <= ms_tol, (name, clip)
+        assert same >= min_same * total, (name, dtype, same, total)
