@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
+import shutil
 import sqlite3
 import time
 import uuid
@@ -47,6 +49,8 @@ from batchasr.subtitles import (
     SubtitleOptions, atomic_write, default_folder, fsync_dir, safe_name, write_item_subtitles,
 )
 from batchasr.transcript import Segment, Token, Transcript
+
+logger = logging.getLogger("batchasr.results")
 
 __all__ = [
     "PART_SCHEMA", "RESULT_SCHEMA", "FORMATS", "transcript_to_row", "write_part", "read_part",
@@ -67,6 +71,9 @@ RESULT_SCHEMA = pa.schema(
         ("duration_s", pa.float64()),
         ("language", pa.string()),
         ("text", pa.string()),
+        # the model's text before punctuation was restored (null when no punctuation model
+        # ran: then text is the model's own); parts written before this column read it as null
+        ("raw_text", pa.string()),
         ("segments", pa.list_(SEGMENT)),
         ("tokens", pa.list_(TOKEN)),
         ("model", pa.string()),
@@ -104,6 +111,7 @@ def transcript_to_row(item: Mapping | Any, transcript: Transcript, *, model_name
         "duration_s": get("duration_s"),
         "language": transcript.language or get("language"),
         "text": transcript.text,
+        "raw_text": transcript.raw_text,
         "segments": [{"start_s": s.start_s, "end_s": s.end_s, "text": s.text} for s in transcript.segments],
         "tokens": [
             {"text": t.text, "id": t.id, "start_s": _seconds(t.start_ms), "end_s": _seconds(t.end_ms)}
@@ -132,6 +140,7 @@ def row_to_transcript(row: dict) -> Transcript:
         segments=[Segment(s["start_s"], s["end_s"], s["text"]) for s in row.get("segments") or []],
         language=row.get("language"),
         flags=list(row.get("flags") or []),
+        raw_text=row.get("raw_text"),
     )
 
 
@@ -160,6 +169,101 @@ def write_part(job_dir: str | os.PathLike, rows: list[dict], *, name: str | None
 def read_part(job_dir: str | os.PathLike, name: str) -> pa.Table:
     """One part file as a table of :data:`PART_SCHEMA` (the columns the schema names)."""
     return pq.read_table(Path(job_dir) / PARTS / name, columns=PART_SCHEMA.names, schema=PART_SCHEMA)
+
+
+# --- segment checkpoints of long files ------------------------------------------------------------
+#
+# While a long file is transcribed, its finished VAD segments are saved now and then under
+# <job_dir>/checkpoints/<safe id>/, so that a run killed mid-file redoes only the segments
+# not saved. They are a cache, never a result: the export reads only the parts the queue
+# names, and a folder is removed once its item is done.
+
+CHECKPOINTS = "checkpoints"
+CHECKPOINT_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("source", pa.string()),  # the audio file's size and mtime: a changed file is redone
+        ("index", pa.int64()),
+        ("start_ms", pa.int64()),
+        ("end_ms", pa.int64()),
+        ("text", pa.string()),
+        ("tokens", pa.list_(TOKEN)),
+        ("segments", pa.list_(SEGMENT)),
+        ("language", pa.string()),
+        ("flags", pa.list_(pa.string())),
+    ]
+)
+
+
+def checkpoint_folder(job_dir: str | os.PathLike, item_id: str) -> Path:
+    return Path(job_dir) / CHECKPOINTS / safe_name(item_id)
+
+
+def write_segment_checkpoint(job_dir: str | os.PathLike, item_id: str, source: str,
+                             pieces: Sequence[tuple[int, int, int, Transcript]]) -> Path:
+    """Save finished segments ``(index, start_ms, end_ms, transcript)`` of an item (times in
+    the transcripts relative to their segment), atomically, as one new file."""
+    folder = checkpoint_folder(job_dir, item_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for index, start_ms, end_ms, t in pieces:
+        row = transcript_to_row({"id": item_id}, t, model_name="")
+        rows.append({"id": str(item_id), "source": source, "index": index, "start_ms": start_ms,
+                     "end_ms": end_ms, **{k: row[k] for k in
+                                          ("text", "tokens", "segments", "language", "flags")}})
+    table = pa.Table.from_pylist(rows, schema=CHECKPOINT_SCHEMA)
+    path = folder / f"seg-{uuid.uuid4().hex[:16]}.parquet"
+    try:
+        atomic_write(path, lambda f: pq.write_table(table, f, compression="zstd"))
+    except OSError as e:
+        raise JobError(f"cannot write a segment checkpoint in {folder}: {e.strerror or e}") from e
+    return path
+
+
+def read_segment_checkpoints(job_dir: str | os.PathLike, item_id: str,
+                             source: str) -> dict[tuple[int, int], Transcript]:
+    """The saved segments of an item whose audio still has fingerprint ``source``, keyed by
+    their span ``(start_ms, end_ms)``. Unreadable files are skipped (they are only a cache)."""
+    folder = checkpoint_folder(job_dir, item_id)
+    found: dict[tuple[int, int], Transcript] = {}
+    for path in sorted(folder.glob("seg-*.parquet")) if folder.is_dir() else []:
+        try:
+            rows = pq.read_table(path, schema=CHECKPOINT_SCHEMA).to_pylist()
+        except (OSError, pa.ArrowException) as e:
+            logger.warning("ignoring unreadable segment checkpoint %s (%s)", path, e)
+            continue
+        for r in rows:
+            if r["id"] == str(item_id) and r["source"] == source:
+                found[(r["start_ms"], r["end_ms"])] = row_to_transcript(r)
+    return found
+
+
+def drop_segment_checkpoints(job_dir: str | os.PathLike, item_id: str) -> None:
+    """Remove an item's checkpoints (and the checkpoints folder once it is empty)."""
+    folder = checkpoint_folder(job_dir, item_id)
+    shutil.rmtree(folder, ignore_errors=True)
+    try:
+        folder.parent.rmdir()
+    except OSError:  # missing, or other items' checkpoints are in it
+        pass
+
+
+def checkpointed_items(job_dir: str | os.PathLike) -> dict[str, Path]:
+    """Item id -> checkpoint folder, for every folder holding a readable checkpoint."""
+    out = {}
+    root = Path(job_dir) / CHECKPOINTS
+    for folder in sorted(root.iterdir()) if root.is_dir() else []:
+        for path in sorted(folder.glob("seg-*.parquet")):
+            try:
+                ids = pq.read_table(path, columns=["id"])["id"].to_pylist()
+            except (OSError, pa.ArrowException):
+                continue
+            if ids:
+                out[ids[0]] = folder
+                break
+        else:
+            out.setdefault(f"\0{folder.name}", folder)  # empty or unreadable: no item
+    return out
 
 
 # --- export ------------------------------------------------------------------------------------

@@ -39,6 +39,9 @@ class Transcript:
     language: str | None = None
     # Problems worth a column in the results, e.g. "repetition_loop", "token_cap".
     flags: list[str] = field(default_factory=list)
+    # Set when the runner restored punctuation (``text`` is then punctuated and ``segments``
+    # are sentences): the model's own text before that. None otherwise.
+    raw_text: str | None = None
 
 
 class ASRModel(Protocol):
