@@ -169,7 +169,25 @@ def job_option(required: bool = True):
               help="Transcribe at most N items in this invocation (the whole manifest is still "
                    "enqueued; run again to continue).")
 @click.option("--max-window-s", default=30.0, show_default=True, type=click.FloatRange(1),
-              help="Files longer than this are cut into windows of at most this length.")
+              help="With --vad none: files longer than this are cut into equal windows of at "
+                   "most this length.")
+@click.option("--vad", default="silero", show_default=True, metavar="silero|fsmn-vad|DIR|none",
+              help="Voice activity detector that cuts files longer than --max-segment-s into "
+                   "speech segments (silence is never transcribed; segments of many files share "
+                   "batches): 'silero' (weights included), 'fsmn-vad' (found in the local "
+                   "Hugging Face / ModelScope cache), an official fsmn-vad folder, or 'none' "
+                   "for equal windows of --max-window-s (a cut may then fall inside a word). "
+                   "Shorter files are transcribed whole either way. Costs about 1/500 of the "
+                   "audio's duration in VAD time on the model's thread.")
+@click.option("--max-segment-s", type=click.FloatRange(1), default=None,
+              help="Longest piece sent to the model with a VAD: longer speech segments are cut "
+                   "into equal parts; files not longer go whole. Default: 30 (Paraformer), 15 "
+                   "(Fun-ASR-Nano, whose LLM degrades on longer segments).")
+@click.option("--punc", default="none", show_default=True, metavar="DIR|ct-punc|ct-punc-c|none",
+              help="Punctuation model (CT-Transformer folder, or a known name found in the local "
+                   "caches) for models whose text has none (Paraformer): the text is punctuated "
+                   "and the results' segments become sentences with times (subtitle cues start "
+                   "at sentence ends). Ignored for Fun-ASR-Nano, whose text is punctuated.")
 @click.option("--readers", default=2, show_default=True, type=click.IntRange(1),
               help="Threads decoding and resampling audio ahead of the model.")
 @click.option("--strict-manifest", is_flag=True,
@@ -202,8 +220,8 @@ def job_option(required: bool = True):
               help="Run even though the job folder is on a network filesystem (NFS, SMB, "
                    "sshfs...), where SQLite's locking is unreliable: one host only.")
 def run(source, model, weights, dtype, device, download, job_dir, batch_seconds, limit,
-        max_window_s, readers, strict_manifest, progress, max_new_tokens, hotwords,
-        workers, gpus, shard, engine, address, allow_network_fs):
+        max_window_s, vad, max_segment_s, punc, readers, strict_manifest, progress,
+        max_new_tokens, hotwords, workers, gpus, shard, engine, address, allow_network_fs):
     """Transcribe every file of a manifest (CSV, TSV, JSONL) or folder, resumably.
 
     The manifest is enqueued into <job-dir>/queue.db (default jobs/<manifest name>/); only
@@ -224,12 +242,14 @@ def run(source, model, weights, dtype, device, download, job_dir, batch_seconds,
     from batchasr.manifest import MANIFEST_NAME, open_manifest, scan_folder
     from batchasr.queue import JobLock, JobQueue
     from batchasr.scale import ShardedManifest, check_local_disk, parse_shard, plan_devices
-    from batchasr.worker import run_job
+    from batchasr.worker import run_job, sweep_checkpoints
 
     options = {k: v for k, v in (("max_new_tokens", max_new_tokens), ("hotwords", hotwords))
                if v is not None}
     model_args = {"model": str(model), "weights": weights, "dtype": dtype, "device": device,
                   "download": download, **options}
+    # how long files are cut and punctuated: recorded with the job, passed to every worker
+    longform = {"vad": str(vad), "max_segment_s": max_segment_s, "punc": str(punc)}
     try:
         shard_i, shard_n = parse_shard(shard) if shard else (None, None)
         devices = plan_devices(workers, gpus) if engine == "local" else []
@@ -241,7 +261,7 @@ def run(source, model, weights, dtype, device, download, job_dir, batch_seconds,
                                    "one actor per GPU itself")
         run_on_ray(source, job_dir, model_args, batch_seconds=batch_seconds, limit=limit,
                    max_window_s=max_window_s, strict_manifest=strict_manifest,
-                   progress=progress, actors=workers, address=address)
+                   progress=progress, actors=workers, address=address, longform=longform)
     job = job_dir_for(source, job_dir)
     if shard and not job_dir:
         job = job.with_name(f"{job.name}.shard-{shard_i}-of-{shard_n}")
@@ -255,7 +275,8 @@ def run(source, model, weights, dtype, device, download, job_dir, batch_seconds,
         with JobLock(job) as lock:
             with JobQueue(job) as queue:
                 queue.ensure_meta({"model": str(model), "weights": weights, "dtype": dtype,
-                                   **options, **({"shard": shard} if shard else {})})
+                                   **options, **longform,
+                                   **({"shard": shard} if shard else {})})
                 if source is not None:
                     manifest_path = scan_folder(source, job) if Path(source).is_dir() else source
                     manifest = open_manifest(manifest_path)
@@ -278,7 +299,7 @@ def run(source, model, weights, dtype, device, download, job_dir, batch_seconds,
                 asr = open_model(model, weights, dtype, device, download, **options)
                 summary = run_job(job, asr, batch_seconds=batch_seconds, limit=limit,
                                   max_window_s=max_window_s, progress=progress, readers=readers,
-                                  meta={"model": str(model)})
+                                  meta={"model": str(model)}, **longform)
                 record_run(job, summary)
                 click.echo(f"{job}: {summary}", err=True)
             else:
@@ -286,11 +307,12 @@ def run(source, model, weights, dtype, device, download, job_dir, batch_seconds,
 
                 with JobQueue(job) as queue:  # we hold the lock: whatever runs is orphaned
                     requeued, _ = queue.reset_running(max_attempts=5)
+                    sweep_checkpoints(job, queue)
                 summary = run_workers(
                     job, lock, devices=devices, model_args=model_args, progress=progress,
                     run_args={"batch_seconds": batch_seconds, "limit": limit,
                               "max_window_s": max_window_s, "readers": readers,
-                              "meta": {"model": str(model)}})
+                              "meta": {"model": str(model)}, **longform})
                 summary.requeued = requeued
                 record_run(job, summary)
                 click.echo(f"{job}: {summary}", err=True)
@@ -306,13 +328,14 @@ def run(source, model, weights, dtype, device, download, job_dir, batch_seconds,
 
 
 def run_on_ray(source, out, model_args, *, batch_seconds, limit, max_window_s,
-               strict_manifest, progress, actors, address):
+               strict_manifest, progress, actors, address, longform):
     """`run --engine ray`: the manifest through a Ray Data pipeline into ``out``; exits."""
     from batchasr.manifest import open_manifest, scan_folder
     from batchasr.ray_engine import run_ray
 
     out = out or str(job_dir_for(source, None))
-    settings = {k: v for k, v in model_args.items() if k not in ("device", "download")}
+    settings = {**{k: v for k, v in model_args.items() if k not in ("device", "download")},
+                **longform}
     try:
         manifest = None
         if source is not None:
@@ -325,7 +348,7 @@ def run_on_ray(source, out, model_args, *, batch_seconds, limit, max_window_s,
         summary, problems = run_ray(
             manifest, out, model_args=model_args, settings=settings,
             batch_seconds=batch_seconds, max_window_s=max_window_s, address=address,
-            actors=actors, limit=limit, strict=strict_manifest, progress=progress)
+            actors=actors, limit=limit, strict=strict_manifest, progress=progress, **longform)
     except (BatchasrError, ValueError) as e:
         fail(str(e))
     for line, problem in problems:

@@ -1,23 +1,44 @@
-"""The transcription steps every engine shares: window, batch, run the model, stitch, row.
+"""The transcription steps every engine shares: cut, batch, run the model, reassemble, row.
 
 The local worker (``batchasr.worker``, streaming pieces from reader threads) and the Ray
 actors (``batchasr.ray_engine``, handed blocks of decoded items) both call these functions,
-so a file is cut into windows, its pieces batched, the model's failures retried one by one
-and the windows stitched back into a result row in exactly one way, whichever engine runs.
+so a file is cut into pieces, its pieces batched, the model's failures retried one by one,
+the pieces put back together (and punctuated) into a result row in exactly one way,
+whichever engine runs.
+
+How a file becomes pieces (:func:`plan_file`, :class:`CutOptions`):
+
+* not longer than ``max_segment_s`` (with a VAD) or ``max_window_s`` (without): one piece,
+  the whole file, exactly as ``batchasr transcribe`` sees it;
+* longer, with a VAD: the VAD's speech segments (:class:`SegmentCutter`), each cut into
+  equal parts of at most ``max_segment_s``; silence is never sent to the model. The audio is
+  decoded and fed a window at a time; only audio a segment may still need is kept
+  (:class:`AudioTail`, bounded memory whatever the length of the recording);
+* longer, without a VAD: equal windows of at most ``max_window_s``.
+
+Pieces of many files share length-sorted batches; :func:`assemble` puts each file's pieces
+back in order in file time (token times shifted by each piece's start, as FunASR's
+``inference_with_vad`` does) and, for a model whose text has no punctuation (Paraformer) and
+a punctuation model, restores punctuation over the whole file (``punctuate_many``, batched
+across files) and builds sentence segments (``batchasr.sentences``).
 """
 from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+import os
+import tempfile
+from collections import deque
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
 from batchasr import audio, results
 from batchasr.batching import plan_batches, stitch
 from batchasr.errors import JobError
-from batchasr.transcript import ASRModel, Transcript
+from batchasr.sentences import join_vad_texts, timestamp_sentence, vad_segment_sentences
+from batchasr.transcript import ASRModel, Segment, Transcript
 
 logger = logging.getLogger("batchasr.pipeline")
 
@@ -35,13 +56,236 @@ def window_seconds(n_samples: int, max_window_s: float) -> float:
     return math.ceil(n_samples / math.ceil(n_samples / max_n)) / SR
 
 
-def decode_windows(path: str, max_window_s: float) -> tuple[list[tuple[float, np.ndarray]], float]:
-    """A whole file as ``[(offset_s, waveform), ...]`` windows and its duration in seconds
-    (raises AudioError). Holds the whole file in memory: for engines that hand decoded
-    items between processes; the local worker streams windows instead."""
+# ---- long recordings: VAD segments --------------------------------------------------------------
+
+MS = SR // 1000  # samples per millisecond
+DEFAULT_MAX_SEGMENT_S = 30.0  # Paraformer: the length its batches and the windows always had
+NANO_MAX_SEGMENT_S = 15.0  # Fun-ASR-Nano: its LLM starts repeating itself on longer segments
+
+
+@dataclass(frozen=True)
+class CutOptions:
+    """How files become pieces for the model (see the module docstring)."""
+
+    vad: Any = None  # a loaded batchasr.vad.VAD; None: equal windows of max_window_s
+    max_segment_s: float = DEFAULT_MAX_SEGMENT_S
+    max_window_s: float = 30.0
+    # A file through the VAD is decoded and fed in windows of this length.
+    vad_window_s: float = 30.0
+    # Audio a VAD file keeps in memory for segments not cut yet; beyond it, the oldest is
+    # spilled to an unlinked temporary file in spill_dir (None: the system's temp folder).
+    memory_s: float = 180.0
+    spill_dir: str | None = None
+
+    def __post_init__(self):
+        if min(self.max_segment_s, self.max_window_s, self.vad_window_s, self.memory_s) <= 0:
+            raise ValueError("max_segment_s, max_window_s, vad_window_s and memory_s must be "
+                             "positive")
+
+
+def plan_file(n_samples: int, cut: CutOptions) -> tuple[bool, float]:
+    """``(through_vad, window_s)`` for a file of ``n_samples`` (its header's estimate): a file
+    longer than ``max_segment_s`` goes through the VAD when there is one, read in windows of
+    ``vad_window_s``; any other file is read as equal windows of at most ``max_window_s``
+    (the whole file when it is not longer)."""
+    if cut.vad is not None:
+        if n_samples > int(cut.max_segment_s * SR):
+            return True, cut.vad_window_s
+        return False, max(cut.max_segment_s, cut.max_window_s)
+    return False, window_seconds(n_samples, cut.max_window_s)
+
+
+def default_max_segment_s(model: ASRModel) -> float:
+    """The longest piece that suits the model: 15 s for Fun-ASR-Nano, else 30 s."""
+    from batchasr.nano import FunASRNanoASR
+
+    return NANO_MAX_SEGMENT_S if isinstance(model, FunASRNanoASR) else DEFAULT_MAX_SEGMENT_S
+
+
+def model_punctuates(model: ASRModel) -> bool:
+    """Whether the model's text is already punctuated (Fun-ASR-Nano's is, Paraformer's is
+    not); other models say so with a ``punctuated`` attribute (default: yes)."""
+    from batchasr.paraformer import ParaformerASR
+
+    if isinstance(model, ParaformerASR):
+        return False
+    return bool(getattr(model, "punctuated", True))
+
+
+def open_vad(vad: Any, *, download: bool = False):
+    """A VAD from a name or folder (``batchasr.vad.load_vad``); None or "none": no VAD; a
+    loaded VAD is returned as it is."""
+    if vad is None or (isinstance(vad, str) and vad.lower() == "none"):
+        return None
+    if isinstance(vad, (str, os.PathLike)):
+        from batchasr.vad import load_vad
+
+        return load_vad(vad, download=download)
+    return vad
+
+
+def open_punctuator(punc: Any, *, download: bool = False):
+    """A punctuation model from a name or folder (``load_punctuator``); None or "none": none;
+    a loaded one is returned as it is."""
+    if punc is None or (isinstance(punc, str) and punc.lower() == "none"):
+        return None
+    if isinstance(punc, (str, os.PathLike)):
+        from batchasr.punctuation import load_punctuator
+
+        return load_punctuator(punc, download=download)
+    return punc
+
+
+class AudioTail:
+    """The samples of one file from ``start`` on, appended in order: what segments not cut
+    yet may still need. The newest ``memory_samples`` stay in memory; older ones go to an
+    unlinked temporary file (a VAD may hold a segment back until the next one ends, which
+    can be an hour of silence later), so memory is bounded whatever the recording.
+    ``drop_before`` releases what no segment can need any more."""
+
+    def __init__(self, memory_samples: int, spill_dir: str | None = None):
+        self.memory_samples = memory_samples
+        self.spill_dir = spill_dir
+        self.start = 0  # the first sample still held
+        self.end = 0  # samples appended
+        self.chunks: deque[np.ndarray] = deque()  # in memory: samples [mem_start, end)
+        self.mem_start = 0
+        self.file = None  # spilled: samples [start, mem_start) at (sample - file_base) * 4
+        self.file_base = 0
+        self.spilled = 0  # samples ever written to the file (for tests and logs)
+
+    def append(self, wave: np.ndarray) -> None:
+        self.chunks.append(np.ascontiguousarray(wave, np.float32))
+        self.end += len(wave)
+        while self.end - self.mem_start > self.memory_samples and len(self.chunks) > 1:
+            self._spill()
+
+    def _spill(self) -> None:
+        chunk = self.chunks.popleft()
+        if self.file is None:
+            self.file = tempfile.TemporaryFile(prefix="batchasr-audio-", dir=self.spill_dir)
+            self.file_base = self.mem_start
+        os.pwrite(self.file.fileno(), chunk.tobytes(), (self.mem_start - self.file_base) * 4)
+        self.mem_start += len(chunk)
+        self.spilled += len(chunk)
+
+    def read(self, a: int, b: int) -> np.ndarray:
+        """A copy of samples ``[a, b)`` (``start <= a``, ``b <= end``)."""
+        if a < self.start or b > self.end or a > b:
+            raise ValueError(f"samples [{a}, {b}) are not held (held: [{self.start}, "
+                             f"{self.end}))")
+        parts = []
+        if a < self.mem_start:  # from the spill file
+            stop = min(b, self.mem_start)
+            nbytes = (stop - a) * 4
+            data = os.pread(self.file.fileno(), nbytes, (a - self.file_base) * 4)
+            if len(data) != nbytes:
+                raise OSError(f"short read from the spill file ({len(data)} of {nbytes} bytes)")
+            parts.append(np.frombuffer(data, np.float32))
+        pos = self.mem_start
+        for chunk in self.chunks:
+            lo, hi = max(a, pos), min(b, pos + len(chunk))
+            if lo < hi:
+                parts.append(chunk[lo - pos : hi - pos])
+            pos += len(chunk)
+            if pos >= b:
+                break
+        if not parts:
+            return np.zeros(0, np.float32)
+        return np.concatenate(parts) if len(parts) > 1 else parts[0].copy()
+
+    def drop_before(self, a: int) -> None:
+        self.start = max(self.start, min(a, self.end))
+        while self.chunks and self.mem_start + len(self.chunks[0]) <= self.start:
+            self.mem_start += len(self.chunks.popleft())
+        if self.file is not None and self.start >= self.mem_start:  # nothing spilled is needed
+            self.file.truncate(0)
+            self.file_base = self.mem_start
+
+    def close(self) -> None:
+        self.chunks.clear()
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+
+class Cut(NamedTuple):
+    """One VAD segment of a file: its index in file order, its span (ms) and its samples."""
+
+    index: int
+    start_ms: int
+    end_ms: int
+    audio: np.ndarray
+
+    @property
+    def start_s(self) -> float:
+        return self.start_ms / 1000
+
+
+class SegmentCutter:
+    """One file through the VAD: ``feed`` its audio in order, then ``finish``; each returns
+    the segments that became final, with their samples, in file order. Segments are the
+    VAD's, cut into equal parts of at most ``max_segment_ms`` and sliced from the audio as
+    FunASR's ``slice_padding_audio_samples`` does (``[start_ms * 16, end_ms * 16)``)."""
+
+    def __init__(self, vad, cut: CutOptions):
+        self.stream = vad.stream()
+        self.max_segment_ms = int(cut.max_segment_s * 1000)
+        self.tail = AudioTail(int(cut.memory_s * SR), cut.spill_dir)
+        self.count = 0  # segments returned so far
+
+    def feed(self, wave: np.ndarray) -> list[Cut]:
+        wave = np.asarray(wave, np.float32)
+        self.tail.append(wave)
+        return self._cut(self.stream.feed(wave))
+
+    def finish(self) -> list[Cut]:
+        try:
+            return self._cut(self.stream.finish())
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self.tail.spilled:
+            logger.debug("%.0f s of audio held for the VAD went through a spill file",
+                         self.tail.spilled / SR)
+        self.tail.close()
+        self.tail.spilled = 0
+
+    def _cut(self, segments) -> list[Cut]:
+        from batchasr.vad import split_long_segments
+
+        out = []
+        for start_ms, end_ms in split_long_segments(segments, self.max_segment_ms):
+            a, b = start_ms * MS, min(end_ms * MS, self.tail.end)
+            if b <= a:
+                continue
+            out.append(Cut(self.count, start_ms, end_ms, self.tail.read(a, b)))
+            self.tail.drop_before(b)  # later segments start where this one ends, or later
+            self.count += 1
+        return out
+
+
+def decode_pieces(path: str, cut: CutOptions) -> tuple[list[tuple[float, np.ndarray]], float]:
+    """A whole file as ``[(offset_s, waveform), ...]`` pieces (speech segments through the
+    VAD, or windows; see :func:`plan_file`) and its duration in seconds (raises AudioError).
+    Holds the file's pieces in memory: for engines that hand decoded items between
+    processes; the local worker streams instead."""
     with audio.open_audio(path) as f:
-        windows = list(f.windows(window_seconds(f.info.n_samples(SR), max_window_s)))
-    return windows, sum(len(w) for _, w in windows) / SR
+        through_vad, window_s = plan_file(f.info.n_samples(SR), cut)
+        if not through_vad:
+            pieces = list(f.windows(window_s))
+            return pieces, sum(len(w) for _, w in pieces) / SR
+        cutter = SegmentCutter(cut.vad, cut)
+        pieces, n = [], 0
+        try:
+            for _, wave in f.windows(window_s):
+                n += len(wave)
+                pieces += [(c.start_s, c.audio) for c in cutter.feed(wave)]
+            pieces += [(c.start_s, c.audio) for c in cutter.finish()]
+        finally:
+            cutter.close()
+        return pieces, n / SR
 
 
 def batch_plan(lengths: Sequence[int], *, batch_seconds: float,
@@ -108,24 +352,91 @@ class FailureStreak:
             ) from e
 
 
+# ---- putting a file back together -------------------------------------------------------------
+
+
+class PieceResult(NamedTuple):
+    """A piece's transcript (times relative to the piece) and where the piece lies in its file."""
+
+    start_s: float
+    end_s: float
+    transcript: Transcript
+
+
+def _words(model: ASRModel, t: Transcript) -> tuple[list[str], list[list[int]]]:
+    """Words and their [start_ms, end_ms] as the model's official output groups them
+    (Paraformer: ``word_timestamps``); else the timed tokens; else no times."""
+    timed = bool(t.tokens) and all(k.start_ms is not None and k.end_ms is not None
+                                   for k in t.tokens)
+    if timed and hasattr(model, "word_timestamps"):
+        words, times = model.word_timestamps(t)
+        return list(words), [list(x) for x in times]
+    if timed:
+        return [k.text for k in t.tokens], [[k.start_ms, k.end_ms] for k in t.tokens]
+    return t.text.split(), []
+
+
+def assemble(model: ASRModel, items: Sequence[Sequence[PieceResult]],
+             punctuator=None) -> list[Transcript]:
+    """One transcript per item from its pieces (any order): stitched in file time (token and
+    segment times shifted by each piece's start; texts joined without a space between CJK
+    characters). When ``punctuator`` is given and the model's text has no punctuation, each
+    item's text is punctuated as FunASR's ``inference_with_vad`` does it (``punctuate_many``
+    over all items at once): the pieces' words joined by ``join_vad_texts``, ``text`` the
+    punctuated result, ``raw_text`` the text before, and ``segments`` the sentences of
+    ``timestamp_sentence`` from the punctuation ids and the word times (or, when those do not
+    line up, one per piece, as the official fallback does)."""
+    ordered = [sorted(pieces, key=lambda p: p.start_s) for pieces in items]
+    stitched = [stitch([(p.start_s, p.transcript) for p in pieces]) for pieces in ordered]
+    if punctuator is None or model_punctuates(model):
+        return stitched
+    inputs = []
+    for pieces in ordered:
+        texts, words, times, spans = [], [], [], []
+        for p in pieces:
+            w, t = _words(model, p.transcript)
+            off = int(round(p.start_s * 1000))
+            t = [[a + off, b + off] for a, b in t]
+            texts.append(" ".join(w))
+            words += w
+            times += t
+            spans.append((p.transcript.text, t, (off, int(round(p.end_s * 1000)))))
+        inputs.append((join_vad_texts(texts), words, times, spans))
+    punctuated = punctuator.punctuate_many([x[0] for x in inputs])
+    out = []
+    for tr, (_, words, times, spans), (text, punc_ids) in zip(stitched, inputs, punctuated):
+        if len(punc_ids) == len(times):
+            sentences = timestamp_sentence(punc_ids, times, " ".join(words))
+        else:
+            logger.info("punctuation ids (%d) and word times (%d) do not line up: one "
+                        "sentence per segment", len(punc_ids), len(times))
+            sentences = vad_segment_sentences(spans)
+        segments = [Segment(x["start"] / 1000, x["end"] / 1000, x["text"].strip())
+                    for x in sentences]
+        out.append(replace(tr, text=text, raw_text=tr.text, segments=segments))
+    return out
+
+
 @dataclass
 class DecodedItem:
-    """An item with its whole audio decoded into windows (or the error that stopped it).
-    ``item`` has the queue/manifest fields ``id, path, language, extra`` (see
-    :func:`results.transcript_to_row`)."""
+    """An item with its whole audio decoded into pieces (``decode_pieces``), or the error
+    that stopped it. ``item`` has the queue/manifest fields ``id, path, language, extra``
+    (see :func:`results.transcript_to_row`)."""
 
     item: Mapping[str, Any]
-    windows: list[tuple[float, np.ndarray]] = field(default_factory=list)
+    windows: list[tuple[float, np.ndarray]] = field(default_factory=list)  # (offset_s, audio)
     duration_s: float | None = None
     error: str | None = None
 
 
 def transcribe_items(model: ASRModel, items: Sequence[DecodedItem], *, batch_seconds: float,
                      padded_seconds: float | None = None, max_items: int | None = None,
-                     max_failures_in_a_row: int = 20, run: RunBatch | None = None) -> list[dict]:
-    """Transcribe decoded items as length-sorted batches of their windows and return one
-    result row per item (:data:`results.PART_SCHEMA`): ``done`` with the stitched
-    transcript, or ``failed`` with the decode or model error. Rows in input order.
+                     max_failures_in_a_row: int = 20, run: RunBatch | None = None,
+                     punctuator=None) -> list[dict]:
+    """Transcribe decoded items as length-sorted batches of their pieces and return one
+    result row per item (:data:`results.PART_SCHEMA`): ``done`` with the reassembled (and,
+    with ``punctuator``, punctuated) transcript, or ``failed`` with the decode or model
+    error. Rows in input order.
 
     ``run`` replaces the plain model call (e.g. to time it). Raises JobError when the model
     fails on ``max_failures_in_a_row`` pieces in a row.
@@ -133,7 +444,7 @@ def transcribe_items(model: ASRModel, items: Sequence[DecodedItem], *, batch_sec
     run = run or (lambda waves, langs: run_model(model, waves, langs))
     pieces = [(k, j) for k, it in enumerate(items) if it.error is None
               for j in range(len(it.windows))]
-    got: list[dict[int, tuple[float, Transcript]]] = [{} for _ in items]
+    got: list[dict[int, PieceResult]] = [{} for _ in items]
     errors = [it.error for it in items]
     streak = FailureStreak(max_failures_in_a_row)
     lengths = [len(items[k].windows[j][1]) for k, j in pieces]
@@ -151,13 +462,16 @@ def transcribe_items(model: ASRModel, items: Sequence[DecodedItem], *, batch_sec
                 streak.failed(out)
             else:
                 streak.ok()
-                got[k][j] = (items[k].windows[j][0], out)
+                offset, wave = items[k].windows[j]
+                got[k][j] = PieceResult(offset, offset + len(wave) / SR, out)
+    done = [k for k in range(len(items)) if errors[k] is None]
+    transcripts = dict(zip(done, assemble(model, [list(got[k].values()) for k in done],
+                                          punctuator)))
     rows = []
     for k, it in enumerate(items):
         item = {**it.item, "duration_s": it.duration_s}
         if errors[k] is not None:
             rows.append(results.failure_to_row(item, errors[k], model_name=model.name))
         else:
-            rows.append(results.transcript_to_row(item, stitch(list(got[k].values())),
-                                                  model_name=model.name))
+            rows.append(results.transcript_to_row(item, transcripts[k], model_name=model.name))
     return rows

@@ -6,11 +6,14 @@ checks as the queue), records the job's settings in ``job.json``, and builds::
 
     read_parquet(manifest)                      Ray Data reads the items
       -> map_batches(skip done ids)             ids with a done row in <out>/parts/
-      -> map_batches(decode, CPU tasks)         pipeline.decode_windows per file
-      -> map_batches(Transcriber, actor pool)   one actor per accelerator, model loaded once;
+      -> map_batches(decode, CPU tasks)         pipeline.decode_pieces per file: windows,
+                                                or the VAD's speech segments of a long file
+      -> map_batches(Transcriber, actor pool)   one actor per accelerator, model (and
+                                                punctuation model) loaded once;
                                                 pipeline.transcribe_items (the worker's
-                                                batching, retry and stitching), then one
-                                                Parquet part per call, named by its ids
+                                                batching, retry, reassembly and
+                                                punctuation), then one Parquet part per
+                                                call, named by its ids
 
 The output location is a local path or any URI pyarrow opens (``s3://...``); ``batchasr
 export --job-dir <out> -o results.parquet`` consolidates it (``results`` module docstring).
@@ -20,7 +23,8 @@ item can be *transcribed* twice, but a retried call writes the same part name ag
 (atomically on a local or shared POSIX path; object stores replace whole objects), and the
 export keeps one row per id, so an item is never *in the results* twice. Failed items
 (undecodable files, model errors) are recorded as ``failed`` rows and tried again by the
-next run; done ids are skipped.
+next run; done ids are skipped. A long file is redone whole when its call is retried (the
+local engine saves finished segments; here a call's items are its unit of work).
 
 Every node needs batchasr installed (``pip install 'batchasr[ray]'``), the model folder
 and the audio files at the same paths (a shared mount), and the output location.
@@ -209,15 +213,34 @@ def skip_done(batch: pa.Table, done: pa.Array) -> pa.Table:
     return batch.filter(pc.invert(pc.is_in(batch["id"], value_set=done)))
 
 
-def decode_batch(batch: pa.Table, max_window_s: float) -> pa.Table:
-    """CPU task: each file decoded into windows (pipeline.decode_windows), or its error."""
+_VADS: dict[str, Any] = {}  # per process: a decode task's VAD is loaded once
+
+
+def _task_vad(name: str | None):
+    """The VAD of a decode task (on the CPU: the task holds no accelerator)."""
+    if name is None or name.lower() == "none":
+        return None
+    if name not in _VADS:
+        import mlx.core as mx
+
+        mx.set_default_device(mx.cpu)
+        _VADS[name] = pipeline.open_vad(name)
+    return _VADS[name]
+
+
+def decode_batch(batch: pa.Table, max_window_s: float, vad: str | None = None,
+                 max_segment_s: float = pipeline.DEFAULT_MAX_SEGMENT_S) -> pa.Table:
+    """CPU task: each file decoded into pieces (pipeline.decode_pieces: windows, or the VAD's
+    speech segments of a file longer than max_segment_s), or its error."""
     from batchasr.errors import AudioError
 
+    cut = pipeline.CutOptions(vad=_task_vad(vad), max_segment_s=max_segment_s,
+                              max_window_s=max_window_s)
     out = {name: batch[name].to_pylist() for name in MANIFEST_SCHEMA.names}
     out.update(duration_s=[], error=[], offsets=[], audio=[])
     for path in out["path"]:
         try:
-            windows, duration = pipeline.decode_windows(path, max_window_s)
+            windows, duration = pipeline.decode_pieces(path, cut)
             error = None
         except AudioError as e:
             windows, duration, error = [], None, str(e)
@@ -231,16 +254,17 @@ def decode_batch(batch: pa.Table, max_window_s: float) -> pa.Table:
 
 
 class Transcriber:
-    """The actor: loads the model once (``cli.open_model``, as a worker process does), then
-    per call transcribes a block of decoded items with ``pipeline.transcribe_items`` and
-    writes their rows as one part."""
+    """The actor: loads the model (and punctuation model) once (``cli.open_model``, as a
+    worker process does), then per call transcribes a block of decoded items with
+    ``pipeline.transcribe_items`` and writes their rows as one part."""
 
     def __init__(self, model_args: dict, out: str, batch_seconds: float,
-                 max_failures_in_a_row: int = 20):
+                 max_failures_in_a_row: int = 20, punc: str | None = None):
         from batchasr.cli import open_model
         from batchasr.worker import CRASH_ENV, CRASH_ONCE_ENV, _CrashHook
 
         self.model = open_model(**model_args)
+        self.punctuator = pipeline.open_punctuator(punc)
         self.fs, self.root = results.open_location(out)
         self.local = isinstance(self.fs, pafs.LocalFileSystem)
         self.batch_seconds = batch_seconds
@@ -260,7 +284,8 @@ class Transcriber:
         ]
         self.crash("batch")
         rows = pipeline.transcribe_items(self.model, items, batch_seconds=self.batch_seconds,
-                                         max_failures_in_a_row=self.max_failures)
+                                         max_failures_in_a_row=self.max_failures,
+                                         punctuator=self.punctuator)
         name = part_name([r["id"] for r in rows])
         if self.local:
             results.write_part(self.root, rows, name=name)
@@ -279,10 +304,26 @@ class Transcriber:
 # ---- the driver ------------------------------------------------------------------------------
 
 
+def _default_max_segment_s(model_args: dict[str, Any]) -> float:
+    """The model's default segment length, from its config (the driver loads no model)."""
+    from batchasr.checkpoints import read_config, resolve
+
+    try:
+        family = read_config(resolve(model_args.get("model", ""))).get("model", "")
+    except Exception:  # unknown here (e.g. a dummy known name): the common default
+        family = ""
+    name = str(model_args.get("model", ""))
+    if "nano" in str(family).lower() or name == "fun-asr-nano":
+        return pipeline.NANO_MAX_SEGMENT_S
+    return pipeline.DEFAULT_MAX_SEGMENT_S
+
+
 def run_ray(manifest, out: str, *, model_args: dict[str, Any], settings: dict[str, Any],
-            batch_seconds: float, max_window_s: float = 30.0, address: str | None = None,
-            actors: int | None = None, actor_cpus: float = 0.5, actor_gpus: float | None = None,
-            items_per_call: int | None = None, limit: int | None = None, strict: bool = False,
+            batch_seconds: float, max_window_s: float = 30.0, vad: str | None = "silero",
+            max_segment_s: float | None = None, punc: str | None = None,
+            address: str | None = None, actors: int | None = None, actor_cpus: float = 0.5,
+            actor_gpus: float | None = None, items_per_call: int | None = None,
+            limit: int | None = None, strict: bool = False,
             progress: bool = True) -> tuple[RaySummary, list[tuple[int, str]]]:
     """Transcribe a manifest (or, with ``manifest`` None, the one recorded in ``out``) on a
     Ray cluster into the output location ``out``; return the summary and the manifest rows
@@ -292,6 +333,8 @@ def run_ray(manifest, out: str, *, model_args: dict[str, Any], settings: dict[st
     ``actor_gpus`` GPUs (default 1 when the cluster has GPUs) and ``actor_cpus`` CPUs.
     ``items_per_call``: items handed to an actor at once, which it cuts into batches
     (default: about two batches' worth, from the headers of a sample of the files).
+    ``vad``, ``max_segment_s``, ``punc``: as ``batchasr run`` (the defaults are its
+    defaults: silero; 30 s, or 15 s for a Fun-ASR-Nano model folder; no punctuation).
     """
     ray = _import_ray()
     fs, root = results.open_location(out)
@@ -329,12 +372,15 @@ def run_ray(manifest, out: str, *, model_args: dict[str, Any], settings: dict[st
                         batch_size=None, num_cpus=0.25)
     if limit is not None:
         ds = ds.limit(limit)
-    ds = ds.map_batches(decode_batch, fn_kwargs={"max_window_s": max_window_s},
+    if max_segment_s is None:
+        max_segment_s = _default_max_segment_s(model_args)
+    ds = ds.map_batches(decode_batch, fn_kwargs={"max_window_s": max_window_s, "vad": vad,
+                                                 "max_segment_s": max_segment_s},
                         batch_format="pyarrow", batch_size=8, num_cpus=0.5)
     ds = ds.map_batches(
         Transcriber,
         fn_constructor_kwargs={"model_args": model_args, "out": out,
-                               "batch_seconds": batch_seconds},
+                               "batch_seconds": batch_seconds, "punc": punc},
         compute=ray.data.ActorPoolStrategy(size=actors), batch_size=items_per_call,
         batch_format="pyarrow", num_cpus=actor_cpus, num_gpus=actor_gpus,
         runtime_env={"env_vars": env} if env else None,

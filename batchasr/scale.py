@@ -269,7 +269,8 @@ def run_workers(job_dir: str | os.PathLike, lock, *, devices: list[str | None],
     total = RunSummary(workers=len(children))
     for s in summaries:
         for f in ("done", "failed", "audio_s", "decode_s", "wait_s", "model_s", "write_s",
-                  "batches", "taken_over"):
+                  "batches", "taken_over", "vad_s", "punc_s", "segments_reused",
+                  "model_audio_s"):
             setattr(total, f, getattr(total, f) + s[f])
         total.padding += s["padding"] * s["batches"]
         total.stopped = total.stopped or s["stopped"]

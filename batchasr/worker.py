@@ -4,7 +4,19 @@ One process, one model, on the main thread. Reader threads decode and resample a
 model into a buffer bounded in audio seconds; the main thread keeps a pool of decoded
 pieces, cuts it into length-sorted batches (``batching.plan_batches``) and runs the model.
 Files longer than ``max_window_s`` are read as windows in bounded memory and their
-transcripts stitched back with file times (a later VAD step will choose better cuts).
+transcripts stitched back with file times. With a VAD (``vad``), files longer than
+``max_segment_s`` are instead read in windows that the main thread feeds to the VAD (MLX
+models run on the main thread only); each speech segment it finds becomes a piece, so the
+segments of many files share batches, and memory stays bounded whatever the length of a
+file (``pipeline.SegmentCutter``). When an item's last piece is done, the main thread puts
+its pieces back together and, with a punctuation model, punctuates the items finished
+together in one batched call (``pipeline.assemble``).
+
+Resuming a long file: every ``checkpoint_s`` seconds of its audio through the model, its
+finished segments are saved (``results.write_segment_checkpoint``, by the writer thread);
+a later run that takes the item again finds them and sends only the other segments to the
+model. Checkpoints are a cache, never a result: the item's row is written, as any, in one
+part when all its segments are done, and the checkpoints are removed after the commit.
 
 After each batch, the items whose every piece is transcribed go to a writer thread (so the
 model does not wait for the disk either), which writes them in this order: Parquet part
@@ -34,6 +46,7 @@ import logging
 import math
 import os
 import queue as stdqueue
+import shutil
 import signal
 import socket
 import threading
@@ -50,7 +63,6 @@ import numpy as np
 from tqdm import tqdm
 
 from batchasr import audio, pipeline, results, subtitles
-from batchasr.batching import stitch
 from batchasr.errors import AudioError
 from batchasr.queue import Item, JobLock, JobQueue
 from batchasr.transcript import ASRModel, Transcript
@@ -61,8 +73,9 @@ SR = audio.SAMPLE_RATE
 CRASH_ENV = "BATCHASR_TEST_CRASH_AT"
 CRASH_ONCE_ENV = "BATCHASR_TEST_CRASH_ONCE"
 # decode: a reader has decoded the n-th piece; batch: just before the n-th model call;
-# after_part: the n-th part is written, its items not yet done; after_complete: committed.
-CRASH_POINTS = ("decode", "batch", "after_part", "after_complete")
+# after_part: the n-th part is written, its items not yet done; after_complete: committed;
+# after_checkpoint: the n-th segment checkpoint of a long file is written.
+CRASH_POINTS = ("decode", "batch", "after_part", "after_complete", "after_checkpoint")
 
 
 @dataclass(frozen=True)
@@ -74,6 +87,15 @@ class RunOptions:
     max_batch_items: int | None = None
     # Longer files are cut into windows of at most this length (equal lengths per file).
     max_window_s: float = 30.0
+    # Long recordings. vad: a loaded VAD (pipeline.open_vad), or None for the windows above;
+    # files longer than max_segment_s (None: the model's default, 30 s; 15 s for Nano) are
+    # then cut into its speech segments of at most that length. punctuator: a punctuation
+    # model for models whose text has none (pipeline.open_punctuator). A long file's
+    # finished segments are saved every checkpoint_s seconds of audio (None: never).
+    vad: Any = None
+    max_segment_s: float | None = None
+    punctuator: Any = None
+    checkpoint_s: float | None = 120.0
     # Pipeline. Readers decode ahead into a buffer of prefetch_seconds (default 2 batches);
     # the main thread sorts a pool of pool_seconds (default 4 batches) into batches.
     readers: int = 2
@@ -98,6 +120,8 @@ class RunOptions:
     def __post_init__(self):
         if self.batch_seconds <= 0 or self.max_window_s <= 0:
             raise ValueError("batch_seconds and max_window_s must be positive")
+        if self.max_segment_s is not None and self.max_segment_s <= 0:
+            raise ValueError("max_segment_s must be positive")
         if self.readers < 1 or self.claim_size < 1:
             raise ValueError("readers and claim_size must be at least 1")
         if self.lease_s <= 0 or (self.heartbeat_s is not None
@@ -123,6 +147,10 @@ class RunSummary:
     write_s: float = 0.0  # parts, subtitles, queue commits (on the writer thread)
     batches: int = 0
     padding: float = 0.0  # share of the batches' padded size that was padding
+    vad_s: float = 0.0  # the main thread in the VAD
+    punc_s: float = 0.0  # the main thread putting items together and punctuating them
+    segments_reused: int = 0  # segments of long files found saved by an earlier run
+    model_audio_s: float = 0.0  # audio sent to the model (VAD segments or windows)
     requeued: int = 0  # items a previous run left running, put back at start
     taken_over: int = 0  # items finished here but committed by another worker (lease lost)
     workers: int = 1  # worker processes (the figures above are their sums)
@@ -146,9 +174,13 @@ class RunSummary:
     def __str__(self) -> str:
         head = (f"{self.done} done, {self.failed} failed, {self.audio_s / 3600:.2f} h of audio "
                 f"in {self.wall_s:.1f} s ({self.speed:.1f}x real time)")
-        times = (f"model {self.model_s:.1f} s, waiting for audio {self.wait_s:.1f} s; on other "
-                 f"threads: decoding {self.decode_s:.1f} s, writing {self.write_s:.1f} s; "
-                 f"{self.batches} batches, {self.padding:.0%} padding")
+        extra = "".join(f", {name} {value:.1f} s" for name, value in
+                        (("VAD", self.vad_s), ("punctuation", self.punc_s)) if value)
+        times = (f"model {self.model_s:.1f} s{extra}, waiting for audio {self.wait_s:.1f} s; "
+                 f"on other threads: decoding {self.decode_s:.1f} s, writing "
+                 f"{self.write_s:.1f} s; {self.batches} batches, {self.padding:.0%} padding")
+        if self.segments_reused:
+            times += f"; {self.segments_reused} saved segment(s) reused"
         if self.workers > 1:
             return f"{head} on {self.workers} workers; summed over them: {times}"
         return f"{head}; {times}; {self.overhead_per_item_s * 1000:.1f} ms overhead/item"
@@ -166,6 +198,9 @@ def run_job(
     meta: dict[str, Any] | None = None,
     owner: str | None = None,
     lock_fd: int | None = None,
+    vad: Any = None,
+    max_segment_s: float | None = None,
+    punc: Any = None,
     **options: Any,
 ) -> RunSummary:
     """Transcribe the pending items of a job folder (already enqueued) and return a summary.
@@ -181,8 +216,17 @@ def run_job(
     lock and passed it down as this descriptor (see ``JobLock.adopt``); the startup
     recovery is then the run's business, and this worker keeps going until no item is
     pending or held by a sibling.
+
+    Long recordings: ``vad`` (a name or folder for ``batchasr.vad.load_vad``, or a loaded
+    VAD; None or "none": equal windows) cuts files longer than ``max_segment_s`` (default:
+    the model's, see ``pipeline.default_max_segment_s``) into speech segments; ``punc`` (a
+    name or folder for ``load_punctuator``, or a loaded punctuator) restores punctuation for
+    models whose text has none.
     """
-    opts = RunOptions(batch_seconds=batch_seconds, max_window_s=max_window_s, **options)
+    opts = RunOptions(batch_seconds=batch_seconds, max_window_s=max_window_s,
+                      vad=pipeline.open_vad(vad), punctuator=pipeline.open_punctuator(punc),
+                      max_segment_s=max_segment_s or pipeline.default_max_segment_s(model),
+                      **options)
     if getattr(model, "sample_rate", SR) != SR:
         raise ValueError(f"model {model.name} expects {model.sample_rate} Hz; batchasr feeds {SR}")
     stop_event = stop_event or threading.Event()
@@ -200,6 +244,8 @@ def run_job(
         if requeued or poisoned:
             logger.info("%d item(s) left running by a previous run requeued, %d failed after "
                         "%s attempts", requeued, poisoned, opts.max_attempts)
+        if not shared:
+            sweep_checkpoints(job_dir, queue)
         runner = _Runner(Path(job_dir), queue, model, opts, stop_event, limit, progress,
                          owner=owner, shared=shared)
         summary = runner.run()
@@ -207,6 +253,16 @@ def run_job(
         summary.remaining = queue.counts()
     logger.info("run finished: %s", summary)
     return summary
+
+
+def sweep_checkpoints(job_dir: str | os.PathLike, queue: JobQueue) -> None:
+    """Remove the segment checkpoints of items that are done (or no longer queued): a run
+    killed between an item's commit and the removal of its checkpoints leaves them. For the
+    process that holds the job's lock, before its workers start."""
+    for item_id, folder in results.checkpointed_items(job_dir).items():
+        it = queue.get(item_id)
+        if it is None or it.status == "done":
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def worker_id(tag: str = "") -> str:
@@ -226,8 +282,15 @@ class _Work:
     reading: bool = True  # the reader has not sent its last message yet
     n_pieces: int | None = None  # known once the reader is done
     duration_s: float | None = None
-    pieces: dict[int, tuple[float, Transcript]] = field(default_factory=dict)
+    pieces: dict[int, pipeline.PieceResult] = field(default_factory=dict)
     failed: bool = False  # also tells the reader to stop
+    # A long file through the VAD (set by the reader before its first message):
+    vad: bool = False
+    source: str = ""  # the audio file's size and mtime, stored with its checkpoints
+    saved: dict[tuple[int, int], Transcript] = field(default_factory=dict)  # checkpointed
+    cutter: Any = None  # pipeline.SegmentCutter, used on the main thread only
+    unsaved: list = field(default_factory=list)  # (index, start_ms, end_ms, transcript)
+    unsaved_s: float = 0.0
 
     @property
     def complete(self) -> bool:
@@ -241,6 +304,7 @@ class _Piece:
     offset_s: float
     audio: np.ndarray
     arrival: int  # order of arrival, so the oldest piece is never starved
+    span: tuple[int, int] | None = None  # a VAD segment's (start_ms, end_ms)
 
 
 class _Prefetch:
@@ -333,10 +397,11 @@ class _Writer:
         self.thread = threading.Thread(target=self._loop, name="batchasr-writer", daemon=True)
         self.thread.start()
 
-    def submit(self, works: list[_Work]) -> None:
+    def submit(self, msg: tuple) -> None:
+        """``("items", works, transcripts)`` or ``("checkpoint", work, segments)``."""
         while self.error is None:
             try:
-                return self.inbox.put(works, timeout=0.1)
+                return self.inbox.put(msg, timeout=0.1)
             except stdqueue.Full:
                 pass
         raise self.error
@@ -355,16 +420,27 @@ class _Writer:
     def _loop(self) -> None:
         try:
             with JobQueue(self.job_dir) as queue:
-                while (works := self.inbox.get()) is not None:
+                while (msg := self.inbox.get()) is not None:
                     t = time.perf_counter()
-                    committed = self._write(queue, works)
+                    if msg[0] == "checkpoint":
+                        self._checkpoint(*msg[1:])
+                    else:
+                        committed = self._write(queue, *msg[1:])
+                        self.done.put((msg[1], committed))
                     self.write_s += time.perf_counter() - t
-                    self.done.put((works, committed))
         except BaseException as e:  # reported to the main thread, which stops the run
             self.error = e
 
-    def _write(self, queue: JobQueue, works: list[_Work]) -> int:
-        transcripts = {w.item.id: stitch(list(w.pieces.values())) for w in works}
+    def _checkpoint(self, w: _Work, segments: list) -> None:
+        try:
+            results.write_segment_checkpoint(self.job_dir, w.item.id, w.source, segments)
+        except Exception:  # a cache: losing one costs time, never results
+            logger.exception("could not save %d finished segment(s) of %s", len(segments),
+                             w.item.id)
+        self.crash("after_checkpoint")
+
+    def _write(self, queue: JobQueue, works: list[_Work], transcripts: list[Transcript]) -> int:
+        transcripts = {w.item.id: t for w, t in zip(works, transcripts)}
         rows = [results.transcript_to_row(_item_dict(w), transcripts[w.item.id],
                                           model_name=self.model_name) for w in works]
         part = results.write_part(self.job_dir, rows)
@@ -376,6 +452,10 @@ class _Writer:
             logger.warning("%d of %d item(s) were taken over by another worker after this "
                            "one's lease ran out; their results in %s are ignored",
                            len(works) - committed, len(works), part)
+        else:  # done: their segment checkpoints are no use any more
+            for w in works:
+                if w.vad:
+                    results.drop_segment_checkpoints(self.job_dir, w.item.id)
         self.crash("after_complete")
         return committed
 
@@ -432,6 +512,9 @@ class _Runner:
         self.exhausted = False  # the last claim found the queue empty
         self.summary = RunSummary()
         self.crash = _CrashHook(os.environ.get(CRASH_ENV), os.environ.get(CRASH_ONCE_ENV))
+        self.cut = pipeline.CutOptions(
+            vad=opts.vad, max_window_s=opts.max_window_s, spill_dir=str(job_dir),
+            max_segment_s=opts.max_segment_s or pipeline.default_max_segment_s(model))
         self.buffer = _Prefetch(int((opts.prefetch_seconds or 2 * opts.batch_seconds) * SR))
         self.pool_target = int((opts.pool_seconds or 4 * opts.batch_seconds) * SR)
         self.claimed: deque[Item] = deque()  # claimed, not yet handed to a reader
@@ -478,6 +561,7 @@ class _Runner:
             s.wall_s = time.perf_counter() - t0
             s.decode_s = self._decode_s
             s.write_s = self.writer.write_s
+            s.model_audio_s = self.transcribed_s
             s.padding = 1.0 - self.useful / self.padded if self.padded else 0.0
         if self.writer.error is not None:  # failed on the last batch, after the loop ended
             raise self.writer.error
@@ -499,6 +583,7 @@ class _Runner:
         if self.pool and (self.pool_samples >= self.pool_target or not self._more_coming()):
             self._run_batch(self._next_batch())
             self._write_ready()
+            self._save_segments()
             return True
         if self._more_coming():
             t = time.perf_counter()
@@ -553,11 +638,19 @@ class _Runner:
         n = samples = 0
         try:
             with audio.open_audio(w.item.path) as f:
-                window_s = self._window_for(f.info)
+                # n_samples from the header: exact for PCM and FLAC, else an estimate
+                through_vad, window_s = pipeline.plan_file(f.info.n_samples(SR), self.cut)
+                if through_vad:  # the main thread feeds the windows to the VAD
+                    w.source = _fingerprint(w.item.path)
+                    if self.opts.checkpoint_s:
+                        w.saved = results.read_segment_checkpoints(self.job_dir, w.item.id,
+                                                                   w.source)
+                    w.vad = True
+                kind = "window" if through_vad else "piece"
                 for offset_s, wave in f.windows(window_s):
                     busy += time.perf_counter() - t
                     self.crash("decode")
-                    ok = self.buffer.put(("piece", w, n, offset_s, wave), len(wave),
+                    ok = self.buffer.put((kind, w, n, offset_s, wave), len(wave),
                                          abandon=lambda: w.failed)
                     t = time.perf_counter()
                     if not ok:
@@ -577,10 +670,6 @@ class _Runner:
             with self._decode_lock:
                 self._decode_s += busy
 
-    def _window_for(self, info: audio.AudioInfo) -> float:
-        # n_samples from the header: exact for PCM and FLAC, else an estimate
-        return pipeline.window_seconds(info.n_samples(SR), self.opts.max_window_s)
-
     def _drain(self) -> None:
         while self.pool_samples < self.pool_target:
             msg = self.buffer.get()
@@ -593,18 +682,53 @@ class _Runner:
         if kind == "piece":
             if not w.failed:
                 _, _, index, offset_s, wave = msg
-                self.pool.append(_Piece(w, index, offset_s, wave, self.arrivals))
-                self.pool_samples += len(wave)
-                self.arrivals += 1
+                self._add_piece(_Piece(w, index, offset_s, wave, self.arrivals))
+            return
+        if kind == "window":
+            if not w.failed:
+                self._feed_vad(w, msg[4])
             return
         w.reading = False
         if kind == "error":
             self._fail(w, msg[2])
         else:
-            w.n_pieces, w.duration_s = msg[2], msg[3]
-            if w.complete:
-                self.ready.append(w)
+            w.duration_s = msg[3]
+            if w.vad and not w.failed:
+                self._feed_vad(w, None)
+            if not w.failed:
+                w.n_pieces = w.cutter.count if w.vad else msg[2]
+                if w.complete:
+                    self.ready.append(w)
         self._forget_if_finished(w)
+
+    def _add_piece(self, p: _Piece) -> None:
+        self.pool.append(p)
+        self.pool_samples += len(p.audio)
+        self.arrivals += 1
+
+    def _feed_vad(self, w: _Work, wave: np.ndarray | None) -> None:
+        """A window of a long file through its VAD (None: the file's end); the segments that
+        come out go to the pool, or straight to the item when a checkpoint has them."""
+        t = time.perf_counter()
+        try:
+            if w.cutter is None:
+                w.cutter = pipeline.SegmentCutter(self.opts.vad, self.cut)
+            cuts = w.cutter.feed(wave) if wave is not None else w.cutter.finish()
+        except Exception as e:  # the item fails, not the run
+            logger.exception("VAD failed on %s", w.item.id)
+            self._fail(w, f"VAD error: {type(e).__name__}: {e}")
+            return
+        finally:
+            self.summary.vad_s += time.perf_counter() - t
+        for c in cuts:
+            saved = w.saved.pop((c.start_ms, c.end_ms), None)
+            if saved is not None:
+                w.pieces[c.index] = pipeline.PieceResult(c.start_s,
+                                                         c.start_s + len(c.audio) / SR, saved)
+                self.summary.segments_reused += 1
+            else:
+                self._add_piece(_Piece(w, c.index, c.start_s, c.audio, self.arrivals,
+                                       (c.start_ms, c.end_ms)))
 
     # ---- batches ----------------------------------------------------------------------------
 
@@ -656,17 +780,46 @@ class _Runner:
 
     def _record(self, p: _Piece, out: Transcript) -> None:
         w = p.work
-        w.pieces[p.index] = (p.offset_s, out)
+        w.pieces[p.index] = pipeline.PieceResult(p.offset_s, p.offset_s + len(p.audio) / SR, out)
+        if p.span is not None and self.opts.checkpoint_s:
+            w.unsaved.append((p.index, *p.span, out))
+            w.unsaved_s += len(p.audio) / SR
         if w.complete:
             self.ready.append(w)
+
+    def _save_segments(self) -> None:
+        """Hand the writer the finished segments of long files still in progress, once a
+        file has ``checkpoint_s`` seconds of them not saved yet."""
+        for w in self.work.values():
+            if w.unsaved and w.unsaved_s >= self.opts.checkpoint_s and not w.failed \
+                    and not w.complete:
+                self.writer.submit(("checkpoint", w, w.unsaved))
+                w.unsaved, w.unsaved_s = [], 0.0
 
     # ---- writing ----------------------------------------------------------------------------
 
     def _write_ready(self) -> None:
         """Hand the items whose every piece is transcribed to the writer (as one part)."""
-        if self.ready:
-            ready, self.ready = self.ready, []
-            self.writer.submit(ready)
+        if not self.ready:
+            return
+        ready, self.ready = self.ready, []
+        punctuator = self.opts.punctuator
+        t = time.perf_counter()
+        try:
+            transcripts = pipeline.assemble(self.model, [list(w.pieces.values()) for w in ready],
+                                            punctuator)
+        except Exception as e:
+            if punctuator is None:
+                raise  # stitching is plain bookkeeping: a bug, not an item's problem
+            logger.exception("punctuation failed on %d item(s)", len(ready))
+            for w in ready:
+                self._fail(w, f"punctuation error: {type(e).__name__}: {e}")
+                self._forget_if_finished(w)
+            return
+        finally:
+            if punctuator is not None:
+                self.summary.punc_s += time.perf_counter() - t
+        self.writer.submit(("items", ready, transcripts))
 
     def _collect_written(self) -> None:
         """Count the items the writer has committed."""
@@ -693,6 +846,8 @@ class _Runner:
         if w.failed:
             return
         w.failed = True
+        if w.cutter is not None:
+            w.cutter.close()
         logger.warning("%s failed: %s", w.item.id, error)
         self.queue.fail(w.item.id, error, owner=self.owner, duration_s=w.duration_s)
         self.summary.failed += 1
@@ -710,6 +865,9 @@ class _Runner:
     def _release_unfinished(self) -> None:
         ids = [w.item.id for w in self.work.values() if not w.failed]
         ids += [i.id for i in self.claimed]
+        for w in self.work.values():
+            if w.cutter is not None:
+                w.cutter.close()
         self.work.clear()
         self.claimed.clear()
         if ids:
@@ -728,6 +886,13 @@ class _Runner:
             remaining = max(0, self.n_run - s.items)
             self.bar.total = max(self.bar.n, self.transcribed_s + remaining * total / n)
         self.bar.set_postfix(done=s.done, failed=s.failed, refresh=False)
+
+
+def _fingerprint(path: str) -> str:
+    """Size and modification time of an audio file: its segment checkpoints are used only
+    while these are unchanged."""
+    st = os.stat(path)
+    return f"{st.st_size}:{st.st_mtime_ns}"
 
 
 def _item_dict(w: _Work) -> dict[str, Any]:
