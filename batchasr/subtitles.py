@@ -13,6 +13,10 @@ Cue text follows the transcript's ``text`` (the reference spelling, with its pun
 spaces); token strings are only matched against it to learn *where* each token's time applies.
 When they cannot be matched, tokens are joined by rule: ``@@`` pieces glue to the next piece, CJK
 characters are never separated by spaces, Latin words are.
+
+Sentences: when the runner restored punctuation (``Transcript.raw_text`` set), the segments are
+sentences, and a new cue always starts with a sentence that follows a full stop or question mark;
+the line and duration rules then split long sentences (preferring commas).
 """
 from __future__ import annotations
 
@@ -328,6 +332,7 @@ def _units(transcript: Transcript, ctx: _Ctx, pause_ms: int, duration_ms: int | 
             units = _units_from_tokens([p[0] for p in parsed], [p[1:] for p in parsed], times)
         for prev, u in zip(units, units[1:]):
             u.hard_break = u.start - prev.end >= pause_ms
+        _break_at_sentences(units, transcript)
         return units
     segs = [s for s in transcript.segments if s.text.strip()]
     if segs:
@@ -342,6 +347,23 @@ def _units(transcript: Transcript, ctx: _Ctx, pause_ms: int, duration_ms: int | 
         return []
     estimate = int(1000 * max(1.0, _width(text, ctx.cjk) / ctx.cps))
     return _units_from_span(text, 0, duration_ms or estimate)
+
+
+def _break_at_sentences(units: list[_Unit], transcript: Transcript) -> None:
+    """A punctuated transcript's segments are sentences (see ``Transcript.raw_text``): a cue
+    starts at the first unit of each sentence that follows a full stop or question mark, so
+    no cue spans two sentences (a comma ends a segment too, but is only a preferred cut)."""
+    if transcript.raw_text is None or len(transcript.segments) < 2:
+        return
+    starts = [_ms(s.start_s) for prev, s in zip(transcript.segments, transcript.segments[1:])
+              if _strength(prev.text) == 2]
+    k = 0
+    for prev, u in zip(units, units[1:]):
+        while k < len(starts) and starts[k] <= prev.start:
+            k += 1
+        if k < len(starts) and starts[k] <= u.start:  # a sentence begins in (prev, u]
+            u.hard_break = True
+            k += 1
 
 
 def _lines_needed(group: Sequence[_Unit], line_w: float) -> int:
