@@ -4,8 +4,9 @@ segments, subtitles, bounded memory and segment-level resume.
 The recordings are real (espeak-ng clips from sample_manifests/audio/) joined with pauses,
 so silero finds speech where it is; the ASR model is the tiny random Paraformer fixture
 (gibberish text, real token times) and the punctuation model the tiny random ct-punc fixture.
-Sentence building is checked against the official funasr functions' recorded outputs
-(tools/record_sentence_fixtures.py). No torch needed.
+Sentence building is checked against the official funasr functions' recorded outputs, and
+the whole chain (fsmn-vad, Paraformer, ct-punc, sentences) against funasr's AutoModel run on
+the same recording (tools/record_sentence_fixtures.py). No torch needed.
 """
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ import soundfile as sf
 
 from batchasr import pipeline, results
 from batchasr.audio import load
-from batchasr.sentences import join_vad_texts, timestamp_sentence, vad_segment_sentences
+from batchasr.sentences import (PUNC_MARKS, join_vad_texts, timestamp_sentence,
+                                vad_segment_sentences)
 from batchasr.subtitles import build_cues
 from batchasr.transcript import Segment, Token, Transcript
 
@@ -127,6 +129,12 @@ def recording(seconds: float, seed: int = 0, quiet_every: float | None = None,
     return np.concatenate(parts)[: int(seconds * SR)], spans
 
 
+def write_recording(path, seconds: float, seed: int = 0):
+    wave, spans = recording(seconds, seed=seed)
+    sf.write(path, wave, SR, subtype="PCM_16")
+    return wave, spans
+
+
 def test_segment_cutter_gives_the_vads_segments_in_bounded_memory(tmp_path):
     from batchasr.vad import load_vad, split_long_segments
 
@@ -159,8 +167,7 @@ def longform(tmp_path_factory):
     short clip (sent whole); the manifest, and uninterrupted runs without and with
     punctuation."""
     base = tmp_path_factory.mktemp("longform")
-    wave, spans = recording(300)
-    sf.write(base / "meeting.wav", wave, SR, subtype="PCM_16")
+    wave, spans = write_recording(base / "meeting.wav", 300)
     sf.write(base / "silence.wav", np.zeros(40 * SR, np.float32), SR, subtype="PCM_16")
     manifest = base / "m.csv"
     manifest.write_text("id,path\nmeeting,meeting.wav\nsilence,silence.wav\n"
@@ -324,6 +331,44 @@ def test_ray_engine_steps_give_the_worker_results(longform):
         e = expected[row["id"]]
         for key in ("text", "raw_text", "tokens", "segments"):
             assert row[key] == e[key], (row["id"], key)
+
+
+def test_the_whole_pipeline_matches_funasr_automodel(tmp_path):
+    """`batchasr run --vad <fsmn-vad fixture> --punc <ct-punc fixture>` against funasr's own
+    AutoModel(model, vad_model, punc_model).generate(sentence_timestamp=True) on the same
+    recording (tools/record_sentence_fixtures.py automodel): the same punctuated text, word
+    times in file time and sentence times; the sentence texts differ where AutoModel's joined
+    text drifts (see test_sentences_take_spaced_words_not_the_drifting_join)."""
+    import hashlib
+
+    from batchasr.checkpoints import load_model
+
+    ref = json.loads((ROOT / "tests" / "fixtures" / "sentences" / "automodel.json")
+                     .read_text(encoding="utf-8"))
+    wav = tmp_path / "r.wav"
+    write_recording(wav, 150, seed=3)
+    assert hashlib.sha256(wav.read_bytes()).hexdigest() == ref["wav_sha256"], \
+        "the recording differs from the one AutoModel was run on"
+    (tmp_path / "m.csv").write_text(f"id,path\nr,{wav}\n", encoding="utf-8")
+    job = tmp_path / "job"
+    batchasr("run", tmp_path / "m.csv", "--job-dir", job, "--model", MODEL, "--vad",
+             ROOT / "tests" / "fixtures" / "vad" / "fsmn", "--max-segment-s", "60", "--punc",
+             PUNC, "--no-progress", check=0)
+    row = rows_of(job)["r"]
+    assert row["text"] == ref["text"]
+    assert row["raw_text"] == ref["raw_text"].replace(" ", "")  # AutoModel: words + spaces
+    words, times = load_model(MODEL).word_timestamps(
+        Transcript("", tokens=results.row_to_transcript(row).tokens))
+    assert times == ref["timestamp"] and len(times) > 200
+    ours = [(round(s["start_s"] * 1000), round(s["end_s"] * 1000), s["text"])
+            for s in row["segments"]]
+    assert [s[:2] for s in ours] == [tuple(s[:2]) for s in ref["sentences"]]
+    # the same words in the same order, but AutoModel's marks (which follow the punctuation
+    # ids) land after other words, and its last sentences have marks and no words
+    squeeze = lambda texts: "".join(c for t in texts for c in t if c not in " ，。？、")  # noqa
+    assert squeeze(s[2] for s in ours) == squeeze(s[2] for s in ref["sentences"])
+    assert [s[2] for s in ours] != [s[2].strip() for s in ref["sentences"]]
+    assert ref["sentences"][-1][2] in PUNC_MARKS and ours[-1][2] not in PUNC_MARKS
 
 
 # ---- results and subtitles -------------------------------------------------------------------------

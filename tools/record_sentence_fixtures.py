@@ -5,17 +5,31 @@ Runs funasr 1.4.16's own `timestamp_sentence`, `_join_vad_texts` and
 writes their inputs and outputs to tests/fixtures/sentences/official.json:
 
     /work/refenv/bin/python tools/record_sentence_fixtures.py
+
+With `automodel WAV`, runs the whole official long-form pipeline instead,
+`AutoModel(model=<Paraformer fixture>, vad_model=<fsmn-vad fixture>, punc_model=<ct-punc
+fixture>).generate(WAV, sentence_timestamp=True, output_timestamp=True)`, and writes its
+text, word timestamps and sentence_info to tests/fixtures/sentences/automodel.json. WAV is
+the recording tests/test_longform.py builds (`recording(150, seed=3)`, 16-bit PCM); write it
+with batchasr's own environment first:
+
+    .venv/bin/python -c "import sys; sys.path.insert(0, 'tests'); import test_longform as t; \
+        t.write_recording('/tmp/automodel.wav', 150, seed=3)"
+    /work/refenv/bin/python tools/record_sentence_fixtures.py automodel /tmp/automodel.wav
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import sys
 from pathlib import Path
 
 import funasr
 from funasr.auto.auto_model import _join_vad_texts, _vad_segment_sentences
 from funasr.utils.timestamp_tools import timestamp_sentence
 
-OUT = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "sentences" / "official.json"
+FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures"
+OUT = FIXTURES / "sentences" / "official.json"
 
 TS11 = [[0, 100], [100, 200], [200, 300], [300, 400], [1000, 1100], [1100, 1200],
         [1200, 1500], [1500, 1800], [3000, 3300], [3300, 3400], [3400, 3500]]
@@ -88,5 +102,26 @@ def main() -> None:
     print(f"wrote {OUT}")
 
 
+def automodel(wav: Path) -> None:
+    from funasr import AutoModel
+
+    am = AutoModel(model=str(FIXTURES / "paraformer" / "zh_mixed"),
+                   vad_model=str(FIXTURES / "vad" / "fsmn"),
+                   punc_model=str(FIXTURES / "punc" / "zh"), device="cpu", disable_update=True,
+                   hub="ms", ncpu=2, disable_pbar=True, disable_log=True)
+    res = am.generate(input=str(wav), sentence_timestamp=True, output_timestamp=True,
+                      return_raw_text=True)[0]
+    record = {"funasr": funasr.__version__, "recording": "recording(150, seed=3)",
+              "wav_sha256": hashlib.sha256(wav.read_bytes()).hexdigest(),
+              "text": res["text"], "raw_text": res["raw_text"], "timestamp": res["timestamp"],
+              "sentences": [[s["start"], s["end"], s["text"]] for s in res["sentence_info"]]}
+    out = OUT.parent / "automodel.json"
+    out.write_text(json.dumps(record, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(f"wrote {out}: {len(record['timestamp'])} words, {len(record['sentences'])} sentences")
+
+
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) == 3 and sys.argv[1] == "automodel":
+        automodel(Path(sys.argv[2]))
+    else:
+        main()
