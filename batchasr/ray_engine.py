@@ -264,7 +264,8 @@ class Transcriber:
         from batchasr.worker import CRASH_ENV, CRASH_ONCE_ENV, _CrashHook
 
         self.model = open_model(**model_args)
-        self.punctuator = pipeline.open_punctuator(punc)
+        self.punctuator = None if pipeline.model_punctuates(self.model) \
+            else pipeline.open_punctuator(punc)
         self.fs, self.root = results.open_location(out)
         self.local = isinstance(self.fs, pafs.LocalFileSystem)
         self.batch_seconds = batch_seconds

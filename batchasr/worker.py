@@ -223,6 +223,9 @@ def run_job(
     name or folder for ``load_punctuator``, or a loaded punctuator) restores punctuation for
     models whose text has none.
     """
+    if punc is not None and str(punc).lower() != "none" and pipeline.model_punctuates(model):
+        logger.warning("no punctuation model needed: %s's text is punctuated", model.name)
+        punc = None
     opts = RunOptions(batch_seconds=batch_seconds, max_window_s=max_window_s,
                       vad=pipeline.open_vad(vad), punctuator=pipeline.open_punctuator(punc),
                       max_segment_s=max_segment_s or pipeline.default_max_segment_s(model),
