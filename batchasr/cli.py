@@ -161,10 +161,10 @@ def job_option(required: bool = True):
 @click.argument("source", required=False, type=click.Path(exists=True))
 @model_options
 @job_option(required=False)
-@click.option("--batch-seconds", default=300.0, show_default=True, type=click.FloatRange(1),
+@click.option("--batch-seconds", default=None, type=click.FloatRange(1),
               help="Audio seconds per model batch (padded length x count is bounded too), like "
-                   "FunASR's batch_size_s. Larger batches are faster on GPUs and use more "
-                   "memory.")
+                   "FunASR's batch_size_s. Default 300 on GPUs (larger is faster there and uses "
+                   "more memory) and 30 on CPUs (measured: less padding, ~30% faster than 160).")
 @click.option("--limit", type=click.IntRange(1), default=None,
               help="Transcribe at most N items in this invocation (the whole manifest is still "
                    "enqueued; run again to continue).")
@@ -239,6 +239,10 @@ def run(source, model, weights, dtype, device, download, job_dir, batch_seconds,
       batchasr run archive.csv --model /shared/paraformer-zh --engine ray --address auto \\
           --job-dir /shared/jobs/archive
     """
+    if batch_seconds is None:
+        from batchasr.device import default_batch_seconds
+
+        batch_seconds = default_batch_seconds(device)
     from batchasr.manifest import MANIFEST_NAME, open_manifest, scan_folder
     from batchasr.queue import JobLock, JobQueue
     from batchasr.scale import ShardedManifest, check_local_disk, parse_shard, plan_devices

@@ -21,3 +21,10 @@ def gpu_available() -> bool:
         return mx.metal.is_available() or mx.cuda.is_available()
     except AttributeError:
         return mx.default_device() == mx.gpu
+
+
+def default_batch_seconds(device: str = "auto") -> float:
+    """Audio seconds per batch: large on GPUs (fewer, fuller launches), small on CPUs (less
+    padding; a 20-30 s budget ran ~30% faster than 160 s on a 2-core machine)."""
+    on_gpu = device == "gpu" or (device == "auto" and gpu_available())
+    return 300.0 if on_gpu else 30.0
