@@ -12,9 +12,11 @@ for benchmarks.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlx.core as mx
@@ -245,31 +247,27 @@ def _build_paraformer(folder: Path | None, config: dict, tokens: list[str] | Non
     return ParaformerASR(model, tokens, cmvn, name=name, dtype=dtype)
 
 
-def _build_fun_asr_nano(*args):
-    from batchasr.nano import build
+@dataclass(frozen=True)
+class Family:
+    """How to build one config.yaml `model:` type: a builder function
+    `(folder, config, tokens, dummy, name, dtype)`, imported on first use, and whether the
+    family reads a tokens.json / tokens.txt token list."""
 
-    return build(*args)
+    module: str
+    builder: str
+    token_list: bool
 
-
-def _build_ct_punc(*args):
-    from batchasr.punctuation import build
-
-    return build(*args)
-
-
-FAMILIES = {"Paraformer": _build_paraformer, "FunASRNano": _build_fun_asr_nano,
-            "CTTransformer": _build_ct_punc}
-NO_TOKEN_LIST = {"FunASRNano"}  # families whose tokenizer is not a tokens.json list
+    def build(self, *args):
+        return getattr(importlib.import_module(self.module), self.builder)(*args)
 
 
-def _build_fsmn_vad(*args):
-    from batchasr.vad import build_fsmn_vad
-
-    return build_fsmn_vad(*args)
-
-
-FAMILIES["FsmnVADStreaming"] = _build_fsmn_vad  # a VAD (batchasr.vad.load_vad), not an ASR model
-NO_TOKEN_LIST.add("FsmnVADStreaming")
+FAMILIES = {
+    "Paraformer": Family("batchasr.checkpoints", "_build_paraformer", token_list=True),
+    "FunASRNano": Family("batchasr.nano", "build", token_list=False),  # tokenizer.json of its LLM
+    "CTTransformer": Family("batchasr.punctuation", "build", token_list=True),
+    # a VAD (batchasr.vad.load_vad), not an ASR model
+    "FsmnVADStreaming": Family("batchasr.vad", "build_fsmn_vad", token_list=False),
+}
 
 
 def load_model(path_or_name, *, weights: str = "checkpoint", dtype=mx.float32,
@@ -295,18 +293,20 @@ def load_model(path_or_name, *, weights: str = "checkpoint", dtype=mx.float32,
     except CheckpointError:
         if not (dummy and name in DUMMY_VOCAB):
             raise
+    tokens = None
     if folder is None:
-        config, tokens = PARAFORMER_LARGE_CONFIG, None
+        config = PARAFORMER_LARGE_CONFIG
         if name == "fun-asr-nano":
             from batchasr.nano import FUN_ASR_NANO_CONFIG as config
     else:
         config = read_config(folder)
-        tokens = read_tokens(folder, config) if (folder / "tokens.json").exists() or \
-            (folder / "tokens.txt").exists() or not (dummy or config.get("model") in
-                                                     NO_TOKEN_LIST) else None
         name = name if name in KNOWN_MODELS else folder.name
-    family = config.get("model")
-    if family not in FAMILIES:
-        raise CheckpointError(f"{folder or name}: model type {family!r} is not supported "
-                              f"(supported: {', '.join(FAMILIES)})")
-    return FAMILIES[family](folder, config, tokens, dummy, name, dtype)
+    family = FAMILIES.get(config.get("model"))
+    if family is None:
+        raise CheckpointError(f"{folder or name}: model type {config.get('model')!r} is not "
+                              f"supported (supported: {', '.join(FAMILIES)})")
+    if folder is not None and family.token_list:
+        has_list = (folder / "tokens.json").exists() or (folder / "tokens.txt").exists()
+        if has_list or not dummy:  # a dummy model may make up its vocabulary
+            tokens = read_tokens(folder, config)
+    return family.build(folder, config, tokens, dummy, name, dtype)
