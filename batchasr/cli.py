@@ -243,7 +243,7 @@ def run(source, model, weights, dtype, device, download, job_dir, batch_seconds,
         from batchasr.device import default_batch_seconds
 
         batch_seconds = default_batch_seconds(device)
-    from batchasr.manifest import MANIFEST_NAME, open_manifest, scan_folder
+    from batchasr.manifest import open_manifest, scan_folder
     from batchasr.queue import JobLock, JobQueue
     from batchasr.scale import ShardedManifest, check_local_disk, parse_shard, plan_devices
     from batchasr.worker import run_job, sweep_checkpoints

@@ -22,13 +22,15 @@ from typing import Sequence
 import mlx.core as mx
 import numpy as np
 
+from batchasr.models.base import BaseModelArgs
+
 SAMPLE_RATE = 16000
 WAVEFORM_SCALE = float(1 << 15)  # FunASR's `upsacle_samples`: fbank sees int16-range samples
 LOG_FLOOR = float(np.finfo(np.float32).eps)  # Kaldi/torchaudio floor inside log()
 
 
 @dataclass(frozen=True)
-class FrontendConfig:
+class FrontendConfig(BaseModelArgs):
     """The `frontend_conf` block of config.yaml (WavFrontend keys, official names)."""
 
     fs: int = 16000
@@ -41,16 +43,11 @@ class FrontendConfig:
     snip_edges: bool = True
     upsacle_samples: bool = True  # sic, the official key
 
-    @classmethod
-    def from_dict(cls, conf: dict | None) -> "FrontendConfig":
-        conf = conf or {}
-        keys = cls.__dataclass_fields__
-        out = cls(**{k: v for k, v in conf.items() if k in keys})
-        if not out.snip_edges:
+    def __post_init__(self):
+        if not self.snip_edges:
             raise ValueError("frontend_conf snip_edges: false is not supported (Kaldi framing "
                              "without snipped edges); the published FunASR models use true")
-        _window(out.window, 4)  # unknown window types fail here, not mid-job
-        return out
+        _window(self.window, 4)  # unknown window types fail here, not mid-job
 
     @property
     def frame_ms(self) -> float:

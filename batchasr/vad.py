@@ -28,13 +28,14 @@ import dataclasses
 import hashlib
 import math
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
 from batchasr.errors import CheckpointError
+from batchasr.models.base import BaseModelArgs
 
 SAMPLE_RATE = 16000
 
@@ -158,7 +159,7 @@ SPEECH2SPEECH, SPEECH2SIL, SIL2SIL, SIL2SPEECH = 0, 1, 2, 3  # AudioChangeState
 
 
 @dataclass
-class FsmnVADOptions:
+class FsmnVADOptions(BaseModelArgs):
     """`model_conf` of config.yaml (VADXOptions), official names; times in ms."""
 
     sample_rate: int = 16000
@@ -186,15 +187,11 @@ class FsmnVADOptions:
     frame_in_ms: int = 10
     frame_length_ms: int = 25
 
-    @classmethod
-    def from_dict(cls, conf: dict | None) -> "FsmnVADOptions":
-        names = {f.name for f in fields(cls)}
-        opts = cls(**{k: v for k, v in (conf or {}).items() if k in names})
-        if opts.detect_mode != 1:
+    def __post_init__(self):
+        if self.detect_mode != 1:
             raise ValueError("fsmn-vad: only detect_mode 1 (multiple utterances) is supported")
-        if len(opts.sil_pdf_ids) != opts.silence_pdf_num or not opts.sil_pdf_ids:
+        if len(self.sil_pdf_ids) != self.silence_pdf_num or not self.sil_pdf_ids:
             raise ValueError("fsmn-vad: sil_pdf_ids must list silence_pdf_num (>= 1) classes")
-        return opts
 
 
 @dataclass

@@ -18,9 +18,11 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
+from batchasr.models.base import BaseModelArgs
+
 
 @dataclass
-class ModelArgs:
+class ModelArgs(BaseModelArgs):
     """`encoder_conf` of config.yaml (FSMN), official key names."""
 
     input_dim: int = 400
@@ -35,10 +37,6 @@ class ModelArgs:
     output_affine_dim: int = 140
     output_dim: int = 248
     use_softmax: bool = True
-
-    @classmethod
-    def from_dict(cls, conf: dict) -> "ModelArgs":
-        return cls(**{k: v for k, v in (conf or {}).items() if k in cls.__dataclass_fields__})
 
     def __post_init__(self):
         if self.rorder:  # the official right-context branch is marked "maybe need to check"

@@ -18,8 +18,8 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
+from batchasr.models.base import BaseModelArgs
 from batchasr.models.sanm import (
-    LAYER_NORM_EPS,
     FSMNBlock,
     SANMEncoder,
     SANMEncoderArgs,
@@ -35,7 +35,7 @@ BLANK_ID, SOS_ID, EOS_ID = 0, 1, 2  # Paraformer class defaults
 
 
 @dataclass
-class PredictorArgs:
+class PredictorArgs(BaseModelArgs):
     """`predictor_conf` (CifPredictorV2)."""
 
     idim: int
@@ -47,13 +47,9 @@ class PredictorArgs:
     tail_threshold: float = 0.0
     tail_mask: bool = True
 
-    @classmethod
-    def from_dict(cls, conf: dict) -> "PredictorArgs":
-        return cls(**{k: v for k, v in conf.items() if k in cls.__dataclass_fields__})
-
 
 @dataclass
-class DecoderArgs:
+class DecoderArgs(BaseModelArgs):
     """`decoder_conf` (ParaformerSANMDecoder)."""
 
     attention_heads: int = 4
@@ -62,10 +58,6 @@ class DecoderArgs:
     att_layer_num: int = 6
     kernel_size: int = 21
     sanm_shfit: int = 0
-
-    @classmethod
-    def from_dict(cls, conf: dict) -> "DecoderArgs":
-        return cls(**{k: v for k, v in conf.items() if k in cls.__dataclass_fields__})
 
 
 @dataclass

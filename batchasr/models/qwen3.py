@@ -12,15 +12,16 @@ and `update_and_fetch`, see batchasr.generate) and an attention mask from the ca
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
+from batchasr.models.base import BaseModelArgs
+
 
 @dataclass
-class ModelArgs:
+class ModelArgs(BaseModelArgs):
     """HF `config.json` of a Qwen3 checkpoint, keys unchanged."""
 
     hidden_size: int
@@ -42,10 +43,6 @@ class ModelArgs:
     pad_token_id: int | None = None
     hidden_act: str = "silu"
     model_type: str = "qwen3"
-
-    @classmethod
-    def from_dict(cls, config: dict[str, Any]) -> "ModelArgs":
-        return cls(**{k: v for k, v in config.items() if k in cls.__dataclass_fields__})
 
     def __post_init__(self):
         if self.head_dim is None:

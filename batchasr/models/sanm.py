@@ -18,6 +18,8 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
+from batchasr.models.base import BaseModelArgs
+
 LAYER_NORM_EPS = 1e-12  # funasr.models.transformer.layer_norm.LayerNorm
 
 
@@ -165,7 +167,7 @@ class EncoderLayerSANM(nn.Module):
 
 
 @dataclass
-class SANMEncoderArgs:
+class SANMEncoderArgs(BaseModelArgs):
     """`encoder_conf` of config.yaml (SANMEncoder / SenseVoiceEncoderSmall), official names."""
 
     input_size: int
@@ -180,16 +182,11 @@ class SANMEncoderArgs:
     normalize_before: bool = True
     layer_norm_eps: float = LAYER_NORM_EPS
 
-    @classmethod
-    def from_dict(cls, conf: dict, **overrides) -> "SANMEncoderArgs":
-        conf = {**conf, **overrides}
-        fields = cls.__dataclass_fields__
-        args = cls(**{k: v for k, v in conf.items() if k in fields})
-        if args.input_layer not in ("pe", None):
-            raise ValueError(f"SANMEncoder input_layer {args.input_layer!r} is not supported")
-        if not args.normalize_before:
+    def __post_init__(self):
+        if self.input_layer not in ("pe", None):
+            raise ValueError(f"SANMEncoder input_layer {self.input_layer!r} is not supported")
+        if not self.normalize_before:
             raise ValueError("SANMEncoder with normalize_before=false is not supported")
-        return args
 
 
 class SANMEncoder(nn.Module):
