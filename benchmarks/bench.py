@@ -34,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import batchasr  # noqa: E402  (first: preloads the CPU BLAS before mlx)
+import batchasr  # noqa: E402,F401  (first: preloads the CPU BLAS before mlx)
 import mlx.core as mx  # noqa: E402
 import numpy as np  # noqa: E402
 
@@ -109,22 +109,24 @@ def timed_job(asr, manifest: Path, args, tag: str):
     return summary
 
 
-def bench_paraformer(args, model_dir: Path | None, manifest: Path, dtype: str) -> list[dict]:
+def decoded_batches(manifest: Path, batch_seconds: float):
+    """The manifest's audio decoded in memory and planned into length-sorted batches."""
     from batchasr.audio import load
     from batchasr.batching import plan_batches
+
+    paths = [line.split(",", 1)[1] for line in manifest.read_text().splitlines()[1:]]
+    waves = [load(p) for p in paths]
+    batches = plan_batches([len(w) / FS for w in waves], max_total=batch_seconds)
+    return waves, sum(len(w) for w in waves) / FS, batches
+
+
+def bench_paraformer(args, model_dir: Path | None, manifest: Path, dtype: str) -> list[dict]:
     from batchasr.checkpoints import load_model
-    from batchasr.queue import JobQueue
-    from batchasr.manifest import open_manifest
-    from batchasr.worker import run_job
 
     out = []
     asr = load_model(model_dir or "paraformer-zh", weights="checkpoint" if model_dir else "dummy",
                      dtype=getattr(mx, dtype))
-    paths = [line.split(",", 1)[1] for line in manifest.read_text().splitlines()[1:]]
-    waves = [load(p) for p in paths]
-    audio_s = sum(len(w) for w in waves) / FS
-    lengths = [len(w) / FS for w in waves]
-    batches = plan_batches(lengths, max_total=args.batch_seconds)
+    waves, audio_s, batches = decoded_batches(manifest, args.batch_seconds)
     # warm-up over every batch shape (kernels, plans, allocator), as the baseline's warm-up pass
     for b in batches:
         asr.transcribe([waves[i] for i in b])
@@ -161,22 +163,14 @@ def bench_nano(args, manifest: Path, dtype: str) -> list[dict]:
     """Fun-ASR-Nano, full size, dummy weights, a fixed number of new tokens per clip
     (args.tokens_per_s x seconds; the stop token is suppressed, as the official baseline's
     logits processor forces it): RTFx and LLM tokens/s per decoding mode, and end to end."""
-    from batchasr.audio import load
-    from batchasr.batching import plan_batches
     from batchasr.checkpoints import load_model
-    from batchasr.manifest import open_manifest
     from batchasr.nano import GuardOptions
-    from batchasr.queue import JobQueue
-    from batchasr.worker import run_job
 
     asr = load_model("fun-asr-nano", weights="dummy", dtype=getattr(mx, dtype))
     asr.stop_on_eos = False
     asr.guard = GuardOptions(max_tokens_per_second=args.tokens_per_s, min_tokens=1,
                              detect_loops=False)
-    paths = [line.split(",", 1)[1] for line in manifest.read_text().splitlines()[1:]]
-    waves = [load(p) for p in paths]
-    audio_s = sum(len(w) for w in waves) / FS
-    batches = plan_batches([len(w) / FS for w in waves], max_total=args.batch_seconds)
+    waves, audio_s, batches = decoded_batches(manifest, args.batch_seconds)
     out = []
     for mode in args.modes.split(","):
         asr.decode_mode = mode
