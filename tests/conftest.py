@@ -74,4 +74,17 @@ class FakeModel:
 @pytest.fixture
 def fake_model() -> FakeModel:
     return FakeModel()
+def done_count(job: Path) -> int:
+    """Items committed as done in a job's queue, read-only from another process (-1 while the
+    queue does not exist yet), for tests that kill a runner after some progress."""
+    import sqlite3
+
+    try:
+        con = sqlite3.connect(f"file:{job / 'queue.db'}?mode=ro", uri=True, timeout=5)
+        try:
+            return con.execute("SELECT count(*) FROM items WHERE status='done'").fetchone()[0]
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return -1
 # ==== end of runner fixtures ==================================================================

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -16,6 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from batchasr.cli import cli
+from conftest import done_count
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "tests" / "fixtures" / "paraformer" / "zh_mixed"
@@ -111,19 +111,6 @@ def big_manifest(tmp_path: Path, n: int, ids=None) -> Path:
         for i in range(n):
             w.writerow([ids[i] if ids else f"item-{i:04d}", clips[i % len(clips)], i])
     return path
-
-
-def done_count(job: Path) -> int:
-    import sqlite3
-
-    try:
-        con = sqlite3.connect(f"file:{job / 'queue.db'}?mode=ro", uri=True, timeout=5)
-        try:
-            return con.execute("SELECT count(*) FROM items WHERE status='done'").fetchone()[0]
-        finally:
-            con.close()
-    except sqlite3.Error:
-        return -1
 
 
 @pytest.mark.slow

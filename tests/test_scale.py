@@ -23,6 +23,7 @@ from batchasr.errors import JobError
 from batchasr.manifest import open_manifest
 from batchasr.queue import JobLock, JobQueue
 
+from conftest import done_count
 from test_worker import check_done_exactly_once, make_job
 
 TESTS = Path(__file__).parent
@@ -299,21 +300,11 @@ def test_kill_9_of_a_multi_worker_run_then_resume_exactly_once(tmp_path):
                             stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
 
-    def done():
-        try:
-            con = sqlite3.connect(f"file:{job / 'queue.db'}?mode=ro", uri=True, timeout=5)
-            try:
-                return con.execute("SELECT count(*) FROM items WHERE status='done'").fetchone()[0]
-            finally:
-                con.close()
-        except sqlite3.Error:
-            return 0
-
-    while done() < 20 and proc.poll() is None and time.time() < deadline:
+    while done_count(job) < 20 and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert done() < 160, "the run finished before the kill; make the job longer"
+    assert done_count(job) < 160, "the run finished before the kill; make the job longer"
     # the workers die with the run (no stale lock): the same command resumes at once
     resumed = batchasr(*args[3:], check=0)
     assert "being processed" not in resumed.stderr
