@@ -240,12 +240,31 @@ def test_two_workers_one_killed_mid_batch_the_other_finishes_exactly_once(tmp_pa
     assert summary_of(out)["done"] == len(DURATIONS)  # the doomed one committed nothing
 
 
+def stop_outside_a_transaction(proc: subprocess.Popen, job: Path, tries: int = 100) -> None:
+    """SIGSTOP `proc` at a moment it holds no SQLite write lock. A process frozen inside a
+    transaction (its heartbeat renewing leases, say) blocks every writer of the job, which is
+    SQLite's nature and not what this test is about."""
+    for _ in range(tries):
+        proc.send_signal(signal.SIGSTOP)
+        con = sqlite3.connect(job / "queue.db", timeout=0.05, isolation_level=None)
+        try:
+            con.execute("BEGIN IMMEDIATE")
+            con.execute("ROLLBACK")
+            return
+        except sqlite3.OperationalError:  # stopped mid-transaction: let it finish, try again
+            proc.send_signal(signal.SIGCONT)
+            time.sleep(0.02)
+        finally:
+            con.close()
+    raise AssertionError("could not stop the worker outside a transaction")
+
+
 def test_a_stalled_worker_is_taken_over_and_cannot_commit_twice(tmp_path):
     job = make_job(tmp_path, DURATIONS)
     with JobLock(job) as lock:
         zombie = start_worker(job, lock, "zombie", delay_s=0.5)
         assert zombie.stdout.readline().strip() == "BATCH"
-        zombie.send_signal(signal.SIGSTOP)  # stalls mid-batch: no heartbeat, lease runs out
+        stop_outside_a_transaction(zombie, job)  # stalls mid-batch: no heartbeat, lease runs out
         try:
             with JobQueue(job) as q:
                 held = [i.id for i in q.items("running") if i.lease_owner == "zombie"]
