@@ -265,9 +265,14 @@ def test_ctrl_c_stops_cleanly_and_twice_stops_at_once(tmp_path):
     p = run_worker(job, delay_s=2.0)
     assert p.stdout.readline().strip() == "BATCH"
     p.send_signal(signal.SIGINT)
-    time.sleep(0.3)
+    seen = []  # wait until the first Ctrl-C is acknowledged, so the two cannot merge into one
+    while not any("stopping after the current batch" in line for line in seen):
+        line = p.stderr.readline()
+        assert line, "".join(seen)
+        seen.append(line)
     p.send_signal(signal.SIGINT)
     out, err = p.communicate(timeout=30)
+    err = "".join(seen) + err
     assert p.returncode != 0 and "KeyboardInterrupt" in err
     with JobQueue(job) as q:
         assert q.counts()["running"] == 0  # handed back on the way out
