@@ -8,7 +8,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ import pytest
 from batchasr import results
 from batchasr.errors import JobError
 from batchasr.manifest import open_manifest
-from batchasr.queue import JobLock, JobQueue
+from batchasr.queue import JobQueue
 from batchasr.worker import RunOptions, run_job
 
 from conftest import FakeModel, write_marked_wav
