@@ -8,7 +8,7 @@ import mlx.core as mx
 import numpy as np
 
 from batchasr.features import FrontendConfig, WavFrontend
-from batchasr.models.paraformer import Model
+from batchasr.models.paraformer import DecodeRun, Model
 from batchasr.text import sentence_postprocess
 from batchasr.transcript import Segment, Token, Transcript
 
@@ -46,26 +46,16 @@ class ParaformerASR:
                    languages: Sequence[str | None] | None = None) -> list[Transcript]:
         """16 kHz mono float32 waveforms -> one Transcript each, in order. `languages` is
         accepted for the protocol; Paraformer checkpoints are single-language."""
+        return self.submit(waveforms, languages=languages).result()
+
+    def submit(self, waveforms: Sequence[np.ndarray], *,
+               languages: Sequence[str | None] | None = None) -> "PendingBatch":
+        """Start a batch: its features, encoder and predictor are queued on the device and
+        this returns at once. `result()` gives what `transcribe` gives. The runner submits
+        batch k+1 before it takes batch k's result, so that the host work of one batch
+        (CIF, timestamps, text) overlaps the device work of the next."""
         waveforms = [np.asarray(w, dtype=np.float32) for w in waveforms]
-        results: list[Transcript | None] = [None] * len(waveforms)
-        feats, lengths = self.features(waveforms)
-        lens = np.array(lengths)
-        live = [i for i in range(len(waveforms)) if lens[i] > 0]
-        for i in range(len(waveforms)):
-            if lens[i] == 0:  # shorter than one fbank window: nothing to recognise
-                results[i] = Transcript(text="")
-        if live:
-            if len(live) < len(waveforms):
-                idx = mx.array(np.array(live, dtype=np.int32))
-                feats, lengths = feats[idx][:, : int(lens[live].max())], lengths[idx]
-            T = feats.shape[1]
-            pad = -T % self.frame_bucket
-            if pad:
-                feats = mx.pad(feats, [(0, 0), (0, pad), (0, 0)])
-            out = self.model.decode(feats.astype(self.dtype), lengths)
-            for row, i in enumerate(live):
-                results[i] = self.to_transcript(out.token_ids[row], out.token_times_ms[row])
-        return results
+        return PendingBatch(self, waveforms)
 
     def to_transcript(self, ids: list[int], times: list[list[int]]) -> Transcript:
         pieces = [self.tokens[i] for i in ids]
@@ -86,3 +76,41 @@ class ParaformerASR:
         times = [[t.start_ms, t.end_ms] for t in transcript.tokens if t.start_ms is not None]
         _, words, word_times = sentence_postprocess(pieces, times)
         return words, word_times
+
+
+class PendingBatch:
+    """A Paraformer batch on its way through the device (see ParaformerASR.submit)."""
+
+    def __init__(self, asr: ParaformerASR, waveforms: list[np.ndarray]):
+        self.asr = asr
+        self.n = len(waveforms)
+        self.results: list[Transcript | None] = [None] * self.n
+        feats, lengths = asr.features(waveforms)
+        lens = np.array(lengths)
+        self.live = [i for i in range(self.n) if lens[i] > 0]
+        for i in range(self.n):
+            if lens[i] == 0:  # shorter than one fbank window: nothing to recognise
+                self.results[i] = Transcript(text="")
+        self.run = None
+        if self.live:
+            if len(self.live) < self.n:
+                idx = mx.array(np.array(self.live, dtype=np.int32))
+                feats, lengths = feats[idx][:, : int(lens[self.live].max())], lengths[idx]
+            pad = -feats.shape[1] % asr.frame_bucket
+            if pad:
+                feats = mx.pad(feats, [(0, 0), (0, pad), (0, 0)])
+            self.run = DecodeRun(asr.model, feats.astype(asr.dtype), lengths)
+
+    def advance(self) -> None:
+        """Wait for the encoder, fire CIF and queue the decoder (result() does it too)."""
+        if self.run is not None:
+            self.run.launch_decoder()
+
+    def result(self) -> list[Transcript]:
+        if self.run is not None:
+            out = self.run.finish()
+            self.run = None
+            for row, i in enumerate(self.live):
+                self.results[i] = self.asr.to_transcript(out.token_ids[row],
+                                                         out.token_times_ms[row])
+        return self.results

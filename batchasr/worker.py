@@ -527,6 +527,9 @@ class _Runner:
         self.ready: list[_Work] = []  # every piece transcribed, not yet written
         self.arrivals = 0
         self.streak = pipeline.FailureStreak(opts.max_model_failures_in_a_row)
+        # Models with submit() (Paraformer) keep one batch in flight: (pieces, pending)
+        self.pipelined = callable(getattr(model, "submit", None))
+        self.inflight: tuple[list[_Piece], Any] | None = None
         self._decode_s = 0.0
         self._decode_lock = threading.Lock()
         self.padded = self.useful = 0  # samples in batches once padded / of real audio
@@ -577,6 +580,7 @@ class _Runner:
         if self.writer.error is not None:
             raise self.writer.error  # e.g. the disk is full: stop, keep what is written
         if self.stop.is_set():
+            self._finish_inflight()  # one batch at most: its results are kept
             self.summary.stopped = True
             logger.info("stopping: unfinished items go back to pending")
             return False
@@ -587,6 +591,9 @@ class _Runner:
             self._run_batch(self._next_batch())
             self._write_ready()
             self._save_segments()
+            return True
+        if self.inflight is not None:  # no batch to start now: nothing to overlap with
+            self._finish_inflight()
             return True
         if self._more_coming():
             t = time.perf_counter()
@@ -755,8 +762,67 @@ class _Runner:
         if not batch:
             return
         self.crash("batch")
-        outs = pipeline.run_or_each(self._transcribe, [p.audio for p in batch],
-                                    [p.work.item.language for p in batch])
+        if not self.pipelined:
+            self._apply(batch, pipeline.run_or_each(self._transcribe, [p.audio for p in batch],
+                                                    [p.work.item.language for p in batch]))
+            return
+        # Keep one batch in flight: start this one on the device, then finish the previous
+        # one on the host while the device works (see ParaformerASR.submit).
+        t = time.perf_counter()
+        try:
+            pending = self.model.submit([p.audio for p in batch],
+                                        languages=self._languages(batch))
+        except Exception as e:  # the pieces are retried one by one by _finish_inflight
+            pending = e
+        self.summary.model_s += time.perf_counter() - t
+        self._finish_inflight()
+        t = time.perf_counter()
+        if not isinstance(pending, Exception):
+            try:
+                pending.advance()
+            except Exception as e:
+                pending = e
+        self.summary.model_s += time.perf_counter() - t
+        self.inflight = (batch, pending)
+
+    def _finish_inflight(self) -> None:
+        """Results of the batch in flight (if any) to their items; if the batch failed,
+        each piece alone, so that only the pieces the model fails on even alone fail."""
+        if self.inflight is None:
+            return
+        batch, pending = self.inflight
+        self.inflight = None
+        waves, langs = [p.audio for p in batch], [p.work.item.language for p in batch]
+        t = time.perf_counter()
+        outs: list | None = None
+        if not isinstance(pending, Exception):
+            try:
+                outs = list(pending.result())
+                if len(outs) != len(batch):
+                    raise ValueError(f"model returned {len(outs)} transcripts for "
+                                     f"{len(batch)} inputs")
+            except Exception as e:
+                pending = e
+        self.summary.model_s += time.perf_counter() - t
+        if outs is None:
+            if len(batch) == 1:
+                outs = [pending]
+            else:
+                logger.warning("batch of %d failed in the model (%s: %s); retrying one by one",
+                               len(batch), type(pending).__name__, pending)
+                outs = [pipeline.run_or_each(self._run_model, [w], [lang])[0]
+                        for w, lang in zip(waves, langs)]
+        self._count(waves)
+        self._apply(batch, outs)
+        self._write_ready()
+        self._save_segments()
+
+    @staticmethod
+    def _languages(batch: list[_Piece]) -> list[str | None] | None:
+        langs = [p.work.item.language for p in batch]
+        return langs if any(langs) else None
+
+    def _apply(self, batch: list[_Piece], outs: list) -> None:
         for p, out in zip(batch, outs):
             if p.work.failed:  # an earlier piece of the same file failed
                 continue
@@ -769,17 +835,25 @@ class _Runner:
                 self.streak.ok()
                 self._record(p, out)
 
-    def _transcribe(self, waves: list[np.ndarray], langs: list[str | None]) -> list[Transcript]:
+    def _run_model(self, waves: list[np.ndarray], langs: list[str | None]) -> list[Transcript]:
         t = time.perf_counter()
-        outs = pipeline.run_model(self.model, waves, langs)
-        self.summary.model_s += time.perf_counter() - t
+        try:
+            return pipeline.run_model(self.model, waves, langs)
+        finally:
+            self.summary.model_s += time.perf_counter() - t
+
+    def _transcribe(self, waves: list[np.ndarray], langs: list[str | None]) -> list[Transcript]:
+        outs = self._run_model(waves, langs)
+        self._count(waves)
+        return outs
+
+    def _count(self, waves: list[np.ndarray]) -> None:
         self.summary.batches += 1
         self.padded += max(len(w) for w in waves) * len(waves)
         self.useful += sum(len(w) for w in waves)
         seconds = sum(len(w) for w in waves) / SR
         self.transcribed_s += seconds
         self.bar.update(seconds)
-        return outs
 
     def _record(self, p: _Piece, out: Transcript) -> None:
         w = p.work

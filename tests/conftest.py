@@ -88,3 +88,30 @@ def done_count(job: Path) -> int:
     except sqlite3.Error:
         return -1
 # ==== end of runner fixtures ==================================================================
+
+
+class PipelinedFakeModel(FakeModel):
+    """FakeModel with the runner's pipelined protocol (``submit`` -> ``advance``/``result``,
+    as ParaformerASR has): the work, and any failure, happens in ``result()``;
+    ``fail_submit_marks`` make ``submit`` itself raise."""
+
+    def __init__(self, *, fail_submit_marks: Sequence[int] = (), **kwargs):
+        super().__init__(**kwargs)
+        self.fail_submit_marks = set(fail_submit_marks)
+        self.submitted: list[int] = []
+
+    def submit(self, waveforms, *, languages=None):
+        marks = [mark_of(w) for w in waveforms]
+        if any(m in self.fail_submit_marks for m in marks):
+            raise RuntimeError("fake model cannot start this batch")
+        self.submitted.append(len(waveforms))
+        model = self
+
+        class Pending:
+            def advance(self):
+                pass
+
+            def result(self):
+                return model.transcribe(waveforms, languages=languages)
+
+        return Pending()

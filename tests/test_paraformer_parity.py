@@ -170,3 +170,18 @@ def test_half_precision_within_tolerance(dtype, enc_tol, min_same, ms_tol):
             if ms_tol is not None and len(times) == len(official):
                 assert np.abs(times - official).max(initial=0) <= ms_tol, (name, clip)
         assert same >= min_same * total, (name, dtype, same, total)
+
+
+def test_batches_in_flight_give_the_same_results(fixture_model):
+    """The runner's overlap (batch k+1 submitted before batch k's result is taken) changes
+    nothing: each batch's transcripts equal transcribe()'s."""
+    name, asr = fixture_model
+    waves = [tensors(name, clip)["waveform"] for clip in clips(name)]
+    first, second = waves[: len(waves) // 2], waves[len(waves) // 2:]
+    a = asr.submit(first)
+    a.advance()
+    b = asr.submit(second)
+    got = a.result() + b.result()
+    want = asr.transcribe(first) + asr.transcribe(second)
+    key = lambda ts: [(t.text, [(k.id, k.start_ms, k.end_ms) for k in t.tokens]) for t in ts]
+    assert key(got) == key(want)

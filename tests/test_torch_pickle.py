@@ -1,5 +1,4 @@
 """The torch-free model.pt reader: real checkpoints load, hostile pickles never run."""
-import io
 import pickle
 import zipfile
 from pathlib import Path

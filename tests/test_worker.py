@@ -352,3 +352,68 @@ def test_bounded_prefetch_with_many_long_files(tmp_path, monkeypatch):
         for it in q.items():
             [row] = [r for r in results.read_part(job, it.part).to_pylist() if r["id"] == it.id]
             assert [t["start_s"] for t in row["tokens"]] == [5.0 * k for k in range(8)]
+
+
+# ---- models that keep a batch in flight (submit/result, as Paraformer) ---------------------
+
+def test_pipelined_model_does_everything_exactly_once(tmp_path):
+    from conftest import PipelinedFakeModel
+
+    model = PipelinedFakeModel()
+    job = make_job(tmp_path, DURATIONS)
+    s = run_job(job, model, batch_seconds=4.0, progress=False)
+    assert (s.done, s.failed, s.stopped) == (len(DURATIONS), 0, False)
+    check_done_exactly_once(job, [f"item{i}" for i in range(len(DURATIONS))])
+    assert sorted(m for m, _ in model.seen) == list(range(1, len(DURATIONS) + 1))
+    assert model.submitted == model.calls and len(model.calls) > 1  # each batch once
+    assert s.batches == len(model.calls) and s.audio_s == pytest.approx(sum(DURATIONS))
+
+
+def test_pipelined_model_error_fails_only_that_item(tmp_path):
+    from conftest import PipelinedFakeModel
+
+    model = PipelinedFakeModel(fail_marks=[3])  # item2's audio
+    job = make_job(tmp_path, [1.0, 1.0, 1.0, 1.0, 1.0])
+    s = run_job(job, model, batch_seconds=10.0, progress=False)
+    assert (s.done, s.failed) == (4, 1)
+    check_done_exactly_once(job, ["item0", "item1", "item3", "item4"])
+    with JobQueue(job) as q:
+        assert "model error" in q.get("item2").error and "mark 3" in q.get("item2").error
+    assert model.calls == [5] + [1] * 5  # the batch once, then each piece alone
+
+
+def test_pipelined_model_refusing_a_batch_retries_its_pieces(tmp_path):
+    from conftest import PipelinedFakeModel
+
+    model = PipelinedFakeModel(fail_submit_marks=[3])
+    job = make_job(tmp_path, [1.0, 1.0, 1.0, 1.0, 1.0])
+    s = run_job(job, model, batch_seconds=10.0, progress=False)
+    assert (s.done, s.failed) == (5, 0)
+    check_done_exactly_once(job, [f"item{i}" for i in range(5)])
+    assert model.submitted == [] and model.calls == [1] * 5
+
+
+def test_pipelined_broken_model_stops_the_run(tmp_path):
+    from conftest import PipelinedFakeModel
+
+    job = make_job(tmp_path, [0.5] * 8)
+    model = PipelinedFakeModel(fail_marks=range(1, 9))
+    with pytest.raises(JobError, match="3 items in a row"):
+        run_job(job, model, batch_seconds=1.0, progress=False, max_model_failures_in_a_row=3)
+    with JobQueue(job) as q:
+        c = q.counts()
+    assert c["failed"] == 3 and c["running"] == 0 and c["pending"] == 5
+
+
+def test_pipelined_stop_keeps_the_batch_in_flight(tmp_path):
+    from conftest import PipelinedFakeModel
+
+    stop = threading.Event()
+    model = PipelinedFakeModel(on_call=lambda m: stop.set())
+    job = make_job(tmp_path, [1.0] * 8)
+    s = run_job(job, model, batch_seconds=2.0, progress=False, stop_event=stop)
+    # the batch whose result set the stop and the one in flight are both kept
+    assert s.stopped and s.done == len(model.seen) == 4 and model.calls == [2, 2]
+    assert s.remaining["running"] == 0 and s.remaining["pending"] == 4
+    run_job(job, PipelinedFakeModel(), batch_seconds=2.0, progress=False)
+    check_done_exactly_once(job, [f"item{i}" for i in range(8)])

@@ -320,24 +320,60 @@ class Model(nn.Module):
     def decode(self, feats: mx.array, lengths: mx.array, *, timestamps: bool = True,
                keep_cif: bool = False) -> ParaformerOutput:
         """Features (B, T, input_size) and lengths -> token ids and times per row."""
-        B, T, _ = feats.shape
-        enc, alphas = self(feats, lengths)
-        mx.eval(enc, alphas)
-        lens = np.array(lengths, dtype=np.int64)
-        p = self.predictor.args
-        cif = cif_fire(np.array(alphas), lens, p.tail_threshold, p.tail_mask)
-        n_tok = cif.token_num
-        if n_tok.max(initial=0) < 1:
-            return ParaformerOutput([[] for _ in range(B)], [[] for _ in range(B)], lens,
-                                    cif if keep_cif else None)
+        run = DecodeRun(self, feats, lengths)
+        run.launch_decoder()
+        return run.finish(timestamps=timestamps, keep_cif=keep_cif)
+
+
+class DecodeRun:
+    """One batch through Paraformer in three steps, so that a caller can overlap them with
+    other batches' (the GPU runs queued work in order while the host does the rest):
+
+    1. ``DecodeRun(model, feats, lengths)``: encoder and predictor queued (``async_eval``);
+    2. ``launch_decoder()``: waits for the alphas, fires CIF on the host (token counts and
+       fire positions, float64/float32 exactly as funasr), queues the decoder and argmax;
+    3. ``finish()``: waits for the token ids, then timestamps on the host.
+
+    ``Model.decode`` runs the three in a row."""
+
+    def __init__(self, model: Model, feats: mx.array, lengths: mx.array):
+        self.model, self.lengths = model, lengths
+        self.T = feats.shape[1]
+        self.B = feats.shape[0]
+        self.enc, self.alphas = model(feats, lengths)
+        mx.async_eval(self.enc, self.alphas)
+        self.cif: CifResult | None = None
+        self.ids = None
+
+    def launch_decoder(self) -> None:
+        if self.cif is not None:
+            return
+        model, enc, T = self.model, self.enc, self.T
+        self.lens = np.array(self.lengths, dtype=np.int64)
+        p = model.predictor.args
+        self.cif = cif = cif_fire(np.array(self.alphas), self.lens, p.tail_threshold,
+                                  p.tail_mask)
+        if cif.token_num.max(initial=0) < 1:
+            return
         hidden = enc
         if cif.alphas.shape[1] > T:
             hidden = mx.pad(enc, [(0, 0), (0, cif.alphas.shape[1] - T), (0, 0)])
         embeds = cif_embeddings(hidden.astype(mx.float32), cif).astype(enc.dtype)
-        token_mask = mx.arange(embeds.shape[1])[None, :] < mx.array(n_tok)[:, None]
-        memory_mask = mx.arange(T)[None, :] < lengths[:, None]
-        logp = self.decoder(enc, memory_mask, embeds, token_mask)
-        ids = np.array(mx.argmax(logp, axis=-1))
+        token_mask = mx.arange(embeds.shape[1])[None, :] < mx.array(cif.token_num)[:, None]
+        memory_mask = mx.arange(T)[None, :] < self.lengths[:, None]
+        logp = model.decoder(enc, memory_mask, embeds, token_mask)
+        self.ids = mx.argmax(logp, axis=-1)
+        mx.async_eval(self.ids)
+
+    def finish(self, *, timestamps: bool = True, keep_cif: bool = False) -> ParaformerOutput:
+        self.launch_decoder()
+        cif, lens, B = self.cif, self.lens, self.B
+        n_tok = cif.token_num
+        if self.ids is None:
+            return ParaformerOutput([[] for _ in range(B)], [[] for _ in range(B)], lens,
+                                    cif if keep_cif else None)
+        p = self.model.predictor.args
+        ids = np.array(self.ids)
         all_ids, all_times = [], []
         for b in range(B):
             row = [int(i) for i in ids[b, : n_tok[b]] if i not in (BLANK_ID, SOS_ID, EOS_ID)]
