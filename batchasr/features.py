@@ -141,9 +141,9 @@ def _tf32_split(x: mx.array) -> tuple[mx.array, mx.array]:
 
 
 def _power_spectrum_matmul(frames: mx.array, padded: int, split: bool) -> mx.array:
-    """|rfft(frames, n=padded)|^2 as one matrix product with the DFT matrix: on NVIDIA GPUs
-    a GEMM over all frames beats MLX's FFT kernels by far (measured on an H200). With TF32
-    matmuls (MLX's default there) the product is split 3xTF32 to keep float32 precision."""
+    """|rfft(frames, n=padded)|^2 as one matrix product with the DFT matrix (no FFT plan
+    per shape). With TF32 matmuls (MLX's default on NVIDIA GPUs) the product is split
+    3xTF32 to keep float32 precision."""
     n_bins = padded // 2 + 1
     w = mx.array(_dft_matrix(frames.shape[-1], padded))
     if split:
@@ -157,16 +157,10 @@ def _power_spectrum_matmul(frames: mx.array, padded: int, split: bool) -> mx.arr
 
 
 def _dft_method() -> str:
-    """How fbank computes the power spectrum: "fft" (mx.fft.rfft) or "matmul" (a DFT GEMM,
-    3xTF32 when TF32 is on). BATCHASR_DFT overrides; default: matmul on CUDA GPUs."""
-    method = os.environ.get("BATCHASR_DFT", "auto")
-    if method == "auto":
-        try:
-            on_cuda = mx.default_device() == mx.gpu and mx.cuda.is_available()
-        except AttributeError:
-            on_cuda = False
-        method = "matmul" if on_cuda else "fft"
-    return method
+    """How fbank computes the power spectrum: "fft" (mx.fft.rfft, the default) or "matmul"
+    (a DFT GEMM, 3xTF32 when TF32 is on), chosen with BATCHASR_DFT. On an H200 the FFT took
+    2.2 ms per 1800 s of audio and the GEMM 7.9 ms (benchmarks/profile_frontend.py)."""
+    return os.environ.get("BATCHASR_DFT", "fft")
 
 
 def num_fbank_frames(n_samples: int, conf: FrontendConfig) -> int:

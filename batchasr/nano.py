@@ -159,7 +159,7 @@ class FunASRNanoASR:
                  hotwords: Sequence[str] | None = None, itn: bool = True,
                  decode_mode: str = "continuous", temperature: float = 0.0, top_p: float = 1.0,
                  top_k: int = -1, seed: int = 0, guard: GuardOptions | None = None,
-                 max_batch: int = 64, encode_batch: int = 16):
+                 max_batch: int = 64, encode_batch: int = 64):
         self.model, self.tokenizer, self.ctc_tokenizer = model, tokenizer, ctc_tokenizer
         self.name, self.dtype = name, dtype
         self.frontend = WavFrontend(FrontendConfig.from_dict(frontend_conf), cmvn)
@@ -578,6 +578,7 @@ def build(folder: Path | None, config: dict, tokens, dummy: bool, name: str, dty
     if dtype != mx.float32:
         model.llm.set_dtype(dtype)  # the encoder and adaptor stay float32, as in FunASR
     model.eval()
+    model.llm.fuse()  # q/k/v and gate/up as one matmul each: fewer launches per token
     ctc_tokenizer = None
     if model.has_ctc:
         ctc_tokenizer = fan.TiktokenBPE.from_text(ctc_path.read_text(encoding="utf-8"))

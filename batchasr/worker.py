@@ -587,7 +587,8 @@ class _Runner:
         self._feed_readers()
         self._drain()
         self._write_ready()
-        if self.pool and (self.pool_samples >= self.pool_target or not self._more_coming()):
+        if self.pool and (self.pool_samples >= self.pool_target or not self._more_coming()
+                          or self._idle_start()):
             self._run_batch(self._next_batch())
             self._write_ready()
             self._save_segments()
@@ -609,6 +610,13 @@ class _Runner:
             self.exhausted = False
             return True
         return False  # out of work (items still being written are waited for by run())
+
+    def _idle_start(self) -> bool:
+        """The device has had nothing yet and a full batch is decoded: start it rather than
+        wait for the whole sorting pool (later batches are sorted from a full pool while
+        the device works)."""
+        return (self.summary.batches == 0 and self.inflight is None
+                and self.pool_samples >= self.opts.batch_seconds * SR)
 
     def _more_coming(self) -> bool:
         """Could more audio arrive without running a batch first? (_feed_readers has just

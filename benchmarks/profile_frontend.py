@@ -114,7 +114,60 @@ def main(argv=None):
         report["methods"][method] = {
             "stages_s": {k: round(v / args.repeats, 4) for k, v in sorted(times.items())},
             "max_abs_diff_vs_cpu_fft": float(np.abs(out - ref).max())}
+    report["upload_s"] = upload_strategies(waves, batches, args.repeats)
     print(json.dumps(report))
+
+
+def upload_strategies(waves, batches, repeats) -> dict:
+    """Ways to get a batch of waveforms onto the device as a padded (B, N) array, each
+    forced by a reduction on the device (so a lazy migration is paid too)."""
+    staging = [np.zeros(0, np.float32)]
+
+    def padded_host(ws):
+        n = max(len(w) for w in ws)
+        x = np.zeros((len(ws), n), np.float32)
+        for r, w in enumerate(ws):
+            x[r, : len(w)] = w
+        return mx.array(x)
+
+    def staged_host(ws):
+        n, B = max(len(w) for w in ws), len(ws)
+        if staging[0].size < B * n:
+            staging[0] = np.empty(B * n, np.float32)
+        x = staging[0][: B * n].reshape(B, n)
+        for r, w in enumerate(ws):
+            x[r, : len(w)] = w
+            x[r, len(w):] = 0
+        return mx.array(x)
+
+    def flat_gather(ws):
+        lens = np.array([len(w) for w in ws])
+        n = int(lens.max())
+        flat = mx.array(np.concatenate(ws + [np.zeros(1, np.float32)]))
+        offsets = mx.array(np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int32))
+        pos = mx.arange(n, dtype=mx.int32)[None, :]
+        idx = mx.where(pos < mx.array(lens.astype(np.int32))[:, None],
+                       offsets[:, None] + pos, int(lens.sum()))
+        return flat[idx]
+
+    def rows_then_pad(ws):
+        n = max(len(w) for w in ws)
+        return mx.stack([mx.pad(mx.array(w), (0, n - len(w))) for w in ws])
+
+    out = {}
+    for name, fn in [("padded_host", padded_host), ("staged_host", staged_host),
+                     ("flat_gather", flat_gather), ("rows_then_pad", rows_then_pad)]:
+        total = 0.0
+        for rep in range(repeats + 1):
+            for b in batches:
+                ws = [waves[i] for i in b]
+                t = time.perf_counter()
+                x = fn(ws)
+                mx.eval(mx.sum(x, axis=1))
+                if rep:
+                    total += time.perf_counter() - t
+        out[name] = round(total / repeats, 4)
+    return out
 
 
 if __name__ == "__main__":

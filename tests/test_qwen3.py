@@ -109,3 +109,18 @@ def test_quantized_and_half_precision_run():
     h = tiny()
     h.set_dtype(mx.float16)
     assert full_logits(h, x[..., :32].astype(mx.float16)).dtype == mx.float16
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_fused_projections_give_the_same_logits(bias):
+    """fuse() (q/k/v and gate/up as one matmul each, as Fun-ASR-Nano's loader does) changes
+    no output, and leaves no unfused projection behind."""
+    m = tiny(attention_bias=bias)
+    x = mx.random.normal((2, 6, 32))
+    ref = full_logits(m, x[:1])
+    m.fuse()
+    assert "qkv_proj" in m.layers[0].self_attn and "q_proj" not in m.layers[0].self_attn
+    assert "gate_up_proj" in m.layers[0].mlp and "up_proj" not in m.layers[0].mlp
+    np.testing.assert_allclose(np.array(full_logits(m, x[:1])), np.array(ref),
+                               rtol=1e-5, atol=1e-5)
+    m.fuse()  # idempotent

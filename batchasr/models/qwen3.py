@@ -12,6 +12,7 @@ and `update_and_fetch`, see batchasr.generate) and an attention mask from the ca
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -89,12 +90,25 @@ class Attention(nn.Module):
             inv = inv.astype(dtype).astype(mx.float32)
         self._freqs = 1.0 / inv  # mx.fast.rope takes periods
 
+    def fuse(self) -> None:
+        """One q/k/v projection (a third of the matmul launches per decode step)."""
+        if "qkv_proj" in self:
+            return
+        self.qkv_proj = _fused_linear([self.q_proj, self.k_proj, self.v_proj])
+        self.qkv_split = [self.q_proj.weight.shape[0],
+                          self.q_proj.weight.shape[0] + self.k_proj.weight.shape[0]]
+        del self["q_proj"], self["k_proj"], self["v_proj"]
+
     def __call__(self, x: mx.array, mask: mx.array | None, cache) -> mx.array:
         """x: (B, L, D); mask: None or bool (B, 1, L, S); cache: per-layer KV cache."""
         B, L, _ = x.shape
-        q = self.q_norm(self.q_proj(x).reshape(B, L, self.n_heads, -1)).transpose(0, 2, 1, 3)
-        k = self.k_norm(self.k_proj(x).reshape(B, L, self.n_kv_heads, -1)).transpose(0, 2, 1, 3)
-        v = self.v_proj(x).reshape(B, L, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
+        if "qkv_proj" in self:
+            q, k, v = mx.split(self.qkv_proj(x), self.qkv_split, axis=-1)
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q = self.q_norm(q.reshape(B, L, self.n_heads, -1)).transpose(0, 2, 1, 3)
+        k = self.k_norm(k.reshape(B, L, self.n_kv_heads, -1)).transpose(0, 2, 1, 3)
+        v = v.reshape(B, L, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
         rope = dict(traditional=False, base=None, freqs=self._freqs, scale=1.0,
                     offset=cache.offset)
         q = mx.fast.rope(q, self.head_dim, **rope)
@@ -111,8 +125,36 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(hidden_dim, dim, bias=False)
         self.up_proj = nn.Linear(dim, hidden_dim, bias=False)
 
+    def fuse(self) -> None:
+        """One gate/up projection."""
+        if "gate_up_proj" in self:
+            return
+        self.gate_up_proj = _fused_linear([self.gate_proj, self.up_proj])
+        del self["gate_proj"], self["up_proj"]
+
     def __call__(self, x: mx.array) -> mx.array:
-        return self.down_proj(nn.silu(self.gate_proj(x)) * self.up_proj(x))
+        if "gate_up_proj" in self:
+            gate, up = mx.split(self.gate_up_proj(x), 2, axis=-1)
+        else:
+            gate, up = self.gate_proj(x), self.up_proj(x)
+        return self.down_proj(swiglu(gate, up))
+
+
+@partial(mx.compile, shapeless=True)
+def swiglu(gate: mx.array, up: mx.array) -> mx.array:
+    """silu(gate) * up in one kernel (as mlx-lm compiles it)."""
+    return nn.silu(gate) * up
+
+
+def _fused_linear(layers: list[nn.Linear]) -> nn.Linear:
+    """One Linear computing the given ones side by side (outputs concatenated)."""
+    w = mx.concatenate([m.weight for m in layers], axis=0)
+    bias = "bias" in layers[0]
+    fused = nn.Linear(w.shape[1], w.shape[0], bias=bias)
+    fused.weight = w
+    if bias:
+        fused.bias = mx.concatenate([m.bias for m in layers], axis=0)
+    return fused
 
 
 class TransformerBlock(nn.Module):
@@ -180,6 +222,14 @@ class Model(nn.Module):
     def set_rope_dtype(self, dtype: mx.Dtype | None) -> None:
         for layer in self.layers:
             layer.self_attn.set_rope_dtype(dtype)
+
+    def fuse(self) -> None:
+        """Fuse q/k/v and gate/up projections after the weights are loaded (fewer kernel
+        launches per decode step, which is launch-bound at small batches)."""
+        for layer in self.layers:
+            layer.self_attn.fuse()
+            layer.mlp.fuse()
+        mx.eval(self.parameters())
 
     def sanitize(self, weights: dict) -> dict:
         """HF Qwen3ForCausalLM tensors -> this module tree (drops a tied lm_head copy)."""
