@@ -30,3 +30,48 @@ def default_batch_seconds(device: str = "auto") -> float:
     machine)."""
     on_gpu = device == "gpu" or (device == "auto" and gpu_available())
     return 1000.0 if on_gpu else 30.0
+
+
+def gpu_memory_bytes() -> int | None:
+    """Memory of the GPU this process uses (None when unknown or no GPU)."""
+    try:
+        size = mx.device_info().get("memory_size")
+        if size:
+            return int(size)
+    except (AttributeError, RuntimeError):
+        pass
+    import os
+    import subprocess
+
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")[0].strip()
+    cmd = ["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits"]
+    if visible.isdigit():
+        cmd += ["-i", visible]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout.split()
+        return min(int(x) for x in out) * 1024 * 1024 if out else None
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return None
+
+
+def share_gpu_memory(workers: int) -> int | None:
+    """Bound this process's device memory when `workers` processes share one GPU: MLX's
+    buffer cache otherwise grows towards the whole device in each of them, and two workers
+    on one H200 ran out of memory (cudaMallocAsync) within seconds. Returns the limit set."""
+    if workers <= 1 or not gpu_available():
+        return None
+    total = gpu_memory_bytes()
+    if not total:
+        return None
+    share = int(total * 0.9 / workers)
+    mx.set_memory_limit(share)
+    mx.set_cache_limit(share // 4)
+    return share
+
+
+def on_cuda() -> bool:
+    """Whether MLX computes on an NVIDIA GPU now (the default device is a CUDA GPU)."""
+    try:
+        return mx.default_device() == mx.gpu and mx.cuda.is_available()
+    except AttributeError:
+        return False

@@ -248,6 +248,8 @@ def run_workers(job_dir: str | os.PathLike, lock, *, devices: list[str | None],
             owner = worker_id(f"w{i}")
             spec = {"job_dir": str(job_dir), "lock_fd": lock.fd, "owner": owner,
                     "parent": os.getpid(), "model": model_args,
+                    # processes sharing this worker's GPU (unpinned ones share the default)
+                    "gpu_share": devices.count(gpu),
                     "run": {**run_args, "limit": share, "lease_s": lease_s}}
             env = dict(os.environ)
             if gpu is not None:
@@ -374,6 +376,9 @@ def _worker_main(spec_json: str) -> int:
     _logging.basicConfig(level=_logging.WARNING,
                          format=f"%(levelname)s %(name)s[{spec['owner']}]: %(message)s")
     try:
+        from batchasr.device import share_gpu_memory
+
+        share_gpu_memory(spec.get("gpu_share", 1))
         model = open_model(**spec["model"])
         summary = run_job(spec["job_dir"], model, lock_fd=spec["lock_fd"], owner=spec["owner"],
                           progress=False, **spec["run"])

@@ -541,3 +541,21 @@ def test_ray_actor_killed_mid_run_still_exactly_once(tmp_path, ray_cluster, monk
     # the retried call rewrote its own part: no item is in two parts
     ids = [i for p in (out / "parts").glob("*.parquet") for i in pq.read_table(p)["id"].to_pylist()]
     assert sorted(ids) == sorted(set(ids)) and len(ids) == 16
+
+
+def test_workers_sharing_a_gpu_bound_their_memory(monkeypatch):
+    """Two workers on one GPU each take under half of it (MLX's cache would otherwise grow
+    towards the whole device in both: out of memory on an H200)."""
+    import mlx.core as mx
+
+    from batchasr import device
+
+    calls = {}
+    monkeypatch.setattr(device, "gpu_available", lambda: True)
+    monkeypatch.setattr(device, "gpu_memory_bytes", lambda: 100 * 2**30)
+    monkeypatch.setattr(mx, "set_memory_limit", lambda n: calls.setdefault("memory", n))
+    monkeypatch.setattr(mx, "set_cache_limit", lambda n: calls.setdefault("cache", n))
+    assert device.share_gpu_memory(1) is None and not calls
+    share = device.share_gpu_memory(2)
+    assert share == calls["memory"] == int(100 * 2**30 * 0.9 / 2)
+    assert calls["cache"] == share // 4
