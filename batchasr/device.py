@@ -68,10 +68,3 @@ def share_gpu_memory(workers: int) -> int | None:
     mx.set_cache_limit(share // 4)
     return share
 
-
-def on_cuda() -> bool:
-    """Whether MLX computes on an NVIDIA GPU now (the default device is a CUDA GPU)."""
-    try:
-        return mx.default_device() == mx.gpu and mx.cuda.is_available()
-    except AttributeError:
-        return False

@@ -20,7 +20,6 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from batchasr.device import on_cuda
 from batchasr.models.base import BaseModelArgs
 from batchasr.models.sanm import (
     FSMNBlock,
@@ -103,10 +102,9 @@ class CifPredictorV2(nn.Module):
         """Per-frame firing weights (B, T), zero on padded frames."""
         a = self.args
         x = mx.pad(hidden, [(0, 0), (a.l_order, a.r_order), (0, 0)])
-        method = os.environ.get("BATCHASR_CIF_CONV", "auto")
-        if method == "matmul" or (method == "auto" and on_cuda()):
-            # the convolution as one GEMM over stacked shifted frames: no convolution plan
-            # per batch shape on NVIDIA GPUs (BATCHASR_CIF_CONV=conv|matmul chooses)
+        if os.environ.get("BATCHASR_CIF_CONV", "conv") == "matmul":
+            # the convolution as one GEMM over stacked shifted frames (no convolution plan
+            # per batch shape on GPUs; measured with BATCHASR_ATTENTION=unfused, see there)
             conv = self.cif_conv1d
             K = conv.weight.shape[1]
             T = x.shape[1] - K + 1

@@ -18,7 +18,6 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from batchasr.device import on_cuda
 from batchasr.models.base import BaseModelArgs
 
 LAYER_NORM_EPS = 1e-12  # funasr.models.transformer.layer_norm.LayerNorm
@@ -99,14 +98,14 @@ def fsmn_padding(kernel_size: int, sanm_shfit: int) -> int:
 def attention(q: mx.array, k: mx.array, v: mx.array, key_mask: mx.array | None) -> mx.array:
     """Scaled dot-product attention, q/k/v (B, H, T, d); padded keys get no weight.
 
-    On NVIDIA GPUs it is two batched GEMMs around a float32 softmax rather than MLX's fused
-    kernel, whose set-up every new batch shape pays: on an H200 (Paraformer-large bf16) a
-    first batch of 40 x 7 s took 0.95 s fused and 0.26 s unfused, and repeated batches ran
-    as fast or faster (benchmarks/shape_cost.py). BATCHASR_ATTENTION=fast|unfused chooses."""
+    BATCHASR_ATTENTION=unfused computes it as two batched GEMMs around a float32 softmax
+    instead of MLX's fused kernel. On an H200 (Paraformer-large bf16) the unfused form pays
+    less for a batch shape seen for the first time (40 x 7 s: 0.26 s against 0.95 s,
+    benchmarks/shape_cost.py) but ran whole jobs slower (in memory 3945 vs 4356 RTFx, end
+    to end 2312 vs 2782), so the fused kernel stays the default."""
     scale = q.shape[-1] ** -0.5
     mask = None if key_mask is None else key_mask[:, None, None, :]
-    method = os.environ.get("BATCHASR_ATTENTION", "auto")
-    if method == "unfused" or (method == "auto" and on_cuda()):
+    if os.environ.get("BATCHASR_ATTENTION", "fast") == "unfused":
         scores = (q * scale) @ k.swapaxes(-1, -2)
         if mask is not None:
             scores = mx.where(mask, scores, mx.array(-float("inf"), scores.dtype))
