@@ -14,7 +14,6 @@ computed per row from the row's true sample count, and padded frames are zeros.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -122,47 +121,6 @@ def _window(kind: str, size: int) -> np.ndarray:
     return w.astype(np.float32)
 
 
-@lru_cache(maxsize=8)
-def _dft_matrix(size: int, padded: int) -> np.ndarray:
-    """(size, 2 * (padded // 2 + 1)): [cos | -sin] of the real DFT of `size` samples
-    zero-padded to `padded` (the padding adds nothing to the sums)."""
-    k = np.arange(size, dtype=np.float64)[:, None]
-    f = np.arange(padded // 2 + 1, dtype=np.float64)[None, :]
-    angle = 2.0 * np.pi * ((k * f) % padded) / padded
-    return np.concatenate([np.cos(angle), -np.sin(angle)], axis=1).astype(np.float32)
-
-
-def _tf32_split(x: mx.array) -> tuple[mx.array, mx.array]:
-    """x = hi + lo with hi exact in TF32 (10-bit mantissa) and lo the remainder, exact in
-    float32: tensor cores multiply hi and lo without loss, so three TF32 products give
-    nearly float32 precision ("3xTF32", as CUTLASS does)."""
-    hi = mx.view(mx.view(x, mx.uint32) & 0xFFFFE000, mx.float32)
-    return hi, x - hi
-
-
-def _power_spectrum_matmul(frames: mx.array, padded: int, split: bool) -> mx.array:
-    """|rfft(frames, n=padded)|^2 as one matrix product with the DFT matrix (no FFT plan
-    per shape). With TF32 matmuls (MLX's default on NVIDIA GPUs) the product is split
-    3xTF32 to keep float32 precision."""
-    n_bins = padded // 2 + 1
-    w = mx.array(_dft_matrix(frames.shape[-1], padded))
-    if split:
-        f_hi, f_lo = _tf32_split(frames)
-        w_hi, w_lo = _tf32_split(w)
-        spec = f_hi @ w_hi + (f_hi @ w_lo + f_lo @ w_hi)
-    else:
-        spec = frames @ w
-    re, im = spec[..., :n_bins], spec[..., n_bins:]
-    return re * re + im * im
-
-
-def _dft_method() -> str:
-    """How fbank computes the power spectrum: "fft" (mx.fft.rfft, the default) or "matmul"
-    (a DFT GEMM, 3xTF32 when TF32 is on), chosen with BATCHASR_DFT. On an H200 the FFT took
-    2.2 ms per 1800 s of audio and the GEMM 7.9 ms (benchmarks/profile_frontend.py)."""
-    return os.environ.get("BATCHASR_DFT", "fft")
-
-
 def num_fbank_frames(n_samples: int, conf: FrontendConfig) -> int:
     """Frames Kaldi's snip_edges framing gives for n_samples (0 when shorter than a window)."""
     frame_length = min(conf.frame_length, n_samples / conf.fs * 1000)
@@ -198,12 +156,8 @@ def fbank(waveforms: mx.array, lengths: Sequence[int], conf: FrontendConfig,
     prev = mx.concatenate([frames[..., :1], frames[..., :-1]], axis=-1)
     frames = frames - 0.97 * prev  # pre-emphasis, first sample replicated
     frames = frames * mx.array(_window(conf.window, size))
-    if _dft_method() == "matmul":
-        tf32 = os.environ.get("MLX_ENABLE_TF32", "1") != "0"
-        power = _power_spectrum_matmul(frames, padded, split=tf32)
-    else:
-        spectrum = mx.fft.rfft(frames, n=padded, axis=-1)
-        power = mx.square(mx.abs(spectrum))  # |X|^2, as torchaudio's abs().pow(2)
+    spectrum = mx.fft.rfft(frames, n=padded, axis=-1)
+    power = mx.square(mx.abs(spectrum))  # |X|^2, as torchaudio's abs().pow(2)
     mel = power @ mx.array(_mel_banks(conf.n_mels, padded, conf.fs))
     return mx.log(mx.maximum(mel, LOG_FLOOR))
 

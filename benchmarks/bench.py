@@ -53,6 +53,18 @@ def speechlike(seconds: float, rng) -> np.ndarray:
     return (0.3 * x / (np.abs(x).max() + 1e-9)).astype(np.float32)
 
 
+def synthetic_clips(total_s: float, seed: int = 0, dmin=2.0, dmax=20.0):
+    """Speech-like clips of uniform dmin-dmax s adding up to total_s, in memory, and their
+    total duration (the profilers' audio; make_audio writes the same mix as WAV files)."""
+    rng = np.random.default_rng(seed)
+    waves, total = [], 0.0
+    while total < total_s:
+        d = float(rng.uniform(dmin, dmax))
+        waves.append(speechlike(d, rng))
+        total += d
+    return waves, total
+
+
 def make_audio(folder: Path, total_s: float, seed: int = 0, dmin=2.0, dmax=20.0) -> Path:
     """WAV files of 2-20 s utterances adding up to total_s, plus their manifest."""
     import soundfile as sf

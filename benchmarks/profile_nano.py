@@ -31,7 +31,7 @@ from batchasr import generate as gen  # noqa: E402  (batchasr first: BLAS preloa
 import mlx.core as mx  # noqa: E402
 import numpy as np  # noqa: E402
 
-from benchmarks.bench import speechlike  # noqa: E402
+from benchmarks.bench import synthetic_clips  # noqa: E402
 
 
 def compiled_decode_forward(llm):
@@ -89,12 +89,7 @@ def main(argv=None):
     else:
         forward = lambda y, cache, mask: llm(y, cache=cache, mask=mask)
 
-    rng = np.random.default_rng(0)
-    waves, total = [], 0.0
-    while total < args.audio_s:
-        d = float(rng.uniform(2, 20))
-        waves.append(speechlike(d, rng))
-        total += d
+    waves, total = synthetic_clips(args.audio_s)
     batches = plan_batches([len(w) / 16000 for w in waves], max_total=args.batch_seconds)
     times = defaultdict(float)
     dec = defaultdict(float)  # decode detail

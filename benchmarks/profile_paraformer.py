@@ -19,7 +19,7 @@ import batchasr  # noqa: E402,F401  (BLAS preload before mlx)
 import mlx.core as mx  # noqa: E402
 import numpy as np  # noqa: E402
 
-from benchmarks.bench import speechlike  # noqa: E402
+from benchmarks.bench import synthetic_clips  # noqa: E402
 
 
 def main(argv=None):
@@ -47,12 +47,7 @@ def main(argv=None):
     asr = load_model("paraformer-zh", weights="dummy", dtype=getattr(mx, args.dtype))
     model = asr.model
     model.compile(args.compile)
-    rng = np.random.default_rng(0)
-    waves, total = [], 0.0
-    while total < args.audio_s:
-        d = float(rng.uniform(2, 20))
-        waves.append(speechlike(d, rng))
-        total += d
+    waves, total = synthetic_clips(args.audio_s)
     batches = plan_batches([len(w) / 16000 for w in waves], max_total=args.batch_seconds)
     times = defaultdict(float)
 

@@ -61,23 +61,6 @@ def test_layer_outputs_within_tolerance(fixture_model):
             assert rel_err(logp[0, :n], ref["decoder_logp"][:n]) < 1e-4, clip
 
 
-@pytest.mark.parametrize("split", [False, True])
-def test_dft_matmul_frontend_matches_official(fixture_model, monkeypatch, split):
-    """The GPU's power spectrum (a DFT GEMM; 3xTF32 when TF32 matmuls are on) gives the
-    official features within the FFT path's tolerance, and the same tokens."""
-    name, asr = fixture_model
-    monkeypatch.setenv("BATCHASR_DFT", "matmul")
-    monkeypatch.setenv("MLX_ENABLE_TF32", "1" if split else "0")
-    for clip, exp in clips(name).items():
-        ref = tensors(name, clip)
-        feats, lens = asr.features([ref["waveform"]])
-        if lens[0] == 0:
-            continue
-        np.testing.assert_allclose(np.array(feats[0]), ref["features"], atol=1e-3)
-        t = asr.transcribe([ref["waveform"]])[0]
-        assert [tok.id for tok in t.tokens] == exp["token_ids"], clip
-
-
 def test_tokens_text_timestamps_identical(fixture_model):
     name, asr = fixture_model
     for clip, exp in clips(name).items():

@@ -12,8 +12,6 @@ each utterance gives alone (the official batch lets padding leak into CIF).
 """
 from __future__ import annotations
 
-import os
-
 from dataclasses import dataclass, field
 
 import mlx.core as mx
@@ -102,17 +100,7 @@ class CifPredictorV2(nn.Module):
         """Per-frame firing weights (B, T), zero on padded frames."""
         a = self.args
         x = mx.pad(hidden, [(0, 0), (a.l_order, a.r_order), (0, 0)])
-        if os.environ.get("BATCHASR_CIF_CONV", "conv") == "matmul":
-            # the convolution as one GEMM over stacked shifted frames (no convolution plan
-            # per batch shape on GPUs; measured with BATCHASR_ATTENTION=unfused, see there)
-            conv = self.cif_conv1d
-            K = conv.weight.shape[1]
-            T = x.shape[1] - K + 1
-            frames = mx.concatenate([x[:, j : j + T] for j in range(K)], axis=-1)
-            w = conv.weight.reshape(conv.weight.shape[0], -1)  # (out, K * in)
-            x = nn.relu(frames @ w.T + conv.bias)
-        else:
-            x = nn.relu(self.cif_conv1d(x))
+        x = nn.relu(self.cif_conv1d(x))
         alphas = mx.sigmoid(self.cif_output(x))[..., 0]
         alphas = nn.relu(alphas * a.smooth_factor - a.noise_threshold)
         return alphas * mask.astype(alphas.dtype)
@@ -350,8 +338,8 @@ class DecodeRun:
 
     def __init__(self, model: Model, feats: mx.array, lengths: mx.array):
         self.model, self.lengths = model, lengths
-        self.T = feats.shape[1]
-        self.B = feats.shape[0]
+        self.B, self.T = feats.shape[:2]
+        self.lens = np.array(lengths, dtype=np.int64)
         self.enc, self.alphas = model(feats, lengths)
         mx.async_eval(self.enc, self.alphas)
         self.cif: CifResult | None = None
@@ -361,7 +349,6 @@ class DecodeRun:
         if self.cif is not None:
             return
         model, enc, T = self.model, self.enc, self.T
-        self.lens = np.array(self.lengths, dtype=np.int64)
         p = model.predictor.args
         self.cif = cif = cif_fire(np.array(self.alphas), self.lens, p.tail_threshold,
                                   p.tail_mask)

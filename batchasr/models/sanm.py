@@ -96,20 +96,9 @@ def fsmn_padding(kernel_size: int, sanm_shfit: int) -> int:
 
 
 def attention(q: mx.array, k: mx.array, v: mx.array, key_mask: mx.array | None) -> mx.array:
-    """Scaled dot-product attention, q/k/v (B, H, T, d); padded keys get no weight.
-
-    BATCHASR_ATTENTION=unfused computes it as two batched GEMMs around a float32 softmax
-    instead of MLX's fused kernel. On an H200 (Paraformer-large bf16) the unfused form pays
-    less for a batch shape seen for the first time (40 x 7 s: 0.26 s against 0.95 s,
-    benchmarks/shape_cost.py) but ran whole jobs slower (in memory 3945 vs 4356 RTFx, end
-    to end 2312 vs 2782), so the fused kernel stays the default."""
+    """Scaled dot-product attention, q/k/v (B, H, T, d); padded keys get no weight."""
     scale = q.shape[-1] ** -0.5
     mask = None if key_mask is None else key_mask[:, None, None, :]
-    if os.environ.get("BATCHASR_ATTENTION", "fast") == "unfused":
-        scores = (q * scale) @ k.swapaxes(-1, -2)
-        if mask is not None:
-            scores = mx.where(mask, scores, mx.array(-float("inf"), scores.dtype))
-        return mx.softmax(scores, axis=-1, precise=True) @ v
     return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
 
 
