@@ -18,7 +18,7 @@ from batchasr.manifest import open_manifest
 from batchasr.queue import JobQueue
 from batchasr.worker import RunOptions, run_job
 
-from conftest import FakeModel, write_marked_wav
+from conftest import FakeModel, PipelinedFakeModel, write_marked_wav
 
 TESTS = Path(__file__).parent
 
@@ -101,8 +101,12 @@ def test_bad_files_fail_while_the_rest_complete(tmp_path, fake_model):
     assert "not audio" in errors["text"]
 
 
-def test_model_error_on_one_item_fails_only_that_item(tmp_path):
-    model = FakeModel(fail_marks=[3])  # item2's audio
+MODELS = [FakeModel, PipelinedFakeModel]  # called batch by batch / one batch in flight
+
+
+@pytest.mark.parametrize("model_class", MODELS)
+def test_model_error_on_one_item_fails_only_that_item(tmp_path, model_class):
+    model = model_class(fail_marks=[3])  # item2's audio
     job = make_job(tmp_path, [1.0, 1.0, 1.0, 1.0, 1.0])
     s = run_job(job, model, batch_seconds=10.0, progress=False)
     assert (s.done, s.failed) == (4, 1)
@@ -112,9 +116,10 @@ def test_model_error_on_one_item_fails_only_that_item(tmp_path):
     assert model.calls[0] == 5 and model.calls[1:] == [1] * 5  # whole batch, then one by one
 
 
-def test_a_broken_model_stops_the_run_instead_of_failing_everything(tmp_path):
+@pytest.mark.parametrize("model_class", MODELS)
+def test_a_broken_model_stops_the_run_instead_of_failing_everything(tmp_path, model_class):
     job = make_job(tmp_path, [0.5] * 8)
-    model = FakeModel(fail_marks=range(1, 9))
+    model = model_class(fail_marks=range(1, 9))
     with pytest.raises(JobError, match="3 items in a row"):
         run_job(job, model, batch_seconds=1.0, progress=False, max_model_failures_in_a_row=3)
     with JobQueue(job) as q:
@@ -357,8 +362,6 @@ def test_bounded_prefetch_with_many_long_files(tmp_path, monkeypatch):
 # ---- models that keep a batch in flight (submit/result, as Paraformer) ---------------------
 
 def test_pipelined_model_does_everything_exactly_once(tmp_path):
-    from conftest import PipelinedFakeModel
-
     model = PipelinedFakeModel()
     job = make_job(tmp_path, DURATIONS)
     s = run_job(job, model, batch_seconds=4.0, progress=False)
@@ -369,22 +372,7 @@ def test_pipelined_model_does_everything_exactly_once(tmp_path):
     assert s.batches == len(model.calls) and s.audio_s == pytest.approx(sum(DURATIONS))
 
 
-def test_pipelined_model_error_fails_only_that_item(tmp_path):
-    from conftest import PipelinedFakeModel
-
-    model = PipelinedFakeModel(fail_marks=[3])  # item2's audio
-    job = make_job(tmp_path, [1.0, 1.0, 1.0, 1.0, 1.0])
-    s = run_job(job, model, batch_seconds=10.0, progress=False)
-    assert (s.done, s.failed) == (4, 1)
-    check_done_exactly_once(job, ["item0", "item1", "item3", "item4"])
-    with JobQueue(job) as q:
-        assert "model error" in q.get("item2").error and "mark 3" in q.get("item2").error
-    assert model.calls == [5] + [1] * 5  # the batch once, then each piece alone
-
-
 def test_pipelined_model_refusing_a_batch_retries_its_pieces(tmp_path):
-    from conftest import PipelinedFakeModel
-
     model = PipelinedFakeModel(fail_submit_marks=[3])
     job = make_job(tmp_path, [1.0, 1.0, 1.0, 1.0, 1.0])
     s = run_job(job, model, batch_seconds=10.0, progress=False)
@@ -393,21 +381,7 @@ def test_pipelined_model_refusing_a_batch_retries_its_pieces(tmp_path):
     assert model.submitted == [] and model.calls == [1] * 5
 
 
-def test_pipelined_broken_model_stops_the_run(tmp_path):
-    from conftest import PipelinedFakeModel
-
-    job = make_job(tmp_path, [0.5] * 8)
-    model = PipelinedFakeModel(fail_marks=range(1, 9))
-    with pytest.raises(JobError, match="3 items in a row"):
-        run_job(job, model, batch_seconds=1.0, progress=False, max_model_failures_in_a_row=3)
-    with JobQueue(job) as q:
-        c = q.counts()
-    assert c["failed"] == 3 and c["running"] == 0 and c["pending"] == 5
-
-
 def test_pipelined_stop_keeps_the_batch_in_flight(tmp_path):
-    from conftest import PipelinedFakeModel
-
     stop = threading.Event()
     model = PipelinedFakeModel(on_call=lambda m: stop.set())
     job = make_job(tmp_path, [1.0] * 8)
