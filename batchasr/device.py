@@ -1,6 +1,9 @@
 """Pick the MLX device for a run."""
 from __future__ import annotations
 
+import os
+import subprocess
+
 import mlx.core as mx
 
 
@@ -40,9 +43,6 @@ def gpu_memory_bytes() -> int | None:
             return int(size)
     except (AttributeError, RuntimeError):
         pass
-    import os
-    import subprocess
-
     visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")[0].strip()
     cmd = ["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits"]
     if visible.isdigit():

@@ -296,13 +296,23 @@ def batch_plan(lengths: Sequence[int], *, batch_seconds: float,
                         max_items=max_items)
 
 
+def model_languages(languages: list[str | None]) -> list[str | None] | None:
+    """The `languages` argument of a model call: None when no piece names one."""
+    return languages if any(languages) else None
+
+
+def checked(outs, n: int) -> list[Transcript]:
+    """A model's outputs for n inputs, the zip guarded (as whisper's DecodingTask.run does)."""
+    outs = list(outs)
+    if len(outs) != n:
+        raise ValueError(f"model returned {len(outs)} transcripts for {n} inputs")
+    return outs
+
+
 def run_model(model: ASRModel, waves: list[np.ndarray],
               languages: list[str | None]) -> list[Transcript]:
-    """One model call on a batch, the zip guarded (as whisper's DecodingTask.run does)."""
-    outs = model.transcribe(waves, languages=languages if any(languages) else None)
-    if len(outs) != len(waves):
-        raise ValueError(f"model returned {len(outs)} transcripts for {len(waves)} inputs")
-    return outs
+    """One model call on a batch."""
+    return checked(model.transcribe(waves, languages=model_languages(languages)), len(waves))
 
 
 def run_or_each(run: RunBatch, waves: list[np.ndarray],

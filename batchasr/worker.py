@@ -770,16 +770,15 @@ class _Runner:
         if not batch:
             return
         self.crash("batch")
+        waves, langs = [p.audio for p in batch], [p.work.item.language for p in batch]
         if not self.pipelined:
-            self._apply(batch, pipeline.run_or_each(self._transcribe, [p.audio for p in batch],
-                                                    [p.work.item.language for p in batch]))
+            self._apply(batch, pipeline.run_or_each(self._transcribe, waves, langs))
             return
         # Keep one batch in flight: start this one on the device, then finish the previous
         # one on the host while the device works (see ParaformerASR.submit).
         t = time.perf_counter()
         try:
-            pending = self.model.submit([p.audio for p in batch],
-                                        languages=self._languages(batch))
+            pending = self.model.submit(waves, languages=pipeline.model_languages(langs))
         except Exception as e:  # the pieces are retried one by one by _finish_inflight
             pending = e
         self.summary.model_s += time.perf_counter() - t
@@ -805,10 +804,7 @@ class _Runner:
         outs: list | None = None
         if not isinstance(pending, Exception):
             try:
-                outs = list(pending.result())
-                if len(outs) != len(batch):
-                    raise ValueError(f"model returned {len(outs)} transcripts for "
-                                     f"{len(batch)} inputs")
+                outs = pipeline.checked(pending.result(), len(batch))
             except Exception as e:
                 pending = e
         self.summary.model_s += time.perf_counter() - t
@@ -824,11 +820,6 @@ class _Runner:
         self._apply(batch, outs)
         self._write_ready()
         self._save_segments()
-
-    @staticmethod
-    def _languages(batch: list[_Piece]) -> list[str | None] | None:
-        langs = [p.work.item.language for p in batch]
-        return langs if any(langs) else None
 
     def _apply(self, batch: list[_Piece], outs: list) -> None:
         for p, out in zip(batch, outs):
