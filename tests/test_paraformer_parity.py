@@ -45,7 +45,8 @@ def test_layer_outputs_within_tolerance(fixture_model):
         np.testing.assert_allclose(np.array(feats[0]), ref["features"], atol=1e-3)
         enc, alphas = asr.model(feats, lens)
         assert rel_err(enc[0], ref["encoder_out"]) < 1e-4, clip
-        np.testing.assert_allclose(np.array(alphas[0]), ref["alphas"][: alphas.shape[1]], atol=1e-5)
+        np.testing.assert_allclose(np.array(alphas[0]), ref["alphas"][: alphas.shape[1]],
+                                   atol=1e-5)
         out = asr.model.decode(feats, lens, keep_cif=True)
         np.testing.assert_allclose(out.cif.alphas[0], ref["alphas"], atol=1e-5)
         np.testing.assert_allclose(out.cif.fires[0], ref["fires"], atol=1e-4)
@@ -59,6 +60,27 @@ def test_layer_outputs_within_tolerance(fixture_model):
             tm = mx.arange(emb.shape[1])[None] < n
             logp = asr.model.decoder(enc, mx.arange(enc.shape[1])[None] < lens[:, None], emb, tm)
             assert rel_err(logp[0, :n], ref["decoder_logp"][:n]) < 1e-4, clip
+
+
+def test_gemm_only_attention_and_cif_conv_match_official(fixture_model, monkeypatch):
+    """The opt-in plan-free forms (BATCHASR_ATTENTION=unfused, BATCHASR_CIF_CONV=matmul)
+    keep the official tokens and timestamps and the layer outputs within tolerance."""
+    name, asr = fixture_model
+    monkeypatch.setenv("BATCHASR_ATTENTION", "unfused")
+    monkeypatch.setenv("BATCHASR_CIF_CONV", "matmul")
+    for clip, exp in clips(name).items():
+        ref = tensors(name, clip)
+        feats, lens = asr.features([ref["waveform"]])
+        if lens[0] == 0:
+            continue
+        enc, alphas = asr.model(feats, lens)
+        assert rel_err(enc[0], ref["encoder_out"]) < 1e-4, clip
+        np.testing.assert_allclose(np.array(alphas[0]), ref["alphas"][: alphas.shape[1]],
+                                   atol=1e-5)
+        t = asr.transcribe([ref["waveform"]])[0]
+        assert [tok.id for tok in t.tokens] == exp["token_ids"], clip
+        times = [[tok.start_ms, tok.end_ms] for tok in t.tokens]
+        assert times == [list(x) for x in exp["token_timestamps"]], clip
 
 
 def test_tokens_text_timestamps_identical(fixture_model):

@@ -12,6 +12,7 @@ each utterance gives alone (the official batch lets padding leak into CIF).
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import mlx.core as mx
@@ -100,7 +101,17 @@ class CifPredictorV2(nn.Module):
         """Per-frame firing weights (B, T), zero on padded frames."""
         a = self.args
         x = mx.pad(hidden, [(0, 0), (a.l_order, a.r_order), (0, 0)])
-        x = nn.relu(self.cif_conv1d(x))
+        if os.environ.get("BATCHASR_CIF_CONV", "conv") == "matmul":
+            # the convolution as one GEMM over stacked shifted frames: no cuDNN convolution
+            # plan per new batch shape (see sanm.attention for what was measured)
+            conv = self.cif_conv1d
+            K = conv.weight.shape[1]
+            T = x.shape[1] - K + 1
+            frames = mx.concatenate([x[:, j : j + T] for j in range(K)], axis=-1)
+            w = conv.weight.reshape(conv.weight.shape[0], -1)  # (out, K * in)
+            x = nn.relu(frames @ w.T + conv.bias)
+        else:
+            x = nn.relu(self.cif_conv1d(x))
         alphas = mx.sigmoid(self.cif_output(x))[..., 0]
         alphas = nn.relu(alphas * a.smooth_factor - a.noise_threshold)
         return alphas * mask.astype(alphas.dtype)

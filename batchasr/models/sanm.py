@@ -96,9 +96,22 @@ def fsmn_padding(kernel_size: int, sanm_shfit: int) -> int:
 
 
 def attention(q: mx.array, k: mx.array, v: mx.array, key_mask: mx.array | None) -> mx.array:
-    """Scaled dot-product attention, q/k/v (B, H, T, d); padded keys get no weight."""
+    """Scaled dot-product attention, q/k/v (B, H, T, d); padded keys get no weight.
+
+    BATCHASR_ATTENTION=unfused computes it as two batched GEMMs around a float32 softmax
+    instead of MLX's fused kernel, which on NVIDIA GPUs sets up a cuDNN plan per new batch
+    shape. On an H200 (Paraformer-large bf16, benchmarks/shape_cost.py) the first batch of
+    40 x 7 s took 0.26 s unfused against 0.95 s fused; on a machine that had already built
+    its kernels whole jobs ran faster fused (in memory 4356 vs 3945 RTFx), on a fresh one a
+    12 h job ran 1692 RTFx unfused (with BATCHASR_CIF_CONV=matmul) and 1057 fused. Opt-in
+    until measured side by side on fresh machines."""
     scale = q.shape[-1] ** -0.5
     mask = None if key_mask is None else key_mask[:, None, None, :]
+    if os.environ.get("BATCHASR_ATTENTION", "fast") == "unfused":
+        scores = (q * scale) @ k.swapaxes(-1, -2)
+        if mask is not None:
+            scores = mx.where(mask, scores, mx.array(-float("inf"), scores.dtype))
+        return mx.softmax(scores, axis=-1, precise=True) @ v
     return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
 
 
