@@ -102,6 +102,33 @@ def resolve(path_or_name: str | os.PathLike, *, download: bool = False) -> Path:
                               f"need the folder copied in by hand") from e
 
 
+def model_identity(path_or_name: str | os.PathLike, *, weights: str = "checkpoint",
+                   download: bool = False) -> str:
+    """What a job records as its model: the real absolute path of the folder that
+    ``path_or_name`` resolves to (so ``./x``, ``x`` and ``/abs/x`` are one model, and a known
+    name is the cache folder it is found in); a known name with ``weights="dummy"`` and no
+    folder stays the name. Raises CheckpointError as :func:`resolve` does."""
+    dummy = weights == "dummy"
+    try:
+        folder = resolve(path_or_name, download=download and not dummy)
+    except CheckpointError:
+        if dummy and str(path_or_name) in DUMMY_VOCAB:
+            return str(path_or_name)
+        raise
+    return os.path.realpath(folder)
+
+
+def same_model(recorded: str, identity: str, *, weights: str = "checkpoint") -> bool:
+    """Whether a job's recorded model (an identity, or the string an older version recorded
+    as typed, e.g. a relative path) is the model ``identity`` (:func:`model_identity`)."""
+    if recorded == identity:
+        return True
+    try:
+        return model_identity(recorded, weights=weights) == identity
+    except CheckpointError:
+        return False
+
+
 def _cache_candidates(hf_repo: str, ms_repo: str):
     hf_home = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface"))
     hub = Path(os.environ.get("HF_HUB_CACHE", hf_home / "hub"))

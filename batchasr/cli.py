@@ -5,12 +5,15 @@ Exit codes (every command):
   1  could not run (bad model folder, unreadable manifest, job locked by another runner, ...)
   2  bad command-line usage
   3  done, but some items failed (listed by `batchasr status --failed`)
+  130  `run` stopped by Ctrl-C (SIGINT) with items left (run the same command to continue)
+  143  `run` stopped by SIGTERM with items left (run the same command to continue)
 """
 from __future__ import annotations
 
 import functools
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -22,21 +25,33 @@ from batchasr.errors import BatchasrError, JobError
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_FAILED_ITEMS = 0, 1, 2, 3
 
 
-def model_options(fn):
-    """--model, --weights, --dtype, --device, --download: shared by every model command."""
+# `batchasr run`'s job settings when neither the command line nor the job's record has one
+RUN_DEFAULTS = {"model": "paraformer-zh", "weights": "checkpoint", "dtype": "float32",
+                "vad": "silero", "max_segment_s": None, "punc": "none"}
 
-    @click.option("--model", "-m", default="paraformer-zh", show_default=True,
+
+def model_options(fn=None, *, from_job: bool = False):
+    """--model, --weights, --dtype, --device, --download: shared by every model command.
+    ``from_job`` (`run`): --model, --weights and --dtype default to None, filled from the
+    job's recorded settings (RUN_DEFAULTS for a new job)."""
+    if fn is None:
+        return functools.partial(model_options, from_job=from_job)
+    job = " Default: the job's own when resuming, else {}." if from_job else ""
+
+    @click.option("--model", "-m", default=None if from_job else "paraformer-zh",
+                  show_default=not from_job,
                   help="Official FunASR model folder (config.yaml, model.pt, ...) or a known "
                        "name (paraformer-zh, paraformer-en, fun-asr-nano) found in the local "
-                       "Hugging Face / ModelScope cache.")
-    @click.option("--weights", type=click.Choice(["checkpoint", "dummy"]), default="checkpoint",
-                  show_default=True,
+                       "Hugging Face / ModelScope cache." + job.format("paraformer-zh"))
+    @click.option("--weights", type=click.Choice(["checkpoint", "dummy"]),
+                  default=None if from_job else "checkpoint", show_default=not from_job,
                   help="'dummy': full-size architecture with random weights (benchmarks only; "
-                       "the text is meaningless).")
+                       "the text is meaningless)." + job.format("checkpoint"))
     @click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]),
-                  default="float32", show_default=True,
+                  default=None if from_job else "float32", show_default=not from_job,
                   help="Precision of the network weights. float32 is exact to the official "
-                       "outputs; half precision is faster on GPUs and may change rare tokens.")
+                       "outputs; half precision is faster on GPUs and may change rare tokens."
+                       + job.format("float32"))
     @click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), default="auto",
                   show_default=True, help="MLX device (auto: the GPU when MLX has one).")
     @click.option("--download", is_flag=True,
@@ -159,7 +174,7 @@ def job_option(required: bool = True):
 
 @cli.command()
 @click.argument("source", required=False, type=click.Path(exists=True))
-@model_options
+@model_options(from_job=True)
 @job_option(required=False)
 @click.option("--batch-seconds", default=None, type=click.FloatRange(1),
               help="Audio seconds per model batch (padded length x count is bounded too), like "
@@ -172,23 +187,25 @@ def job_option(required: bool = True):
 @click.option("--max-window-s", default=30.0, show_default=True, type=click.FloatRange(1),
               help="With --vad none: files longer than this are cut into equal windows of at "
                    "most this length.")
-@click.option("--vad", default="silero", show_default=True, metavar="silero|fsmn-vad|DIR|none",
+@click.option("--vad", default=None, metavar="silero|fsmn-vad|DIR|none",
               help="Voice activity detector that cuts files longer than --max-segment-s into "
                    "speech segments (silence is never transcribed; segments of many files share "
                    "batches): 'silero' (weights included), 'fsmn-vad' (found in the local "
                    "Hugging Face / ModelScope cache), an official fsmn-vad folder, or 'none' "
                    "for equal windows of --max-window-s (a cut may then fall inside a word). "
                    "Shorter files are transcribed whole either way. Costs about 1/500 of the "
-                   "audio's duration in VAD time on the model's thread.")
+                   "audio's duration in VAD time on the model's thread. Default: the job's own "
+                   "when resuming, else silero.")
 @click.option("--max-segment-s", type=click.FloatRange(1), default=None,
               help="Longest piece sent to the model with a VAD: longer speech segments are cut "
                    "into equal parts; files not longer go whole. Default: 30 (Paraformer), 15 "
                    "(Fun-ASR-Nano, whose LLM degrades on longer segments).")
-@click.option("--punc", default="none", show_default=True, metavar="DIR|ct-punc|ct-punc-c|none",
+@click.option("--punc", default=None, metavar="DIR|ct-punc|ct-punc-c|none",
               help="Punctuation model (CT-Transformer folder, or a known name found in the local "
                    "caches) for models whose text has none (Paraformer): the text is punctuated "
                    "and the results' segments become sentences with times (subtitle cues start "
-                   "at sentence ends). Ignored for Fun-ASR-Nano, whose text is punctuated.")
+                   "at sentence ends). Ignored for Fun-ASR-Nano, whose text is punctuated. "
+                   "Default: the job's own when resuming, else none.")
 @click.option("--readers", default=2, show_default=True, type=click.IntRange(1),
               help="Threads decoding and resampling audio ahead of the model.")
 @click.option("--strict-manifest", is_flag=True,
@@ -244,17 +261,15 @@ def run(source, model, weights, dtype, device, download, job_dir, batch_seconds,
         from batchasr.device import default_batch_seconds
 
         batch_seconds = default_batch_seconds(device)
+    from batchasr import pipeline
     from batchasr.manifest import open_manifest, scan_folder
     from batchasr.queue import JobLock, JobQueue
     from batchasr.scale import ShardedManifest, check_local_disk, parse_shard, plan_devices
-    from batchasr.worker import run_job, sweep_checkpoints
+    from batchasr.worker import run_job, stop_line, sweep_checkpoints
 
-    options = {k: v for k, v in (("max_new_tokens", max_new_tokens), ("hotwords", hotwords))
-               if v is not None}
-    model_args = {"model": str(model), "weights": weights, "dtype": dtype, "device": device,
-                  "download": download, **options}
-    # how long files are cut and punctuated: recorded with the job, passed to every worker
-    longform = {"vad": str(vad), "max_segment_s": max_segment_s, "punc": str(punc)}
+    given = {"model": model, "weights": weights, "dtype": dtype, "vad": vad,
+             "max_segment_s": max_segment_s, "punc": punc, "max_new_tokens": max_new_tokens,
+             "hotwords": hotwords}
     try:
         shard_i, shard_n = parse_shard(shard) if shard else (None, None)
         devices = plan_devices(workers, gpus) if engine == "local" else []
@@ -264,6 +279,13 @@ def run(source, model, weights, dtype, device, download, job_dir, batch_seconds,
         if shard or gpus:
             raise click.UsageError("--shard and --gpus are for --engine local; Ray places "
                                    "one actor per GPU itself")
+        filled = job_settings(given, {})
+        options = {k: filled[k] for k in ("max_new_tokens", "hotwords") if filled[k] is not None}
+        model_args = {"model": str(filled["model"]), "weights": filled["weights"],
+                      "dtype": filled["dtype"], "device": device, "download": download,
+                      **options}
+        longform = {k: filled[k] if k == "max_segment_s" else str(filled[k])
+                    for k in ("vad", "max_segment_s", "punc")}
         run_on_ray(source, job_dir, model_args, batch_seconds=batch_seconds, limit=limit,
                    max_window_s=max_window_s, strict_manifest=strict_manifest,
                    progress=progress, actors=workers, address=address, longform=longform)
@@ -271,17 +293,41 @@ def run(source, model, weights, dtype, device, download, job_dir, batch_seconds,
     if shard and not job_dir:
         job = job.with_name(f"{job.name}.shard-{shard_i}-of-{shard_n}")
     skipped = 0
+    summary = None
     try:
+        # Nothing is written to the job folder until the model (and the VAD and punctuation
+        # models) are found and loaded: a failed start leaves no folder, no queue, no settings.
         if (job / "job.json").exists() and not (job / "queue.db").exists():
             raise JobError(f"{job} is the output of an --engine ray run; continue it with "
                            "--engine ray, or give the local engine a job folder of its own")
-        job.mkdir(parents=True, exist_ok=True)
+        if source is None and not (job / "queue.db").exists():
+            raise click.UsageError(f"{job} is not a job folder; give a manifest")
         check_local_disk(job, allow_network=allow_network_fs)
+        recorded = recorded_settings(job)
+        filled = job_settings(given, recorded)
+        model, weights, dtype = str(filled["model"]), filled["weights"], filled["dtype"]
+        options = {k: filled[k] for k in ("max_new_tokens", "hotwords") if filled[k] is not None}
+        # how long files are cut and punctuated: recorded with the job, passed to every worker
+        longform = {"vad": str(filled["vad"]), "max_segment_s": filled["max_segment_s"],
+                    "punc": str(filled["punc"])}
+        identity = resolve_job_model(job, model, weights, download,
+                                     from_job=given["model"] is None and "model" in recorded)
+        settings = {"model": identity, "weights": weights, "dtype": dtype, **options,
+                    **longform, **({"shard": shard} if shard else {})}
+        check_settings(job, recorded, settings)
+        model_args = {"model": model, "weights": weights, "dtype": dtype, "device": device,
+                      "download": download, **options}
+        if devices == [None]:  # one worker, in this process: load everything now
+            click.echo(f"loading model {model} ...", err=True)
+            asr = open_model(model, weights, dtype, device, download, **options)
+            loaded = {"vad": pipeline.open_vad(longform["vad"]),
+                      "punc": longform["punc"] if pipeline.model_punctuates(asr)
+                      else pipeline.open_punctuator(longform["punc"])}
+        else:  # the workers load them; a name that cannot be found fails here, first
+            check_longform_models(longform["vad"], longform["punc"])
+        job.mkdir(parents=True, exist_ok=True)
         with JobLock(job) as lock:
             with JobQueue(job) as queue:
-                queue.ensure_meta({"model": str(model), "weights": weights, "dtype": dtype,
-                                   **options, **longform,
-                                   **({"shard": shard} if shard else {})})
                 if source is not None:
                     manifest_path = scan_folder(source, job) if Path(source).is_dir() else source
                     manifest = open_manifest(manifest_path)
@@ -294,17 +340,17 @@ def run(source, model, weights, dtype, device, download, job_dir, batch_seconds,
                     click.echo(f"{job}: {added.added} new item(s), {added.existing} already "
                                f"queued" + (f", {skipped} bad row(s) skipped" if skipped else ""),
                                err=True)
-                elif not (job / "queue.db").exists():
-                    raise click.UsageError(f"{job} is not a job folder; give a manifest")
                 pending = queue.counts()
+                if pending["pending"] + pending["running"]:  # a run starts: record its settings
+                    record_settings(job, queue, settings)
             if pending["pending"] + pending["running"] == 0:
                 click.echo(f"{job}: nothing to do ({pending['done']} done, "
                            f"{pending['failed']} failed)", err=True)
-            elif devices == [None]:  # one worker, in this process
-                asr = open_model(model, weights, dtype, device, download, **options)
+            elif devices == [None]:
                 summary = run_job(job, asr, batch_seconds=batch_seconds, limit=limit,
                                   max_window_s=max_window_s, progress=progress, readers=readers,
-                                  meta={"model": str(model)}, **longform)
+                                  meta=settings, vad=loaded["vad"], punc=loaded["punc"],
+                                  max_segment_s=longform["max_segment_s"])
                 record_run(job, summary)
                 click.echo(f"{job}: {summary}", err=True)
             else:
@@ -317,7 +363,7 @@ def run(source, model, weights, dtype, device, download, job_dir, batch_seconds,
                     job, lock, devices=devices, model_args=model_args, progress=progress,
                     run_args={"batch_seconds": batch_seconds, "limit": limit,
                               "max_window_s": max_window_s, "readers": readers,
-                              "meta": {"model": str(model)}, **longform})
+                              "meta": settings, **longform})
                 summary.requeued = requeued
                 record_run(job, summary)
                 click.echo(f"{job}: {summary}", err=True)
@@ -325,11 +371,107 @@ def run(source, model, weights, dtype, device, download, job_dir, batch_seconds,
                 counts = queue.counts()
     except (BatchasrError, ValueError) as e:
         fail(str(e))
+    except KeyboardInterrupt as e:  # a second Ctrl-C / SIGTERM: stopped at once
+        code = 128 + getattr(e, "signum", signal.SIGINT)
+        if (job / "queue.db").exists():
+            with JobQueue(job) as queue:
+                counts = queue.counts()
+            click.echo(f"{job}: {stop_line(counts['pending'] + counts['running'])}", err=True)
+        sys.exit(code)
+    left = counts["pending"] + counts["running"]
+    if summary is not None and summary.stopped and summary.signal and left:
+        sys.exit(128 + summary.signal)  # interrupted is not done: 130 (SIGINT), 143 (SIGTERM)
     if counts["failed"] or skipped:
         click.echo(f"{counts['failed']} failed item(s): see `batchasr status --job-dir {job} "
                    f"--failed`", err=True)
         sys.exit(EXIT_FAILED_ITEMS)
     sys.exit(EXIT_OK)
+
+
+def recorded_settings(job: Path) -> dict:
+    """The settings a job folder was started with ({} for a new job); reads only."""
+    if not (job / "queue.db").exists():
+        return {}
+    from batchasr.queue import JobQueue
+
+    with JobQueue(job) as queue:
+        return queue.meta()
+
+
+def job_settings(given: dict, recorded: dict) -> dict:
+    """`run`'s settings: those given on the command line, else the job's recorded ones, else
+    RUN_DEFAULTS. A known model name the job was started with stays that name."""
+    filled = {k: v if v is not None else recorded.get(k, RUN_DEFAULTS.get(k))
+              for k, v in given.items()}
+    label = recorded.get("model_name")
+    if given["model"] is None and "model" in recorded and label != recorded["model"]:
+        from batchasr.checkpoints import KNOWN_MODELS, CheckpointError, model_identity
+
+        if label in KNOWN_MODELS:
+            try:
+                if model_identity(label, weights=filled["weights"]) == recorded["model"]:
+                    filled["model"] = label
+            except CheckpointError:
+                pass
+    return filled
+
+
+def resolve_job_model(job: Path, model: str, weights: str, download: bool, *,
+                      from_job: bool) -> str:
+    """The job's identity of ``model`` (checkpoints.model_identity); CheckpointError when it
+    cannot be found, saying so when the model is the job's own."""
+    from batchasr.checkpoints import CheckpointError, model_identity
+
+    try:
+        return model_identity(model, weights=weights, download=download)
+    except CheckpointError as e:
+        if not from_job:
+            raise
+        raise JobError(f"{job} was started with --model {model}, which is not found from "
+                       f"here ({e}); give its --model") from None
+
+
+def check_settings(job: Path, recorded: dict, settings: dict) -> None:
+    """JobError naming each setting that differs from the job's recorded one (the model
+    compared as the folder it resolves to), and how to resume or start a new job."""
+    from batchasr.checkpoints import same_model
+
+    weights = settings.get("weights", "checkpoint")
+    diffs = [(k, recorded[k], v) for k, v in settings.items() if k in recorded
+             and recorded[k] != v
+             and not (k == "model" and same_model(recorded[k], v, weights=weights))]
+    if not diffs:
+        return
+    said = "; ".join(f"{k} {old!r} (now {new!r})" for k, old, new in diffs)
+    same = " ".join(f"--{k.replace('_', '-')} {old}" if old is not None
+                    else f"no --{k.replace('_', '-')}" for k, old, _ in diffs)
+    raise JobError(f"{job} was started with different settings: {said}. To resume it, leave "
+                   f"these options out (`batchasr run --job-dir {job}` uses the job's own "
+                   f"settings) or give the same ones ({same}); to start a new job with the new "
+                   f"settings, give another --job-dir.")
+
+
+def record_settings(job: Path, queue, settings: dict) -> None:
+    """Record the settings of a run that starts (inside the job lock): checked again, then
+    the model rewritten as its identity where an older version recorded what was typed."""
+    recorded = queue.meta()
+    check_settings(job, recorded, settings)
+    if "model" in recorded and recorded["model"] != settings["model"]:
+        queue.set_meta({"model": settings["model"]})
+    queue.ensure_meta(settings)
+
+
+def check_longform_models(vad: str, punc: str) -> None:
+    """CheckpointError when the VAD or punctuation model named cannot be found (without
+    loading them)."""
+    from batchasr.checkpoints import resolve
+    from batchasr.vad import SILERO_NAMES
+
+    if vad.lower() not in ("none", "auto") and vad not in SILERO_NAMES \
+            and not (Path(vad).is_file() and Path(vad).suffix == ".safetensors"):
+        resolve(vad)
+    if punc.lower() != "none":
+        resolve(punc)
 
 
 def run_on_ray(source, out, model_args, *, batch_seconds, limit, max_window_s,

@@ -152,6 +152,8 @@ class JobQueue:
         """``BEGIN IMMEDIATE`` (take the write lock now, not at the first write) ... COMMIT,
         or ROLLBACK on any exception, KeyboardInterrupt included."""
         conn = self.db.conn
+        if conn.in_transaction:  # a KeyboardInterrupt between BEGIN and `try` left one open
+            conn.execute("ROLLBACK")
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield
@@ -183,7 +185,8 @@ class JobQueue:
                 hint = " ".join(f"--{k.replace('_', '-')} {old}" for k, old, _ in diffs)
                 raise JobError(
                     f"{self.job_dir} was started with different settings: {said}. Resume it "
-                    f"with the same settings ({hint}) or start a new job folder."
+                    f"with the same settings ({hint}), or give another --job-dir to start a "
+                    f"new job."
                 )
             new = {k: v for k, v in settings.items() if k not in recorded}
             self.db.conn.executemany(
@@ -191,6 +194,15 @@ class JobQueue:
                 [(k, json.dumps(v)) for k, v in new.items()],
             )
         return {**recorded, **new}
+
+    def set_meta(self, values: dict[str, Any]) -> None:
+        """Record ``values`` whatever was recorded before: labels such as ``model_name``
+        (not settings that a resume must match), or a setting rewritten in a newer form."""
+        with self.transaction():
+            self.db.conn.executemany(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                [(k, json.dumps(v)) for k, v in values.items()],
+            )
 
     # ---- filling the queue ---------------------------------------------------------------
 

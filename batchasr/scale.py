@@ -208,8 +208,9 @@ def run_workers(job_dir: str | os.PathLike, lock, *, devices: list[str | None],
     (``worker.RunSummary``, figures summed over the workers, wall time of the whole run).
 
     ``model_args``: ``cli.open_model`` arguments; ``run_args``: ``worker.run_job`` keyword
-    arguments (``limit`` is shared out). Ctrl-C is passed on to the workers (they stop
-    after their current batch; twice: at once).
+    arguments (``limit`` is shared out). Ctrl-C (SIGINT) and SIGTERM are passed on to the
+    workers (they stop after their current batch; twice: at once); the summary's ``signal``
+    is the first one received.
     """
     from batchasr.queue import JobQueue
     from batchasr.worker import RunSummary, worker_id
@@ -225,21 +226,26 @@ def run_workers(job_dir: str | os.PathLike, lock, *, devices: list[str | None],
     children: list[_Child] = []
     t0 = time.perf_counter()
     interrupts = [0]
+    first_signal = [0]
+    hard_since = [None]  # when the second signal came
 
     def forward(signum, frame):  # only counts and forwards: no logging in a handler
         interrupts[0] += 1
+        first_signal[0] = first_signal[0] or signum
+        if interrupts[0] == 2:
+            hard_since[0] = time.monotonic()
         for c in children:
             if c.proc.poll() is None:
                 try:
-                    c.proc.send_signal(signal.SIGINT)
+                    c.proc.send_signal(signum)
                 except OSError:
                     pass
         os.write(2, b"\nbatchasr: stopping the workers after their current batch\n"
                  if interrupts[0] == 1 else b"\nbatchasr: stopping the workers now\n")
 
-    previous = None
+    previous = {}
     if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGINT, forward)
+        previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         for i, gpu in enumerate(devices):
             share = None if limit is None else limit // n + (i < limit % n)
@@ -260,14 +266,14 @@ def run_workers(job_dir: str | os.PathLike, lock, *, devices: list[str | None],
                 start_new_session=True,  # Ctrl-C reaches them once, through `forward`
             )
             children.append(_Child(i, owner, gpu, proc))
-        summaries = _supervise(job_dir, children, progress)
+        summaries = _supervise(job_dir, children, progress, interrupts, hard_since)
     finally:
         for c in children:  # an error here (or a third Ctrl-C): leave no worker behind
             if c.proc.poll() is None:
                 c.proc.kill()
                 c.proc.wait()
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
     total = RunSummary(workers=len(children))
     for s in summaries:
         for f in ("done", "failed", "audio_s", "decode_s", "wait_s", "model_s", "write_s",
@@ -279,9 +285,16 @@ def run_workers(job_dir: str | os.PathLike, lock, *, devices: list[str | None],
     total.padding = total.padding / total.batches if total.batches else 0.0
     total.wall_s = time.perf_counter() - t0
     total.stopped = total.stopped or interrupts[0] > 0
+    total.signal = first_signal[0]
     with JobQueue(job_dir) as queue:
+        if total.stopped:  # whatever a stopped worker still holds goes back, uncounted
+            for c in children:
+                queue.release([i.id for i in queue.items("running") if i.lease_owner == c.owner],
+                              owner=c.owner)
         total.remaining = queue.counts()
-    dead = [c for c in children if c.proc.returncode != 0]
+    stopped_codes = {c for s in (signal.SIGINT, signal.SIGTERM) for c in (128 + s, -s)} \
+        if total.stopped else ()
+    dead = [c for c in children if c.proc.returncode not in (0, *stopped_codes)]
     if dead:
         said = ", ".join(f"worker {c.index} (pid {c.proc.pid}) exit {c.proc.returncode}"
                          for c in dead)
@@ -293,9 +306,14 @@ def run_workers(job_dir: str | os.PathLike, lock, *, devices: list[str | None],
     return total
 
 
-def _supervise(job_dir: Path, children: list[_Child], progress: bool) -> list[dict]:
+HARD_STOP_S = 3.0  # a worker still alive this long after the second signal is killed
+
+
+def _supervise(job_dir: Path, children: list[_Child], progress: bool,
+               interrupts: list[int] = (0,), hard_since: list = (None,)) -> list[dict]:
     """Wait for the workers, ending the leases of any that dies; show one progress bar for
-    all of them (items done, from the queue). Returns the summaries they printed."""
+    all of them (items done, from the queue). Returns the summaries they printed. After a
+    second signal (``hard_since``), workers still alive after HARD_STOP_S are killed."""
     from tqdm import tqdm
 
     from batchasr.queue import JobQueue
@@ -320,8 +338,13 @@ def _supervise(job_dir: Path, children: list[_Child], progress: bool) -> list[di
                 elif code != 0 and not c.expired:
                     c.expired = True
                     n = queue.expire(c.owner)
-                    logger.warning("worker %d (pid %d) died (exit %s); %d item(s) it held go to "
-                                   "the other workers", c.index, c.proc.pid, code, n)
+                    if not interrupts[0]:  # a stop is not a death
+                        logger.warning("worker %d (pid %d) died (exit %s); %d item(s) it held "
+                                       "go to the other workers", c.index, c.proc.pid, code, n)
+            if hard_since[0] is not None and time.monotonic() - hard_since[0] > HARD_STOP_S:
+                for c in children:
+                    if c.proc.poll() is None:
+                        c.proc.kill()
             if progress and time.monotonic() >= next_count:  # a count scans the index: 1/s
                 next_count = time.monotonic() + 1.0
                 counts = queue.counts()
@@ -385,6 +408,8 @@ def _worker_main(spec_json: str) -> int:
     except (BatchasrError, ValueError) as e:
         print(f"Error: worker {spec['owner']}: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt as e:  # stopped at once by a second signal: items handed back
+        return 128 + getattr(e, "signum", signal.SIGINT)
     print(json.dumps(dataclasses.asdict(summary)), flush=True)
     return 0
 

@@ -35,8 +35,9 @@ working) and, once the queue is empty, waits for the items its siblings hold, ta
 any whose lease expires. The batching, model call, one-by-one retry and stitching are the
 shared functions of ``batchasr.pipeline``, which the Ray engine calls too.
 
-Ctrl-C stops after the current batch (unfinished items go back to pending); a second
-Ctrl-C stops at once. Tests can kill the process at named points with
+Ctrl-C (SIGINT) or SIGTERM stops after the current batch (unfinished items go back to
+pending); a second one stops at once, within about a second even inside a long model call
+(see ``_StopOnCtrlC``). Tests can kill the process at named points with
 ``BATCHASR_TEST_CRASH_AT=<point>:<n>`` (see ``CRASH_POINTS``); with
 ``BATCHASR_TEST_CRASH_ONCE=<file>`` only the first process to create that file dies.
 """
@@ -76,6 +77,10 @@ CRASH_ONCE_ENV = "BATCHASR_TEST_CRASH_ONCE"
 # after_part: the n-th part is written, its items not yet done; after_complete: committed;
 # after_checkpoint: the n-th segment checkpoint of a long file is written.
 CRASH_POINTS = ("decode", "batch", "after_part", "after_complete", "after_checkpoint")
+# BATCHASR_TEST_SLOW_BATCH=<seconds>: before each model call, the main thread writes
+# "batchasr-test: slow batch" on stderr and sleeps that long in C code with SIGINT and SIGTERM
+# blocked for it: a long model call that does not return to Python for signal handlers.
+SLOW_ENV = "BATCHASR_TEST_SLOW_BATCH"
 
 
 @dataclass(frozen=True)
@@ -155,6 +160,7 @@ class RunSummary:
     taken_over: int = 0  # items finished here but committed by another worker (lease lost)
     workers: int = 1  # worker processes (the figures above are their sums)
     stopped: bool = False  # stopped early (Ctrl-C / stop_event), not out of work
+    signal: int = 0  # the signal that stopped it (SIGINT, SIGTERM), 0 if none
     remaining: dict[str, int] = field(default_factory=dict)  # queue counts at the end
 
     @property
@@ -181,9 +187,16 @@ class RunSummary:
                  f"{self.write_s:.1f} s; {self.batches} batches, {self.padding:.0%} padding")
         if self.segments_reused:
             times += f"; {self.segments_reused} saved segment(s) reused"
+        left = self.remaining.get("pending", 0) + self.remaining.get("running", 0)
+        stop = f"\n{stop_line(left)}" if self.stopped and left else ""
         if self.workers > 1:
-            return f"{head} on {self.workers} workers; summed over them: {times}"
-        return f"{head}; {times}; {self.overhead_per_item_s * 1000:.1f} ms overhead/item"
+            return f"{head} on {self.workers} workers; summed over them: {times}{stop}"
+        return f"{head}; {times}; {self.overhead_per_item_s * 1000:.1f} ms overhead/item{stop}"
+
+
+def stop_line(left: int) -> str:
+    """What a run stopped with items left says (the summary's last line)."""
+    return f"stopped: {left} item(s) left, run the same command to continue"
 
 
 def run_job(
@@ -239,8 +252,10 @@ def run_job(
         lock = JobLock.adopt(job_dir, lock_fd) if shared else JobLock(job_dir).acquire()
         stack.callback(lock.release)
         queue = stack.enter_context(JobQueue(job_dir))
-        stack.enter_context(_StopOnCtrlC(stop_event))
+        stopper = stack.enter_context(_StopOnCtrlC(stop_event, job_dir=job_dir, owner=owner,
+                                                   shared=shared))
         queue.ensure_meta({"model": model.name, **(meta or {})})
+        queue.set_meta({"model_name": model.name})  # a label for people, not a setting
         requeued = poisoned = 0
         if not shared:  # nobody else can be running items of this job: they were orphaned
             requeued, poisoned = queue.reset_running(max_attempts=opts.max_attempts)
@@ -251,8 +266,10 @@ def run_job(
             sweep_checkpoints(job_dir, queue)
         runner = _Runner(Path(job_dir), queue, model, opts, stop_event, limit, progress,
                          owner=owner, shared=shared)
+        stopper.expected_wait = runner.expected_wait
         summary = runner.run()
         summary.requeued = requeued
+        summary.signal = stopper.signum
         summary.remaining = queue.counts()
     logger.info("run finished: %s", summary)
     return summary
@@ -382,6 +399,16 @@ class _CrashHook:
             return True
         except FileExistsError:
             return False
+
+
+def _slow_batch(seconds: float) -> None:
+    """The BATCHASR_TEST_SLOW_BATCH hook (see SLOW_ENV)."""
+    os.write(2, b"batchasr-test: slow batch\n")
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        time.sleep(seconds)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
 class _Writer:
@@ -515,6 +542,7 @@ class _Runner:
         self.exhausted = False  # the last claim found the queue empty
         self.summary = RunSummary()
         self.crash = _CrashHook(os.environ.get(CRASH_ENV), os.environ.get(CRASH_ONCE_ENV))
+        self.slow_s = float(os.environ.get(SLOW_ENV) or 0)
         self.cut = pipeline.CutOptions(
             vad=opts.vad, max_window_s=opts.max_window_s, spill_dir=str(job_dir),
             max_segment_s=opts.max_segment_s or pipeline.default_max_segment_s(model))
@@ -530,6 +558,7 @@ class _Runner:
         # Models with submit() (Paraformer) keep one batch in flight: (pieces, pending)
         self.pipelined = callable(getattr(model, "submit", None))
         self.inflight: tuple[list[_Piece], Any] | None = None
+        self.current: list[_Piece] = []  # the batch being started or run on the main thread
         self._decode_s = 0.0
         self._decode_lock = threading.Lock()
         self.padded = self.useful = 0  # samples in batches once padded / of real audio
@@ -581,6 +610,7 @@ class _Runner:
             raise self.writer.error  # e.g. the disk is full: stop, keep what is written
         if self.stop.is_set():
             self._finish_inflight()  # one batch at most: its results are kept
+            self._take_ends()
             self.summary.stopped = True
             logger.info("stopping: unfinished items go back to pending")
             return False
@@ -610,6 +640,15 @@ class _Runner:
             self.exhausted = False
             return True
         return False  # out of work (items still being written are waited for by run())
+
+    def _take_ends(self) -> None:
+        """When stopping: the readers' last messages of files read whole (not through the
+        VAD), so that an item whose every piece was in the last batch is complete and
+        written rather than redone; other messages are dropped with their items."""
+        while (msg := self.buffer.get()) is not None:
+            if msg[0] in ("end", "error") and not msg[1].vad:
+                self._handle(msg)
+        self._write_ready()
 
     def _idle_start(self) -> bool:
         """The device has had nothing yet and a full batch is decoded: start it rather than
@@ -771,8 +810,14 @@ class _Runner:
             return
         self.crash("batch")
         waves, langs = [p.audio for p in batch], [p.work.item.language for p in batch]
+        self.current = batch
+        if self.slow_s:
+            _slow_batch(self.slow_s)
         if not self.pipelined:
-            self._apply(batch, pipeline.run_or_each(self._transcribe, waves, langs))
+            try:
+                self._apply(batch, pipeline.run_or_each(self._transcribe, waves, langs))
+            finally:
+                self.current = []
             return
         # Keep one batch in flight: start this one on the device, then finish the previous
         # one on the host while the device works (see ParaformerASR.submit).
@@ -791,6 +836,16 @@ class _Runner:
                 pending = e
         self.summary.model_s += time.perf_counter() - t
         self.inflight = (batch, pending)
+        self.current = []
+
+    def expected_wait(self) -> tuple[float, float | None]:
+        """(audio seconds in the model now, the model seconds they should take at this run's
+        speed so far, None before any is measured): what a stop after the batch in flight
+        waits for. Read from another thread (the signal watcher)."""
+        pieces = list(self.current) + (list(self.inflight[0]) if self.inflight else [])
+        audio_s = sum(len(p.audio) for p in pieces) / SR
+        per_s = self.summary.model_s / self.transcribed_s if self.transcribed_s else None
+        return audio_s, None if per_s is None else audio_s * per_s
 
     def _finish_inflight(self) -> None:
         """Results of the batch in flight (if any) to their items; if the batch failed,
@@ -978,27 +1033,144 @@ def _item_dict(w: _Work) -> dict[str, Any]:
 
 
 class _StopOnCtrlC:
-    """While active (main thread only): the first Ctrl-C sets ``stop``, so the loop ends
-    after the current batch; the second raises KeyboardInterrupt at once. The handler only
-    sets a flag and writes one line with os.write: logging from a signal handler can
-    deadlock on the logging lock (huey avoids it the same way)."""
+    """While active (main thread only), SIGINT (Ctrl-C) and SIGTERM stop the run. The first
+    sets ``stop``, so the loop ends after the batch in flight, and says so at once with the
+    wait to expect (``expected_wait``, set by run_job). The second stops at once: it raises
+    KeyboardInterrupt in the main thread (its ``signum`` attribute names the signal), and a
+    watchdog thread, if the main thread has not unwound within ``hard_stop_s`` (it is inside
+    a long model call: C code does not return to Python for signal handlers), hands this
+    worker's running items back to pending (attempt not counted) on a queue connection of
+    its own and ends the process with ``os._exit(128 + signal)``. What the writer has not
+    committed then is an orphan part, which the export ignores.
 
-    def __init__(self, stop: threading.Event):
+    The signals are counted as they arrive, even while the main thread is in C code:
+    ``signal.set_wakeup_fd`` makes the C-level handler write each one to a socket that a
+    watcher thread reads; the Python handler (run on the main thread between bytecodes)
+    drains the same socket, so each signal is counted once by whichever sees it first.
+    Neither logs (the logging lock can deadlock in a handler): messages are os.write."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, stop: threading.Event, *, job_dir: str | os.PathLike | None = None,
+                 owner: str | None = None, shared: bool = False, hard_stop_s: float = 1.0):
         self.stop = stop
-        self.previous = None
+        self.job_dir, self.owner, self.shared = job_dir, owner, shared
+        self.hard_stop_s = hard_stop_s
+        self.expected_wait = None  # () -> (audio seconds in the model, seconds or None)
+        self.signum = 0  # the first signal
+        self.last = 0  # the latest one
+        self.count = 0
+        self.hard = self.raised = False
+        self.previous: dict[int, Any] = {}
+        self.previous_fd: int | None = None
+        self._lock = threading.RLock()
+        self._unwound = threading.Event()
+        self._watcher: threading.Thread | None = None
 
     def _handler(self, signum, frame):
-        if self.stop.is_set():
-            raise KeyboardInterrupt
-        self.stop.set()
-        os.write(2, b"\nbatchasr: stopping after the current batch "
-                    b"(press Ctrl-C again to stop at once)\n")
+        self._drain()
+        if self.count == 0:  # the byte was lost (wakeup socket full): count this one
+            self._note(signum)
+        if self.hard and not self.raised:
+            self.raised = True
+            e = KeyboardInterrupt()
+            e.signum = self.last
+            raise e
+
+    def _drain(self) -> None:
+        with self._lock:
+            try:
+                data = self._r.recv(256)
+            except (BlockingIOError, InterruptedError, OSError):
+                return
+            for signum in data:
+                if signum:  # 0: __exit__ waking the watcher
+                    self._note(signum)
+
+    def _note(self, signum: int) -> None:
+        self.count += 1
+        self.last = signum
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        if self.count == 1:
+            self.signum = signum
+            self.stop.set()
+            again = "press Ctrl-C again" if signum == signal.SIGINT else f"send {name} again"
+            os.write(2, f"\nbatchasr: {name}: stopping after the current batch"
+                        f"{self._wait_note()}; {again} to stop at once\n".encode())
+        elif not self.hard:
+            self.hard = True
+            os.write(2, f"\nbatchasr: {name} again: stopping now; unfinished items go back "
+                        f"to pending\n".encode())
+            threading.Thread(target=self._watchdog, name="batchasr-hard-stop",
+                             daemon=True).start()
+
+    def _wait_note(self) -> str:
+        try:
+            audio_s, wait_s = self.expected_wait() if self.expected_wait else (0.0, None)
+        except Exception:
+            return ""
+        if not audio_s:
+            return ""
+        if wait_s is None:
+            return f" ({audio_s:.1f} s of audio in the model; its speed is not measured yet)"
+        return f" ({audio_s:.1f} s of audio in the model: about {wait_s:.1f} s at this run's speed)"
+
+    def _watch(self) -> None:
+        import select
+
+        while not self._unwound.is_set():
+            try:
+                select.select([self._r], [], [])
+            except (OSError, ValueError):
+                return
+            self._drain()
+
+    def _watchdog(self) -> None:
+        # The main thread in Python (the KeyboardInterrupt raised) gets longer to unwind:
+        # the writer finishing the part it is writing, say.
+        if self._unwound.wait(self.hard_stop_s) or (self.raised and self._unwound.wait(10.0)):
+            return
+        left = None
+        try:
+            if self.job_dir is not None and self.owner is not None:
+                with JobQueue(self.job_dir) as queue:
+                    ids = [i.id for i in queue.items("running") if i.lease_owner == self.owner]
+                    queue.release(ids, owner=self.owner)
+                    counts = queue.counts()
+                    left = counts["pending"] + counts["running"]
+        except BaseException:  # the next run's recovery puts them back anyway
+            pass
+        if left is not None and not self.shared:
+            os.write(2, f"{self.job_dir}: {stop_line(left)}\n".encode())
+        os._exit(128 + self.last)
 
     def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGINT, self._handler)
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        import socket as _socket
+
+        self._r, self._w = _socket.socketpair()
+        self._r.setblocking(False)
+        self._w.setblocking(False)
+        for signum in self.SIGNALS:
+            self.previous[signum] = signal.signal(signum, self._handler)
+        self.previous_fd = signal.set_wakeup_fd(self._w.fileno(), warn_on_full_buffer=False)
+        self._watcher = threading.Thread(target=self._watch, name="batchasr-signals",
+                                         daemon=True)
+        self._watcher.start()
         return self
 
     def __exit__(self, *exc):
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
+        if self._watcher is None:
+            return
+        signal.set_wakeup_fd(self.previous_fd)
+        for signum, previous in self.previous.items():
+            signal.signal(signum, previous)
+        self._unwound.set()
+        try:
+            self._w.send(b"\0")
+        except OSError:
+            pass
+        self._watcher.join(timeout=1.0)
+        self._r.close()
+        self._w.close()
