@@ -303,6 +303,8 @@ def run(source, model, weights, dtype, device, download, job_dir, batch_seconds,
         if source is None and not (job / "queue.db").exists():
             raise click.UsageError(f"{job} is not a job folder; give a manifest")
         check_local_disk(job, allow_network=allow_network_fs)
+        if (job / "queue.db").exists():  # a job being run by another process: say that first
+            JobLock(job).acquire().release()
         recorded = recorded_settings(job)
         filled = job_settings(given, recorded)
         model, weights, dtype = str(filled["model"]), filled["weights"], filled["dtype"]

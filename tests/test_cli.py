@@ -92,6 +92,9 @@ def test_other_model_on_resume_is_refused(tmp_path):
     other = MODEL.parent / "en"
     proc = batchasr("run", SAMPLES / "demo.csv", "--model", other, "--job-dir", job)
     assert proc.returncode == 1 and "different settings" in proc.stderr
+    # naming both models, and how to go on
+    assert str(MODEL.resolve()) in proc.stderr and str(other.resolve()) in proc.stderr
+    assert "another --job-dir" in proc.stderr and f"batchasr run --job-dir {job}" in proc.stderr
 
 
 def test_limit_transcribes_only_n(tmp_path):
@@ -191,3 +194,165 @@ def test_transcribe_json_interface(tmp_path):
 def test_unknown_model_is_a_clear_error(tmp_path):
     proc = batchasr("transcribe", "--model", tmp_path / "nothing", AUDIO / "utt_2s.wav")
     assert proc.returncode == 1 and "not a known name" in proc.stderr
+
+
+# ---- issue 12: a failed start, the model's identity, interrupts ------------------------------
+
+
+def job_meta(job: Path) -> dict:
+    from batchasr.queue import JobQueue
+
+    with JobQueue(job) as q:
+        return q.meta()
+
+
+def test_a_failed_start_never_pins_the_job_folder(tmp_path):
+    job = tmp_path / "J"
+    proc = batchasr("run", SAMPLES / "demo.csv", "--model", "does-not-exist", "--job-dir", job)
+    assert proc.returncode == 1 and "does-not-exist" in proc.stderr
+    assert not job.exists()
+    for bad in (["--vad", tmp_path / "no-vad"], ["--punc", tmp_path / "no-punc"],
+                ["--workers", "2", "--model", tmp_path / "no-model"],
+                ["--workers", "2", "--vad", tmp_path / "no-vad"]):
+        proc = batchasr("run", SAMPLES / "demo.csv", "--model", MODEL, "--job-dir", job, *bad)
+        assert proc.returncode == 1 and str(bad[-1]) in proc.stderr, bad
+        assert not job.exists(), bad
+    proc = batchasr("run", SAMPLES / "demo.csv", "--model", MODEL, "--job-dir", job,
+                    "--no-progress", check=0)
+    assert "loading model" in proc.stderr
+    assert json.loads(batchasr("status", "--job-dir", job, "--json").stdout)["done"] == 6
+
+
+def test_the_same_model_spelled_three_ways_and_job_dir_alone_resume_one_job(tmp_path):
+    job = tmp_path / "job"
+    rel = MODEL.relative_to(ROOT)
+    for spelling in (rel, f"./{rel}", MODEL):
+        batchasr("run", SAMPLES / "demo.csv", "--model", spelling, "--job-dir", job,
+                 "--limit", "1", "--no-progress", cwd=ROOT, check=0)
+    meta = job_meta(job)
+    assert meta["model"] == str(MODEL.resolve()) and meta["model_name"] == "zh_mixed"
+    # --job-dir alone, from another folder: the job's own model and settings
+    batchasr("run", "--job-dir", job, "--no-progress", cwd=tmp_path, check=0)
+    assert json.loads(batchasr("status", "--job-dir", job, "--json").stdout)["done"] == 6
+    assert job_meta(job) == meta
+
+
+def test_an_older_job_recording_the_typed_path_still_resumes(tmp_path):
+    from batchasr.queue import JobQueue
+
+    job = tmp_path / "job"
+    batchasr("run", SAMPLES / "demo.csv", "--model", MODEL, "--job-dir", job, "--limit", "1",
+             "--no-progress", check=0)
+    with JobQueue(job) as q:  # as an older version recorded it: the string typed
+        q.set_meta({"model": str(MODEL.relative_to(ROOT))})
+    batchasr("run", "--job-dir", job, "--model", MODEL, "--limit", "1", "--no-progress",
+             check=0)
+    assert job_meta(job)["model"] == str(MODEL.resolve())
+
+
+def test_retry_failed_help_example_resumes_with_the_jobs_model(tmp_path):
+    job = tmp_path / "job"
+    batchasr("run", SAMPLES / "with_errors.csv", "--model", MODEL, "--job-dir", job,
+             "--no-progress", check=3)
+    batchasr("retry-failed", "--job-dir", job, check=0)
+    proc = batchasr("run", "--job-dir", job, "--no-progress", check=3)
+    assert "different settings" not in proc.stderr
+    assert json.loads(batchasr("status", "--job-dir", job, "--json").stdout) == \
+        {"pending": 0, "running": 0, "done": 6, "failed": 5}
+
+
+class StderrLines:
+    """A running command's stderr lines, read by a thread, to wait for a message."""
+
+    def __init__(self, proc: subprocess.Popen):
+        import threading
+
+        self.proc, self.lines, self.cv = proc, [], threading.Condition()
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self):
+        for line in self.proc.stderr:
+            with self.cv:
+                self.lines.append(line)
+                self.cv.notify_all()
+
+    def wait_for(self, text: str, count: int = 1, timeout: float = 120) -> float:
+        """Block until ``text`` has appeared in ``count`` lines; returns the time it did."""
+        with self.cv:
+            ok = self.cv.wait_for(lambda: sum(text in x for x in self.lines) >= count, timeout)
+        assert ok, f"no {text!r} in:\n{self.text}"
+        return time.monotonic()
+
+    @property
+    def text(self) -> str:
+        self.thread.join(0.5) if self.proc.poll() is not None else None
+        return "".join(self.lines)
+
+
+def start_run(*args, slow_s: float | None = None):
+    """`batchasr run` in the background; ``slow_s``: every model call first blocks that long
+    in C code with the signals blocked on the model's thread (BATCHASR_TEST_SLOW_BATCH)."""
+    import os
+
+    env = {**os.environ, **({"BATCHASR_TEST_SLOW_BATCH": str(slow_s)} if slow_s else {})}
+    proc = subprocess.Popen([sys.executable, "-m", "batchasr.cli", "run", *map(str, args)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    return proc, StderrLines(proc)
+
+
+def queue_state(job: Path):
+    from batchasr.queue import JobQueue
+
+    with JobQueue(job) as q:
+        return q.counts(), {i.id: i for i in q.items()}
+
+
+def check_stopped_then_resume(job, args, err, n):
+    """After a stop: nothing running, none lost, pending items with no attempt counted, the
+    stop line naming what is left; then the same command finishes every item exactly once."""
+    counts, items = queue_state(job)
+    assert counts["running"] == 0 and counts["failed"] == 0
+    assert counts["done"] + counts["pending"] == n and counts["pending"] > 0
+    assert all(i.attempts == 0 for i in items.values() if i.status == "pending")
+    assert (f"stopped: {counts['pending']} item(s) left, run the same command to continue"
+            in err)
+    done_before = {i.id: i.part for i in items.values() if i.status == "done"}
+    batchasr("run", *args, check=0)
+    rows = export_rows(job)
+    assert [r["id"] for r in rows] == [f"item-{i:04d}" for i in range(n)]
+    assert all(r["status"] == "done" for r in rows)
+    _, items = queue_state(job)
+    assert all(items[i].part == part for i, part in done_before.items())  # not redone
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_stops_after_the_batch_in_flight_and_exits_128_plus_it(tmp_path, sig):
+    job = tmp_path / "job"
+    args = [big_manifest(tmp_path, 24), "--model", MODEL, "--job-dir", job,
+            "--batch-seconds", "5", "--no-progress"]
+    proc, err = start_run(*args, slow_s=3)
+    err.wait_for("batchasr-test: slow batch")  # the model's thread is in C, signals blocked
+    sent = time.monotonic()
+    proc.send_signal(sig)
+    # said at once (not when the model call returns), with what the stop waits for
+    assert err.wait_for("stopping after the current batch") - sent < 1.5
+    assert "s of audio in the model" in err.text
+    assert proc.wait(timeout=60) == 128 + sig  # 130 / 143
+    check_stopped_then_resume(job, args, err.text, 24)
+
+
+def test_a_second_ctrl_c_stops_at_once_inside_a_long_model_call(tmp_path):
+    job = tmp_path / "job"
+    args = [big_manifest(tmp_path, 24), "--model", MODEL, "--job-dir", job,
+            "--batch-seconds", "5", "--no-progress"]
+    proc, err = start_run(*args, slow_s=30)  # one model call of 30 s
+    err.wait_for("batchasr-test: slow batch")
+    proc.send_signal(signal.SIGINT)
+    err.wait_for("stopping after the current batch")
+    proc.send_signal(signal.SIGINT)
+    sent = time.monotonic()
+    assert proc.wait(timeout=20) == 130
+    assert time.monotonic() - sent < 5
+    assert "stopping now" in err.text
+    check_stopped_then_resume(job, args, err.text, 24)

@@ -559,3 +559,21 @@ def test_workers_sharing_a_gpu_bound_their_memory(monkeypatch):
     share = device.share_gpu_memory(2)
     assert share == calls["memory"] == int(100 * 2**30 * 0.9 / 2)
     assert calls["cache"] == share // 4
+
+
+def test_sigterm_reaches_the_workers_and_twice_stops_them_at_once(tmp_path):
+    from test_cli import check_stopped_then_resume, start_run
+
+    job = tmp_path / "job"
+    args = [clip_manifest(tmp_path, 24), "--model", MODEL, "--job-dir", job, "--workers", "2",
+            "--batch-seconds", "5", "--no-progress"]
+    proc, err = start_run(*args, slow_s=30)  # each worker's first model call takes 30 s
+    err.wait_for("batchasr-test: slow batch", count=2)  # both inside a model call
+    proc.send_signal(signal.SIGTERM)
+    err.wait_for("SIGTERM: stopping after the current batch", count=2)  # each worker says so
+    proc.send_signal(signal.SIGTERM)
+    sent = time.monotonic()
+    assert proc.wait(timeout=30) == 143
+    assert time.monotonic() - sent < 6
+    assert "died" not in err.text  # a stop is not a dead worker
+    check_stopped_then_resume(job, args, err.text, 24)
