@@ -252,7 +252,7 @@ def run(source, model, weights, dtype, device, download, job_dir, batch_seconds,
     Example:
       batchasr run archive.csv --model ~/models/paraformer-zh
       batchasr run /mnt/nas/recordings --model paraformer-zh --job-dir jobs/nas
-      batchasr run --job-dir jobs/nas --model paraformer-zh      # resume, manifest known
+      batchasr run --job-dir jobs/nas      # resume: manifest, model and settings known
       batchasr run archive.csv --model ~/models/paraformer-zh --gpus all
       batchasr run archive.csv --model /shared/paraformer-zh --engine ray --address auto \\
           --job-dir /shared/jobs/archive
