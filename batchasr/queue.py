@@ -582,7 +582,7 @@ def write_progress(job_dir: str | os.PathLike, owner: str, figures: dict[str, An
     folder = Path(job_dir) / PROGRESS_DIR
     folder.mkdir(exist_ok=True)
     out = folder / (owner.replace(os.sep, "_").replace(":", "_") + ".json")
-    tmp = out.with_name(out.name + ".tmp")
+    tmp = out.with_name(f"{out.name}.{threading.get_ident()}.tmp")  # a thread's own
     tmp.write_text(json.dumps({**figures, "owner": owner, "updated_at": time.time()}))
     os.replace(tmp, out)
 

@@ -50,6 +50,7 @@ import queue as stdqueue
 import shutil
 import signal
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -78,6 +79,7 @@ CRASH_ONCE_ENV = "BATCHASR_TEST_CRASH_ONCE"
 # after_part: the n-th part is written, its items not yet done; after_complete: committed;
 # after_checkpoint: the n-th segment checkpoint of a long file is written.
 CRASH_POINTS = ("decode", "batch", "after_part", "after_complete", "after_checkpoint")
+PROGRESS_EVERY_S = 2.0  # the progress file for `status`: at most this often from the loop
 
 
 @dataclass(frozen=True)
@@ -558,7 +560,8 @@ class _Runner:
                              smoothing=0.05)
         if self.before_s and progress:
             self.bar.write(f"resuming: {_hours(self.before_s)} of "
-                           f"{_hours(self.before_s + todo_s)} of audio done before")
+                           f"{_hours(self.before_s + todo_s)} of audio done before",
+                           file=sys.stderr)
         self._update_bar_total()
 
     # ---- the loop -------------------------------------------------------------------------
@@ -944,6 +947,9 @@ class _Runner:
                         self.summary.done += 1
                         self.summary.audio_s += w.duration_s or 0.0
             self._update_bar_total()
+            if (self.summary.done and not self.progress_done
+                    or time.time() - self.progress_written >= PROGRESS_EVERY_S):
+                self._write_progress()  # at the first item done, then every few seconds
 
     def _fail(self, w: _Work, error: str) -> None:
         if w.failed:
@@ -1008,9 +1014,14 @@ class _Runner:
     def _write_progress(self) -> None:
         """This worker's figures for `batchasr status` while it runs (every heartbeat)."""
         s = self.summary
-        write_progress(self.job_dir, self.owner, {
-            "pid": os.getpid(), "started_at": self.started_at, "audio_s": s.audio_s,
-            "done": s.done, "failed": s.failed, "bar_n": self.bar.n, "bar_total": self.bar.total})
+        self.progress_written, self.progress_done = time.time(), s.done
+        try:
+            write_progress(self.job_dir, self.owner, {
+                "pid": os.getpid(), "started_at": self.started_at, "audio_s": s.audio_s,
+                "done": s.done, "failed": s.failed, "bar_n": self.bar.n,
+                "bar_total": self.bar.total})
+        except OSError:  # figures for `status` only: never a reason to stop
+            logger.debug("could not write the progress file", exc_info=True)
 
 
 def _hours(seconds: float) -> str:
