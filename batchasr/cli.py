@@ -23,6 +23,7 @@ from batchasr import __version__
 from batchasr.errors import BatchasrError, JobError
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_FAILED_ITEMS = 0, 1, 2, 3
+MAX_WARNINGS = 1000  # skipped manifest rows printed by `run` (all are in `status --failed`)
 
 
 # `batchasr run`'s job settings when neither the command line nor the job's record has one
@@ -335,13 +336,19 @@ def run(source, model, weights, dtype, device, download, job_dir, batch_seconds,
                     manifest = open_manifest(manifest_path)
                     rows = ShardedManifest(manifest, shard_i, shard_n) if shard else manifest
                     added = queue.enqueue(rows, strict=strict_manifest)
-                    skipped = manifest.n_problems
-                    for line, problem in manifest.problems:
+                    skipped = added.skipped
+                    for line, problem in added.problems[:MAX_WARNINGS]:
                         click.echo(f"Warning: {manifest.path}:{line}: {problem} (row skipped)",
                                    err=True)
+                    if skipped > min(len(added.problems), MAX_WARNINGS):
+                        click.echo(f"Warning: {manifest.path}: ... and "
+                                   f"{skipped - min(len(added.problems), MAX_WARNINGS)} more "
+                                   f"row(s) skipped (all listed by `batchasr status --job-dir "
+                                   f"{job} --failed`)", err=True)
                     click.echo(f"{job}: {added.added} new item(s), {added.existing} already "
                                f"queued" + (f", {skipped} bad row(s) skipped" if skipped else ""),
                                err=True)
+                queue.probe_durations()  # header lengths: the progress bar's total
                 pending = queue.counts()
                 if pending["pending"] + pending["running"]:  # a run starts: record its settings
                     record_settings(job, queue, settings)
@@ -384,8 +391,9 @@ def run(source, model, weights, dtype, device, download, job_dir, batch_seconds,
     if summary is not None and summary.stopped and summary.signal and left:
         sys.exit(128 + summary.signal)  # interrupted is not done: 130 (SIGINT), 143 (SIGTERM)
     if counts["failed"] or skipped:
-        click.echo(f"{counts['failed']} failed item(s): see `batchasr status --job-dir {job} "
-                   f"--failed`", err=True)
+        said = ", ".join(x for x in (counts["failed"] and f"{counts['failed']} failed item(s)",
+                                     skipped and f"{skipped} manifest row(s) skipped") if x)
+        click.echo(f"{said}: see `batchasr status --job-dir {job} --failed`", err=True)
         sys.exit(EXIT_FAILED_ITEMS)
     sys.exit(EXIT_OK)
 
@@ -520,51 +528,90 @@ def record_run(job: Path, summary) -> None:
 
 @cli.command()
 @job_option()
-@click.option("--failed", "show_failed", is_flag=True, help="List the failed items and errors.")
+@click.option("--failed", "show_failed", is_flag=True,
+              help="List the failed items and errors, and the skipped manifest rows.")
 @click.option("--json", "as_json", is_flag=True,
-              help="Print the counts per status as one JSON object.")
+              help="Print the counts per status as one JSON object (with --failed, plus "
+                   "'failed_items' and 'skipped_rows' lists).")
 def status(job_dir, show_failed, as_json):
     """Show a job's progress: counts, audio hours done, throughput, ETA, failures.
+
+    "running" counts only items held by a live run; items a stopped or killed run left
+    running are "interrupted" (counted as pending: the next run takes them).
 
     \b
     Example:
       batchasr status --job-dir jobs/archive --failed
     """
-    from batchasr.queue import JobQueue
+    import time
+
+    from batchasr.queue import JobQueue, read_live_progress, run_is_alive
 
     job = Path(job_dir)
     if not (job / "queue.db").exists():
         fail(f"{job} is not a job folder (no queue.db)")
+    alive = run_is_alive(job)
     with JobQueue(job) as queue:
-        counts = queue.counts()
+        counts = queue.live_counts(run_alive=alive)
+        failed = queue.failed() if show_failed else []
+        skipped_rows = queue.skipped_rows() if show_failed else []
         if as_json:
-            click.echo(json.dumps(counts))
+            out = dict(counts)
+            if show_failed:
+                out["failed_items"] = [{"id": i.id, "path": i.path, "error": i.error}
+                                       for i in failed]
+                out["skipped_rows"] = [{"manifest": r.manifest, "line": r.line,
+                                        "reason": r.reason, "raw": r.raw} for r in skipped_rows]
+            click.echo(json.dumps(out, ensure_ascii=False))
             return
         done_s = queue.db.conn.execute(
             "SELECT coalesce(sum(duration_s), 0) FROM items WHERE status = 'done'").fetchone()[0]
-        n_known, known_s = queue.known_durations()
-        failed = queue.failed() if show_failed else []
+        left_s, _ = queue.audio_seconds(["pending", "running"])
         meta = queue.meta()
-    total = sum(counts.values())
-    click.echo(f"job      {job}  (model {meta.get('model', '?')})")
-    click.echo("items    " + ", ".join(f"{v} {k}" for k, v in counts.items()) + f" / {total}")
-    click.echo(f"audio    {done_s / 3600:.3f} h done")
-    runs = []
-    if (job / "runs.jsonl").exists():
-        runs = [json.loads(line) for line in (job / "runs.jsonl").read_text().splitlines()
-                if line.strip()]
-    wall = sum(r["wall_s"] for r in runs)
-    audio = sum(r["audio_s"] for r in runs)
-    if wall > 0 and audio > 0:
-        speed = audio / wall
-        left = counts["pending"] + counts["running"]
-        mean_s = known_s / n_known if n_known else 0.0
-        eta_s = left * mean_s / speed
-        click.echo(f"speed    {speed:.1f} audio-hours per hour over {len(runs)} run(s)")
+    left = counts["pending"] + counts["running"]
+    total = left + counts["done"] + counts["failed"]
+    label = meta.get("model_name") or meta.get("model", "?")
+    click.echo(f"job      {job}  (model {label})")
+    click.echo(f"items    {counts['pending']} pending"
+               + (f" ({counts['interrupted']} interrupted)" if counts["interrupted"] else "")
+               + f", {counts['running']} running, {counts['done']} done, "
+               f"{counts['failed']} failed / {total}")
+    if counts["skipped"]:
+        click.echo(f"skipped  {counts['skipped']} manifest row(s) not queued: see `batchasr "
+                   f"status --job-dir {job} --failed`")
+    click.echo(f"audio    {done_s / 3600:.3f} h done" +
+               (f", {left_s / 3600:.3f} h left" if left else ""))
+    speed, where = 0.0, ""
+    live = read_live_progress(job) if alive else []
+    if live:  # figures of the run in progress, rewritten by its workers every few seconds
+        audio = sum(p["audio_s"] for p in live)
+        wall = time.time() - min(p["started_at"] for p in live)
+        if audio > 0 and wall > 0:
+            speed, where = audio / wall, "in the run in progress"
+            click.echo(f"speed    {speed:.1f}x real time {where} "
+                       f"({audio / 3600:.3f} h of audio in {wall / 60:.1f} min)")
+        else:
+            click.echo("speed    (the run in progress has not finished its first items yet)")
+    else:
+        runs = []
+        if (job / "runs.jsonl").exists():
+            runs = [json.loads(line) for line in
+                    (job / "runs.jsonl").read_text().splitlines() if line.strip()]
+        wall = sum(r["wall_s"] for r in runs)
+        audio = sum(r["audio_s"] for r in runs)
+        if wall > 0 and audio > 0:
+            speed = audio / wall
+            click.echo(f"speed    {speed:.1f} audio-hours per hour over {len(runs)} run(s)")
+    if speed > 0 and left:
+        eta_s = left_s / speed
         click.echo(f"eta      {eta_s / 3600:.2f} h for {left} item(s) left "
-                   f"(~{mean_s:.1f} s of audio each)")
-    for item in failed:
-        click.echo(f"failed   {item.id}\t{item.path}\t{item.error}")
+                   f"({left_s / 3600:.3f} h of audio)")
+    for item in failed:  # the error names the file already when it is about the file
+        error = item.error or ""
+        where_ = "" if error.startswith(item.path) else f"{item.path}: "
+        click.echo(f"failed   {item.id}\t{where_}{error}")
+    for r in skipped_rows:
+        click.echo(f"skipped  {r.manifest}:{r.line}: {r.reason}\t{r.raw}")
 
 
 @cli.command()

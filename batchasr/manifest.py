@@ -13,9 +13,11 @@ Rows stream: a million-row manifest is never held in memory. Problems with singl
 (empty path, wrong field count, invalid JSON, bytes that are not UTF-8) are collected with
 their line numbers in ``Manifest.problems`` while iterating, and the bad rows are skipped;
 problems with the whole file (unreadable, no ``path`` column) raise ManifestError at once.
-Duplicate ids need the whole manifest to find, so the queue, which stores every row,
-reports them (with line numbers, as a ManifestError). A missing audio file is not a
-manifest problem: it fails as an item when it is decoded.
+Each problem also goes, with the row's raw text, to ``Manifest.on_problem`` when set (the
+queue records every skipped row in the job that way, however many there are). Duplicate ids
+need the whole manifest to find, so the queue, which stores every row, finds them: the first
+occurrence is kept, each later one is a bad row too. A missing audio file is not a manifest
+problem: it fails as an item when it is decoded.
 """
 from __future__ import annotations
 
@@ -43,6 +45,7 @@ class ManifestRow:
     path: str  # absolute
     language: str | None = None
     extra: dict[str, str] = field(default_factory=dict)
+    raw: str = field(default="", compare=False, repr=False)  # the row as written
 
 
 class Manifest:
@@ -64,6 +67,8 @@ class Manifest:
             raise ManifestError(self.path, [(0, f"unknown format {self.format!r}")])
         self.problems: list[tuple[int, str]] = []
         self.n_problems = 0
+        # called as on_problem(line, message, raw_text) for every problem, kept or not
+        self.on_problem = None
         self.header: list[str] | None = None
         if self.format != "jsonl":
             self.header = self._read_header()
@@ -79,10 +84,16 @@ class Manifest:
         if self.n_problems:
             raise ManifestError(self.path, self.problems, total=self.n_problems)
 
-    def problem(self, line: int, message: str) -> None:
+    def problem(self, line: int, message: str, raw: str = "") -> None:
         self.n_problems += 1
         if len(self.problems) < MAX_PROBLEMS_KEPT:
             self.problems.append((line, message))
+        if self.on_problem is not None:
+            self.on_problem(line, message, raw.rstrip("\r\n"))
+
+    def set_problem_sink(self, sink) -> None:
+        """Send every problem to ``sink(line, message, raw_text)`` too (None: stop)."""
+        self.on_problem = sink
 
     # ---- reading ---------------------------------------------------------------------
 
@@ -97,7 +108,8 @@ class Manifest:
                     yield n, raw.decode("utf-8"), True
                 except UnicodeDecodeError as e:
                     self.problem(n, f"not valid UTF-8 (byte 0x{raw[e.start]:02x} at column "
-                                    f"{e.start + 1}); save the manifest as UTF-8")
+                                    f"{e.start + 1}); save the manifest as UTF-8",
+                                 raw.decode("utf-8", errors="backslashreplace"))
                     yield n, raw.decode("utf-8", errors="replace"), False
 
     def _read_header(self) -> list[str]:
@@ -127,12 +139,14 @@ class Manifest:
         delimiter = "\t" if self.format == "tsv" else ","
         last_bad = 0  # newest line that failed to decode; a row touching it is skipped
         numbered = self._lines()
+        consumed: list[str] = []  # the physical lines of the record being read
 
         def text_lines():
             nonlocal last_bad
             for n, text, ok in numbered:
                 if not ok:
                     last_bad = n
+                consumed.append(text)
                 yield text
 
         reader = csv.reader(text_lines(), delimiter=delimiter)
@@ -140,6 +154,8 @@ class Manifest:
         prev_end = 0
         for record in reader:
             start, prev_end = prev_end + 1, reader.line_num
+            raw = "".join(consumed)
+            consumed.clear()
             if start == 1:
                 continue  # the header, checked at open
             if last_bad >= start:
@@ -148,9 +164,9 @@ class Manifest:
                 continue  # blank line
             if len(record) != len(header):
                 self.problem(start, f"{len(record)} fields, the header has {len(header)} "
-                                    "(check the delimiter and quoting)")
+                                    "(check the delimiter and quoting)", raw)
                 continue
-            row = self._make_row(start, dict(zip(header, record)))
+            row = self._make_row(start, dict(zip(header, record)), raw)
             if row is not None:
                 yield row
 
@@ -161,28 +177,30 @@ class Manifest:
             try:
                 obj = json.loads(text)
             except json.JSONDecodeError as e:
-                self.problem(n, f"invalid JSON ({e.msg} at column {e.colno})")
+                self.problem(n, f"invalid JSON ({e.msg} at column {e.colno})", text)
                 continue
             if not isinstance(obj, dict):
-                self.problem(n, f"expected a JSON object, got {type(obj).__name__}")
+                self.problem(n, f"expected a JSON object, got {type(obj).__name__}", text)
                 continue
             if "path" not in obj:
-                self.problem(n, "no 'path' field")
+                self.problem(n, "no 'path' field", text)
                 continue
             fields = {k: _json_value_to_str(v) for k, v in obj.items()}
-            row = self._make_row(n, fields)
+            row = self._make_row(n, fields, text)
             if row is not None:
                 yield row
 
-    def _make_row(self, line: int, fields: dict[str, str | None]) -> ManifestRow | None:
+    def _make_row(self, line: int, fields: dict[str, str | None],
+                  raw: str = "") -> ManifestRow | None:
         written = (fields.pop("path", None) or "").strip()
         if not written:
-            self.problem(line, "empty path")
+            self.problem(line, "empty path", raw)
             return None
         item_id = (fields.pop("id", None) or "").strip() or default_id(written, self.base_dir)
         language = (fields.pop("language", None) or "").strip() or None
         extra = {k: v for k, v in fields.items() if v is not None}
-        return ManifestRow(line, item_id, resolve_path(written, self.base_dir), language, extra)
+        return ManifestRow(line, item_id, resolve_path(written, self.base_dir), language, extra,
+                           raw.rstrip("\r\n"))
 
 
 def open_manifest(path: str | os.PathLike, *, format: str | None = None) -> Manifest:

@@ -67,12 +67,22 @@ DDL = [
     )""",
     "CREATE INDEX IF NOT EXISTS items_status_seq ON items (status, seq)",
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    # Manifest rows that were not queued (bad rows, repeated ids), per manifest file; each
+    # enqueue of a manifest replaces that manifest's records.
+    """CREATE TABLE IF NOT EXISTS skipped (
+        manifest TEXT NOT NULL,           -- the manifest file (absolute)
+        line INTEGER NOT NULL,            -- 1-based line where the row starts
+        reason TEXT NOT NULL,
+        raw TEXT NOT NULL DEFAULT '',     -- the row as written (bad bytes as \\xNN)
+        PRIMARY KEY (manifest, line)
+    )""",
 ]
 # Manifest rows land here first, inside the enqueue transaction, so that duplicate ids and
 # conflicts with queued items are found by SQLite on disk rather than in Python memory.
 STAGING = "_incoming"
 STAGING_DDL = f"""CREATE TABLE {STAGING} (
-    n INTEGER PRIMARY KEY, line INTEGER, id TEXT, path TEXT, language TEXT, extra TEXT)"""
+    n INTEGER PRIMARY KEY, line INTEGER, id TEXT, path TEXT, language TEXT, extra TEXT,
+    raw TEXT)"""
 MAX_REPORTED = 20  # conflicts listed in one error message
 # Columns added after the first release: (name, type), added to older queue.db files on open.
 ADDED_COLUMNS = [("lease_owner", "TEXT"), ("lease_until", "REAL")]
@@ -104,7 +114,16 @@ class Item:
 class EnqueueResult:
     added: int  # new items, now pending
     existing: int  # rows whose id was already queued (their state is kept)
-    problems: list[tuple[int, str]]  # skipped bad rows (only with strict=False)
+    problems: list[tuple[int, str]]  # skipped bad rows (only with strict=False), by line
+    skipped: int = 0  # how many rows were skipped (problems may hold only the first ones)
+
+
+@dataclass(frozen=True)
+class SkippedRow:
+    manifest: str
+    line: int
+    reason: str
+    raw: str
 
 
 _DIED_ERROR = ("lease_until = NULL, error = 'the worker died ' || attempts || ' times while "
@@ -214,27 +233,52 @@ class JobQueue:
         checks run in SQL, so memory stays flat for any manifest size. All-or-nothing: one
         transaction, so a kill or an error leaves the queue as it was.
 
-        Raises ManifestError for duplicate ids and, when ``strict``, for the bad rows the
-        manifest reported (``rows.problems``, collected while streaming); raises JobError
-        when an id is already queued with a different path.
+        Rows repeating an id of an earlier row are skipped (the first one is kept), like
+        the bad rows the manifest reports (``rows.problems``, collected while streaming);
+        every skipped row is recorded in the ``skipped`` table with its line, reason and
+        raw text, replacing what an earlier enqueue of the same manifest recorded. When
+        ``strict``, any skipped row raises ManifestError instead (nothing is queued or
+        recorded). Raises JobError when an id is already queued with a different path.
         """
         conn = self.db.conn
+        source = str(getattr(rows, "path", "manifest"))
+        key = os.path.abspath(source) if hasattr(rows, "path") else source
         with self.transaction():
+            conn.execute("DELETE FROM skipped WHERE manifest = ?", (key,))
+
+            def record(line: int, reason: str, raw: str) -> None:
+                conn.execute("INSERT OR REPLACE INTO skipped (manifest, line, reason, raw) "
+                             "VALUES (?, ?, ?, ?)", (key, line, reason, raw))
+
+            sink = getattr(rows, "set_problem_sink", None)
+            if sink is not None:
+                sink(record)
             conn.execute(f"DROP TABLE IF EXISTS {STAGING}")
             conn.execute(STAGING_DDL)
-            self.db[STAGING].insert_all(
-                ({"line": r.line, "id": r.id, "path": r.path, "language": r.language,
-                  "extra": json.dumps(r.extra, ensure_ascii=False)} for r in rows),
-                batch_size=batch_size,
-            )
+            try:
+                self.db[STAGING].insert_all(
+                    ({"line": r.line, "id": r.id, "path": r.path, "language": r.language,
+                      "extra": json.dumps(r.extra, ensure_ascii=False), "raw": r.raw}
+                     for r in rows),
+                    batch_size=batch_size,
+                )
+            finally:
+                if sink is not None:
+                    sink(None)
             conn.execute(f"CREATE INDEX {STAGING}_id ON {STAGING} (id)")
             problems = list(getattr(rows, "problems", []))
             n_problems = getattr(rows, "n_problems", len(problems))
             dups, n_dups = self._duplicates()
-            if dups or (strict and n_problems):
-                source = getattr(rows, "path", "manifest")
-                raise ManifestError(source, (problems if strict else []) + dups,
-                                    total=(n_problems if strict else 0) + n_dups)
+            if strict and (dups or n_problems):
+                raise ManifestError(source, problems + dups, total=n_problems + n_dups)
+            if n_dups:  # keep the first row of each id, record the others as skipped
+                conn.execute(
+                    f"""INSERT OR REPLACE INTO skipped (manifest, line, reason, raw)
+                        SELECT ?, s.line, 'duplicate id ' || quote(s.id) || ' (first used on '
+                               || 'line ' || (SELECT min(f.line) FROM {STAGING} AS f
+                                              WHERE f.id = s.id) || ')', coalesce(s.raw, '')
+                        {self._DUP_ROWS}""", (key,))
+                conn.execute(f"DELETE FROM {STAGING} WHERE n IN (SELECT s.n {self._DUP_ROWS})")
             self._raise_on_conflicts()
             base = conn.execute("SELECT coalesce(max(seq), 0) FROM items").fetchone()[0]
             added = conn.execute(
@@ -246,13 +290,16 @@ class JobQueue:
             ).rowcount
             total = conn.execute(f"SELECT count(*) FROM {STAGING}").fetchone()[0]
             conn.execute(f"DROP TABLE {STAGING}")
-        return EnqueueResult(added, total - added, [] if strict else problems)
+        return EnqueueResult(added, total - added, sorted(problems + dups),
+                             n_problems + n_dups)
+
+    _DUP_ROWS = f"""FROM {STAGING} AS s WHERE EXISTS
+            (SELECT 1 FROM {STAGING} AS e WHERE e.id = s.id AND e.n < s.n)"""
 
     def _duplicates(self) -> tuple[list[tuple[int, str]], int]:
         """Rows repeating an id seen earlier in the same manifest: (kept problems, count)."""
         first_line = f"(SELECT min(line) FROM {STAGING} AS f WHERE f.id = s.id)"
-        dup_rows = f"""FROM {STAGING} AS s WHERE EXISTS
-            (SELECT 1 FROM {STAGING} AS e WHERE e.id = s.id AND e.n < s.n)"""
+        dup_rows = self._DUP_ROWS
         count = self.db.conn.execute(f"SELECT count(*) {dup_rows}").fetchone()[0]
         found = self._q(f"SELECT line, id, {first_line} AS first {dup_rows} ORDER BY n LIMIT 1000")
         return [(d["line"], f"duplicate id {d['id']!r} (first used on line {d['first']})")
@@ -435,6 +482,83 @@ class JobQueue:
                  self._q("SELECT status, count(*) AS n FROM items GROUP BY status")}
         return {s: found.get(s, 0) for s in STATES}
 
+    def live_counts(self, *, run_alive: bool = True, now: float | None = None) -> dict[str, int]:
+        """Counts for a person: ``running`` only for items leased by a live worker (lease
+        in the future, and ``run_alive``); running items whose lease expired or whose run
+        died are counted in ``pending`` and as ``interrupted``; ``skipped`` manifest rows."""
+        t = time.time() if now is None else now
+        counts = self.counts()
+        live = 0
+        if run_alive:
+            live = self.db.conn.execute(
+                "SELECT count(*) FROM items WHERE status = 'running' AND lease_until > ?",
+                (t,)).fetchone()[0]
+        interrupted = counts["running"] - live
+        return {"pending": counts["pending"] + interrupted, "running": live,
+                "done": counts["done"], "failed": counts["failed"],
+                "interrupted": interrupted, "skipped": self.skipped_count()}
+
+    def skipped_count(self) -> int:
+        return self.db.conn.execute("SELECT count(*) FROM skipped").fetchone()[0]
+
+    def skipped_rows(self, limit: int | None = None) -> list[SkippedRow]:
+        """Manifest rows not queued, by manifest and line."""
+        sql = "SELECT manifest, line, reason, raw FROM skipped ORDER BY manifest, line"
+        params = [] if limit is None else [limit]
+        if limit is not None:
+            sql += " LIMIT ?"
+        return [SkippedRow(*r) for r in self.db.conn.execute(sql, params)]
+
+    def audio_seconds(self, statuses: Iterable[str], *, limit: int | None = None,
+                      mean_s: float | None = None) -> tuple[float, int]:
+        """``(seconds, unknown)``: the audio of the items in ``statuses`` (the first
+        ``limit`` in manifest order), with items of unknown duration counted at ``mean_s``
+        (default: the mean of the job's known durations); ``unknown`` counts those."""
+        statuses = list(statuses)
+        marks = ", ".join("?" * len(statuses))
+        sql = (f"SELECT count(*) - count(duration_s), coalesce(sum(duration_s), 0) FROM "
+               f"(SELECT duration_s FROM items WHERE status IN ({marks}) ORDER BY seq"
+               + (" LIMIT ?)" if limit is not None else ")"))
+        unknown, known = self.db.conn.execute(
+            sql, statuses + ([] if limit is None else [limit])).fetchone()
+        if mean_s is None:
+            n, total = self.known_durations()
+            mean_s = total / n if n else 0.0
+        return float(known) + unknown * mean_s, unknown
+
+    def probe_durations(self, *, threads: int = 8, batch: int = 512) -> int:
+        """Read the duration of pending items not known yet from their headers (no
+        decoding), ``threads`` files at a time (a network share answers slowly, not
+        serially), and store it; a file that cannot be probed keeps NULL (it fails when it
+        is run). Returns how many were stored."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from batchasr.audio import probe
+
+        def one(item_id_path):
+            try:
+                d = probe(item_id_path[1])[0]
+            except Exception:  # missing, not audio, ...: the reader will say why
+                return None
+            return (d, item_id_path[0]) if d > 0 else None
+
+        stored, last = 0, -1
+        with ThreadPoolExecutor(max(1, threads), thread_name_prefix="batchasr-probe") as pool:
+            while True:
+                todo = self.db.conn.execute(
+                    "SELECT id, path, seq FROM items WHERE status = 'pending' AND duration_s "
+                    "IS NULL AND seq > ? ORDER BY seq LIMIT ?", (last, batch)).fetchall()
+                if not todo:
+                    return stored
+                last = todo[-1][2]
+                found = [r for r in pool.map(one, [(t[0], t[1]) for t in todo]) if r]
+                if found:
+                    with self.transaction():
+                        self.db.conn.executemany(
+                            "UPDATE items SET duration_s = ? WHERE id = ? AND duration_s IS NULL",
+                            found)
+                    stored += len(found)
+
     def failed(self, limit: int | None = None) -> list[Item]:
         return list(self.items("failed", limit=limit))
 
@@ -457,6 +581,64 @@ class JobQueue:
             "SELECT count(duration_s), coalesce(sum(duration_s), 0) FROM items"
         ).fetchone()
         return n, float(total)
+
+
+# ---- live progress ---------------------------------------------------------------------------
+
+PROGRESS_DIR = "progress"  # <job>/progress/<worker>.json, rewritten by each live worker
+PROGRESS_MAX_AGE_S = 120.0  # older files are from a worker that died or hangs
+
+
+def write_progress(job_dir: str | os.PathLike, owner: str, figures: dict[str, Any]) -> None:
+    """Atomically (re)write this worker's figures for `batchasr status`."""
+    folder = Path(job_dir) / PROGRESS_DIR
+    folder.mkdir(exist_ok=True)
+    out = folder / (owner.replace(os.sep, "_").replace(":", "_") + ".json")
+    tmp = out.with_name(f"{out.name}.{threading.get_ident()}.tmp")  # a thread's own
+    tmp.write_text(json.dumps({**figures, "owner": owner, "updated_at": time.time()}))
+    os.replace(tmp, out)
+
+
+def drop_progress(job_dir: str | os.PathLike, owner: str) -> None:
+    out = Path(job_dir) / PROGRESS_DIR / (owner.replace(os.sep, "_").replace(":", "_") + ".json")
+    out.unlink(missing_ok=True)
+    try:
+        out.parent.rmdir()  # the last worker of the run leaves no folder behind
+    except OSError:
+        pass
+
+
+def read_live_progress(job_dir: str | os.PathLike, *, now: float | None = None,
+                       max_age_s: float = PROGRESS_MAX_AGE_S) -> list[dict[str, Any]]:
+    """The figures of the workers that wrote theirs in the last ``max_age_s`` seconds."""
+    t = time.time() if now is None else now
+    found = []
+    for f in sorted((Path(job_dir) / PROGRESS_DIR).glob("*.json")):
+        try:
+            rec = json.loads(f.read_text())
+        except (OSError, ValueError):
+            continue  # being replaced, or foreign
+        if t - rec.get("updated_at", 0) <= max_age_s:
+            found.append(rec)
+    return found
+
+
+def run_is_alive(job_dir: str | os.PathLike) -> bool:
+    """Whether the process that last took the job lock is still alive (same host). Reads
+    the pid in the lock file; never takes the lock (a starting run must not see it held)."""
+    try:
+        pid = int((Path(job_dir) / LOCK_NAME).read_text().strip() or 0)
+    except (OSError, ValueError):
+        return False
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 # ---- the job lock ----------------------------------------------------------------------------

@@ -43,6 +43,7 @@ pending); a second one stops at once, within about a second even inside a long m
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -50,6 +51,7 @@ import queue as stdqueue
 import shutil
 import signal
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -62,10 +64,11 @@ from typing import Any, Sequence
 
 import numpy as np
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from batchasr import audio, pipeline, results, subtitles
 from batchasr.errors import AudioError
-from batchasr.queue import Item, JobLock, JobQueue
+from batchasr.queue import Item, JobLock, JobQueue, drop_progress, write_progress
 from batchasr.transcript import ASRModel, Transcript
 
 logger = logging.getLogger("batchasr.worker")
@@ -81,6 +84,7 @@ CRASH_POINTS = ("decode", "batch", "after_part", "after_complete", "after_checkp
 # "batchasr-test: slow batch" on stderr and sleeps that long in C code with SIGINT and SIGTERM
 # blocked for it: a long model call that does not return to Python for signal handlers.
 SLOW_ENV = "BATCHASR_TEST_SLOW_BATCH"
+PROGRESS_EVERY_S = 2.0  # the progress file for `status`: at most this often from the loop
 
 
 @dataclass(frozen=True)
@@ -311,6 +315,7 @@ class _Work:
     cutter: Any = None  # pipeline.SegmentCutter, used on the main thread only
     unsaved: list = field(default_factory=list)  # (index, start_ms, end_ms, transcript)
     unsaved_s: float = 0.0
+    bar_s: float = 0.0  # audio seconds of this item the progress bar has counted
 
     @property
     def complete(self) -> bool:
@@ -513,8 +518,10 @@ class _Heartbeat:
     """A thread renewing this worker's leases every ``every`` seconds, on a queue
     connection of its own (a long model call on the main thread must not let them lapse)."""
 
-    def __init__(self, job_dir: Path, owner: str, lease_s: float, every: float):
+    def __init__(self, job_dir: Path, owner: str, lease_s: float, every: float,
+                 on_beat=None):
         self.job_dir, self.owner, self.lease_s, self.every = job_dir, owner, lease_s, every
+        self.on_beat = on_beat  # also called every beat (the progress file for `status`)
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._loop, name="batchasr-heartbeat", daemon=True)
         self.thread.start()
@@ -526,6 +533,11 @@ class _Heartbeat:
                     queue.heartbeat(self.owner, lease_s=self.lease_s)
                 except Exception:  # e.g. the database stayed busy: try again next beat
                     logger.exception("lease heartbeat failed")
+                if self.on_beat is not None:
+                    try:
+                        self.on_beat()
+                    except Exception:  # figures for `status` only
+                        logger.debug("could not write the progress file", exc_info=True)
 
     def close(self) -> None:
         self._stop.set()
@@ -562,26 +574,42 @@ class _Runner:
         self._decode_s = 0.0
         self._decode_lock = threading.Lock()
         self.padded = self.useful = 0  # samples in batches once padded / of real audio
-        # Progress counts audio seconds through the model; its rate is audio-hours per hour.
+        # Progress: the job's audio seconds, from the durations probed at enqueue (items
+        # whose length is not known count at the mean of the known ones until a reader
+        # finds it out); the done part of the job is the bar's initial value. Its rate is
+        # audio seconds per second: "x real time".
         self.n_run = int(min(queue.counts()["pending"], self.claim_budget))
-        self.known = queue.known_durations()  # for the ETA before this run knows any
+        n_known, known_s = queue.known_durations()
+        self.mean_s = known_s / n_known if n_known else 0.0
+        self.before_s, _ = queue.audio_seconds(["done"])
+        todo_s, _ = queue.audio_seconds(["pending"], limit=self.n_run, mean_s=self.mean_s)
         self.transcribed_s = 0.0
-        self.bar = tqdm(total=None, unit="s", unit_scale=True, desc="transcribing",
-                        disable=not progress, dynamic_ncols=True, smoothing=0.05)
+        self.bar = _AudioBar(total=self.before_s + todo_s, initial=self.before_s,
+                             desc="transcribing", disable=not progress, dynamic_ncols=True,
+                             smoothing=0.05)
+        if self.before_s and progress:
+            self.bar.write(f"resuming: {_hours(self.before_s)} of "
+                           f"{_hours(self.before_s + todo_s)} of audio done before",
+                           file=sys.stderr)
         self._update_bar_total()
 
     # ---- the loop -------------------------------------------------------------------------
 
     def run(self) -> RunSummary:
         t0 = time.perf_counter()
+        self.started_at = time.time()
+        self._write_progress()
         readers = ThreadPoolExecutor(self.opts.readers, thread_name_prefix="batchasr-reader")
         self.readers = readers
         self.writer = _Writer(self.job_dir, self.model.name, self.opts, self.crash, self.owner)
         heartbeat = _Heartbeat(self.job_dir, self.owner, self.opts.lease_s,
-                               self.opts.heartbeat_s or self.opts.lease_s / 4)
+                               self.opts.heartbeat_s or self.opts.lease_s / 4,
+                               on_beat=self._write_progress)
         try:
-            while self.step():
-                pass
+            # warnings and failures logged meanwhile are printed above the bar, not into it
+            with logging_redirect_tqdm() if not self.bar.disable else ExitStack():
+                while self.step():
+                    pass
         finally:
             # Normal end, Ctrl-C, or an error: stop the readers, let the writer finish what
             # it was given, and hand every item not written back to pending.
@@ -591,6 +619,7 @@ class _Runner:
             self._collect_written()
             self._release_unfinished()
             heartbeat.close()
+            drop_progress(self.job_dir, self.owner)  # runs.jsonl has the figures now
             self.bar.close()
             s = self.summary
             s.wall_s = time.perf_counter() - t0
@@ -907,11 +936,11 @@ class _Runner:
         self.useful += sum(len(w) for w in waves)
         seconds = sum(len(w) for w in waves) / SR
         self.transcribed_s += seconds
-        self.bar.update(seconds)
 
     def _record(self, p: _Piece, out: Transcript) -> None:
         w = p.work
         w.pieces[p.index] = pipeline.PieceResult(p.offset_s, p.offset_s + len(p.audio) / SR, out)
+        self._advance(w, len(p.audio) / SR)
         if p.span is not None and self.opts.checkpoint_s:
             w.unsaved.append((p.index, *p.span, out))
             w.unsaved_s += len(p.audio) / SR
@@ -962,6 +991,7 @@ class _Runner:
             self.summary.taken_over += len(works) - committed
             for w in works:
                 self.work.pop(w.item.id, None)
+                self._bar_finished(w)
             if committed == len(works):
                 self.summary.done += committed
                 self.summary.audio_s += sum(w.duration_s or 0.0 for w in works)
@@ -972,6 +1002,9 @@ class _Runner:
                         self.summary.done += 1
                         self.summary.audio_s += w.duration_s or 0.0
             self._update_bar_total()
+            if (self.summary.done and not self.progress_done
+                    or time.time() - self.progress_written >= PROGRESS_EVERY_S):
+                self._write_progress()  # at the first item done, then every few seconds
 
     def _fail(self, w: _Work, error: str) -> None:
         if w.failed:
@@ -982,6 +1015,7 @@ class _Runner:
         logger.warning("%s failed: %s", w.item.id, error)
         self.queue.fail(w.item.id, error, owner=self.owner, duration_s=w.duration_s)
         self.summary.failed += 1
+        self._bar_finished(w)
         if w in self.ready:
             self.ready.remove(w)
         if any(p.work is w for p in self.pool):
@@ -1008,15 +1042,72 @@ class _Runner:
             except Exception:  # e.g. a second Ctrl-C inside it: reset_running covers them
                 logger.exception("could not hand %d unfinished item(s) back", len(ids))
 
+    def _advance(self, w: _Work, seconds: float) -> None:
+        """Count audio of an item on the bar, never past the item's share of the total."""
+        share = w.item.duration_s if w.item.duration_s is not None else self.mean_s
+        if w.duration_s is not None:
+            share = max(share, w.duration_s)
+        step = max(0.0, min(seconds, share - w.bar_s))
+        w.bar_s += step
+        if step:
+            self.bar.update(step)
+
+    def _bar_finished(self, w: _Work) -> None:
+        """An item is done or failed: the bar counts all of it. Only an item whose length
+        was not known at the start changes the total (it was counted at the mean)."""
+        if w.item.duration_s is None:
+            actual = w.duration_s if w.duration_s is not None else self.mean_s
+            self.bar.total = max(self.bar.n, self.bar.total + actual - self.mean_s)
+            w.item = dataclasses.replace(w.item, duration_s=actual)  # its share from now on
+        self._advance(w, math.inf)
+
     def _update_bar_total(self) -> None:
-        """Estimated audio seconds of this run: what went through the model, plus the items
-        not finished yet at the mean duration of the job's items so far."""
+        """The counts after the bar (the total is the job's audio, fixed at the start)."""
         s = self.summary
-        n, total = self.known[0] + s.done, self.known[1] + s.audio_s
-        if n:
-            remaining = max(0, self.n_run - s.items)
-            self.bar.total = max(self.bar.n, self.transcribed_s + remaining * total / n)
-        self.bar.set_postfix(done=s.done, failed=s.failed, refresh=False)
+        self.bar.set_postfix_str(f"{s.done} done, {s.failed} failed", refresh=False)
+
+    def _write_progress(self) -> None:
+        """This worker's figures for `batchasr status` while it runs (every heartbeat)."""
+        s = self.summary
+        self.progress_written, self.progress_done = time.time(), s.done
+        try:
+            write_progress(self.job_dir, self.owner, {
+                "pid": os.getpid(), "started_at": self.started_at, "audio_s": s.audio_s,
+                "done": s.done, "failed": s.failed, "bar_n": self.bar.n,
+                "bar_total": self.bar.total})
+        except OSError:  # figures for `status` only: never a reason to stop
+            logger.debug("could not write the progress file", exc_info=True)
+
+
+def _hours(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 360 else f"{seconds / 60:.1f} min"
+
+
+class _AudioBar(tqdm):
+    """Progress in audio seconds, with the rate as "x real time" (audio seconds per
+    second) and "first batch" until the first audio is through the model, e.g.
+    ``transcribing:  37%|███▋      | 1:02:03/2:47:10 audio [00:12<00:20, 310.2x real time,
+    40 done, 1 failed]``."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, bar_format="{desc}: {percentage:3.0f}%|{bar}| {audio} "
+                                           "[{elapsed}<{remaining}, {speed}{postfix}]",
+                         **kwargs)
+
+    @property
+    def format_dict(self):
+        d = super().format_dict
+        if "initial" not in d:  # disabled from the start: nothing is shown
+            return d
+        n, total = d["n"], d["total"]
+        d["audio"] = (f"{tqdm.format_interval(n)}/{tqdm.format_interval(total or 0)} audio")
+        rate = d["rate"]
+        if rate is None and d["elapsed"] and n > d["initial"]:
+            rate = (n - d["initial"]) / d["elapsed"]
+        d["speed"] = f"{rate:.1f}x real time" if n > d["initial"] and rate else "first batch"
+        if not total:  # nothing known to measure against
+            d["bar_format"] = "{desc}: {audio} [{elapsed}, {speed}{postfix}]"
+        return d
 
 
 def _fingerprint(path: str) -> str:

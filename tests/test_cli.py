@@ -68,7 +68,8 @@ def test_run_demo_manifest_then_export_and_status(tmp_path):
     assert json.loads(out.stdout)["text"] == by_id["en-16k-mono"]["text"]
     # status
     counts = json.loads(batchasr("status", "--job-dir", job, "--json", check=0).stdout)
-    assert counts == {"pending": 0, "running": 0, "done": 6, "failed": 5}
+    assert counts == {"pending": 0, "running": 0, "done": 6, "failed": 5, "interrupted": 0,
+                      "skipped": 0}
     listing = batchasr("status", "--job-dir", job, "--failed", check=0).stdout
     assert "bad-missing" in listing and "missing" in listing
     # subtitles: one per done file, inside the job folder

@@ -205,3 +205,20 @@ def test_lock_is_reentrant_in_one_process_and_released(tmp_path):
     p = spawn_locker(tmp_path)  # free now
     p.kill()
     p.wait()
+
+
+def test_repeated_ids_are_skipped_rows_unless_strict(tmp_path, q):
+    (tmp_path / "m.csv").write_text("path,id\na.wav,a\nb.wav,b\nc.wav,a\n,x\nd.wav,b\n")
+    r = q.enqueue(open_manifest(tmp_path / "m.csv"), strict=False)
+    assert (r.added, r.skipped) == (2, 3)
+    assert [n for n, _ in r.problems] == [4, 5, 6]
+    assert q.get("a").path == str(tmp_path / "a.wav")  # the first occurrence is kept
+    rows = q.skipped_rows()
+    assert [(s.line, s.raw) for s in rows] == [(4, "c.wav,a"), (5, ",x"), (6, "d.wav,b")]
+    assert rows[0].reason == "duplicate id 'a' (first used on line 2)"
+    assert rows[0].manifest == str(tmp_path / "m.csv")
+    q.enqueue(open_manifest(tmp_path / "m.csv"), strict=False)  # again: replaced, not added
+    assert q.skipped_count() == 3 and q.live_counts()["skipped"] == 3
+    with pytest.raises(ManifestError, match="duplicate id 'a'"):
+        q.enqueue(open_manifest(tmp_path / "m.csv"))
+    assert q.skipped_count() == 3  # a refused manifest changes nothing
