@@ -105,11 +105,16 @@ def cli(verbose):
 @click.option("--max-new-tokens", type=click.IntRange(1), default=None,
               help="LLM models: generation cap, counting the stop token (funasr's max_length; "
                    "512 by default).")
+@click.option("--no-guard", is_flag=True,
+              help="LLM models: turn the runaway guard off (the token ceiling per second of "
+                   "audio and the repetition-loop cut), so the generated ids are exactly the "
+                   "official ones up to --max-new-tokens.")
 @click.option("--language", default=None, help="LLM models: language named in the prompt.")
 @click.option("--hotwords", default=None,
               help="LLM models: comma-separated words to favour, as the official prompt does.")
 def transcribe(files, model, weights, dtype, device, download, batch_seconds, batch_size, vad,
-               max_segment_s, max_window_s, punc, as_json, max_new_tokens, language, hotwords):
+               max_segment_s, max_window_s, punc, as_json, max_new_tokens, no_guard, language,
+               hotwords):
     """Transcribe audio files or folders and print the text (or JSON lines).
 
     Files are cut, batched and put back together as `batchasr run` does (same VAD,
@@ -134,8 +139,8 @@ def transcribe(files, model, weights, dtype, device, download, batch_seconds, ba
         from batchasr.device import default_batch_seconds
 
         batch_seconds = default_batch_seconds(device)
-    options = {k: v for k, v in (("max_new_tokens", max_new_tokens), ("hotwords", hotwords))
-               if v is not None}
+    options = {k: v for k, v in (("max_new_tokens", max_new_tokens), ("hotwords", hotwords),
+                                 ("no_guard", no_guard or None)) if v is not None}
     try:
         asr = open_model(model, weights, dtype, device, download, **options)
         cut = pipeline.CutOptions(
@@ -235,6 +240,10 @@ def job_option(required: bool = True):
 @click.option("--max-new-tokens", type=click.IntRange(1), default=None,
               help="LLM models: generation cap, counting the stop token.")
 @click.option("--hotwords", default=None, help="LLM models: comma-separated hotwords.")
+@click.option("--no-guard", is_flag=True,
+              help="LLM models: turn the runaway guard off (token ceiling per second of audio, "
+                   "repetition-loop cut): the generated ids are exactly the official ones up "
+                   "to --max-new-tokens.")
 @click.option("--workers", "-w", type=click.IntRange(1), default=None,
               help="Worker processes on this host sharing the job's queue, each loading the "
                    "model once (default 1; with --gpus, one per GPU). With --engine ray: model "
@@ -259,7 +268,8 @@ def job_option(required: bool = True):
                    "sshfs...), where SQLite's locking is unreliable: one host only.")
 def run(source, model, weights, dtype, device, download, job_dir, batch_seconds, limit,
         max_window_s, vad, max_segment_s, punc, readers, strict_manifest, progress,
-        max_new_tokens, hotwords, workers, gpus, shard, engine, address, allow_network_fs):
+        max_new_tokens, hotwords, no_guard, workers, gpus, shard, engine, address,
+        allow_network_fs):
     """Transcribe every file of a manifest (CSV, TSV, JSONL) or folder, resumably.
 
     The manifest is enqueued into <job-dir>/queue.db (default jobs/<manifest name>/); only
@@ -286,8 +296,8 @@ def run(source, model, weights, dtype, device, download, job_dir, batch_seconds,
     from batchasr.scale import ShardedManifest, check_local_disk, parse_shard, plan_devices
     from batchasr.worker import run_job, sweep_checkpoints
 
-    options = {k: v for k, v in (("max_new_tokens", max_new_tokens), ("hotwords", hotwords))
-               if v is not None}
+    options = {k: v for k, v in (("max_new_tokens", max_new_tokens), ("hotwords", hotwords),
+                                 ("no_guard", no_guard or None)) if v is not None}
     model_args = {"model": str(model), "weights": weights, "dtype": dtype, "device": device,
                   "download": download, **options}
     # how long files are cut and punctuated: recorded with the job, passed to every worker

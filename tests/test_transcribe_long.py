@@ -181,3 +181,65 @@ def test_a_long_file_is_never_decoded_whole(folder, tmp_path, monkeypatch):
     # the pool (4 batches of 20 s) plus one 30 s window of VAD segments, not 600 s
     assert 0 < stats["peak_pool_samples"] <= (4 * 20 + 30) * SR
     assert stats["batches"] > 10 and stats["model_audio_s"] < 500  # no silence sent
+
+
+# ---- point 6: --no-guard and the tokens of LLM models --------------------------------------------
+
+
+def nano_official(clip: str) -> list[int]:
+    exp = json.loads((NANO / "expected.json").read_text(encoding="utf-8"))
+    eos = json.loads((NANO / "Qwen3-0.6B" / "config.json").read_text())["eos_token_id"]
+    eos = eos if isinstance(eos, list) else [eos]
+    return [i for i in exp["clips"][clip]["generated_ids"] if i not in eos], exp["max_length"]
+
+
+def test_no_guard_gives_the_official_ids_and_tokens_are_vocabulary_pieces():
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(NANO / "Qwen3-0.6B" / "tokenizer.json"))
+    official, cap = nano_official("utt_short")  # ' wa' then 'p' repeated to the cap
+    clip = CLIPS / "utt_short.wav"
+    common = ["--model", NANO, "--json", "--max-new-tokens", cap]
+    [guarded] = json_lines(batchasr("transcribe", *common, clip, check=0))
+    [exact] = json_lines(batchasr("transcribe", *common, "--no-guard", clip, check=0))
+    # default: the loop is cut back to one copy of its unit and flagged
+    assert guarded["flags"] == ["repetition_loop"]
+    assert guarded["token_ids"] == official[:len(guarded["token_ids"])]
+    assert len(guarded["token_ids"]) < len(official)
+    # --no-guard: exactly the official ids, to the cap
+    assert exact["token_ids"] == official and len(official) == cap
+    assert exact["flags"] == ["token_cap"]
+    # tokens: the vocabulary pieces of the ids; token_texts: what each adds to the text
+    for rec in (guarded, exact):
+        assert rec["tokens"] == [tok.id_to_token(i) for i in rec["token_ids"]]
+        special = {i for i, t in tok.get_added_tokens_decoder().items() if t.special}
+        assert "".join(t for t, i in zip(rec["token_texts"], rec["token_ids"])
+                       if i not in special) == tok.decode(rec["token_ids"])
+    assert any(p != t for p, t in zip(exact["tokens"], exact["token_texts"]))  # pieces, not text
+    # the ceiling per audio second: 2 s of audio would allow 50 tokens; without the guard
+    # the loop runs to --max-new-tokens
+    [long_cap] = json_lines(batchasr("transcribe", "--model", NANO, "--json", "--no-guard",
+                                     "--max-new-tokens", 80, clip, check=0))
+    assert len(long_cap["token_ids"]) == 80 and long_cap["token_ids"][:cap] == official
+    # Paraformer has no guard: the option is refused
+    proc = batchasr("transcribe", "--model", MODEL, "--no-guard", clip)
+    assert proc.returncode == 1 and "--no-guard does not apply to zh_mixed models" in proc.stderr
+
+
+def test_run_no_guard_is_a_job_setting_and_gives_the_official_ids(tmp_path):
+    official, cap = nano_official("utt_short")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"id,path\nshort,{CLIPS / 'utt_short.wav'}\n", encoding="utf-8")
+    rows = {}
+    for name, extra in (("guarded", []), ("exact", ["--no-guard"])):
+        job = tmp_path / name
+        batchasr("run", manifest, "--job-dir", job, "--model", NANO, "--max-new-tokens", cap,
+                 "--no-progress", *extra, check=0)
+        batchasr("export", "--job-dir", job, "-o", job / "r.parquet", check=0)
+        [rows[name]] = pq.read_table(job / "r.parquet").to_pylist()
+        with JobQueue(job) as q:
+            assert q.meta().get("no_guard") is (True if extra else None)
+    assert [t["id"] for t in rows["exact"]["tokens"]] == official
+    assert rows["exact"]["flags"] == ["token_cap"]
+    assert rows["guarded"]["flags"] == ["repetition_loop"]
+    assert len(rows["guarded"]["tokens"]) < len(official)
