@@ -23,6 +23,8 @@ from batchasr import __version__
 from batchasr.errors import BatchasrError, JobError
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_FAILED_ITEMS = 0, 1, 2, 3
+# LLM decoding options of `run`: recorded with the job's settings, passed to every worker
+DECODING_OPTIONS = ("max_new_tokens", "hotwords", "no_guard")
 MAX_WARNINGS = 1000  # skipped manifest rows printed by `run` (all are in `status --failed`)
 
 
@@ -95,21 +97,49 @@ def cli(verbose):
 
 @cli.command()
 @model_options
-@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option("--batch-size", "-b", default=8, show_default=True, type=click.IntRange(1),
-              help="Files decoded and run through the model together.")
+@click.argument("files", nargs=-1, required=True, type=click.Path())
+@click.option("--batch-seconds", default=None, type=click.FloatRange(1),
+              help="Audio seconds per model batch, as for `run` (default 1000 on GPUs, 30 on "
+                   "CPUs). Pieces of consecutive files share length-sorted batches.")
+@click.option("--batch-size", "-b", default=None, type=click.IntRange(1),
+              help="At most this many pieces per model batch (default: only --batch-seconds "
+                   "bounds a batch).")
+@click.option("--vad", default="silero", show_default=True, metavar="silero|fsmn-vad|DIR|none",
+              help="As for `run`: files longer than --max-segment-s are cut into the VAD's "
+                   "speech segments; 'none': equal windows of --max-window-s. Shorter files "
+                   "are transcribed whole.")
+@click.option("--max-segment-s", type=click.FloatRange(1), default=None,
+              help="Longest piece sent to the model with a VAD (default: 30, 15 for "
+                   "Fun-ASR-Nano); files not longer go whole.")
+@click.option("--max-window-s", default=30.0, show_default=True, type=click.FloatRange(1),
+              help="With --vad none: files longer than this are cut into equal windows of at "
+                   "most this length.")
+@click.option("--punc", default="none", show_default=True, metavar="DIR|ct-punc|ct-punc-c|none",
+              help="Punctuation model for models whose text has none (Paraformer), as for "
+                   "`run`: text punctuated, segments become sentences.")
 @click.option("--json", "as_json", is_flag=True,
               help="One JSON object per file per line: path, text, tokens, token_ids, "
                    "timestamps ([start_ms, end_ms] per token), ...")
 @click.option("--max-new-tokens", type=click.IntRange(1), default=None,
               help="LLM models: generation cap, counting the stop token (funasr's max_length; "
                    "512 by default).")
+@click.option("--no-guard", is_flag=True,
+              help="LLM models: turn the runaway guard off (the token ceiling per second of "
+                   "audio and the repetition-loop cut), so the generated ids are exactly the "
+                   "official ones up to --max-new-tokens.")
 @click.option("--language", default=None, help="LLM models: language named in the prompt.")
 @click.option("--hotwords", default=None,
               help="LLM models: comma-separated words to favour, as the official prompt does.")
-def transcribe(files, model, weights, dtype, device, download, batch_size, as_json,
-               max_new_tokens, language, hotwords):
-    """Transcribe audio files and print the text (or JSON lines).
+def transcribe(files, model, weights, dtype, device, download, batch_seconds, batch_size, vad,
+               max_segment_s, max_window_s, punc, as_json, max_new_tokens, no_guard, language,
+               hotwords):
+    """Transcribe audio files or folders and print the text (or JSON lines).
+
+    Files are cut, batched and put back together as `batchasr run` does (same VAD,
+    --max-segment-s and length-sorted batches), so a file gives the same text, tokens and
+    segments as its row in a job, in bounded memory whatever its length. Folders are
+    scanned for audio files as `run` scans them. Output is in input order, one line (or
+    JSON object) per file.
 
     Files that cannot be decoded are reported on stderr (and as JSON objects with an
     "error" key) without stopping the others; the exit code is then 3.
@@ -117,42 +147,56 @@ def transcribe(files, model, weights, dtype, device, download, batch_size, as_js
     \b
     Example:
       batchasr transcribe --model ./paraformer-zh --json clip1.wav clip2.flac
+      batchasr transcribe --model ./paraformer-zh --punc ./ct-punc meeting.wav recordings/
     """
-    from batchasr.audio import load
+    from batchasr import pipeline
+    from batchasr.manifest import iter_audio_files
     from batchasr.transcript import to_record
 
-    options = {k: v for k, v in (("max_new_tokens", max_new_tokens), ("hotwords", hotwords))
-               if v is not None}
+    if batch_seconds is None:
+        from batchasr.device import default_batch_seconds
+
+        batch_seconds = default_batch_seconds(device)
+    options = {k: v for k, v in (("max_new_tokens", max_new_tokens), ("hotwords", hotwords),
+                                 ("no_guard", no_guard or None)) if v is not None}
     try:
         asr = open_model(model, weights, dtype, device, download, **options)
+        cut = pipeline.CutOptions(
+            vad=pipeline.open_vad(vad, download=download), max_window_s=max_window_s,
+            max_segment_s=max_segment_s or pipeline.default_max_segment_s(asr))
+        punctuator = pipeline.open_punctuator(punc, download=download)
     except (BatchasrError, ValueError) as e:
         fail(str(e))
+    entries: list[tuple[str, str | None]] = []  # (path, error), folders expanded
+    for arg in files:
+        if Path(arg).is_dir():
+            found = [str(p) for p in iter_audio_files(arg)]
+            entries += [(p, None) for p in found] or [(arg, f"{arg}: no audio files in the "
+                                                            "folder")]
+        else:
+            entries.append((arg, None))
+    single = len(files) == 1 and not Path(files[0]).is_dir()
+    results = pipeline.transcribe_files(
+        asr, ((p, language) for p, err in entries if err is None), cut,
+        batch_seconds=batch_seconds, max_items=batch_size, punctuator=punctuator)
     failures = 0
-    for start in range(0, len(files), batch_size):
-        chunk = files[start : start + batch_size]
-        decoded: dict[int, object] = {}
-        errors: dict[int, BatchasrError] = {}
-        for i, path in enumerate(chunk):
-            try:
-                decoded[i] = load(path)
-            except BatchasrError as e:
-                errors[i] = e
-        order = sorted(decoded)
-        results = dict(zip(order, asr.transcribe([decoded[i] for i in order],
-                                                  languages=[language] * len(order))))
-        for i, path in enumerate(chunk):  # report in input order
-            if i in errors:
+    try:
+        for path, error in entries:  # in input order
+            if error is None:
+                r = next(results)
+                error, path = r.error, r.path
+            if error is not None:
                 failures += 1
-                click.echo(f"Error: {errors[i]}", err=True)
+                click.echo(f"Error: {error}", err=True)
                 if as_json:
-                    click.echo(json.dumps({"path": path, "error": str(errors[i])},
-                                          ensure_ascii=False))
+                    click.echo(json.dumps({"path": path, "error": error}, ensure_ascii=False))
             elif as_json:
-                record = to_record(results[i], path=path, duration_s=len(decoded[i]) / 16000,
-                                   asr=asr)
+                record = to_record(r.transcript, path=path, duration_s=r.duration_s, asr=asr)
                 click.echo(json.dumps(record, ensure_ascii=False))
             else:
-                click.echo(results[i].text if len(files) == 1 else f"{path}\t{results[i].text}")
+                click.echo(r.transcript.text if single else f"{path}\t{r.transcript.text}")
+    except (BatchasrError, ValueError) as e:
+        fail(str(e))
     sys.exit(EXIT_FAILED_ITEMS if failures else EXIT_OK)
 
 
@@ -216,6 +260,10 @@ def job_option(required: bool = True):
 @click.option("--max-new-tokens", type=click.IntRange(1), default=None,
               help="LLM models: generation cap, counting the stop token.")
 @click.option("--hotwords", default=None, help="LLM models: comma-separated hotwords.")
+@click.option("--no-guard", is_flag=True,
+              help="LLM models: turn the runaway guard off (token ceiling per second of audio, "
+                   "repetition-loop cut): the generated ids are exactly the official ones up "
+                   "to --max-new-tokens.")
 @click.option("--workers", "-w", type=click.IntRange(1), default=None,
               help="Worker processes on this host sharing the job's queue, each loading the "
                    "model once (default 1; with --gpus, one per GPU). With --engine ray: model "
@@ -240,7 +288,8 @@ def job_option(required: bool = True):
                    "sshfs...), where SQLite's locking is unreliable: one host only.")
 def run(source, model, weights, dtype, device, download, job_dir, batch_seconds, limit,
         max_window_s, vad, max_segment_s, punc, readers, strict_manifest, progress,
-        max_new_tokens, hotwords, workers, gpus, shard, engine, address, allow_network_fs):
+        max_new_tokens, hotwords, no_guard, workers, gpus, shard, engine, address,
+        allow_network_fs):
     """Transcribe every file of a manifest (CSV, TSV, JSONL) or folder, resumably.
 
     The manifest is enqueued into <job-dir>/queue.db (default jobs/<manifest name>/); only
@@ -270,7 +319,7 @@ def run(source, model, weights, dtype, device, download, job_dir, batch_seconds,
 
     given = {"model": model, "weights": weights, "dtype": dtype, "vad": vad,
              "max_segment_s": max_segment_s, "punc": punc, "max_new_tokens": max_new_tokens,
-             "hotwords": hotwords}
+             "hotwords": hotwords, "no_guard": no_guard or None}
     try:
         shard_i, shard_n = parse_shard(shard) if shard else (None, None)
         devices = plan_devices(workers, gpus) if engine == "local" else []
@@ -281,7 +330,7 @@ def run(source, model, weights, dtype, device, download, job_dir, batch_seconds,
             raise click.UsageError("--shard and --gpus are for --engine local; Ray places "
                                    "one actor per GPU itself")
         filled = job_settings(given, {})
-        options = {k: filled[k] for k in ("max_new_tokens", "hotwords") if filled[k] is not None}
+        options = {k: filled[k] for k in DECODING_OPTIONS if filled[k] is not None}
         model_args = {"model": str(filled["model"]), "weights": filled["weights"],
                       "dtype": filled["dtype"], "device": device, "download": download,
                       **options}
@@ -309,7 +358,7 @@ def run(source, model, weights, dtype, device, download, job_dir, batch_seconds,
         recorded = recorded_settings(job)
         filled = job_settings(given, recorded)
         model, weights, dtype = str(filled["model"]), filled["weights"], filled["dtype"]
-        options = {k: filled[k] for k in ("max_new_tokens", "hotwords") if filled[k] is not None}
+        options = {k: filled[k] for k in DECODING_OPTIONS if filled[k] is not None}
         # how long files are cut and punctuated: recorded with the job, passed to every worker
         longform = {"vad": str(filled["vad"]), "max_segment_s": filled["max_segment_s"],
                     "punc": str(filled["punc"])}

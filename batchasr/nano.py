@@ -14,7 +14,8 @@ max(min_tokens, ceil(max_tokens_per_second x duration)) new tokens (never more t
 `max_new_tokens`), and a tail that repeats one unit of 1..max_period tokens at least
 min_repeats times over at least min_span tokens is cut back to one copy of the unit. Both are
 reported in `Transcript.flags` ("token_cap", "repetition_loop"). When neither triggers the
-output is the official one; `GuardOptions.off()` disables both.
+output is the official one; `GuardOptions.off()` (`no_guard = True`, the CLI's `--no-guard`)
+disables both, so the ids are the official ones up to `max_new_tokens`.
 
 Numerics as FunASR runs the published config (`llm_dtype: bf16`): the LLM is built in bf16,
 model.pt is copied into it and it is cast to fp32 for inference, so its weights *and RoPE's
@@ -266,6 +267,19 @@ class FunASRNanoASR:
                                             languages[i], flags)
         return results
 
+    @property
+    def no_guard(self) -> bool:
+        """True when both parts of the runaway guard are off (`--no-guard`): the generated ids
+        are then the official ones, up to `max_new_tokens`."""
+        return self.guard.max_tokens_per_second is None and not self.guard.detect_loops
+
+    @no_guard.setter
+    def no_guard(self, value: bool) -> None:
+        if value:
+            self.guard = GuardOptions.off()
+        elif self.no_guard:
+            self.guard = GuardOptions()
+
     def frontend_lengths(self, waveform: np.ndarray) -> int:
         return num_lfr_frames(len(waveform), self.frontend.conf)
 
@@ -277,6 +291,11 @@ class FunASRNanoASR:
         whitespace runs collapsed."""
         response = self.tokenizer.decode(list(ids), skip_special_tokens=True)
         return re.sub(r"\s+", " ", response.replace("/sil", " "))
+
+    def vocab_pieces(self, ids: Sequence[int]) -> list[str]:
+        """The vocabulary piece of each id (`tokenizer.id_to_token`: byte-level pieces such as
+        "Ġhello", special tokens as spelt), what `transcribe --json` gives as `tokens`."""
+        return [self.tokenizer.id_to_token(int(t)) or "" for t in ids]
 
     def token_pieces(self, ids: Sequence[int]) -> list[tuple[int, str, bool]]:
         """(id, surface, special) per generated id. Surfaces of the non-special ids concatenate

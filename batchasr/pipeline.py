@@ -36,7 +36,7 @@ import numpy as np
 
 from batchasr import audio, results
 from batchasr.batching import plan_batches, stitch
-from batchasr.errors import JobError
+from batchasr.errors import AudioError, JobError
 from batchasr.sentences import join_vad_texts, timestamp_sentence, vad_segment_sentences
 from batchasr.transcript import ASRModel, Segment, Transcript
 
@@ -485,3 +485,177 @@ def transcribe_items(model: ASRModel, items: Sequence[DecodedItem], *, batch_sec
         else:
             rows.append(results.transcript_to_row(item, transcripts[k], model_name=model.name))
     return rows
+
+
+# ---- files streamed in order (``batchasr transcribe``) ------------------------------------------
+
+
+class FileResult(NamedTuple):
+    """One input file of :func:`transcribe_files`: its transcript (in file time) and duration,
+    or the error that stopped it."""
+
+    path: str
+    transcript: Transcript | None
+    duration_s: float | None
+    error: str | None = None
+
+
+@dataclass
+class _StreamedFile:
+    index: int
+    path: str
+    language: str | None
+    pieces: dict[int, PieceResult] = field(default_factory=dict)
+    n_pieces: int | None = None  # known once the file is read to its end
+    duration_s: float | None = None
+    error: str | None = None
+
+    @property
+    def complete(self) -> bool:
+        return self.error is not None or (self.n_pieces is not None
+                                          and len(self.pieces) == self.n_pieces)
+
+
+def transcribe_files(model: ASRModel, files, cut: CutOptions, *, batch_seconds: float,
+                     punctuator=None, pool_seconds: float | None = None,
+                     max_items: int | None = None, max_failures_in_a_row: int = 20,
+                     run: RunBatch | None = None,
+                     stats: dict | None = None):
+    """Transcribe ``files`` (``(path, language)`` pairs, any iterable) as the runner does and
+    yield one :class:`FileResult` per file, in input order, in bounded memory.
+
+    Each file is cut as the worker cuts it (:func:`plan_file`: whole, equal windows, or VAD
+    segments streamed through a :class:`SegmentCutter` a window at a time); the pieces of
+    consecutive files share length-sorted batches taken from a pool of ``pool_seconds``
+    (default 4 batches, as the worker's) of decoded audio, the batch holding the oldest
+    piece first; each file is put back together (and punctuated) by :func:`assemble`. A file
+    is never decoded whole: audio held is the pool, one window and the cutter's tail.
+    Decode, VAD and model failures fail their file only (``FileResult.error``); JobError
+    after ``max_failures_in_a_row`` model failures in a row. ``stats`` (a dict), when
+    given, gets ``peak_pool_samples``, ``batches`` and ``model_audio_s``."""
+    run = run or (lambda waves, langs: run_model(model, waves, langs))
+    pool_target = int((pool_seconds or 4 * batch_seconds) * SR)
+    pool: list[tuple[_StreamedFile, int, float, np.ndarray]] = []
+    pending: dict[int, _StreamedFile] = {}  # read or being read, not yet yielded
+    streak = FailureStreak(max_failures_in_a_row)
+    state = {"pool_samples": 0, "next": 0}
+    if stats is not None:
+        stats.update(peak_pool_samples=0, batches=0, model_audio_s=0.0)
+
+    def add(f: _StreamedFile, index: int, offset_s: float, wave: np.ndarray) -> None:
+        pool.append((f, index, offset_s, wave))
+        state["pool_samples"] += len(wave)
+        if stats is not None:
+            stats["peak_pool_samples"] = max(stats["peak_pool_samples"], state["pool_samples"])
+
+    def drop(f: _StreamedFile) -> None:
+        pool[:] = [p for p in pool if p[0] is not f]
+        state["pool_samples"] = sum(len(p[3]) for p in pool)
+
+    def run_batch() -> None:
+        plan = batch_plan([len(p[3]) for p in pool], batch_seconds=batch_seconds,
+                          max_items=max_items)
+        chosen = set(next(b for b in plan if 0 in b))  # the pool is in arrival order
+        batch = [p for i, p in enumerate(pool) if i in chosen]
+        pool[:] = [p for i, p in enumerate(pool) if i not in chosen]
+        state["pool_samples"] -= sum(len(p[3]) for p in batch)
+        outs = run_or_each(run, [p[3] for p in batch], [p[0].language for p in batch])
+        if stats is not None:
+            stats["batches"] += 1
+            stats["model_audio_s"] += sum(len(p[3]) for p in batch) / SR
+        for (f, index, offset_s, wave), out in zip(batch, outs):
+            if f.error is not None:
+                continue
+            if isinstance(out, Exception):
+                logger.error("model failed on %s: %s", f.path, out, exc_info=out)
+                f.error = model_error(out)
+                drop(f)
+                streak.failed(out)
+            else:
+                streak.ok()
+                f.pieces[index] = PieceResult(offset_s, offset_s + len(wave) / SR, out)
+
+    def finished():
+        """The files at the head of the input order that are complete, assembled."""
+        ready = []
+        while state["next"] in pending and pending[state["next"]].complete:
+            ready.append(pending.pop(state["next"]))
+            state["next"] += 1
+        done = [f for f in ready if f.error is None]
+        if done:
+            try:
+                transcripts = assemble(model, [list(f.pieces.values()) for f in done],
+                                       punctuator)
+            except Exception as e:
+                if punctuator is None:
+                    raise
+                logger.exception("punctuation failed on %d file(s)", len(done))
+                for f in done:
+                    f.error = f"punctuation error: {type(e).__name__}: {e}"
+                transcripts = [None] * len(done)
+            got = dict(zip(map(id, done), transcripts))
+        for f in ready:
+            if f.error is not None:
+                yield FileResult(f.path, None, f.duration_s, f.error)
+            else:
+                yield FileResult(f.path, got[id(f)], f.duration_s)
+
+    for k, (path, language) in enumerate(files):
+        f = _StreamedFile(k, str(path), language)
+        pending[k] = f
+        cutter = None
+        try:
+            with audio.open_audio(f.path) as a:
+                through_vad, window_s = plan_file(a.info.n_samples(SR), cut)
+                if through_vad:
+                    cutter = SegmentCutter(cut.vad, cut)
+                n = samples = 0
+                for offset_s, wave in a.windows(window_s):
+                    samples += len(wave)
+                    if cutter is None:
+                        add(f, n, offset_s, wave)
+                        n += 1
+                    else:
+                        try:
+                            cuts = cutter.feed(wave)
+                        except Exception as e:
+                            raise _VADFailed(e) from e
+                        for c in cuts:
+                            add(f, c.index, c.start_s, c.audio)
+                    while state["pool_samples"] >= pool_target and f.error is None:
+                        run_batch()
+                    if f.error is not None:  # the model failed on one of its pieces
+                        break
+                if cutter is not None and f.error is None:
+                    try:
+                        cuts = cutter.finish()
+                    except Exception as e:
+                        raise _VADFailed(e) from e
+                    for c in cuts:
+                        add(f, c.index, c.start_s, c.audio)
+                    n = cutter.count
+            f.duration_s = samples / SR
+            if f.error is None:
+                f.n_pieces = n
+        except _VADFailed as e:
+            logger.error("VAD failed on %s", f.path, exc_info=e.__cause__)
+            f.error = f"VAD error: {type(e.__cause__).__name__}: {e.__cause__}"
+        except AudioError as e:
+            f.error = str(e)
+        except Exception as e:  # a decoder bug fails the file, not the others
+            logger.exception("unexpected error decoding %s", f.path)
+            f.error = f"{type(e).__name__}: {e}"
+        finally:
+            if cutter is not None:
+                cutter.close()
+        if f.error is not None:
+            drop(f)
+        yield from finished()
+    while pool:
+        run_batch()
+        yield from finished()
+    yield from finished()
+
+
+class _VADFailed(Exception):
+    """A VAD error inside :func:`transcribe_files` (the file fails with "VAD error: ...")."""

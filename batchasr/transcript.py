@@ -59,7 +59,9 @@ class ASRModel(Protocol):
 
 def to_record(t: Transcript, *, path: str, duration_s: float | None = None, asr=None) -> dict:
     """The JSON object `batchasr transcribe --json` prints for one file (a stable interface:
-    the port is checked against the official implementation through it)."""
+    the port is checked against the official implementation through it). ``tokens`` are the
+    vocabulary pieces of ``token_ids``; for models with ``vocab_pieces`` (LLM tokenizers,
+    whose pieces are byte-level) ``token_texts`` adds what each id contributes to the text."""
     timed = [tok for tok in t.tokens if tok.start_ms is not None]
     record = {
         "path": path,
@@ -69,6 +71,11 @@ def to_record(t: Transcript, *, path: str, duration_s: float | None = None, asr=
         "timestamps": [[tok.start_ms, tok.end_ms] for tok in timed],
         "segments": [[round(s.start_s, 3), round(s.end_s, 3), s.text] for s in t.segments],
     }
+    if asr is not None and hasattr(asr, "vocab_pieces"):
+        # LLM models: `tokens` are the vocabulary pieces of the ids; `token_texts` what each
+        # id adds to the text (a character split across ids belongs to the id completing it)
+        record["tokens"] = asr.vocab_pieces(record["token_ids"])
+        record["token_texts"] = [tok.text for tok in t.tokens]
     if duration_s is not None:
         record["duration_s"] = round(duration_s, 3)
     if t.language:
