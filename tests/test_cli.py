@@ -259,7 +259,7 @@ def test_retry_failed_help_example_resumes_with_the_jobs_model(tmp_path):
     proc = batchasr("run", "--job-dir", job, "--no-progress", check=3)
     assert "different settings" not in proc.stderr
     assert json.loads(batchasr("status", "--job-dir", job, "--json").stdout) == \
-        {"pending": 0, "running": 0, "done": 6, "failed": 5}
+        {"pending": 0, "running": 0, "done": 6, "failed": 5, "interrupted": 0, "skipped": 0}
 
 
 class StderrLines:
