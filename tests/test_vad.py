@@ -226,3 +226,26 @@ def test_cli_segment(tmp_path, store):
     assert res.exit_code == 0
     assert [list(map(int, line.split("\t"))) for line in res.stdout.splitlines()] == \
         [list(s) for s in load_vad(FIXTURES / "fsmn").segments(wave)]
+
+
+def test_silero_is_quiet_where_its_gates_saturate(silero):
+    """Input that drives the LSTM gates past float32 exp's range (the old 1 / (1 + exp(-x))
+    printed 'RuntimeWarning: overflow encountered in exp') gives no warning, and the same
+    probabilities as that formula with the overflow ignored."""
+    import warnings
+
+    from batchasr.models import silero_vad
+
+    wave = np.random.default_rng(1).normal(0, 4, 5 * SR).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        st = silero.stream(keep_probs=True)
+        st.feed(wave), st.finish()
+    probs = np.concatenate(st.probs)
+
+    old = silero.stream(keep_probs=True)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(silero_vad, "_sigmoid", lambda x: 1.0 / (1.0 + np.exp(-x)))
+        with pytest.warns(RuntimeWarning, match="overflow"):  # this input did overflow
+            old.feed(wave), old.finish()
+    np.testing.assert_allclose(probs, np.concatenate(old.probs), atol=1e-6)

@@ -98,13 +98,19 @@ class Model(nn.Module):
         H = np.empty((n, HIDDEN), np.float32)
         for t in range(n):
             g = gx[t] + (w_hh @ h + b_hh)  # torch's LSTMCell: igates + hgates
-            s = 1.0 / (1.0 + np.exp(-g))  # sigmoid of all four, only i, f, o are used
+            s = _sigmoid(g)  # of all four gates; only i, f, o are used
             c = s[HIDDEN : 2 * HIDDEN] * c + s[:HIDDEN] * np.tanh(g[2 * HIDDEN : 3 * HIDDEN])
             h = s[3 * HIDDEN :] * np.tanh(c)
             H[t] = h
         z = np.maximum(H, 0) @ self._host["w"] + self._host["b"]
-        probs = (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
+        probs = _sigmoid(z).astype(np.float32)
         return probs, (h, c), buf[len(buf) - CONTEXT :].copy()
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    """The logistic function as 0.5 * (1 + tanh(x / 2)): the same values as 1 / (1 + exp(-x))
+    without its overflow (exp(-x) overflows float32 for x < -88, as real recordings reach)."""
+    return 0.5 * (1.0 + np.tanh(0.5 * x))
 
 
 def load_model(path: str | Path) -> Model:
