@@ -238,9 +238,9 @@ def job_option(required: bool = True):
                    "batches): 'silero' (weights included), 'fsmn-vad' (found in the local "
                    "Hugging Face / ModelScope cache), an official fsmn-vad folder, or 'none' "
                    "for equal windows of --max-window-s (a cut may then fall inside a word). "
-                   "Shorter files are transcribed whole either way. Costs about 1/500 of the "
-                   "audio's duration in VAD time on the model's thread. Default: the job's own "
-                   "when resuming, else silero.")
+                   "Shorter files are transcribed whole either way. Silero took about 1/1000 of "
+                   "the audio's duration on a 2-core CPU, on the model's thread. Default: the "
+                   "job's own when resuming, else silero.")
 @click.option("--max-segment-s", type=click.FloatRange(1), default=None,
               help="Longest piece sent to the model with a VAD: longer speech segments are cut "
                    "into equal parts; files not longer go whole. Default: 30 (Paraformer), 15 "
