@@ -1054,7 +1054,8 @@ class _Runner:
             try:
                 self.queue.release(ids, owner=self.owner)
             except Exception as e:  # e.g. a second Ctrl-C inside it: reset_running covers them
-                logger.warning("could not hand %d unfinished item(s) back: %s", len(ids), e,
+                logger.warning("could not hand %d unfinished item(s) back (%s); the next run "
+                               "puts them back to pending", len(ids), e,
                                exc_info=not is_disk_full(e))
 
     def _advance(self, w: _Work, seconds: float) -> None:
