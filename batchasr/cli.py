@@ -14,13 +14,14 @@ import functools
 import json
 import logging
 import signal
+import sqlite3
 import sys
 from pathlib import Path
 
 import click
 
 from batchasr import __version__
-from batchasr.errors import BatchasrError, JobError
+from batchasr.errors import BatchasrError, JobError, disk_full, is_disk_full
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_FAILED_ITEMS = 0, 1, 2, 3
 # LLM decoding options of `run`: recorded with the job's settings, passed to every worker
@@ -428,7 +429,11 @@ def run(source, model, weights, dtype, device, download, job_dir, batch_seconds,
             with JobQueue(job) as queue:
                 counts = queue.counts()
     except (BatchasrError, ValueError) as e:
-        fail(str(e))
+        fail(str(disk_full(job, e)) if is_disk_full(e) else str(e))
+    except (OSError, sqlite3.OperationalError) as e:  # e.g. enqueueing on a full disk
+        if not is_disk_full(e):
+            raise
+        fail(str(disk_full(job, e)))
     except KeyboardInterrupt as e:  # a second Ctrl-C / SIGTERM: stopped at once
         code = 128 + getattr(e, "signum", signal.SIGINT)
         if (job / "queue.db").exists():

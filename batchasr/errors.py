@@ -51,3 +51,59 @@ class JobError(BatchasrError):
 
 class CheckpointError(BatchasrError):
     """A model checkpoint is missing pieces, has unexpected keys, or fails its checksum."""
+
+
+class DiskFullError(BatchasrError):
+    """The job folder's disk (or quota) is full. Nothing written is lost: the run stopped
+    cleanly and the same command continues it once there is room (see :func:`disk_full`)."""
+
+
+_FULL_ERRNOS = {28, 122}  # ENOSPC, EDQUOT (Linux; errno.EDQUOT differs on macOS)
+
+
+def is_disk_full(exc: BaseException | None) -> bool:
+    """True when ``exc`` (or an exception it was raised from) says the disk or quota is
+    full: an OSError ENOSPC/EDQUOT, or sqlite3's "database or disk is full"."""
+    import errno
+    import sqlite3
+
+    codes = _FULL_ERRNOS | {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, DiskFullError):
+            return True
+        if isinstance(exc, OSError) and exc.errno in codes:
+            return True
+        if isinstance(exc, sqlite3.OperationalError) and "disk is full" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _size(n: int) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def disk_full(folder, exc: BaseException | None = None) -> DiskFullError:
+    """The :class:`DiskFullError` to raise for ``folder`` (the job folder): names it, its
+    mount point and the space free there now, and what to do."""
+    import os
+    import shutil
+
+    if isinstance(exc, DiskFullError):
+        return exc
+    path = os.path.abspath(folder)
+    mount = path
+    while not os.path.ismount(mount) and os.path.dirname(mount) != mount:
+        mount = os.path.dirname(mount)
+    try:
+        free = f"{_size(shutil.disk_usage(path).free)} free on {mount}"
+    except OSError:
+        free = f"free space on {mount} unknown"
+    return DiskFullError(f"{folder}: the disk is full ({free}); the run stopped, finished "
+                         "items are kept: free some space and run the same command to continue")

@@ -67,7 +67,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from batchasr import audio, pipeline, results, subtitles
-from batchasr.errors import AudioError
+from batchasr.errors import AudioError, disk_full, is_disk_full
 from batchasr.queue import Item, JobLock, JobQueue, drop_progress, write_progress
 from batchasr.transcript import ASRModel, Transcript
 
@@ -252,6 +252,19 @@ def run_job(
     stop_event = stop_event or threading.Event()
     owner = owner or worker_id()
     shared = lock_fd is not None
+    try:
+        summary = _run_job(job_dir, model, opts, stop_event, limit, progress, meta, owner,
+                           lock_fd, shared)
+    except Exception as e:  # a full disk: one message naming the folder and the free space
+        if not is_disk_full(e):
+            raise
+        raise disk_full(job_dir, e) from e
+    logger.info("run finished: %s", summary)
+    return summary
+
+
+def _run_job(job_dir, model, opts, stop_event, limit, progress, meta, owner, lock_fd,
+             shared) -> RunSummary:
     with ExitStack() as stack:
         lock = JobLock.adopt(job_dir, lock_fd) if shared else JobLock(job_dir).acquire()
         stack.callback(lock.release)
@@ -275,7 +288,6 @@ def run_job(
         summary.requeued = requeued
         summary.signal = stopper.signum
         summary.remaining = queue.counts()
-    logger.info("run finished: %s", summary)
     return summary
 
 
@@ -469,9 +481,9 @@ class _Writer:
     def _checkpoint(self, w: _Work, segments: list) -> None:
         try:
             results.write_segment_checkpoint(self.job_dir, w.item.id, w.source, segments)
-        except Exception:  # a cache: losing one costs time, never results
-            logger.exception("could not save %d finished segment(s) of %s", len(segments),
-                             w.item.id)
+        except Exception as e:  # a cache: losing one costs time, never results
+            logger.warning("could not save %d finished segment(s) of %s: %s", len(segments),
+                           w.item.id, e, exc_info=not is_disk_full(e))
         self.crash("after_checkpoint")
 
     def _write(self, queue: JobQueue, works: list[_Work], transcripts: list[Transcript]) -> int:
@@ -508,7 +520,9 @@ class _Writer:
                         folder=folder, sync_dir=False,
                     )
                     folders.add(folder)
-                except Exception:
+                except Exception as e:
+                    if is_disk_full(e):  # stops the run as a part would: the item is not done
+                        raise
                     logger.exception("could not write %s subtitles for %s", fmt, w.item.id)
         for folder in folders:
             subtitles.fsync_dir(folder)
@@ -531,8 +545,8 @@ class _Heartbeat:
             while not self._stop.wait(self.every):
                 try:
                     queue.heartbeat(self.owner, lease_s=self.lease_s)
-                except Exception:  # e.g. the database stayed busy: try again next beat
-                    logger.exception("lease heartbeat failed")
+                except Exception as e:  # e.g. the database stayed busy: try again next beat
+                    logger.warning("lease heartbeat failed: %s", e, exc_info=not is_disk_full(e))
                 if self.on_beat is not None:
                     try:
                         self.on_beat()
@@ -1039,8 +1053,10 @@ class _Runner:
             logger.info("%d unfinished item(s) go back to pending", len(ids))
             try:
                 self.queue.release(ids, owner=self.owner)
-            except Exception:  # e.g. a second Ctrl-C inside it: reset_running covers them
-                logger.exception("could not hand %d unfinished item(s) back", len(ids))
+            except Exception as e:  # e.g. a second Ctrl-C inside it: reset_running covers them
+                logger.warning("could not hand %d unfinished item(s) back (%s); the next run "
+                               "puts them back to pending", len(ids), e,
+                               exc_info=not is_disk_full(e))
 
     def _advance(self, w: _Work, seconds: float) -> None:
         """Count audio of an item on the bar, never past the item's share of the total."""
