@@ -3,6 +3,7 @@ and checked for invariants (numbering, timing, durations, line counts and widths
 import datetime as dt
 import os
 import random
+import re
 import unicodedata
 
 import pytest
@@ -345,7 +346,24 @@ def test_safe_name_properties():
         assert not set(n) & set("/\\\x00\n:?*<>|\"")
         assert n.split(".")[0].split("-")[0].upper() not in {"CON", "PRN", "AUX", "NUL"}
     assert safe_name("talk-01") == safe_name("talk-01")  # stable across runs
-    assert safe_name("talk-01").startswith("talk-01-")  # and readable
+    assert safe_name("talk-01") == "talk-01"  # and readable: a safe id is its own name
+
+
+def test_safe_name_is_the_bare_id_unless_making_it_safe_changed_it():
+    for item_id in ("talk-01", "utt_2s", "a.b", "中文名字", "x" * 100):
+        assert safe_name(item_id) == item_id
+    hashed = re.compile(r"^(.+)-[0-9a-f]{12}$")
+    for item_id, slug in (("a/b", "a_b"), ("../../x", "x"), ("A", "A"), ("..", "item"),
+                          (".", "item"), ("", "item"), (".hidden", "hidden"), ("con", "_con"),
+                          ("a b", "a_b"), ("x" * 101, "x" * 100), ("中文/名字" * 40, None),
+                          ("a_b-" + "0" * 12, "a_b-" + "0" * 12)):
+        m = hashed.match(safe_name(item_id))
+        assert m, item_id
+        assert slug is None or m.group(1) == slug, item_id
+    assert len({safe_name("a/b"), safe_name("a_b"), safe_name("a?b")}) == 3  # no collision
+    assert safe_name("a_b") == "a_b"
+    assert safe_name("A").lower() != safe_name("a").lower()  # apart on a case-insensitive disk
+    assert len(safe_name("中文/名字" * 40).encode()) <= 113
 
 
 @pytest.mark.parametrize("item_id", NASTY_IDS)
