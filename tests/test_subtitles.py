@@ -233,11 +233,41 @@ def test_sentence_punctuation_ends_a_long_enough_cue():
 
 def test_short_cue_extended_into_silence_but_not_into_the_next():
     toks = [("hi", 0, 200), ("there", 3000, 3200), ("you", 3800, 4000)]
-    cues = build_cues(transcript("hi there you", toks, "en"), SubtitleOptions(pause=0.5))
+    narrow = SubtitleOptions(pause=0.5, max_lines=1, max_line_width=6)  # no room for "there you"
+    cues = build_cues(transcript("hi there you", toks, "en"), narrow)
     assert [c.text for c in cues] == ["hi", "there", "you"]
     assert cues[0].end_s == pytest.approx(1.0)  # room: extended to min_duration
-    assert cues[1].end_s == pytest.approx(3.8 - GAP)  # blocked by the next cue
+    assert cues[1].end_s == pytest.approx(3.8 - GAP)  # blocked by the next cue, cannot join it
+    check_invariants(cues, cjk=False, line_w=6, opts=narrow)
+
+
+def test_a_blocked_short_cue_joins_its_nearer_neighbour():
+    toks = [("hi", 0, 200), ("there", 3000, 3200), ("you", 3800, 4000)]
+    cues = build_cues(transcript("hi there you", toks, "en"), SubtitleOptions(pause=0.5))
+    assert [(c.start_s, c.end_s, c.text) for c in cues] == [(0.0, 1.0, "hi"), (3.0, 4.0, "there you")]
     check_invariants(cues, cjk=False)
+
+
+def test_a_short_single_character_sentence_is_merged_not_flashed():
+    # "好。" is a 0.4 s sentence with the next sentence 0.1 s after it: alone it could only be
+    # shown for 0.417 s, so it joins the nearer neighbour (the next sentence)
+    text = "今天天气很好。好。我们走吧。"
+    toks = [(c, 300 * i, 300 * i + 300) for i, c in enumerate("今天天气很好")]
+    toks += [("好", 2000, 2400)] + [(c, 2500 + 300 * i, 2800 + 300 * i) for i, c in enumerate("我们走吧")]
+    tr = Transcript(text=text, tokens=[Token(t, i, s, e) for i, (t, s, e) in enumerate(toks)],
+                    segments=[Segment(0.0, 1.8, "今天天气很好。"), Segment(2.0, 2.4, "好。"),
+                              Segment(2.5, 3.7, "我们走吧。")],
+                    raw_text="今天天气很好好我们走吧", language="zh")
+    cues = build_cues(tr)
+    assert [c.text for c in cues] == ["今天天气很好。", "好。我们走吧。"]
+    assert all(c.end_s - c.start_s >= OPTS.min_duration for c in cues)
+    check_invariants(cues, cjk=True)
+
+
+def test_speech_shorter_than_the_minimum_stays_short():
+    cues = build_cues(transcript("好", [("好", 50, 450)]), duration_s=0.5)  # a 0.5 s file
+    assert cues == [Cue(0.05, 0.5, "好")]
+    check_invariants(cues, cjk=True, duration=0.5)
 
 
 def test_long_cue_split_by_duration():
