@@ -102,6 +102,9 @@ def resolve(path_or_name: str | os.PathLike, *, download: bool = False) -> Path:
                               f"need the folder copied in by hand") from e
 
 
+DUMMY_SUFFIX = " (dummy weights)"  # load_model's label for a model built with weights="dummy"
+
+
 def model_identity(path_or_name: str | os.PathLike, *, weights: str = "checkpoint",
                    download: bool = False) -> str:
     """What a job records as its model: the real absolute path of the folder that
@@ -336,4 +339,7 @@ def load_model(path_or_name, *, weights: str = "checkpoint", dtype=mx.float32,
         has_list = (folder / "tokens.json").exists() or (folder / "tokens.txt").exists()
         if has_list or not dummy:  # a dummy model may make up its vocabulary
             tokens = read_tokens(folder, config)
-    return family.build(folder, config, tokens, dummy, name, dtype)
+    model = family.build(folder, config, tokens, dummy, name, dtype)
+    if dummy:  # results and `status` show this label: random weights must never pass as real
+        model.name = f"{model.name}{DUMMY_SUFFIX}"
+    return model

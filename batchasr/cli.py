@@ -468,6 +468,8 @@ def job_settings(given: dict, recorded: dict) -> dict:
     filled = {k: v if v is not None else recorded.get(k, RUN_DEFAULTS.get(k))
               for k, v in given.items()}
     label = recorded.get("model_name")
+    if isinstance(label, str) and filled["weights"] == "dummy":
+        label = label.removesuffix(" (dummy weights)")  # checkpoints.DUMMY_SUFFIX
     if given["model"] is None and "model" in recorded and label != recorded["model"]:
         from batchasr.checkpoints import KNOWN_MODELS, CheckpointError, model_identity
 
@@ -676,7 +678,8 @@ def status(job_dir, show_failed, as_json):
               default="parquet", show_default=True)
 @click.option("-o", "--output", default=None, type=click.Path(),
               help="Output file (parquet, jsonl, txt) or folder (srt, vtt, txt per item); "
-                   "default inside the job folder (needed when merging several).")
+                   "default inside the job folder (needed when merging several). '-' writes "
+                   "to stdout (parquet, jsonl, txt only: srt/vtt write a folder of files).")
 def export(job_dirs, fmt, output):
     """Export a job's results from the stored parts, without running any model.
 
@@ -689,6 +692,7 @@ def export(job_dirs, fmt, output):
       batchasr export --job-dir jobs/archive --format parquet -o archive.parquet
       batchasr export --job-dir jobs/archive --format vtt
       batchasr export --job-dir 'jobs/archive.shard-*' -o archive.parquet
+      batchasr export --job-dir jobs/archive --format jsonl -o - | head
     """
     import glob
 
@@ -700,11 +704,15 @@ def export(job_dirs, fmt, output):
         if glob.has_magic(pattern) and not found:
             fail(f"--job-dir {pattern}: no folder matches")
         sources += found or [pattern]
+    if output == "-" and fmt in ("srt", "vtt"):
+        raise click.UsageError(f"-o - (stdout) needs --format parquet, jsonl or txt: {fmt} "
+                               f"writes one file per item, so -o must be a folder")
     try:
         path = export_results(sources, fmt, output)
     except (BatchasrError, ValueError) as e:
         fail(str(e))
-    click.echo(str(path))
+    if output != "-":  # stdout holds the export itself
+        click.echo(str(path))
 
 
 def _natural(text: str) -> list:

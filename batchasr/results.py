@@ -33,6 +33,7 @@ import logging
 import os
 import shutil
 import sqlite3
+import sys
 import time
 import uuid
 from collections import defaultdict
@@ -493,6 +494,9 @@ def export_results(
       otherwise (default ``<job_dir>/results.txt``) one file of ``id<TAB>text`` lines for the done
       items, with tabs and newlines inside the text folded to spaces.
 
+    ``out="-"`` writes to stdout (jsonl and txt as UTF-8 text, parquet as its bytes) and
+    returns ``Path("-")``; srt/vtt, which write a folder, refuse it (ValueError).
+
     ``job_dir`` may also be a Ray output folder or URI, or a list of job folders (shards, merged
     as :func:`results_table` says); outputs then need ``out`` unless ``job_dir`` is one local
     folder. Every file is written atomically. Raises ValueError for an unknown format and
@@ -503,8 +507,21 @@ def export_results(
     sources = [job_dir] if isinstance(job_dir, (str, os.PathLike)) else list(job_dir)
     if out is None and (len(sources) != 1 or "://" in str(sources[0])):
         raise ValueError("exporting several job folders (or a URI) needs an output path (-o)")
+    if str(out) == "-" and fmt in ("srt", "vtt"):
+        raise ValueError(f"{fmt} export writes one file per item into a folder; it cannot go "
+                         f"to stdout (-o -): give a folder, or use --format jsonl, txt or parquet")
     table = results_table(sources)
     job_dir = Path(sources[0])
+    if str(out) == "-":  # stdout: jsonl and txt as UTF-8 text, parquet as bytes
+        stream = sys.stdout.buffer
+        if fmt == "parquet":
+            buf = pa.BufferOutputStream()  # a pipe cannot seek; build the file, then write it
+            pq.write_table(table, buf, compression="zstd")
+            stream.write(buf.getvalue().to_pybytes())
+        else:
+            _write_lines(table, fmt, stream)
+        stream.flush()
+        return Path("-")
     if fmt in ("srt", "vtt"):
         folder = Path(out) if out else default_folder(job_dir, fmt)
         return _export_subtitles(table, fmt, folder, subtitle_options)
@@ -514,14 +531,18 @@ def export_results(
     path.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "parquet":
         atomic_write(path, lambda f: pq.write_table(table, f, compression="zstd"))
-    elif fmt == "jsonl":
-        atomic_write(path, lambda f: f.writelines(
-            (json.dumps(r, ensure_ascii=False) + "\n").encode("utf-8") for r in _rows(table)))
     else:
-        atomic_write(path, lambda f: f.writelines(
-            f"{_one_line(r['id'])}\t{_one_line(r['text'])}\n".encode("utf-8")
-            for r in _rows(table) if r["status"] == "done"))
+        atomic_write(path, lambda f: _write_lines(table, fmt, f))
     return path
+
+
+def _write_lines(table: pa.Table, fmt: str, f) -> None:
+    """jsonl (one object per item) or txt (``id<TAB>text`` per done item) into binary ``f``."""
+    if fmt == "jsonl":
+        f.writelines((json.dumps(r, ensure_ascii=False) + "\n").encode("utf-8") for r in _rows(table))
+    else:
+        f.writelines(f"{_one_line(r['id'])}\t{_one_line(r['text'])}\n".encode("utf-8")
+                     for r in _rows(table) if r["status"] == "done")
 
 
 def _export_subtitles(table: pa.Table, fmt: str, folder: Path, options) -> Path:

@@ -283,7 +283,9 @@ def build_cues(
     s, after sentence punctuation, and where the text would need more than ``max_lines`` lines of
     ``max_line_width`` or the cue would last more than ``max_duration``; a cut never falls inside
     a token, and prefers punctuation, then pauses. Short or fast cues are extended into the
-    following silence (towards ``min_duration`` and ``max_cps``), never into the next cue.
+    following silence (towards ``min_duration`` and ``max_cps``), never into the next cue; a
+    cue that cannot reach ``min_duration`` so joins its nearer neighbour when the two fit
+    (see ``_merge_short``): no cue is shorter than ``min_duration`` unless the speech is.
     """
     opts = opts or SubtitleOptions()
     cjk = _is_cjk_text(transcript) if opts.cjk is None else opts.cjk
@@ -299,7 +301,8 @@ def build_cues(
     units = _units(transcript, ctx, _ms(opts.pause), duration_ms)
     for u in units:
         u.w, u.sep_w = _width(u.text, cjk), _width(u.sep, cjk)
-    cues = [[g[0].start, max(g[-1].end, g[0].start), _layout(g, ctx)] for g in _group(units, ctx)]
+    groups = _merge_short(_group(units, ctx), ctx, _ms(opts.min_gap), duration_ms)
+    cues = [[g[0].start, max(g[-1].end, g[0].start), _layout(g, ctx)] for g in groups]
     _fix_timing(cues, opts, ctx, duration_ms)
     return [Cue(s / 1000, e / 1000, t) for s, e, t in cues if t.strip()]
 
@@ -422,6 +425,35 @@ def _group(units: list[_Unit], ctx: _Ctx) -> list[list[_Unit]]:
             cur = []
     if cur:
         groups.append(cur)
+    return groups
+
+
+def _merge_short(groups: list[list[_Unit]], ctx: _Ctx, gap_ms: int,
+                 duration_ms: int | None) -> list[list[_Unit]]:
+    """No cue shorter than ``min_duration`` unless the speech is: a cue that cannot reach it by
+    extending into the silence after it (the next cue, or the end of the audio, is too close)
+    joins the neighbour with the smaller gap, when the joined cue still fits the line and
+    duration rules; else it stays as long as the room allows (see ``_fix_timing``)."""
+    i = 0
+    while i < len(groups):
+        g = groups[i]
+        start, end = g[0].start, max(g[-1].end, g[0].start)
+        if i + 1 < len(groups):
+            limit = groups[i + 1][0].start - gap_ms
+        else:
+            limit = max(end, duration_ms) if duration_ms is not None else start + ctx.min_ms
+        if limit - start >= ctx.min_ms or end - start >= ctx.min_ms:
+            i += 1
+            continue
+        near = sorted(([(g[0].start - groups[i - 1][-1].end, i - 1)] if i else [])
+                      + ([(groups[i + 1][0].start - g[-1].end, i)] if i + 1 < len(groups) else []))
+        for _, j in near:
+            if not _too_big(groups[j] + groups[j + 1], ctx):
+                groups[j:j + 2] = [groups[j] + groups[j + 1]]
+                i = j  # the joined cue is checked again
+                break
+        else:
+            i += 1
     return groups
 
 
@@ -556,19 +588,29 @@ _RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(10)), *(f"LP
 
 
 def safe_name(item_id: str) -> str:
-    """A file-name stem for a manifest id: a readable slug plus 12 hex chars of the id's SHA-256.
+    """A file-name stem for a manifest id: the id itself when it is already a safe name, else a
+    readable slug plus ``-`` and 12 hex chars of the id's SHA-256.
 
-    Only letters, digits, ``-``, ``_`` and inner ``.`` survive, so no id can name a parent
-    folder, an absolute path, a hidden file or a Windows device; the hash keeps ids that slug
-    alike (``a/b`` and ``a?b``) apart. At most ~120 bytes, well under NAME_MAX.
+    Only letters, digits, ``-``, ``_`` and inner ``.`` survive in a slug, so no id can name a
+    parent folder, an absolute path, a hidden file or a Windows device. An id keeps its bare
+    name only when making it safe changes nothing and it cannot be mistaken on a case- or
+    normalisation-insensitive disk (no capitals, NFC) or for a hashed name (no ``-<12 hex>``
+    ending), and it is at most 100 bytes; every other id gets the hash, which keeps ids that
+    slug alike (``a/b`` and ``a_b``, ``A`` and ``a``) apart. The name depends on the id alone
+    (stable across resumes and workers). At most ~113 bytes, well under NAME_MAX.
     """
-    digest = hashlib.sha256(str(item_id).encode("utf-8", "surrogatepass")).hexdigest()[:12]
-    slug = "".join(c if (c.isalnum() and c.isprintable()) or c in "-_." else "_" for c in str(item_id))
+    item_id = str(item_id)
+    digest = hashlib.sha256(item_id.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+    slug = "".join(c if (c.isalnum() and c.isprintable()) or c in "-_." else "_" for c in item_id)
     slug = re.sub(r"[_.]{2,}", "_", slug[:100]).strip("._-")
     while len(slug.encode("utf-8")) > 100:
         slug = slug[:-1].rstrip("._-")
     if slug.split(".")[0].upper() in _RESERVED:
         slug = "_" + slug
+    if (slug and slug == item_id and item_id.casefold() == item_id
+            and unicodedata.normalize("NFC", item_id) == item_id
+            and not re.search(r"-[0-9a-f]{12}$", item_id)):
+        return slug
     return f"{slug or 'item'}-{digest}"
 
 

@@ -98,6 +98,40 @@ def test_other_model_on_resume_is_refused(tmp_path):
     assert "another --job-dir" in proc.stderr and f"batchasr run --job-dir {job}" in proc.stderr
 
 
+def test_dummy_weights_are_marked_in_results_and_status(tmp_path):
+    job = tmp_path / "job"
+    batchasr("run", SAMPLES / "demo.csv", "--model", MODEL, "--weights", "dummy", "--job-dir",
+             job, "--limit", "1", "--no-progress", check=0)
+    done = [r for r in export_rows(job) if r["status"] == "done"]
+    assert [r["model"] for r in done] == ["zh_mixed (dummy weights)"]
+    assert "(model zh_mixed (dummy weights))" in batchasr("status", "--job-dir", job).stdout
+    assert job_meta(job)["model"] == str(MODEL.resolve())  # the setting is the model, no label
+    proc = batchasr("run", "--job-dir", job, "--limit", "1", "--no-progress", check=0)
+    assert "different settings" not in proc.stderr
+
+
+def test_export_to_stdout(tmp_path):
+    import io
+
+    job = tmp_path / "job"
+    batchasr("run", SAMPLES / "demo.csv", "--model", MODEL, "--job-dir", job, "--limit", "2",
+             "--no-progress", check=0)
+    proc = batchasr("export", "--job-dir", job, "--format", "jsonl", "-o", "-", check=0)
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert len(rows) == 6 and sum(r["status"] == "done" for r in rows) == 2
+    assert not (job / "results.jsonl").exists() and not (tmp_path / "-").exists()
+    lines = batchasr("export", "--job-dir", job, "--format", "txt", "-o", "-",
+                     check=0).stdout.splitlines()
+    assert len(lines) == 2 and all(len(line.split("\t")) == 2 for line in lines)
+    raw = subprocess.run([sys.executable, "-m", "batchasr.cli", "export", "--job-dir", job,
+                          "--format", "parquet", "-o", "-"], capture_output=True, check=True).stdout
+    assert pq.read_table(io.BytesIO(raw)).to_pylist() == rows == export_rows(job)
+    for fmt in ("srt", "vtt"):
+        proc = batchasr("export", "--job-dir", job, "--format", fmt, "-o", "-")
+        assert proc.returncode == 2 and "writes one file per item" in proc.stderr, proc.stderr
+        assert proc.stdout == ""
+
+
 def test_limit_transcribes_only_n(tmp_path):
     job = tmp_path / "job"
     batchasr("run", SAMPLES / "demo.csv", "--model", MODEL, "--job-dir", job, "--limit", "2",

@@ -3,6 +3,7 @@ and checked for invariants (numbering, timing, durations, line counts and widths
 import datetime as dt
 import os
 import random
+import re
 import unicodedata
 
 import pytest
@@ -232,11 +233,41 @@ def test_sentence_punctuation_ends_a_long_enough_cue():
 
 def test_short_cue_extended_into_silence_but_not_into_the_next():
     toks = [("hi", 0, 200), ("there", 3000, 3200), ("you", 3800, 4000)]
-    cues = build_cues(transcript("hi there you", toks, "en"), SubtitleOptions(pause=0.5))
+    narrow = SubtitleOptions(pause=0.5, max_lines=1, max_line_width=6)  # no room for "there you"
+    cues = build_cues(transcript("hi there you", toks, "en"), narrow)
     assert [c.text for c in cues] == ["hi", "there", "you"]
     assert cues[0].end_s == pytest.approx(1.0)  # room: extended to min_duration
-    assert cues[1].end_s == pytest.approx(3.8 - GAP)  # blocked by the next cue
+    assert cues[1].end_s == pytest.approx(3.8 - GAP)  # blocked by the next cue, cannot join it
+    check_invariants(cues, cjk=False, line_w=6, opts=narrow)
+
+
+def test_a_blocked_short_cue_joins_its_nearer_neighbour():
+    toks = [("hi", 0, 200), ("there", 3000, 3200), ("you", 3800, 4000)]
+    cues = build_cues(transcript("hi there you", toks, "en"), SubtitleOptions(pause=0.5))
+    assert [(c.start_s, c.end_s, c.text) for c in cues] == [(0.0, 1.0, "hi"), (3.0, 4.0, "there you")]
     check_invariants(cues, cjk=False)
+
+
+def test_a_short_single_character_sentence_is_merged_not_flashed():
+    # "好。" is a 0.4 s sentence with the next sentence 0.1 s after it: alone it could only be
+    # shown for 0.417 s, so it joins the nearer neighbour (the next sentence)
+    text = "今天天气很好。好。我们走吧。"
+    toks = [(c, 300 * i, 300 * i + 300) for i, c in enumerate("今天天气很好")]
+    toks += [("好", 2000, 2400)] + [(c, 2500 + 300 * i, 2800 + 300 * i) for i, c in enumerate("我们走吧")]
+    tr = Transcript(text=text, tokens=[Token(t, i, s, e) for i, (t, s, e) in enumerate(toks)],
+                    segments=[Segment(0.0, 1.8, "今天天气很好。"), Segment(2.0, 2.4, "好。"),
+                              Segment(2.5, 3.7, "我们走吧。")],
+                    raw_text="今天天气很好好我们走吧", language="zh")
+    cues = build_cues(tr)
+    assert [c.text for c in cues] == ["今天天气很好。", "好。我们走吧。"]
+    assert all(c.end_s - c.start_s >= OPTS.min_duration for c in cues)
+    check_invariants(cues, cjk=True)
+
+
+def test_speech_shorter_than_the_minimum_stays_short():
+    cues = build_cues(transcript("好", [("好", 50, 450)]), duration_s=0.5)  # a 0.5 s file
+    assert cues == [Cue(0.05, 0.5, "好")]
+    check_invariants(cues, cjk=True, duration=0.5)
 
 
 def test_long_cue_split_by_duration():
@@ -345,7 +376,24 @@ def test_safe_name_properties():
         assert not set(n) & set("/\\\x00\n:?*<>|\"")
         assert n.split(".")[0].split("-")[0].upper() not in {"CON", "PRN", "AUX", "NUL"}
     assert safe_name("talk-01") == safe_name("talk-01")  # stable across runs
-    assert safe_name("talk-01").startswith("talk-01-")  # and readable
+    assert safe_name("talk-01") == "talk-01"  # and readable: a safe id is its own name
+
+
+def test_safe_name_is_the_bare_id_unless_making_it_safe_changed_it():
+    for item_id in ("talk-01", "utt_2s", "a.b", "中文名字", "x" * 100):
+        assert safe_name(item_id) == item_id
+    hashed = re.compile(r"^(.+)-[0-9a-f]{12}$")
+    for item_id, slug in (("a/b", "a_b"), ("../../x", "x"), ("A", "A"), ("..", "item"),
+                          (".", "item"), ("", "item"), (".hidden", "hidden"), ("con", "_con"),
+                          ("a b", "a_b"), ("x" * 101, "x" * 100), ("中文/名字" * 40, None),
+                          ("a_b-" + "0" * 12, "a_b-" + "0" * 12)):
+        m = hashed.match(safe_name(item_id))
+        assert m, item_id
+        assert slug is None or m.group(1) == slug, item_id
+    assert len({safe_name("a/b"), safe_name("a_b"), safe_name("a?b")}) == 3  # no collision
+    assert safe_name("a_b") == "a_b"
+    assert safe_name("A").lower() != safe_name("a").lower()  # apart on a case-insensitive disk
+    assert len(safe_name("中文/名字" * 40).encode()) <= 113
 
 
 @pytest.mark.parametrize("item_id", NASTY_IDS)
