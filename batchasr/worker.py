@@ -687,9 +687,19 @@ class _Runner:
     def _take_ends(self) -> None:
         """When stopping: the readers' last messages of files read whole (not through the
         VAD), so that an item whose every piece was in the last batch is complete and
-        written rather than redone; other messages are dropped with their items."""
-        while (msg := self.buffer.get()) is not None:
-            if msg[0] in ("end", "error") and not msg[1].vad:
+        written rather than redone; other messages are dropped with their items. A reader
+        that has sent pieces which are all transcribed may not have sent its end yet: it is
+        waited for, a second at most."""
+        deadline = time.monotonic() + 1.0
+
+        def awaited() -> bool:
+            return time.monotonic() < deadline and any(
+                w.reading and w.pieces and not w.vad and not w.failed
+                for w in self.work.values())
+
+        while (msg := self.buffer.get(timeout=0.1 if awaited() else 0.0)) is not None \
+                or awaited():
+            if msg is not None and msg[0] in ("end", "error") and not msg[1].vad:
                 self._handle(msg)
         self._write_ready()
 
