@@ -30,7 +30,7 @@ import os
 import tempfile
 from collections import deque
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, Iterator, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -266,26 +266,60 @@ class SegmentCutter:
         return out
 
 
-def decode_pieces(path: str, cut: CutOptions) -> tuple[list[tuple[float, np.ndarray]], float]:
-    """A whole file as ``[(offset_s, waveform), ...]`` pieces (speech segments through the
-    VAD, or windows; see :func:`plan_file`) and its duration in seconds (raises AudioError).
-    Holds the file's pieces in memory: for engines that hand decoded items between
-    processes; the local worker streams instead."""
+class _VADFailed(Exception):
+    """The VAD raised (its exception is the cause) while :func:`iter_pieces` cut a file."""
+
+
+def iter_pieces(path: str, cut: CutOptions, read: dict | None = None
+                ) -> Iterator[tuple[int, float, np.ndarray]]:
+    """A file's pieces in file order, streamed a window at a time: ``(index, offset_s,
+    waveform)`` (speech segments through the VAD, or windows; see :func:`plan_file`). Once
+    the last is yielded, ``read`` (a dict) gets ``duration_s`` and ``n_pieces``. Raises
+    AudioError; a VAD failure raises ``_VADFailed`` from it. Holds one window and the
+    cutter's tail, never the whole file."""
     with audio.open_audio(path) as f:
         through_vad, window_s = plan_file(f.info.n_samples(SR), cut)
-        if not through_vad:
-            pieces = list(f.windows(window_s))
-            return pieces, sum(len(w) for _, w in pieces) / SR
-        cutter = SegmentCutter(cut.vad, cut)
-        pieces, n = [], 0
+        cutter = SegmentCutter(cut.vad, cut) if through_vad else None
+        n = samples = 0
         try:
-            for _, wave in f.windows(window_s):
-                n += len(wave)
-                pieces += [(c.start_s, c.audio) for c in cutter.feed(wave)]
-            pieces += [(c.start_s, c.audio) for c in cutter.finish()]
+            for offset_s, wave in f.windows(window_s):
+                samples += len(wave)
+                if cutter is None:
+                    yield n, offset_s, wave
+                    n += 1
+                    continue
+                try:
+                    cuts = cutter.feed(wave)
+                except Exception as e:
+                    raise _VADFailed() from e
+                for c in cuts:
+                    yield c.index, c.start_s, c.audio
+            if cutter is not None:
+                try:
+                    cuts = cutter.finish()
+                except Exception as e:
+                    raise _VADFailed() from e
+                for c in cuts:
+                    yield c.index, c.start_s, c.audio
+                n = cutter.count
         finally:
-            cutter.close()
-        return pieces, n / SR
+            if cutter is not None:
+                cutter.close()
+    if read is not None:
+        read.update(duration_s=samples / SR, n_pieces=n)
+
+
+def decode_pieces(path: str, cut: CutOptions) -> tuple[list[tuple[float, np.ndarray]], float]:
+    """A whole file as ``[(offset_s, waveform), ...]`` pieces (:func:`iter_pieces`) and its
+    duration in seconds (raises AudioError, or what the VAD raised). Holds the file's pieces
+    in memory: for engines that hand decoded items between processes; the local worker
+    streams instead."""
+    read: dict = {}
+    try:
+        pieces = [(offset_s, wave) for _, offset_s, wave in iter_pieces(path, cut, read)]
+    except _VADFailed as e:
+        raise e.__cause__ from None
+    return pieces, read["duration_s"]
 
 
 def batch_plan(lengths: Sequence[int], *, batch_seconds: float,
@@ -603,40 +637,17 @@ def transcribe_files(model: ASRModel, files, cut: CutOptions, *, batch_seconds: 
     for k, (path, language) in enumerate(files):
         f = _StreamedFile(k, str(path), language)
         pending[k] = f
-        cutter = None
+        read: dict = {}
+        pieces = iter_pieces(f.path, cut, read)
         try:
-            with audio.open_audio(f.path) as a:
-                through_vad, window_s = plan_file(a.info.n_samples(SR), cut)
-                if through_vad:
-                    cutter = SegmentCutter(cut.vad, cut)
-                n = samples = 0
-                for offset_s, wave in a.windows(window_s):
-                    samples += len(wave)
-                    if cutter is None:
-                        add(f, n, offset_s, wave)
-                        n += 1
-                    else:
-                        try:
-                            cuts = cutter.feed(wave)
-                        except Exception as e:
-                            raise _VADFailed(e) from e
-                        for c in cuts:
-                            add(f, c.index, c.start_s, c.audio)
-                    while state["pool_samples"] >= pool_target and f.error is None:
-                        run_batch()
-                    if f.error is not None:  # the model failed on one of its pieces
-                        break
-                if cutter is not None and f.error is None:
-                    try:
-                        cuts = cutter.finish()
-                    except Exception as e:
-                        raise _VADFailed(e) from e
-                    for c in cuts:
-                        add(f, c.index, c.start_s, c.audio)
-                    n = cutter.count
-            f.duration_s = samples / SR
-            if f.error is None:
-                f.n_pieces = n
+            for index, offset_s, wave in pieces:
+                add(f, index, offset_s, wave)
+                while state["pool_samples"] >= pool_target and f.error is None:
+                    run_batch()
+                if f.error is not None:  # the model failed on one of its pieces
+                    break
+            else:
+                f.duration_s, f.n_pieces = read["duration_s"], read["n_pieces"]
         except _VADFailed as e:
             logger.error("VAD failed on %s", f.path, exc_info=e.__cause__)
             f.error = f"VAD error: {type(e.__cause__).__name__}: {e.__cause__}"
@@ -646,8 +657,7 @@ def transcribe_files(model: ASRModel, files, cut: CutOptions, *, batch_seconds: 
             logger.exception("unexpected error decoding %s", f.path)
             f.error = f"{type(e).__name__}: {e}"
         finally:
-            if cutter is not None:
-                cutter.close()
+            pieces.close()  # a file left early: its decoder and VAD tail are closed now
         if f.error is not None:
             drop(f)
         yield from finished()
@@ -656,6 +666,3 @@ def transcribe_files(model: ASRModel, files, cut: CutOptions, *, batch_seconds: 
         yield from finished()
     yield from finished()
 
-
-class _VADFailed(Exception):
-    """A VAD error inside :func:`transcribe_files` (the file fails with "VAD error: ...")."""
