@@ -312,7 +312,7 @@ def run(source, model, weights, dtype, device, download, job_dir, batch_seconds,
         from batchasr.device import default_batch_seconds
 
         batch_seconds = default_batch_seconds(device)
-    from batchasr import pipeline
+    from batchasr import audio, pipeline
     from batchasr.manifest import open_manifest, scan_folder
     from batchasr.queue import JobLock, JobQueue
     from batchasr.scale import ShardedManifest, check_local_disk, parse_shard, plan_devices
@@ -398,7 +398,8 @@ def run(source, model, weights, dtype, device, download, job_dir, batch_seconds,
                     click.echo(f"{job}: {added.added} new item(s), {added.existing} already "
                                f"queued" + (f", {skipped} bad row(s) skipped" if skipped else ""),
                                err=True)
-                queue.probe_durations()  # header lengths: the progress bar's total
+                # header lengths: the progress bar's total
+                queue.probe_durations(lambda path: audio.probe(path)[0])
                 pending = queue.counts()
                 if pending["pending"] + pending["running"]:  # a run starts: record its settings
                     record_settings(job, queue, settings)

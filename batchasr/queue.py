@@ -34,7 +34,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import sqlite_utils
 
@@ -526,18 +526,17 @@ class JobQueue:
             mean_s = total / n if n else 0.0
         return float(known) + unknown * mean_s, unknown
 
-    def probe_durations(self, *, threads: int = 8, batch: int = 512) -> int:
-        """Read the duration of pending items not known yet from their headers (no
-        decoding), ``threads`` files at a time (a network share answers slowly, not
+    def probe_durations(self, probe: Callable[[str], float], *, threads: int = 8,
+                        batch: int = 512) -> int:
+        """Store the duration of pending items not known yet, as ``probe(path)`` reads it
+        from the file's header (``audio.probe``: no decoding), ``threads`` files at a time (a network share answers slowly, not
         serially), and store it; a file that cannot be probed keeps NULL (it fails when it
         is run). Returns how many were stored."""
         from concurrent.futures import ThreadPoolExecutor
 
-        from batchasr.audio import probe
-
         def one(item_id_path):
             try:
-                d = probe(item_id_path[1])[0]
+                d = probe(item_id_path[1])
             except Exception:  # missing, not audio, ...: the reader will say why
                 return None
             return (d, item_id_path[0]) if d > 0 else None

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from batchasr import audio
 from conftest import FakeModel, done_count, write_marked_wav
 from test_cli import MODEL, SAMPLES, batchasr, big_manifest
 
@@ -182,7 +183,7 @@ def test_bar_total_is_the_probed_audio_and_only_moves_forward(tmp_path, monkeypa
     job = tmp_path / "job"
     with JobQueue(job) as q:
         q.enqueue(open_manifest(tmp_path / "m.csv"))
-        assert q.probe_durations(threads=3) == len(lengths)
+        assert q.probe_durations(lambda p: audio.probe(p)[0], threads=3) == len(lengths)
         assert sorted(i.duration_s for i in q.items()) == sorted(lengths)
     worker.run_job(job, FakeModel(), batch_seconds=4, limit=3, progress=True)
     first = sum(lengths[:3])
