@@ -67,6 +67,46 @@ def model_options(fn=None, *, from_job: bool = False):
     return wrapper
 
 
+def cutting_options(fn=None, *, from_job: bool = False):
+    """--vad, --max-segment-s, --max-window-s, --punc: how files are cut and punctuated, the
+    same for `run` and `transcribe`. ``from_job`` (`run`): --vad and --punc default to None,
+    filled from the job's recorded settings (RUN_DEFAULTS for a new job)."""
+    if fn is None:
+        return functools.partial(cutting_options, from_job=from_job)
+    job = " Default: the job's own when resuming, else {}." if from_job else ""
+
+    @click.option("--vad", default=None if from_job else "silero", show_default=not from_job,
+                  metavar="silero|fsmn-vad|DIR|none",
+                  help="Voice activity detector that cuts files longer than --max-segment-s "
+                       "into speech segments (silence is never transcribed; segments of many "
+                       "files share batches): 'silero' (weights included), 'fsmn-vad' (found in "
+                       "the local Hugging Face / ModelScope cache), an official fsmn-vad "
+                       "folder, or 'none' for equal windows of --max-window-s (a cut may then "
+                       "fall inside a word). Shorter files are transcribed whole either way. "
+                       "Silero took about 1/1000 of the audio's duration on a 2-core CPU, on "
+                       "the model's thread." + job.format("silero"))
+    @click.option("--max-segment-s", type=click.FloatRange(1), default=None,
+                  help="Longest piece sent to the model with a VAD: longer speech segments are "
+                       "cut into equal parts; files not longer go whole. Default: 30 "
+                       "(Paraformer), 15 (Fun-ASR-Nano, whose LLM degrades on longer "
+                       "segments)." + (" When resuming: the job's own." if from_job else ""))
+    @click.option("--max-window-s", default=30.0, show_default=True, type=click.FloatRange(1),
+                  help="With --vad none: files longer than this are cut into equal windows of "
+                       "at most this length.")
+    @click.option("--punc", default=None if from_job else "none", show_default=not from_job,
+                  metavar="DIR|ct-punc|ct-punc-c|none",
+                  help="Punctuation model (CT-Transformer folder, or a known name found in the "
+                       "local caches) for models whose text has none (Paraformer): the text is "
+                       "punctuated and the results' segments become sentences with times "
+                       "(subtitle cues start at sentence ends). Ignored for Fun-ASR-Nano, whose "
+                       "text is punctuated." + job.format("none"))
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
 def open_model(model, weights, dtype, device, download, **options):
     import mlx.core as mx
 
@@ -105,19 +145,7 @@ def cli(verbose):
 @click.option("--batch-size", "-b", default=None, type=click.IntRange(1),
               help="At most this many pieces per model batch (default: only --batch-seconds "
                    "bounds a batch).")
-@click.option("--vad", default="silero", show_default=True, metavar="silero|fsmn-vad|DIR|none",
-              help="As for `run`: files longer than --max-segment-s are cut into the VAD's "
-                   "speech segments; 'none': equal windows of --max-window-s. Shorter files "
-                   "are transcribed whole.")
-@click.option("--max-segment-s", type=click.FloatRange(1), default=None,
-              help="Longest piece sent to the model with a VAD (default: 30, 15 for "
-                   "Fun-ASR-Nano); files not longer go whole.")
-@click.option("--max-window-s", default=30.0, show_default=True, type=click.FloatRange(1),
-              help="With --vad none: files longer than this are cut into equal windows of at "
-                   "most this length.")
-@click.option("--punc", default="none", show_default=True, metavar="DIR|ct-punc|ct-punc-c|none",
-              help="Punctuation model for models whose text has none (Paraformer), as for "
-                   "`run`: text punctuated, segments become sentences.")
+@cutting_options
 @click.option("--json", "as_json", is_flag=True,
               help="One JSON object per file per line: path, text, tokens, token_ids, "
                    "timestamps ([start_ms, end_ms] per token), ...")
@@ -230,28 +258,7 @@ def job_option(required: bool = True):
 @click.option("--limit", type=click.IntRange(1), default=None,
               help="Transcribe at most N items in this invocation (the whole manifest is still "
                    "enqueued; run again to continue).")
-@click.option("--max-window-s", default=30.0, show_default=True, type=click.FloatRange(1),
-              help="With --vad none: files longer than this are cut into equal windows of at "
-                   "most this length.")
-@click.option("--vad", default=None, metavar="silero|fsmn-vad|DIR|none",
-              help="Voice activity detector that cuts files longer than --max-segment-s into "
-                   "speech segments (silence is never transcribed; segments of many files share "
-                   "batches): 'silero' (weights included), 'fsmn-vad' (found in the local "
-                   "Hugging Face / ModelScope cache), an official fsmn-vad folder, or 'none' "
-                   "for equal windows of --max-window-s (a cut may then fall inside a word). "
-                   "Shorter files are transcribed whole either way. Silero took about 1/1000 of "
-                   "the audio's duration on a 2-core CPU, on the model's thread. Default: the "
-                   "job's own when resuming, else silero.")
-@click.option("--max-segment-s", type=click.FloatRange(1), default=None,
-              help="Longest piece sent to the model with a VAD: longer speech segments are cut "
-                   "into equal parts; files not longer go whole. Default: 30 (Paraformer), 15 "
-                   "(Fun-ASR-Nano, whose LLM degrades on longer segments).")
-@click.option("--punc", default=None, metavar="DIR|ct-punc|ct-punc-c|none",
-              help="Punctuation model (CT-Transformer folder, or a known name found in the local "
-                   "caches) for models whose text has none (Paraformer): the text is punctuated "
-                   "and the results' segments become sentences with times (subtitle cues start "
-                   "at sentence ends). Ignored for Fun-ASR-Nano, whose text is punctuated. "
-                   "Default: the job's own when resuming, else none.")
+@cutting_options(from_job=True)
 @click.option("--readers", default=2, show_default=True, type=click.IntRange(1),
               help="Threads decoding and resampling audio ahead of the model.")
 @click.option("--strict-manifest", is_flag=True,
