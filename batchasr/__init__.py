@@ -19,7 +19,7 @@ __version__ = "0.1.0"
 
 def load_model(path_or_name, **kwargs):
     """Load a model folder (official FunASR layout) or a known name; see checkpoints.load_model."""
-    from batchasr.checkpoints import load_model as _load
+    from batchasr.models.loader import load_model as _load
 
     return _load(path_or_name, **kwargs)
 

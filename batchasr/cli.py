@@ -110,8 +110,8 @@ def cutting_options(fn=None, *, from_job: bool = False):
 def open_model(model, weights, dtype, device, download, **options):
     import mlx.core as mx
 
-    from batchasr.checkpoints import load_model
-    from batchasr.device import setup_device
+    from batchasr.models.loader import load_model
+    from batchasr.runner.device import setup_device
 
     setup_device(device)
     asr = load_model(model, weights=weights, dtype=getattr(mx, dtype), download=download)
@@ -178,12 +178,12 @@ def transcribe(files, model, weights, dtype, device, download, batch_seconds, ba
       batchasr transcribe --model ./paraformer-zh --json clip1.wav clip2.flac
       batchasr transcribe --model ./paraformer-zh --punc ./ct-punc meeting.wav recordings/
     """
-    from batchasr import pipeline
-    from batchasr.manifest import iter_audio_files
+    from batchasr.runner import pipeline
+    from batchasr.manifest.read import iter_audio_files
     from batchasr.transcript import to_record
 
     if batch_seconds is None:
-        from batchasr.device import default_batch_seconds
+        from batchasr.runner.device import default_batch_seconds
 
         batch_seconds = default_batch_seconds(device)
     options = {k: v for k, v in (("max_new_tokens", max_new_tokens), ("hotwords", hotwords),
@@ -316,14 +316,17 @@ def run(source, model, weights, dtype, device, download, job_dir, batch_seconds,
           --job-dir /shared/jobs/archive
     """
     if batch_seconds is None:
-        from batchasr.device import default_batch_seconds
+        from batchasr.runner.device import default_batch_seconds
 
         batch_seconds = default_batch_seconds(device)
-    from batchasr import audio, pipeline
-    from batchasr.manifest import open_manifest, scan_folder
-    from batchasr.queue import JobLock, JobQueue
-    from batchasr.scale import ShardedManifest, check_local_disk, parse_shard, plan_devices
-    from batchasr.worker import run_job, stop_line, sweep_checkpoints
+    from batchasr.audio import decode as audio
+    from batchasr.runner import pipeline
+    from batchasr.manifest.read import open_manifest, scan_folder
+    from batchasr.queue.store import JobLock, JobQueue
+    from batchasr.manifest.shard import ShardedManifest, parse_shard
+    from batchasr.queue.disk import check_local_disk
+    from batchasr.runner.processes import plan_devices
+    from batchasr.runner.worker import run_job, stop_line, sweep_checkpoints
 
     given = {"model": model, "weights": weights, "dtype": dtype, "vad": vad,
              "max_segment_s": max_segment_s, "punc": punc, "max_new_tokens": max_new_tokens,
@@ -421,7 +424,7 @@ def run(source, model, weights, dtype, device, download, job_dir, batch_seconds,
                 record_run(job, summary)
                 click.echo(f"{job}: {summary}", err=True)
             else:
-                from batchasr.scale import run_workers
+                from batchasr.runner.processes import run_workers
 
                 with JobQueue(job) as queue:  # we hold the lock: whatever runs is orphaned
                     requeued, _ = queue.reset_running(max_attempts=5)
@@ -464,7 +467,7 @@ def recorded_settings(job: Path) -> dict:
     """The settings a job folder was started with ({} for a new job); reads only."""
     if not (job / "queue.db").exists():
         return {}
-    from batchasr.queue import JobQueue
+    from batchasr.queue.store import JobQueue
 
     with JobQueue(job) as queue:
         return queue.meta()
@@ -479,7 +482,7 @@ def job_settings(given: dict, recorded: dict) -> dict:
     if isinstance(label, str) and filled["weights"] == "dummy":
         label = label.removesuffix(" (dummy weights)")  # checkpoints.DUMMY_SUFFIX
     if given["model"] is None and "model" in recorded and label != recorded["model"]:
-        from batchasr.checkpoints import KNOWN_MODELS, CheckpointError, model_identity
+        from batchasr.models.loader import KNOWN_MODELS, CheckpointError, model_identity
 
         if label in KNOWN_MODELS:
             try:
@@ -494,7 +497,7 @@ def resolve_job_model(job: Path, model: str, weights: str, download: bool, *,
                       from_job: bool) -> str:
     """The job's identity of ``model`` (checkpoints.model_identity); CheckpointError when it
     cannot be found, saying so when the model is the job's own."""
-    from batchasr.checkpoints import CheckpointError, model_identity
+    from batchasr.models.loader import CheckpointError, model_identity
 
     try:
         return model_identity(model, weights=weights, download=download)
@@ -508,7 +511,7 @@ def resolve_job_model(job: Path, model: str, weights: str, download: bool, *,
 def check_settings(job: Path, recorded: dict, settings: dict) -> None:
     """JobError naming each setting that differs from the job's recorded one (the model
     compared as the folder it resolves to), and how to resume or start a new job."""
-    from batchasr.checkpoints import same_model
+    from batchasr.models.loader import same_model
 
     weights = settings.get("weights", "checkpoint")
     diffs = [(k, recorded[k], v) for k, v in settings.items() if k in recorded
@@ -538,8 +541,8 @@ def record_settings(job: Path, queue, settings: dict) -> None:
 def check_longform_models(vad: str, punc: str) -> None:
     """CheckpointError when the VAD or punctuation model named cannot be found (without
     loading them)."""
-    from batchasr.checkpoints import resolve
-    from batchasr.vad import SILERO_NAMES
+    from batchasr.models.loader import resolve
+    from batchasr.models.vad import SILERO_NAMES
 
     if vad.lower() not in ("none", "auto") and vad not in SILERO_NAMES \
             and not (Path(vad).is_file() and Path(vad).suffix == ".safetensors"):
@@ -551,8 +554,8 @@ def check_longform_models(vad: str, punc: str) -> None:
 def run_on_ray(source, out, model_args, *, batch_seconds, limit, max_window_s,
                strict_manifest, progress, actors, address, longform):
     """`run --engine ray`: the manifest through a Ray Data pipeline into ``out``; exits."""
-    from batchasr.manifest import open_manifest, scan_folder
-    from batchasr.ray_engine import run_ray
+    from batchasr.manifest.read import open_manifest, scan_folder
+    from batchasr.runner.ray import run_ray
 
     out = out or str(job_dir_for(source, None))
     settings = {**{k: v for k, v in model_args.items() if k not in ("device", "download")},
@@ -609,7 +612,7 @@ def status(job_dir, show_failed, as_json):
     """
     import time
 
-    from batchasr.queue import JobQueue, read_live_progress, run_is_alive
+    from batchasr.queue.store import JobQueue, read_live_progress, run_is_alive
 
     job = Path(job_dir)
     if not (job / "queue.db").exists():
@@ -704,7 +707,7 @@ def export(job_dirs, fmt, output):
     """
     import glob
 
-    from batchasr.results import export_results
+    from batchasr.outputs.results import export_results
 
     sources = []
     for pattern in job_dirs:
@@ -739,7 +742,7 @@ def retry_failed(job_dir):
     Example:
       batchasr retry-failed --job-dir jobs/archive && batchasr run --job-dir jobs/archive
     """
-    from batchasr.queue import JobLock, JobQueue
+    from batchasr.queue.store import JobLock, JobQueue
 
     try:
         with JobLock(job_dir), JobQueue(job_dir) as queue:
@@ -780,8 +783,8 @@ def punctuate(model, as_json, batch_size, dtype, device, download):
 
     import mlx.core as mx
 
-    from batchasr.device import setup_device
-    from batchasr.punctuation import load_punctuator
+    from batchasr.runner.device import setup_device
+    from batchasr.models.punctuation import load_punctuator
 
     try:
         setup_device(device)
@@ -825,7 +828,7 @@ def segment(files, vad_name, as_json, max_segment_ms, download):
     Example:
       batchasr segment --vad silero --json meeting.flac talk.wav
     """
-    from batchasr.vad import load_vad
+    from batchasr.models.vad import load_vad
 
     try:
         vad = load_vad(vad_name, download=download)

@@ -105,9 +105,9 @@ def timed_job(asr, manifest: Path, args, tag: str):
     """`run_job` over the manifest twice (fresh job folders): the first pass warms kernels,
     compiled graphs and caches for every batch shape, as the baseline's warm-up pass does;
     the second is timed."""
-    from batchasr.manifest import open_manifest
-    from batchasr.queue import JobQueue
-    from batchasr.worker import run_job
+    from batchasr.manifest.read import open_manifest
+    from batchasr.queue.store import JobQueue
+    from batchasr.runner.worker import run_job
 
     for attempt in ("warmup", "timed"):
         job = Path(args.workdir) / f"job-{tag}-{attempt}"
@@ -123,8 +123,8 @@ def timed_job(asr, manifest: Path, args, tag: str):
 
 def decoded_batches(manifest: Path, batch_seconds: float):
     """The manifest's audio decoded in memory and planned into length-sorted batches."""
-    from batchasr.audio import load
-    from batchasr.batching import plan_batches
+    from batchasr.audio.decode import load
+    from batchasr.batches.plan import plan_batches
 
     paths = [line.split(",", 1)[1] for line in manifest.read_text().splitlines()[1:]]
     waves = [load(p) for p in paths]
@@ -133,7 +133,7 @@ def decoded_batches(manifest: Path, batch_seconds: float):
 
 
 def bench_paraformer(args, model_dir: Path | None, manifest: Path, dtype: str) -> list[dict]:
-    from batchasr.checkpoints import load_model
+    from batchasr.models.loader import load_model
 
     out = []
     asr = load_model(model_dir or "paraformer-zh", weights="checkpoint" if model_dir else "dummy",
@@ -182,8 +182,8 @@ def bench_nano(args, manifest: Path, dtype: str) -> list[dict]:
     """Fun-ASR-Nano, full size, dummy weights, a fixed number of new tokens per clip
     (args.tokens_per_s x seconds; the stop token is suppressed, as the official baseline's
     logits processor forces it): RTFx and LLM tokens/s per decoding mode, and end to end."""
-    from batchasr.checkpoints import load_model
-    from batchasr.nano import GuardOptions
+    from batchasr.models.loader import load_model
+    from batchasr.models.nano_asr import GuardOptions
 
     asr = load_model("fun-asr-nano", weights="dummy", dtype=getattr(mx, dtype))
     asr.stop_on_eos = False
@@ -294,7 +294,7 @@ def main(argv=None):
     ap.add_argument("--no-append", action="store_true", help="do not write results.json")
     args = ap.parse_args(argv)
 
-    from batchasr.device import setup_device
+    from batchasr.runner.device import setup_device
 
     setup_device(args.device)
     work = Path(args.workdir)

@@ -5,16 +5,16 @@ import batchasr  # noqa: F401
 import mlx.core as mx
 import numpy as np
 
-from batchasr.checkpoints import load_model
-from batchasr.models.sanm import FSMNBlock
+from batchasr.models.loader import load_model
+from batchasr.models.blocks.sanm import FSMNBlock
 from benchmarks.bench import speechlike
 
 variant = sys.argv[1]
 if "imports" in variant:  # what the runner brings into the process
-    import batchasr.worker  # noqa: F401
+    import batchasr.runner.worker  # noqa: F401
     import pyarrow.parquet  # noqa: F401,F811
 if "files" in variant:
-    from batchasr.audio import load
+    from batchasr.audio.decode import load
 asr = load_model(sys.argv[2], dtype=mx.bfloat16)
 if "shift" in variant:
     FSMNBlock.method = "shift"

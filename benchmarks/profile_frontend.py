@@ -31,9 +31,9 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=2)
     args = ap.parse_args(argv)
 
-    from batchasr import features as F
-    from batchasr.batching import plan_batches
-    from batchasr.device import setup_device
+    from batchasr.models.blocks import frontend as F
+    from batchasr.batches.plan import plan_batches
+    from batchasr.runner.device import setup_device
 
     setup_device(args.device)
     conf = F.FrontendConfig(n_mels=80, lfr_m=7, lfr_n=6)

@@ -7,7 +7,7 @@ number of new tokens per clip (no stop token), decoded as generate_continuous do
 
 Stages (seconds summed over all batches, per timed pass): 1 frontend (asr.features),
 2 encoder+adaptor (asr.encode), 3 prompt embeddings, 4 prefill (+ first token), 5 decode
-steps (the continuous-batching loop of batchasr.generate.generate_continuous, copied here with
+steps (the continuous-batching loop of batchasr.models.blocks.generate.generate_continuous, copied here with
 timers). The decode steps are split into: build (Python constructing the step's graph),
 submit (mx.async_eval), wait (the .tolist() sync on the previous token) and retire (host
 bookkeeping and the lazy filter of finished rows). On the CPU, mx.async_eval itself blocks
@@ -66,11 +66,11 @@ def main(argv=None):
                     help="decode steps: mx.compile each block's norm+MLP half (shapeless)")
     args = ap.parse_args(argv)
 
-    from batchasr.batching import plan_batches
-    from batchasr.checkpoints import load_model
-    from batchasr.device import setup_device
+    from batchasr.batches.plan import plan_batches
+    from batchasr.models.loader import load_model
+    from batchasr.runner.device import setup_device
     from batchasr.models import fun_asr_nano as fan
-    from batchasr.nano import GuardOptions
+    from batchasr.models.nano_asr import GuardOptions
 
     setup_device(args.device)
     t_load = time.perf_counter()

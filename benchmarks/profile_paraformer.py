@@ -34,13 +34,13 @@ def main(argv=None):
                     help="FSMN method (default: the library's, see FSMNBlock)")
     args = ap.parse_args(argv)
 
-    from batchasr.batching import plan_batches
-    from batchasr.checkpoints import load_model
-    from batchasr.device import setup_device
+    from batchasr.batches.plan import plan_batches
+    from batchasr.models.loader import load_model
+    from batchasr.runner.device import setup_device
     from batchasr.models.paraformer import cif_embeddings, cif_fire, token_timestamps
 
     setup_device(args.device)
-    from batchasr.models.sanm import FSMNBlock
+    from batchasr.models.blocks.sanm import FSMNBlock
 
     if args.fsmn:
         FSMNBlock.method = args.fsmn

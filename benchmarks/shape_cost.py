@@ -28,8 +28,8 @@ def main(argv=None):
     ap.add_argument("--shapes", default="16x10,16x11,17x10,24x12,32x9,8x20,9x20,40x7",
                     help="batch x seconds per clip")
     args = ap.parse_args(argv)
-    from batchasr.checkpoints import load_model
-    from batchasr.device import setup_device
+    from batchasr.models.loader import load_model
+    from batchasr.runner.device import setup_device
 
     setup_device(args.device)
     asr = load_model("paraformer-zh", weights="dummy", dtype=getattr(mx, args.dtype))

@@ -7,7 +7,7 @@ import pytest
 import soundfile as sf
 import soxr
 
-from batchasr import audio
+from batchasr.audio import decode as audio
 from batchasr.errors import AudioError
 
 

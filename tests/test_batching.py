@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from batchasr.batching import padded_size, padding_fraction, plan_batches, shift, stitch
+from batchasr.batches.plan import padded_size, padding_fraction, plan_batches, shift, stitch
 from batchasr.transcript import Segment, Token, Transcript
 
 

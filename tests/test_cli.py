@@ -235,7 +235,7 @@ def test_unknown_model_is_a_clear_error(tmp_path):
 
 
 def job_meta(job: Path) -> dict:
-    from batchasr.queue import JobQueue
+    from batchasr.queue.store import JobQueue
 
     with JobQueue(job) as q:
         return q.meta()
@@ -273,7 +273,7 @@ def test_the_same_model_spelled_three_ways_and_job_dir_alone_resume_one_job(tmp_
 
 
 def test_an_older_job_recording_the_typed_path_still_resumes(tmp_path):
-    from batchasr.queue import JobQueue
+    from batchasr.queue.store import JobQueue
 
     job = tmp_path / "job"
     batchasr("run", SAMPLES / "demo.csv", "--model", MODEL, "--job-dir", job, "--limit", "1",
@@ -337,7 +337,7 @@ def start_run(*args, slow_s: float | None = None):
 
 
 def queue_state(job: Path):
-    from batchasr.queue import JobQueue
+    from batchasr.queue.store import JobQueue
 
     with JobQueue(job) as q:
         return q.counts(), {i.id: i for i in q.items()}

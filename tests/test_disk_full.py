@@ -13,10 +13,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from batchasr import results, subtitles
+from batchasr.outputs import results
+from batchasr.outputs import subtitles
 from batchasr.errors import DiskFullError, is_disk_full
-from batchasr.queue import JobQueue
-from batchasr.worker import run_job
+from batchasr.queue.store import JobQueue
+from batchasr.runner.worker import run_job
 
 from conftest import done_count
 from test_worker import DURATIONS, check_done_exactly_once, make_job

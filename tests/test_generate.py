@@ -1,11 +1,11 @@
-"""batchasr.generate: batched prefill, KV caches, and the two decoding modes (tiny Qwen3)."""
+"""batchasr.models.blocks.generate: batched prefill, KV caches, and the two decoding modes (tiny Qwen3)."""
 import mlx.core as mx
 import numpy as np
 import pytest
 from mlx.utils import tree_map
 
-from batchasr import generate as G
-from batchasr.models.qwen3 import Model, ModelArgs
+from batchasr.models.blocks import generate as G
+from batchasr.models.blocks.qwen3 import Model, ModelArgs
 
 EOS = 36  # occurs in some rows of this random model, not in others
 

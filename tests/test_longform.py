@@ -22,11 +22,12 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 
-from batchasr import pipeline, results
-from batchasr.audio import load
-from batchasr.sentences import (PUNC_MARKS, join_vad_texts, timestamp_sentence,
+from batchasr.runner import pipeline
+from batchasr.outputs import results
+from batchasr.audio.decode import load
+from batchasr.batches.sentences import (PUNC_MARKS, join_vad_texts, timestamp_sentence,
                                 vad_segment_sentences)
-from batchasr.subtitles import SubtitleOptions, build_cues
+from batchasr.outputs.subtitles import SubtitleOptions, build_cues
 from batchasr.transcript import Segment, Token, Transcript
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -136,7 +137,7 @@ def write_recording(path, seconds: float, seed: int = 0):
 
 
 def test_segment_cutter_gives_the_vads_segments_in_bounded_memory(tmp_path):
-    from batchasr.vad import load_vad, split_long_segments
+    from batchasr.models.vad import load_vad, split_long_segments
 
     vad = load_vad("silero")
     wave, _ = recording(150, quiet_every=40, quiet_s=30)  # silero holds a segment ~30 s back
@@ -249,8 +250,8 @@ def test_punctuation_gives_punctuated_text_and_sentence_segments(longform):
     meeting = punc["meeting"]
     # the sentences are timestamp_sentence's, from the punctuation ids and the word times
     # (recomputed here from the stored tokens: no word of this recording spans two segments)
-    from batchasr.checkpoints import load_model
-    from batchasr.punctuation import load_punctuator
+    from batchasr.models.loader import load_model
+    from batchasr.models.punctuation import load_punctuator
 
     model, punctuator = load_model(MODEL), load_punctuator(PUNC)
     tokens = results.row_to_transcript(meeting).tokens  # absolute times
@@ -319,9 +320,9 @@ def test_kill_before_any_checkpoint_then_resume_exactly_once(longform, tmp_path)
 def test_ray_engine_steps_give_the_worker_results(longform):
     """The Ray actors' path (decode_pieces in a task, transcribe_items with the punctuator
     in an actor) gives exactly the local worker's rows."""
-    from batchasr.checkpoints import load_model
-    from batchasr.punctuation import load_punctuator
-    from batchasr.vad import load_vad
+    from batchasr.models.loader import load_model
+    from batchasr.models.punctuation import load_punctuator
+    from batchasr.models.vad import load_vad
 
     model = load_model(MODEL)
     cut = pipeline.CutOptions(vad=load_vad("silero"), max_segment_s=30.0)
@@ -347,7 +348,7 @@ def test_the_whole_pipeline_matches_funasr_automodel(tmp_path):
     text drifts (see test_sentences_take_spaced_words_not_the_drifting_join)."""
     import hashlib
 
-    from batchasr.checkpoints import load_model
+    from batchasr.models.loader import load_model
 
     ref = json.loads((ROOT / "tests" / "fixtures" / "sentences" / "automodel.json")
                      .read_text(encoding="utf-8"))
@@ -381,8 +382,8 @@ def test_the_whole_pipeline_matches_funasr_automodel(tmp_path):
 
 
 def test_parts_written_before_raw_text_still_export(tmp_path):
-    from batchasr.manifest import ManifestRow
-    from batchasr.queue import JobQueue
+    from batchasr.manifest.read import ManifestRow
+    from batchasr.queue.store import JobQueue
 
     job = tmp_path / "job"
     with JobQueue(job) as q:

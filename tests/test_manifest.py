@@ -7,7 +7,7 @@ import tracemalloc
 import pytest
 
 from batchasr.errors import ManifestError
-from batchasr.manifest import (
+from batchasr.manifest.read import (
     ManifestRow, default_id, iter_audio_files, open_manifest, scan_folder,
 )
 

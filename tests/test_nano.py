@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from batchasr import generate as G
-from batchasr import nano
-from batchasr.checkpoints import load_model
+from batchasr.models.blocks import generate as G
+from batchasr.models import nano_asr as nano
+from batchasr.models.loader import load_model
 from batchasr.models.fun_asr_nano import speech_token_count, user_prompt
-from batchasr.nano import GuardOptions, LoopDetector, normalize_with_map
+from batchasr.models.nano_asr import GuardOptions, LoopDetector, normalize_with_map
 
 FIXTURES = Path(__file__).parent / "fixtures" / "nano"
 MODELS = ["plain", "ctc"]
@@ -266,7 +266,7 @@ def test_dummy_builder(monkeypatch):
         **nano.QWEN3_0_6B_CONFIG, "hidden_size": 32, "intermediate_size": 64,
         "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 2,
         "head_dim": 8, "vocab_size": 1100, "eos_token_id": 1076, "bos_token_id": 1074})
-    from batchasr import checkpoints
+    from batchasr.models import loader as checkpoints
 
     monkeypatch.setattr(checkpoints, "_cache_candidates", lambda *a: iter(()))
     asr = load_model("fun-asr-nano", weights="dummy")

@@ -10,7 +10,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from batchasr.checkpoints import load_model
+from batchasr.models.loader import load_model
 
 FIXTURES = Path(__file__).parent / "fixtures" / "paraformer"
 MODELS = ["zh_mixed", "en"]

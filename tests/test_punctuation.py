@@ -18,7 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 from batchasr.errors import CheckpointError
-from batchasr.punctuation import (
+from batchasr.models.punctuation import (
     jieba_user_dict,
     load_punctuator,
     split_to_mini_sentence,

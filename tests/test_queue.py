@@ -11,8 +11,8 @@ import time
 import pytest
 
 from batchasr.errors import JobError, ManifestError
-from batchasr.manifest import ManifestRow, open_manifest
-from batchasr.queue import JobLock, JobQueue
+from batchasr.manifest.read import ManifestRow, open_manifest
+from batchasr.queue.store import JobLock, JobQueue
 
 
 def mrows(*names, base="/a"):
@@ -160,7 +160,7 @@ def test_transaction_rolls_back_on_error(q):
 
 LOCKER = textwrap.dedent("""
     import sys, time
-    from batchasr.queue import JobLock
+    from batchasr.queue.store import JobLock
     JobLock(sys.argv[1]).acquire()
     print("locked", flush=True)
     time.sleep(60)

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from mlx.utils import tree_map
 
-from batchasr import generate as G
-from batchasr.models.qwen3 import Model, ModelArgs
+from batchasr.models.blocks import generate as G
+from batchasr.models.blocks.qwen3 import Model, ModelArgs
 
 
 def tiny(tie=True, seed=0, **kw):

@@ -10,16 +10,16 @@ import pyarrow.parquet as pq
 import pytest
 import srt
 
-from batchasr import results
+from batchasr.outputs import results
 from batchasr.errors import JobError
-from batchasr.results import (
+from batchasr.outputs.results import (
     FORMATS, PART_SCHEMA, RESULT_SCHEMA, export_results, read_part, results_table, row_to_transcript,
     transcript_to_row, write_part,
 )
-from batchasr.subtitles import safe_name, write_item_subtitles
+from batchasr.outputs.subtitles import safe_name, write_item_subtitles
 from batchasr.transcript import Segment, Token, Transcript
 
-# The queue table as the contract describes it (the real one is batchasr.queue's).
+# The queue table as the contract describes it (the real one is batchasr.queue.store's).
 DDL = """CREATE TABLE items (id TEXT PRIMARY KEY, seq INTEGER NOT NULL, path TEXT NOT NULL,
     language TEXT, extra TEXT NOT NULL DEFAULT '{}', status TEXT NOT NULL DEFAULT 'pending',
     attempts INTEGER NOT NULL DEFAULT 0, error TEXT, duration_s REAL, part TEXT,
@@ -329,8 +329,8 @@ def test_failed_export_keeps_the_previous_file(done_job, monkeypatch):
 
 
 def test_with_the_real_queue_and_sample_manifest(tmp_path):
-    queue = pytest.importorskip("batchasr.queue")
-    manifest = pytest.importorskip("batchasr.manifest")
+    queue = pytest.importorskip("batchasr.queue.store")
+    manifest = pytest.importorskip("batchasr.manifest.read")
     sample = Path(__file__).resolve().parent.parent / "sample_manifests" / "with_errors.csv"
     job = tmp_path / "job"
     with queue.JobQueue(job) as q:

@@ -1,6 +1,6 @@
 """The committed sample audio and manifests are what sample_manifests/README.md says they are.
 
-Decoding is checked with soundfile directly (batchasr.audio is tested on its own), and the
+Decoding is checked with soundfile directly (batchasr.audio.decode is tested on its own), and the
 manifests with the standard library, so these tests stay about the samples themselves.
 """
 import csv

@@ -18,10 +18,13 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from batchasr import results, scale
+from batchasr.outputs import results
+from batchasr.runner import processes as scale
+from batchasr.queue import disk
+from batchasr.manifest import shard
 from batchasr.errors import JobError
-from batchasr.manifest import open_manifest
-from batchasr.queue import JobLock, JobQueue
+from batchasr.manifest.read import open_manifest
+from batchasr.queue.store import JobLock, JobQueue
 
 from conftest import done_count
 from test_worker import check_done_exactly_once, make_job
@@ -142,10 +145,10 @@ def test_an_older_queue_gets_the_lease_columns(tmp_path):
 
 HOLDER = textwrap.dedent("""
     import os, subprocess, sys, time
-    from batchasr.queue import JobLock
+    from batchasr.queue.store import JobLock
     lock = JobLock(sys.argv[1]).acquire()
     child = subprocess.Popen([sys.executable, "-c",
-        "import sys, time; from batchasr.queue import JobLock; "
+        "import sys, time; from batchasr.queue.store import JobLock; "
         "JobLock.adopt(sys.argv[1], int(sys.argv[2])); print('child', flush=True); time.sleep(60)",
         sys.argv[1], str(lock.fd)], pass_fds=(lock.fd,))
     print(child.pid, flush=True)
@@ -201,7 +204,7 @@ WORKER = textwrap.dedent("""
     import json, sys
     sys.path.insert(0, sys.argv[2])
     from conftest import FakeModel
-    from batchasr.worker import run_job
+    from batchasr.runner.worker import run_job
     model = FakeModel(delay_s=float(sys.argv[4]), on_call=lambda m: print("BATCH", flush=True))
     s = run_job(sys.argv[1], model, batch_seconds=2.0, progress=False, readers=1, claim_size=2,
                 pool_seconds=2.0, lock_fd=int(sys.argv[3]), owner=sys.argv[5],
@@ -364,24 +367,24 @@ def test_workers_per_gpu(monkeypatch):
 
 
 def test_shard_parsing():
-    assert scale.parse_shard("0/4") == (0, 4) and scale.parse_shard(" 3 / 4 ") == (3, 4)
+    assert shard.parse_shard("0/4") == (0, 4) and shard.parse_shard(" 3 / 4 ") == (3, 4)
     for bad in ("4/4", "-1/4", "1", "a/b", "0/0", ""):
         with pytest.raises(ValueError, match="i/N"):
-            scale.parse_shard(bad)
+            shard.parse_shard(bad)
 
 
 def test_shards_cover_the_ids_with_no_overlap_whatever_the_order():
     rng = random.Random(7)
     ids = [f"clip/{rng.random():.12f}.wav" for _ in range(2000)] + ["日本語", "", "a b"]
     for n in (1, 2, 3, 7, 16):
-        slices = [{i for i in ids if scale.shard_of(i, n) == k} for k in range(n)]
+        slices = [{i for i in ids if shard.shard_of(i, n) == k} for k in range(n)]
         assert sum(len(s) for s in slices) == len(ids) and set().union(*slices) == set(ids)
         if n > 1:  # roughly even
             assert min(len(s) for s in slices) > 0.6 * len(ids) / n
     # fixed values: the same on every machine and Python (PYTHONHASHSEED plays no part)
-    assert [scale.shard_of(f"item-{i:04d}", 4) for i in range(8)] == \
-        [scale.shard_of(f"item-{i:04d}", 4) for i in range(8)]
-    assert scale.shard_of("item-0000", 1000) == int.from_bytes(
+    assert [shard.shard_of(f"item-{i:04d}", 4) for i in range(8)] == \
+        [shard.shard_of(f"item-{i:04d}", 4) for i in range(8)]
+    assert shard.shard_of("item-0000", 1000) == int.from_bytes(
         __import__("hashlib").blake2b(b"item-0000", digest_size=8).digest(), "big") % 1000
 
 
@@ -438,9 +441,9 @@ nas:/export on /Volumes/nfs share (nfs, asynchronous)
 
 
 def test_proc_mounts_parser_and_lookup():
-    mounts = scale.parse_proc_mounts(PROC_MOUNTS)
+    mounts = disk.parse_proc_mounts(PROC_MOUNTS)
     assert ("/mnt/nas/local disk", "ext4") in mounts
-    look = lambda p: scale.mount_of(p, mounts)  # noqa: E731
+    look = lambda p: disk.mount_of(p, mounts)  # noqa: E731
     assert look("/home/me/jobs/x") == ("/", "ext4")
     assert look("/mnt/nas/jobs/x") == ("/mnt/nas", "nfs4")
     assert look("/mnt/nas") == ("/mnt/nas", "nfs4")
@@ -451,24 +454,24 @@ def test_proc_mounts_parser_and_lookup():
 
 
 def test_mac_mount_output_parser():
-    mounts = scale.parse_mount_output(MAC_MOUNT)
-    assert scale.mount_of("/Volumes/audio/jobs/x", mounts) == ("/Volumes/audio", "smbfs")
-    assert scale.mount_of("/Volumes/nfs share/j", mounts) == ("/Volumes/nfs share", "nfs")
-    assert scale.mount_of("/Users/me/jobs", mounts) == ("/", "apfs")
+    mounts = disk.parse_mount_output(MAC_MOUNT)
+    assert disk.mount_of("/Volumes/audio/jobs/x", mounts) == ("/Volumes/audio", "smbfs")
+    assert disk.mount_of("/Volumes/nfs share/j", mounts) == ("/Volumes/nfs share", "nfs")
+    assert disk.mount_of("/Users/me/jobs", mounts) == ("/", "apfs")
 
 
 def test_a_job_on_a_network_filesystem_is_refused_clearly(tmp_path, monkeypatch, caplog):
-    monkeypatch.setattr(scale, "filesystem_of", lambda p: ("/mnt/nas", "nfs4"))
+    monkeypatch.setattr(disk, "filesystem_of", lambda p: ("/mnt/nas", "nfs4"))
     with pytest.raises(JobError, match=r"network filesystem \(nfs4, mounted at /mnt/nas\)") as e:
-        scale.check_local_disk(tmp_path / "job")
+        disk.check_local_disk(tmp_path / "job")
     assert "--allow-network-fs" in str(e.value) and "local disk" in str(e.value)
-    scale.check_local_disk(tmp_path / "job", allow_network=True)
+    disk.check_local_disk(tmp_path / "job", allow_network=True)
     assert "running anyway" in caplog.text
-    monkeypatch.setattr(scale, "filesystem_of", lambda p: ("/", "ext4"))
-    scale.check_local_disk(tmp_path / "job")
+    monkeypatch.setattr(disk, "filesystem_of", lambda p: ("/", "ext4"))
+    disk.check_local_disk(tmp_path / "job")
     # this machine's own disk is local, and the check reads the real mount table
-    assert scale.filesystem_of(tmp_path) is not None
-    scale.check_local_disk(tmp_path)
+    assert disk.filesystem_of(tmp_path) is not None
+    disk.check_local_disk(tmp_path)
 
 
 # ---- Ray -------------------------------------------------------------------------------------
@@ -487,7 +490,7 @@ def ray_cluster():
 
 
 def run_on_ray(manifest, out, **kw):
-    from batchasr.ray_engine import run_ray
+    from batchasr.runner.ray import run_ray
 
     model_args = {"model": str(MODEL), "weights": "checkpoint", "dtype": "float32",
                   "device": "cpu", "download": False}
@@ -521,7 +524,7 @@ def test_ray_job_exactly_once_and_equal_to_the_local_runner(tmp_path, ray_cluste
     assert (again.skipped, again.done, again.failed) == (6, 0, 5)
     assert export_rows(out, out=tmp_path / "ray2.parquet") == rows
     # another model on the same output is refused
-    from batchasr.ray_engine import run_ray
+    from batchasr.runner.ray import run_ray
     with pytest.raises(JobError, match="different settings"):
         run_ray(None, str(out), model_args={}, settings={"model": "other"}, batch_seconds=8.0)
 
@@ -548,7 +551,7 @@ def test_workers_sharing_a_gpu_bound_their_memory(monkeypatch):
     towards the whole device in both: out of memory on an H200)."""
     import mlx.core as mx
 
-    from batchasr import device
+    from batchasr.runner import device
 
     calls = {}
     monkeypatch.setattr(device, "gpu_available", lambda: True)

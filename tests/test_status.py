@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from batchasr import audio
+from batchasr.audio import decode as audio
 from conftest import FakeModel, done_count, write_marked_wav
 from test_cli import MODEL, SAMPLES, batchasr, big_manifest
 
@@ -154,16 +154,16 @@ def test_progress_bar_is_labelled_and_logs_print_above_it(tmp_path):
     assert "resuming: " in again.stderr and "done before" in again.stderr
     # the failure's log line is printed above the bar (cleared first), not glued onto it
     [line] = [x for x in again.stderr.split("\n") if "bad failed:" in x]
-    assert line.split("\r")[-1].startswith("WARNING batchasr.worker: bad failed:"), repr(line)
+    assert line.split("\r")[-1].startswith("WARNING batchasr.runner.worker: bad failed:"), repr(line)
 
 
 # ---- the bar, on the runner ----------------------------------------------------------------
 
 
 def test_bar_total_is_the_probed_audio_and_only_moves_forward(tmp_path, monkeypatch):
-    from batchasr import worker
-    from batchasr.manifest import open_manifest
-    from batchasr.queue import JobQueue
+    from batchasr.runner import worker
+    from batchasr.manifest.read import open_manifest
+    from batchasr.queue.store import JobQueue
 
     seen: list = []
 

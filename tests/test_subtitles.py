@@ -9,7 +9,7 @@ import unicodedata
 import pytest
 import srt
 
-from batchasr.subtitles import (
+from batchasr.outputs.subtitles import (
     Cue, SubtitleOptions, WriteSRT, WriteVTT, atomic_write, build_cues, format_timestamp,
     get_writer, render, safe_name, subtitle_path, write_item_subtitles,
 )

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from batchasr.text import sentence_postprocess
+from batchasr.models.blocks.text import sentence_postprocess
 
 CASES = json.loads((Path(__file__).parent / "fixtures" / "text_postprocess.json").read_text("utf-8"))
 

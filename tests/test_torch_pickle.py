@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from batchasr.torch_pickle import UnsafeCheckpointError, load_torch_state_dict
+from batchasr.models.torch_pickle import UnsafeCheckpointError, load_torch_state_dict
 
 FIXTURE = Path(__file__).parent / "fixtures" / "paraformer" / "zh_mixed" / "model.pt"
 

@@ -19,9 +19,10 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 
-from batchasr import audio, pipeline
-from batchasr.manifest import iter_audio_files
-from batchasr.queue import JobQueue
+from batchasr.audio import decode as audio
+from batchasr.runner import pipeline
+from batchasr.manifest.read import iter_audio_files
+from batchasr.queue.store import JobQueue
 from test_longform import write_recording
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -158,8 +159,8 @@ def test_a_long_file_is_never_decoded_whole(folder, tmp_path, monkeypatch):
     """The streaming API `transcribe` uses: pieces go through a pool of a few batches; the
     whole file is never read (AudioFile.read, audio.load) and the audio held stays bounded
     whatever the file's length."""
-    from batchasr.checkpoints import load_model
-    from batchasr.vad import load_vad
+    from batchasr.models.loader import load_model
+    from batchasr.models.vad import load_vad
 
     _, rec = folder
     long_file = tmp_path / "long.wav"  # 10 minutes: 4 x the meeting, decoded a window at a time

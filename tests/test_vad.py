@@ -16,7 +16,7 @@ import soundfile as sf
 from click.testing import CliRunner
 
 from batchasr.cli import cli
-from batchasr.vad import (FsmnVAD, SileroOptions, SileroVAD, SpeechTimestamps, load_vad,
+from batchasr.models.vad import (FsmnVAD, SileroOptions, SileroVAD, SpeechTimestamps, load_vad,
                           split_long_segments)
 
 FIXTURES = Path(__file__).parent / "fixtures" / "vad"

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from batchasr import results
+from batchasr.outputs import results
 from batchasr.errors import JobError
-from batchasr.manifest import open_manifest
-from batchasr.queue import JobQueue
-from batchasr.worker import RunOptions, run_job
+from batchasr.manifest.read import open_manifest
+from batchasr.queue.store import JobQueue
+from batchasr.runner.worker import RunOptions, run_job
 
 from conftest import FakeModel, PipelinedFakeModel, write_marked_wav
 
@@ -182,7 +182,7 @@ def test_different_model_on_resume_is_refused(tmp_path, fake_model):
 
 def test_refused_while_another_runner_holds_the_job(tmp_path, fake_model):
     job = make_job(tmp_path, [1.0])
-    code = "import sys,time; from batchasr.queue import JobLock; JobLock(sys.argv[1]).acquire(); print('ok', flush=True); time.sleep(60)"
+    code = "import sys,time; from batchasr.queue.store import JobLock; JobLock(sys.argv[1]).acquire(); print('ok', flush=True); time.sleep(60)"
     p = subprocess.Popen([sys.executable, "-c", code, str(job)], stdout=subprocess.PIPE, text=True)
     try:
         assert p.stdout.readline().strip() == "ok"
@@ -206,7 +206,7 @@ RUNNER = textwrap.dedent("""
     import sys, logging
     sys.path.insert(0, sys.argv[2])
     from conftest import FakeModel
-    from batchasr.worker import run_job
+    from batchasr.runner.worker import run_job
     model = FakeModel(delay_s=float(sys.argv[3]), on_call=lambda m: print("BATCH", flush=True))
     s = run_job(sys.argv[1], model, batch_seconds=2.0,
                 progress=False, readers=2, claim_size=4, pool_seconds=4.0)
@@ -318,7 +318,7 @@ def test_disk_full_stops_the_run_and_keeps_what_is_written(tmp_path, fake_model,
 
 
 def test_a_subtitle_problem_does_not_fail_the_item(tmp_path, fake_model, monkeypatch, caplog):
-    from batchasr import subtitles
+    from batchasr.outputs import subtitles
     real = subtitles.write_item_subtitles
 
     def broken_for_item1(job_dir, item_id, *a, **kw):
@@ -337,7 +337,7 @@ def test_a_subtitle_problem_does_not_fail_the_item(tmp_path, fake_model, monkeyp
 def test_bounded_prefetch_with_many_long_files(tmp_path, monkeypatch):
     # 4 files of 40 s in 5 s windows, a 10 s buffer and a slow model: readers must wait for
     # the model instead of decoding everything up front; every window arrives in order.
-    from batchasr import worker
+    from batchasr.runner import worker
     peak = [0]
     real_put = worker._Prefetch.put
 

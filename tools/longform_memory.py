@@ -32,7 +32,7 @@ SR = 16000
 def synthesize(path: Path, seconds: float, seed: int = 0) -> list[tuple[float, float]]:
     """Write a recording of ``seconds``; returns its speech spans (start_s, end_s)."""
     sys.path.insert(0, str(ROOT))
-    from batchasr.audio import load
+    from batchasr.audio.decode import load
 
     audio = ROOT / "sample_manifests" / "audio"
     clips = [load(audio / name) for name in CLIPS] + [load(audio / "long_45s.ogg")]

@@ -1049,7 +1049,7 @@ def vad_speech_store(out_dir: Path):
     import soundfile as sf
 
     sys.path.insert(0, str(ROOT))
-    from batchasr.audio import load
+    from batchasr.audio.decode import load
 
     parts, index, pos = [], {}, 0
     for name in VAD_SOURCES:
@@ -1334,7 +1334,7 @@ def make_vad():
 
 
 def make_silero_weights():
-    """batchasr/data/silero_vad_16k_v6.safetensors: the 16 kHz tensors of silero-vad's
+    """batchasr/models/data/silero_vad_16k_v6.safetensors: the 16 kHz tensors of silero-vad's
     silero_vad.jit (byte-identical to those in its ONNX files), in the key layout of the
     package's silero_vad_16k.safetensors. That file holds other weights (max 0.48 apart in
     probability on real speech), so it is not what load_silero_vad() runs."""

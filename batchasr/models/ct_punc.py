@@ -17,7 +17,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from batchasr.models.sanm import SANMEncoder, SANMEncoderArgs
+from batchasr.models.blocks.sanm import SANMEncoder, SANMEncoderArgs
 
 
 @dataclass

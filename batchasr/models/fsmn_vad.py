@@ -4,7 +4,7 @@ Port of funasr 1.4.16 `funasr/models/fsmn_vad_streaming/encoder.py` (FSMN): in_l
 in_linear2 -> ReLU -> fsmn_layers x [linear (no bias) -> causal FSMN memory (the branch adds
 its own input) -> affine -> ReLU] -> out_linear1 -> out_linear2 -> softmax. Module attributes
 follow the official state-dict keys (`encoder.fsmn.0.fsmn_block.conv_left.weight`, ...). The
-endpoint state machine that turns these scores into segments lives in batchasr.vad.
+endpoint state machine that turns these scores into segments lives in batchasr.models.vad.
 
 Streaming: the memory is causal, so running a long input chunk by chunk with the last
 `(lorder - 1) * lstride` frames of each layer carried over (`make_cache`) gives exactly the

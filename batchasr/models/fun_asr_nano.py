@@ -3,12 +3,12 @@ optional CTC branch that gives timestamps.
 
 Port of funasr 1.4.16 `funasr/models/fun_asr_nano/model.py` (FunASRNano), with the pieces it
 builds: `SenseVoiceEncoderSmall` (`funasr/models/sense_voice/model.py`: the shared SAN-M
-encoder of batchasr.models.sanm with `tp_blocks`, LayerNorm eps 1e-5 because SenseVoice uses
+encoder of batchasr.models.blocks.sanm with `tp_blocks`, LayerNorm eps 1e-5 because SenseVoice uses
 torch's default LayerNorm, always sinusoidal positions, always pre-norm), the `Transformer`
 adaptor (`funasr/models/llm_asr/adaptor.py`: stack `downsample_rate` frames, linear-ReLU-linear,
 then `n_layer` pre-norm `EncoderLayer`s with `attention_heads` (default 8) heads, FFN width
 llm_dim // 4, LayerNorm eps 1e-12), the same class again as `ctc_decoder`, `ctc.ctc_lo`, and the
-Qwen3 LLM of batchasr.models.qwen3. The prompt text rules (`get_prompt`, the ChatML template,
+Qwen3 LLM of batchasr.models.blocks.qwen3. The prompt text rules (`get_prompt`, the ChatML template,
 the speech-slot count) live here too; tokenizing them is the recognizer's job. No I/O.
 
 Module attributes follow the official state-dict keys (`audio_encoder.encoders0.0...`,
@@ -23,8 +23,8 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from batchasr.models import qwen3
-from batchasr.models.sanm import (
+from batchasr.models.blocks import qwen3
+from batchasr.models.blocks.sanm import (
     LAYER_NORM_EPS,
     PositionwiseFeedForward,
     SANMEncoder,

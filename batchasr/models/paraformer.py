@@ -20,7 +20,7 @@ import mlx.nn as nn
 import numpy as np
 
 from batchasr.models.base import BaseModelArgs
-from batchasr.models.sanm import (
+from batchasr.models.blocks.sanm import (
     FSMNBlock,
     SANMEncoder,
     SANMEncoderArgs,

@@ -117,7 +117,7 @@ def load_model(path: str | Path) -> Model:
     """Build the model from a .safetensors file in the package's key layout."""
     from safetensors.numpy import load_file
 
-    from batchasr.checkpoints import apply_weights
+    from batchasr.models.loader import apply_weights
 
     model = Model()
     apply_weights(model, Model.sanitize(load_file(str(path))), what=str(path))

@@ -39,7 +39,7 @@ from typing import Any, Callable, Iterable, Iterator
 import sqlite_utils
 
 from batchasr.errors import JobError, ManifestError
-from batchasr.manifest import ManifestRow
+from batchasr.manifest.read import ManifestRow
 
 DB_NAME = "queue.db"  # results.export reads it by this name
 LOCK_NAME = "lock"

@@ -7,9 +7,9 @@ from typing import Sequence
 import mlx.core as mx
 import numpy as np
 
-from batchasr.features import FrontendConfig, WavFrontend
+from batchasr.models.blocks.frontend import FrontendConfig, WavFrontend
 from batchasr.models.paraformer import DecodeRun, Model
-from batchasr.text import sentence_postprocess
+from batchasr.models.blocks.text import sentence_postprocess
 from batchasr.transcript import Segment, Token, Transcript
 
 

@@ -27,13 +27,13 @@ which reads only the part the queue names. Failures are per item: an unreadable 
 piece the model fails on even alone, marks that item failed and the rest carry on.
 
 Several worker processes can share one job (``batchasr run --workers N``, see
-``batchasr.scale``): each claims items under a lease (``owner``, renewed by a heartbeat
+``batchasr.runner.processes``): each claims items under a lease (``owner``, renewed by a heartbeat
 thread), and a worker that dies leaves leases that expire and are claimed again by the
 others; ``complete`` only commits the items this worker still holds. A worker started
 with ``lock_fd`` (the run's lock, inherited) skips the startup recovery (its siblings are
 working) and, once the queue is empty, waits for the items its siblings hold, taking over
 any whose lease expires. The batching, model call, one-by-one retry and stitching are the
-shared functions of ``batchasr.pipeline``, which the Ray engine calls too.
+shared functions of ``batchasr.runner.pipeline``, which the Ray engine calls too.
 
 Ctrl-C (SIGINT) or SIGTERM stops after the current batch (unfinished items go back to
 pending); a second one stops at once, within about a second even inside a long model call
@@ -66,12 +66,15 @@ import numpy as np
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from batchasr import audio, pipeline, results, subtitles
+from batchasr.audio import decode as audio
+from batchasr.runner import pipeline
+from batchasr.outputs import results
+from batchasr.outputs import subtitles
 from batchasr.errors import AudioError, disk_full, is_disk_full
-from batchasr.queue import Item, JobLock, JobQueue, drop_progress, write_progress
+from batchasr.queue.store import Item, JobLock, JobQueue, drop_progress, write_progress
 from batchasr.transcript import ASRModel, Transcript
 
-logger = logging.getLogger("batchasr.worker")
+logger = logging.getLogger("batchasr.runner.worker")
 
 SR = audio.SAMPLE_RATE
 CRASH_ENV = "BATCHASR_TEST_CRASH_AT"
@@ -234,7 +237,7 @@ def run_job(
     recovery is then the run's business, and this worker keeps going until no item is
     pending or held by a sibling.
 
-    Long recordings: ``vad`` (a name or folder for ``batchasr.vad.load_vad``, or a loaded
+    Long recordings: ``vad`` (a name or folder for ``batchasr.models.vad.load_vad``, or a loaded
     VAD; None or "none": equal windows) cuts files longer than ``max_segment_s`` (default:
     the model's, see ``pipeline.default_max_segment_s``) into speech segments; ``punc`` (a
     name or folder for ``load_punctuator``, or a loaded punctuator) restores punctuation for

@@ -44,12 +44,12 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from batchasr import generate as gen
-from batchasr.features import FrontendConfig, WavFrontend, load_cmvn, num_lfr_frames
+from batchasr.models.blocks import generate as gen
+from batchasr.models.blocks.frontend import FrontendConfig, WavFrontend, load_cmvn, num_lfr_frames
 from batchasr.models import fun_asr_nano as fan
 from batchasr.transcript import Segment, Token, Transcript
 
-logger = logging.getLogger("batchasr.nano")
+logger = logging.getLogger("batchasr.models.nano_asr")
 
 # Languages as the official examples spell them in the prompt (`语音转写成{language}`); other
 # values (and these Chinese names themselves) are placed into the prompt unchanged, and
@@ -537,7 +537,7 @@ def build(folder: Path | None, config: dict, tokens, dummy: bool, name: str, dty
     """checkpoints.FAMILIES builder for `model: FunASRNano` (see checkpoints.load_model)."""
     from tokenizers import Tokenizer
 
-    from batchasr.checkpoints import apply_weights, random_weights, read_weights
+    from batchasr.models.loader import apply_weights, random_weights, read_weights
     from batchasr.errors import CheckpointError
 
     if folder is None:

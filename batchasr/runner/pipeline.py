@@ -1,7 +1,7 @@
 """The transcription steps every engine shares: cut, batch, run the model, reassemble, row.
 
-The local worker (``batchasr.worker``, streaming pieces from reader threads) and the Ray
-actors (``batchasr.ray_engine``, handed blocks of decoded items) both call these functions,
+The local worker (``batchasr.runner.worker``, streaming pieces from reader threads) and the Ray
+actors (``batchasr.runner.ray``, handed blocks of decoded items) both call these functions,
 so a file is cut into pieces, its pieces batched, the model's failures retried one by one,
 the pieces put back together (and punctuated) into a result row in exactly one way,
 whichever engine runs.
@@ -20,7 +20,7 @@ Pieces of many files share length-sorted batches; :func:`assemble` puts each fil
 back in order in file time (token times shifted by each piece's start, as FunASR's
 ``inference_with_vad`` does) and, for a model whose text has no punctuation (Paraformer) and
 a punctuation model, restores punctuation over the whole file (``punctuate_many``, batched
-across files) and builds sentence segments (``batchasr.sentences``).
+across files) and builds sentence segments (``batchasr.batches.sentences``).
 """
 from __future__ import annotations
 
@@ -34,13 +34,14 @@ from typing import Any, Callable, Iterator, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
-from batchasr import audio, results
-from batchasr.batching import plan_batches, stitch
+from batchasr.audio import decode as audio
+from batchasr.outputs import results
+from batchasr.batches.plan import plan_batches, stitch
 from batchasr.errors import AudioError, JobError
-from batchasr.sentences import join_vad_texts, timestamp_sentence, vad_segment_sentences
+from batchasr.batches.sentences import join_vad_texts, timestamp_sentence, vad_segment_sentences
 from batchasr.transcript import ASRModel, Segment, Transcript
 
-logger = logging.getLogger("batchasr.pipeline")
+logger = logging.getLogger("batchasr.runner.pipeline")
 
 SR = audio.SAMPLE_RATE
 # A function that transcribes one batch: (waveforms, languages) -> one Transcript each.
@@ -67,7 +68,7 @@ NANO_MAX_SEGMENT_S = 15.0  # Fun-ASR-Nano: its LLM starts repeating itself on lo
 class CutOptions:
     """How files become pieces for the model (see the module docstring)."""
 
-    vad: Any = None  # a loaded batchasr.vad.VAD; None: equal windows of max_window_s
+    vad: Any = None  # a loaded batchasr.models.vad.VAD; None: equal windows of max_window_s
     max_segment_s: float = DEFAULT_MAX_SEGMENT_S
     max_window_s: float = 30.0
     # A file through the VAD is decoded and fed in windows of this length.
@@ -97,7 +98,7 @@ def plan_file(n_samples: int, cut: CutOptions) -> tuple[bool, float]:
 
 def default_max_segment_s(model: ASRModel) -> float:
     """The longest piece that suits the model: 15 s for Fun-ASR-Nano, else 30 s."""
-    from batchasr.nano import FunASRNanoASR
+    from batchasr.models.nano_asr import FunASRNanoASR
 
     return NANO_MAX_SEGMENT_S if isinstance(model, FunASRNanoASR) else DEFAULT_MAX_SEGMENT_S
 
@@ -105,7 +106,7 @@ def default_max_segment_s(model: ASRModel) -> float:
 def model_punctuates(model: ASRModel) -> bool:
     """Whether the model's text is already punctuated (Fun-ASR-Nano's is, Paraformer's is
     not); other models say so with a ``punctuated`` attribute (default: yes)."""
-    from batchasr.paraformer import ParaformerASR
+    from batchasr.models.paraformer_asr import ParaformerASR
 
     if isinstance(model, ParaformerASR):
         return False
@@ -113,12 +114,12 @@ def model_punctuates(model: ASRModel) -> bool:
 
 
 def open_vad(vad: Any, *, download: bool = False):
-    """A VAD from a name or folder (``batchasr.vad.load_vad``); None or "none": no VAD; a
+    """A VAD from a name or folder (``batchasr.models.vad.load_vad``); None or "none": no VAD; a
     loaded VAD is returned as it is."""
     if vad is None or (isinstance(vad, str) and vad.lower() == "none"):
         return None
     if isinstance(vad, (str, os.PathLike)):
-        from batchasr.vad import load_vad
+        from batchasr.models.vad import load_vad
 
         return load_vad(vad, download=download)
     return vad
@@ -130,7 +131,7 @@ def open_punctuator(punc: Any, *, download: bool = False):
     if punc is None or (isinstance(punc, str) and punc.lower() == "none"):
         return None
     if isinstance(punc, (str, os.PathLike)):
-        from batchasr.punctuation import load_punctuator
+        from batchasr.models.punctuation import load_punctuator
 
         return load_punctuator(punc, download=download)
     return punc
@@ -253,7 +254,7 @@ class SegmentCutter:
         self.tail.spilled = 0
 
     def _cut(self, segments) -> list[Cut]:
-        from batchasr.vad import split_long_segments
+        from batchasr.models.vad import split_long_segments
 
         out = []
         for start_ms, end_ms in split_long_segments(segments, self.max_segment_ms):

@@ -45,10 +45,11 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from batchasr import pipeline, results
+from batchasr.runner import pipeline
+from batchasr.outputs import results
 from batchasr.errors import JobError, ManifestError
 
-logger = logging.getLogger("batchasr.ray_engine")
+logger = logging.getLogger("batchasr.runner.ray")
 
 JOB_FILE = "job.json"
 MANIFEST_SCHEMA = pa.schema([("id", pa.string()), ("seq", pa.int64()), ("path", pa.string()),
@@ -108,7 +109,7 @@ def _read_json(fs: pafs.FileSystem, path: str) -> dict | None:
 
 def _write_bytes(fs: pafs.FileSystem, path: str, data: bytes) -> None:
     if isinstance(fs, pafs.LocalFileSystem):
-        from batchasr.subtitles import atomic_write
+        from batchasr.outputs.subtitles import atomic_write
 
         atomic_write(path, data)
     else:
@@ -188,7 +189,7 @@ def estimate_items_per_call(fs: pafs.FileSystem, root: str, batch_seconds: float
     """Items per actor call so that a call holds about two batches of audio: few for long
     files (a call's audio is in memory at once), many for short clips (full batches). The
     mean duration comes from the headers of ``sample`` files spread over the manifest."""
-    from batchasr.audio import probe
+    from batchasr.audio.decode import probe
 
     paths = pq.read_table(f"{root}/{results.MANIFEST_TABLE}", filesystem=fs,
                           columns=["path"])["path"].to_pylist()
@@ -261,7 +262,7 @@ class Transcriber:
     def __init__(self, model_args: dict, out: str, batch_seconds: float,
                  max_failures_in_a_row: int = 20, punc: str | None = None):
         from batchasr.cli import open_model
-        from batchasr.worker import CRASH_ENV, CRASH_ONCE_ENV, _CrashHook
+        from batchasr.runner.worker import CRASH_ENV, CRASH_ONCE_ENV, _CrashHook
 
         self.model = open_model(**model_args)
         self.punctuator = None if pipeline.model_punctuates(self.model) \
@@ -307,7 +308,7 @@ class Transcriber:
 
 def _default_max_segment_s(model_args: dict[str, Any]) -> float:
     """The model's default segment length, from its config (the driver loads no model)."""
-    from batchasr.checkpoints import read_config, resolve
+    from batchasr.models.loader import read_config, resolve
 
     try:
         family = read_config(resolve(model_args.get("model", ""))).get("model", "")

@@ -7,7 +7,7 @@ when `tie_word_embeddings`. Module attributes follow the HF weight names (`model
 self_attn.q_proj`, ...), so `llm.*` tensors of a Fun-ASR-Nano model.pt load unchanged.
 
 The file does no I/O and builds no masks: every call gets its KV caches (objects with `offset`
-and `update_and_fetch`, see batchasr.generate) and an attention mask from the caller.
+and `update_and_fetch`, see batchasr.models.blocks.generate) and an attention mask from the caller.
 """
 from __future__ import annotations
 

@@ -10,12 +10,12 @@ Two detectors behind one interface (`load_vad(name_or_dir) -> VAD`):
   (funasr >= 1.4's dynamic silence: 1,850 ms while outside speech, less the longer speech
   has lasted), unless a fixed `max_end_silence_time` is given.
 * **silero** (the network of the `silero-vad` package, MIT, weights vendored in
-  batchasr/data): exact to `silero_vad.get_speech_timestamps(audio, load_silero_vad())` with
+  batchasr/models/data): exact to `silero_vad.get_speech_timestamps(audio, load_silero_vad())` with
   its defaults (threshold 0.5, neg_threshold 0.35, min speech 250 ms, min silence 100 ms,
   pad 30 ms), times converted to ms as FunASR's SileroVad adapter does (`int(s * 1000 / sr)`).
 
 Both stream: `segments_stream(windows)` takes `(offset_s, waveform)` windows in file order
-(`batchasr.audio.iter_windows`), yields each segment once it is final, and holds at most one
+(`batchasr.audio.decode.iter_windows`), yields each segment once it is final, and holds at most one
 60 s chunk of audio, so a 3-hour file never sits in memory. `max_segment_ms` cuts longer
 segments into equal parts no longer than it (for ASR batching).
 
@@ -99,7 +99,7 @@ class VAD:
     def segment_file(self, path, *, max_segment_ms: int | None = None,
                      window_s: float = 60.0) -> list[SpeechSegment]:
         """Segments of an audio file decoded window by window (bounded memory)."""
-        from batchasr.audio import iter_windows
+        from batchasr.audio.decode import iter_windows
 
         return list(self.segments_stream(iter_windows(path, window_s, sr=self.sample_rate),
                                          max_segment_ms=max_segment_ms))
@@ -124,7 +124,7 @@ def load_vad(name_or_dir: str | os.PathLike = "auto", *, download: bool = False)
     if name in SILERO_NAMES:
         return SileroVAD.load()
     if name == "auto":
-        from batchasr.checkpoints import resolve
+        from batchasr.models.loader import resolve
 
         try:
             resolve("fsmn-vad")
@@ -134,7 +134,7 @@ def load_vad(name_or_dir: str | os.PathLike = "auto", *, download: bool = False)
     p = Path(name).expanduser()
     if p.is_file() and p.suffix == ".safetensors":
         return SileroVAD.load(p)
-    from batchasr.checkpoints import load_model, read_config, resolve
+    from batchasr.models.loader import load_model, read_config, resolve
 
     folder = resolve(name_or_dir, download=download)
     family = read_config(folder).get("model")
@@ -478,7 +478,7 @@ class _OnlineFrontend:
         """(LFR+CMVN features (T, n_mels * lfr_m) as mx or None, waveforms (T, frame_len))."""
         import mlx.core as mx
 
-        from batchasr.features import fbank
+        from batchasr.models.blocks.frontend import fbank
 
         buf = np.concatenate([self.tail, chunk]) if len(self.tail) else chunk
         n_new = (len(buf) - self.frame_len) // self.shift + 1 if len(buf) >= self.frame_len else 0
@@ -623,8 +623,8 @@ def build_fsmn_vad(folder: Path | None, config: dict, tokens, dummy: bool, name:
     """checkpoints.FAMILIES builder for `model: FsmnVADStreaming`."""
     import mlx.core as mx
 
-    from batchasr.checkpoints import apply_weights, random_weights, read_weights
-    from batchasr.features import FrontendConfig, load_cmvn
+    from batchasr.models.loader import apply_weights, random_weights, read_weights
+    from batchasr.models.blocks.frontend import FrontendConfig, load_cmvn
     from batchasr.models.fsmn_vad import Model, ModelArgs
 
     where = folder or name

@@ -3,7 +3,7 @@ check that the queue is on a local disk.
 
 ``batchasr run --workers N`` (``run_workers``): the ``run`` process takes the job lock,
 recovers items a dead run left running, then starts N worker processes
-(``python -m batchasr.scale worker SPEC``), each loading the model once and running
+(``python -m batchasr.runner.processes worker SPEC``), each loading the model once and running
 ``worker.run_job`` on the same queue. The lock's descriptor is passed down to them
 (``JobLock.adopt``), so the lock lives as long as any process of this run does: a second
 ``batchasr run`` on the job is refused, and nothing is left behind when they all die.
@@ -21,11 +21,9 @@ as its own job (a Slurm array task) to be merged by ``batchasr export``.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -33,131 +31,11 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from batchasr.errors import JobError
 
-logger = logging.getLogger("batchasr.scale")
-
-# ---- is the queue on a local disk? -----------------------------------------------------------
-
-# Filesystem types (Linux /proc/mounts, BSD/macOS `mount`) on which SQLite's locks and WAL
-# shared memory are not reliable, or that another host may write to.
-NETWORK_FS = frozenset({
-    "nfs", "nfs3", "nfs4", "cifs", "smb", "smb2", "smb3", "smbfs", "ncpfs", "afs", "coda",
-    "9p", "ceph", "cephfs", "glusterfs", "lustre", "gpfs", "beegfs", "orangefs", "pvfs2",
-    "davfs", "webdav", "afpfs", "sshfs", "fuse.sshfs", "fuse.s3fs", "fuse.gcsfuse",
-    "fuse.rclone", "fuse.glusterfs", "fuse.ceph-fuse", "fuse.juicefs", "fuse.goofys",
-    "fuse.blobfuse", "fuse.blobfuse2", "fuse.mountpoint-s3", "macfuse", "osxfuse",
-})
-
-
-def parse_proc_mounts(text: str) -> list[tuple[str, str]]:
-    """``(mount point, fs type)`` from Linux ``/proc/mounts`` text (octal escapes such as
-    ``\\040`` for a space decoded), in file order."""
-    out = []
-    for line in text.splitlines():
-        fields = line.split()
-        if len(fields) >= 3:
-            point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[1])
-            out.append((point, fields[2]))
-    return out
-
-
-def parse_mount_output(text: str) -> list[tuple[str, str]]:
-    """``(mount point, fs type)`` from the BSD/macOS ``mount`` command's output, lines like
-    ``//me@nas/share on /Volumes/share (smbfs, nodev, nosuid, mounted by me)``."""
-    out = []
-    for line in text.splitlines():
-        m = re.match(r"^.* on (/.*?) \(([^,)]+)", line)
-        if m:
-            out.append((m.group(1), m.group(2).strip()))
-    return out
-
-
-def mount_of(path: str, mounts: list[tuple[str, str]]) -> tuple[str, str] | None:
-    """The mount holding absolute ``path``: the longest mount point above it (the last one
-    listed when a point is mounted over)."""
-    best = None
-    for point, fstype in mounts:
-        prefix = point.rstrip("/") + "/"
-        if (path == point or path.startswith(prefix) or point == "/") and \
-                (best is None or len(point) >= len(best[0])):
-            best = (point, fstype)
-    return best
-
-
-def filesystem_of(path: str | os.PathLike) -> tuple[str, str] | None:
-    """``(mount point, fs type)`` of the filesystem holding ``path`` (or its nearest
-    existing parent); None when it cannot be told on this system."""
-    p = Path(path).absolute()
-    while not p.exists() and p != p.parent:
-        p = p.parent
-    real = os.path.realpath(p)
-    try:
-        if sys.platform.startswith("linux"):
-            mounts = parse_proc_mounts(Path("/proc/self/mounts").read_text(errors="replace"))
-        elif shutil.which("mount"):
-            mounts = parse_mount_output(subprocess.run(
-                ["mount"], capture_output=True, text=True, timeout=10).stdout)
-        else:
-            return None
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return mount_of(real, mounts)
-
-
-def check_local_disk(job_dir: str | os.PathLike, *, allow_network: bool = False) -> None:
-    """Raise JobError when ``job_dir`` (its SQLite queue) is on a network filesystem;
-    only log a warning when ``allow_network``."""
-    found = filesystem_of(job_dir)
-    if found is None or found[1].lower() not in NETWORK_FS:
-        return
-    point, fstype = found
-    message = (
-        f"{job_dir} is on a network filesystem ({fstype}, mounted at {point}). The job's "
-        f"SQLite queue needs a local disk: over {fstype}, file locks and SQLite's WAL shared "
-        "memory are not reliable, and a queue used from two hosts gets corrupted. Put "
-        "--job-dir on a local disk (the audio files may stay on the network); for many "
-        "hosts use --engine ray or one --shard per host."
-    )
-    if not allow_network:
-        raise JobError(message + " To run anyway (one host only), pass --allow-network-fs.")
-    logger.warning("%s (running anyway: --allow-network-fs)", message)
-
-
-# ---- static shards ---------------------------------------------------------------------------
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    """``"i/N"`` -> ``(i, N)`` with ``0 <= i < N`` (Slurm: ``$SLURM_ARRAY_TASK_ID/N`` with
-    ``--array=0-<N-1>``); ValueError otherwise."""
-    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text or "")
-    if not m or not 0 <= int(m.group(1)) < int(m.group(2)):
-        raise ValueError(f"--shard {text!r}: expected i/N with 0 <= i < N, e.g. 0/4 ... 3/4")
-    return int(m.group(1)), int(m.group(2))
-
-
-def shard_of(item_id: str, n_shards: int) -> int:
-    """The shard of an item: a stable hash of its id (BLAKE2b, the same on every machine
-    and Python version, unlike ``hash()``), modulo ``n_shards``."""
-    digest = hashlib.blake2b(item_id.encode("utf-8"), digest_size=8).digest()
-    return int.from_bytes(digest, "big") % n_shards
-
-
-class ShardedManifest:
-    """The rows of a manifest whose id falls in shard ``index`` of ``count``; everything
-    else (``path``, ``problems``, ``n_problems``, ...) is the manifest's own."""
-
-    def __init__(self, manifest, index: int, count: int):
-        self._manifest, self.index, self.count = manifest, index, count
-
-    def __iter__(self) -> Iterator:
-        return (r for r in self._manifest if shard_of(r.id, self.count) == self.index)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._manifest, name)
-
+logger = logging.getLogger("batchasr.runner.processes")
 
 # ---- N worker processes on one queue ---------------------------------------------------------
 
@@ -212,8 +90,8 @@ def run_workers(job_dir: str | os.PathLike, lock, *, devices: list[str | None],
     workers (they stop after their current batch; twice: at once); the summary's ``signal``
     is the first one received.
     """
-    from batchasr.queue import JobQueue
-    from batchasr.worker import RunSummary, worker_id
+    from batchasr.queue.store import JobQueue
+    from batchasr.runner.worker import RunSummary, worker_id
 
     job_dir = Path(job_dir)
     n = len(devices)
@@ -261,7 +139,7 @@ def run_workers(job_dir: str | os.PathLike, lock, *, devices: list[str | None],
             if gpu is not None:
                 env["CUDA_VISIBLE_DEVICES"] = gpu
             proc = subprocess.Popen(
-                [sys.executable, "-m", "batchasr.scale", "worker", json.dumps(spec)],
+                [sys.executable, "-m", "batchasr.runner.processes", "worker", json.dumps(spec)],
                 pass_fds=(lock.fd,), env=env, stdout=subprocess.PIPE, text=True,
                 start_new_session=True,  # Ctrl-C reaches them once, through `forward`
             )
@@ -316,7 +194,7 @@ def _supervise(job_dir: Path, children: list[_Child], progress: bool,
     second signal (``hard_since``), workers still alive after HARD_STOP_S are killed."""
     from tqdm import tqdm
 
-    from batchasr.queue import JobQueue
+    from batchasr.queue.store import JobQueue
 
     outputs: dict[int, list[str]] = {c.index: [] for c in children}
     readers = [threading.Thread(target=lambda c=c: outputs[c.index].extend(c.proc.stdout),
@@ -392,14 +270,14 @@ def _worker_main(spec_json: str) -> int:
 
     from batchasr.cli import open_model
     from batchasr.errors import BatchasrError
-    from batchasr.worker import run_job
+    from batchasr.runner.worker import run_job
 
     spec = json.loads(spec_json)
     _die_with_parent(spec["parent"])
     _logging.basicConfig(level=_logging.WARNING,
                          format=f"%(levelname)s %(name)s[{spec['owner']}]: %(message)s")
     try:
-        from batchasr.device import share_gpu_memory
+        from batchasr.runner.device import share_gpu_memory
 
         share_gpu_memory(spec.get("gpu_share", 1))
         model = open_model(**spec["model"])
@@ -417,4 +295,4 @@ def _worker_main(spec_json: str) -> int:
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "worker":
         sys.exit(_worker_main(sys.argv[2]))
-    sys.exit("usage: python -m batchasr.scale worker SPEC_JSON (started by `batchasr run`)")
+    sys.exit("usage: python -m batchasr.runner.processes worker SPEC_JSON (started by `batchasr run`)")

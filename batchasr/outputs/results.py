@@ -14,7 +14,7 @@ another part, can never duplicate it. Failed and still-pending items come from t
 Parquet and JSON Lines hold exactly one row per queue item, in manifest order (``seq``); the
 subtitle and text outputs hold one entry per done item.
 
-Two more kinds of source (``batchasr.scale`` / ``batchasr.ray_engine``):
+Two more kinds of source (``batchasr.runner.processes`` / ``batchasr.runner.ray``):
 
 * An output folder of the Ray engine (a local path or any URI pyarrow opens, e.g.
   ``s3://bucket/jobs/x``): no queue, but ``manifest.parquet`` (every item, in manifest order)
@@ -46,12 +46,12 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from batchasr.errors import JobError
-from batchasr.subtitles import (
+from batchasr.outputs.subtitles import (
     SubtitleOptions, atomic_write, default_folder, fsync_dir, safe_name, write_item_subtitles,
 )
 from batchasr.transcript import Segment, Token, Transcript
 
-logger = logging.getLogger("batchasr.results")
+logger = logging.getLogger("batchasr.outputs.results")
 
 __all__ = [
     "PART_SCHEMA", "RESULT_SCHEMA", "FORMATS", "transcript_to_row", "write_part", "read_part",
@@ -488,7 +488,7 @@ def export_results(
     * ``parquet``: one file, default ``<job_dir>/results.parquet``, one row per queue item.
     * ``jsonl``: one JSON object per queue item, default ``<job_dir>/results.jsonl``.
     * ``srt`` / ``vtt``: re-rendered from the stored results (no model), one file per done item
-      named by :func:`~batchasr.subtitles.safe_name`, into ``out`` (default: where the worker
+      named by :func:`~batchasr.outputs.subtitles.safe_name`, into ``out`` (default: where the worker
       writes them, ``<job_dir>/subtitles`` for SRT and ``<job_dir>/subtitles-vtt`` for VTT).
     * ``txt``: ``out`` a folder (existing, or no suffix): one ``<safe name>.txt`` per done item;
       otherwise (default ``<job_dir>/results.txt``) one file of ``id<TAB>text`` lines for the done

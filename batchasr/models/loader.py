@@ -1,7 +1,7 @@
 """Find, read and build models: official FunASR folders, known names, dummy weights.
 
 An official folder holds config.yaml, model.pt (a torch state dict), tokens.json and, for
-Paraformer, am.mvn. It loads without PyTorch (batchasr.torch_pickle); the converted weights are
+Paraformer, am.mvn. It loads without PyTorch (batchasr.models.torch_pickle); the converted weights are
 cached as safetensors (keyed by the model.pt path, size and mtime) so later loads are fast.
 
 Names such as `paraformer-zh` resolve to a local Hugging Face or ModelScope cache folder when
@@ -26,7 +26,7 @@ from mlx.utils import tree_flatten, tree_unflatten
 
 from batchasr.errors import CheckpointError
 
-logger = logging.getLogger("batchasr.checkpoints")
+logger = logging.getLogger("batchasr.models.loader")
 
 # name -> (Hugging Face repo, ModelScope repo)
 KNOWN_MODELS = {
@@ -180,7 +180,7 @@ def read_weights(folder: Path) -> dict[str, np.ndarray]:
     cached = cache_dir() / "converted" / f"{key[:24]}.safetensors"
     if cached.exists():
         return load_file(str(cached))
-    from batchasr.torch_pickle import load_torch_state_dict
+    from batchasr.models.torch_pickle import load_torch_state_dict
 
     try:
         weights = load_torch_state_dict(pt)
@@ -236,9 +236,9 @@ def random_weights(model, seed: int = 0, scale: float = 0.02) -> None:
 # --------------------------------------------------------------------------------------------
 def _build_paraformer(folder: Path | None, config: dict, tokens: list[str] | None,
                       dummy: bool, name: str, dtype):
-    from batchasr.features import load_cmvn
+    from batchasr.models.blocks.frontend import load_cmvn
     from batchasr.models.paraformer import Model, ModelArgs
-    from batchasr.paraformer import ParaformerASR
+    from batchasr.models.paraformer_asr import ParaformerASR
 
     fc = config.get("frontend_conf") or {}
     input_size = (config.get("encoder_conf") or {}).get("input_size") or \
@@ -292,11 +292,11 @@ class Family:
 
 
 FAMILIES = {
-    "Paraformer": Family("batchasr.checkpoints", "_build_paraformer", token_list=True),
-    "FunASRNano": Family("batchasr.nano", "build", token_list=False),  # tokenizer.json of its LLM
-    "CTTransformer": Family("batchasr.punctuation", "build", token_list=True),
-    # a VAD (batchasr.vad.load_vad), not an ASR model
-    "FsmnVADStreaming": Family("batchasr.vad", "build_fsmn_vad", token_list=False),
+    "Paraformer": Family("batchasr.models.loader", "_build_paraformer", token_list=True),
+    "FunASRNano": Family("batchasr.models.nano_asr", "build", token_list=False),  # tokenizer.json of its LLM
+    "CTTransformer": Family("batchasr.models.punctuation", "build", token_list=True),
+    # a VAD (batchasr.models.vad.load_vad), not an ASR model
+    "FsmnVADStreaming": Family("batchasr.models.vad", "build_fsmn_vad", token_list=False),
 }
 
 
@@ -327,7 +327,7 @@ def load_model(path_or_name, *, weights: str = "checkpoint", dtype=mx.float32,
     if folder is None:
         config = PARAFORMER_LARGE_CONFIG
         if name == "fun-asr-nano":
-            from batchasr.nano import FUN_ASR_NANO_CONFIG as config
+            from batchasr.models.nano_asr import FUN_ASR_NANO_CONFIG as config
     else:
         config = read_config(folder)
         name = name if name in KNOWN_MODELS else folder.name

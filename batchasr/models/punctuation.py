@@ -41,7 +41,7 @@ import numpy as np
 from batchasr.errors import CheckpointError
 from batchasr.models.ct_punc import Model, ModelArgs
 
-logger = logging.getLogger("batchasr.punctuation")
+logger = logging.getLogger("batchasr.models.punctuation")
 
 SPLIT_SIZE = 20  # tokens per mini-sentence (CTTransformer.inference's split_size default)
 CACHE_POP_TRIGGER_LIMIT = 200  # a carried text longer than this is cut at its last comma
@@ -332,7 +332,7 @@ def make_jieba(user_dict: Path):
 def build(folder: Path | None, config: dict, tokens: list[str] | None, dummy: bool,
           name: str, dtype) -> Punctuator:
     """checkpoints.FAMILIES builder for `model: CTTransformer` (see checkpoints.load_model)."""
-    from batchasr.checkpoints import apply_weights, random_weights, read_weights
+    from batchasr.models.loader import apply_weights, random_weights, read_weights
 
     if tokens is None:
         raise CheckpointError(f"{folder or name}: a punctuation model needs its tokens.json")
@@ -369,7 +369,7 @@ def load_punctuator(path_or_name, *, dtype=mx.float32, weights: str = "checkpoin
         CheckpointError: missing files, a folder of another model type, weights that do not fit,
             jieba missing where the folder needs it.
     """
-    from batchasr.checkpoints import KNOWN_MODELS, load_model, read_config, resolve
+    from batchasr.models.loader import KNOWN_MODELS, load_model, read_config, resolve
 
     folder = resolve(path_or_name, download=download)
     family = read_config(folder).get("model")

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from batchasr.audio import AUDIO_EXTENSIONS
+from batchasr.audio.decode import AUDIO_EXTENSIONS
 from batchasr.errors import ManifestError
 
 RESERVED = ("path", "id", "language")
