@@ -107,21 +107,6 @@ def cutting_options(fn=None, *, from_job: bool = False):
     return wrapper
 
 
-def open_model(model, weights, dtype, device, download, **options):
-    import mlx.core as mx
-
-    from batchasr.models.loader import load_model
-    from batchasr.runner.device import setup_device
-
-    setup_device(device)
-    asr = load_model(model, weights=weights, dtype=getattr(mx, dtype), download=download)
-    for key, value in options.items():  # decoding options of LLM recognizers
-        if not hasattr(asr, key):
-            raise ValueError(f"--{key.replace('_', '-')} does not apply to {asr.name} models")
-        setattr(asr, key, value)
-    return asr
-
-
 def fail(message: str, code: int = EXIT_ERROR):
     click.echo(f"Error: {message}", err=True)
     sys.exit(code)
@@ -179,6 +164,7 @@ def transcribe(files, model, weights, dtype, device, download, batch_seconds, ba
       batchasr transcribe --model ./paraformer-zh --punc ./ct-punc meeting.wav recordings/
     """
     from batchasr.runner import pipeline
+    from batchasr.runner.device import open_model
     from batchasr.manifest.read import iter_audio_files
     from batchasr.transcript import to_record
 
@@ -326,6 +312,7 @@ def run(source, model, weights, dtype, device, download, job_dir, batch_seconds,
     from batchasr.manifest.shard import ShardedManifest, parse_shard
     from batchasr.queue.disk import check_local_disk
     from batchasr.runner.processes import plan_devices
+    from batchasr.runner.device import open_model
     from batchasr.runner.worker import run_job, stop_line, sweep_checkpoints
 
     given = {"model": model, "weights": weights, "dtype": dtype, "vad": vad,

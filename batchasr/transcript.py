@@ -45,10 +45,18 @@ class Transcript:
 
 
 class ASRModel(Protocol):
-    """What the runner and the CLI need from a loaded model."""
+    """What the runner and the CLI need from a loaded recognizer; shared code relies on these
+    declarations only, never on a concrete class.
+
+    A recognizer may also be pipelined: ``submit(waveforms, languages=...)`` starts a batch,
+    ``advance()`` moves it on while the runner prepares the next one, ``result()`` returns
+    its transcripts (the runner then keeps one batch in flight).
+    """
 
     name: str  # e.g. "paraformer" (recorded in the results)
     sample_rate: int  # always 16000 for the FunASR families
+    punctuated: bool  # its text already carries punctuation (no punctuation model is added)
+    max_segment_s: float  # the longest piece of audio that suits it (VAD segments are cut to this)
 
     def transcribe(
         self, waveforms: Sequence[np.ndarray], *, languages: Sequence[str | None] | None = None

@@ -9,8 +9,9 @@ import unicodedata
 import pytest
 import srt
 
+from batchasr.files import atomic_write
 from batchasr.outputs.subtitles import (
-    Cue, SubtitleOptions, WriteSRT, WriteVTT, atomic_write, build_cues, format_timestamp,
+    Cue, SubtitleOptions, WriteSRT, WriteVTT, build_cues, format_timestamp,
     get_writer, render, safe_name, subtitle_path, write_item_subtitles,
 )
 from batchasr.transcript import Segment, Token, Transcript

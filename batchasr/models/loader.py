@@ -300,6 +300,28 @@ FAMILIES = {
 }
 
 
+RECOGNIZERS = {"Paraformer": ("batchasr.models.paraformer_asr", "ParaformerASR"),
+               "FunASRNano": ("batchasr.models.nano_asr", "FunASRNanoASR")}
+
+
+def recognizer_traits(path_or_name) -> dict:
+    """What the recognizer of a model folder or known name declares (``punctuated``,
+    ``max_segment_s``), from its config alone: for a driver that loads no weights."""
+    name = str(path_or_name)
+    try:
+        kind = read_config(resolve(path_or_name)).get("model")
+    except CheckpointError:
+        if name not in DUMMY_VOCAB:
+            raise
+        kind = "FunASRNano" if name == "fun-asr-nano" else "Paraformer"
+    if kind not in RECOGNIZERS:
+        raise CheckpointError(f"{name}: model type {kind!r} is not a recognizer "
+                              f"(recognizers: {', '.join(RECOGNIZERS)})")
+    module, cls = RECOGNIZERS[kind]
+    cls = getattr(importlib.import_module(module), cls)
+    return {"punctuated": cls.punctuated, "max_segment_s": cls.max_segment_s}
+
+
 def load_model(path_or_name, *, weights: str = "checkpoint", dtype=mx.float32,
                download: bool = False):
     """Load a recognizer (implements batchasr.transcript.ASRModel).

@@ -152,6 +152,8 @@ class FunASRNanoASR:
     """
 
     sample_rate = 16000
+    punctuated = True  # the LLM writes punctuation itself
+    max_segment_s = 15.0  # its LLM starts repeating itself on longer pieces
 
     def __init__(self, model: fan.Model, tokenizer, frontend_conf: dict, *,
                  cmvn: np.ndarray | None = None, ctc_tokenizer: fan.TiktokenBPE | None = None,

@@ -17,6 +17,8 @@ class ParaformerASR:
     """Implements the runner's ASRModel protocol for Paraformer checkpoints."""
 
     sample_rate = 16000
+    punctuated = False  # Paraformer writes bare tokens: the runner may add a punctuation model
+    max_segment_s = 30.0  # the longest piece it is given (its windows and batches)
     # Batches are padded to a multiple of this many frames (~1 s) so that a long job sees few
     # distinct shapes (GPU kernels, cuBLAS/cuDNN plans and compiled graphs are per shape).
     # Padding is invisible to the results: every layer masks it.

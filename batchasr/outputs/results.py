@@ -46,8 +46,9 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from batchasr.errors import JobError
+from batchasr.files import atomic_write, fsync_dir
 from batchasr.outputs.subtitles import (
-    SubtitleOptions, atomic_write, default_folder, fsync_dir, safe_name, write_item_subtitles,
+    SubtitleOptions, default_folder, safe_name, write_item_subtitles,
 )
 from batchasr.transcript import Segment, Token, Transcript
 

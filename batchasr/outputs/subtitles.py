@@ -24,17 +24,16 @@ import hashlib
 import os
 import re
 import unicodedata
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
+from batchasr.files import atomic_write
 from batchasr.transcript import Transcript
 
 __all__ = [
     "Cue", "SubtitleOptions", "build_cues", "format_timestamp", "WriteSRT", "WriteVTT",
     "get_writer", "render", "safe_name", "default_folder", "subtitle_path", "write_item_subtitles",
-    "atomic_write", "fsync_dir",
 ]
 
 
@@ -626,46 +625,6 @@ def subtitle_path(folder: str | os.PathLike, item_id: str, fmt: str = "srt") -> 
     if path.parent != folder or path.name.startswith("."):  # safe_name rules this out; be sure
         raise ValueError(f"unsafe subtitle file name for item id {item_id!r}")
     return path
-
-
-def atomic_write(path: str | os.PathLike, write: Callable | bytes | str, *, sync_dir: bool = True) -> None:
-    """Write ``path`` all-or-nothing: a temp file in the same folder, fsync, ``os.replace``.
-
-    ``write`` is the content (str is UTF-8 encoded) or a function given the open binary file.
-    On any error the temp file is removed and the error re-raised; ``path`` is then untouched.
-    With ``sync_dir`` the folder is fsynced too, so the new name survives a power cut.
-    """
-    path = Path(path)
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
-    # os.open with 0o666 lets the umask decide the mode, as for any new file (mkstemp's 0600
-    # would make results unreadable to the rest of a team)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if callable(write):
-                write(f)
-            else:
-                f.write(write.encode("utf-8") if isinstance(write, str) else write)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    if sync_dir:
-        fsync_dir(path.parent)
-
-
-def fsync_dir(folder: str | os.PathLike) -> None:
-    """Make renames and new names inside ``folder`` durable."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def write_item_subtitles(

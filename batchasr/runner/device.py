@@ -68,3 +68,16 @@ def share_gpu_memory(workers: int) -> int | None:
     mx.set_cache_limit(share // 4)
     return share
 
+
+def open_model(model, weights, dtype, device, download, **options):
+    """Load a recognizer on ``device`` (``dtype`` by name) and set its decoding options
+    (``max_new_tokens``, ``hotwords``, ``no_guard``: only models that have them accept them)."""
+    from batchasr.models.loader import load_model
+
+    setup_device(device)
+    asr = load_model(model, weights=weights, dtype=getattr(mx, dtype), download=download)
+    for key, value in options.items():  # decoding options of LLM recognizers
+        if not hasattr(asr, key):
+            raise ValueError(f"--{key.replace('_', '-')} does not apply to {asr.name} models")
+        setattr(asr, key, value)
+    return asr

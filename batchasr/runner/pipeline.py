@@ -61,7 +61,6 @@ def window_seconds(n_samples: int, max_window_s: float) -> float:
 
 MS = SR // 1000  # samples per millisecond
 DEFAULT_MAX_SEGMENT_S = 30.0  # Paraformer: the length its batches and the windows always had
-NANO_MAX_SEGMENT_S = 15.0  # Fun-ASR-Nano: its LLM starts repeating itself on longer segments
 
 
 @dataclass(frozen=True)
@@ -97,19 +96,13 @@ def plan_file(n_samples: int, cut: CutOptions) -> tuple[bool, float]:
 
 
 def default_max_segment_s(model: ASRModel) -> float:
-    """The longest piece that suits the model: 15 s for Fun-ASR-Nano, else 30 s."""
-    from batchasr.models.nano_asr import FunASRNanoASR
-
-    return NANO_MAX_SEGMENT_S if isinstance(model, FunASRNanoASR) else DEFAULT_MAX_SEGMENT_S
+    """The longest piece that suits the model, as it declares (``max_segment_s``)."""
+    return float(getattr(model, "max_segment_s", DEFAULT_MAX_SEGMENT_S))
 
 
 def model_punctuates(model: ASRModel) -> bool:
-    """Whether the model's text is already punctuated (Fun-ASR-Nano's is, Paraformer's is
-    not); other models say so with a ``punctuated`` attribute (default: yes)."""
-    from batchasr.models.paraformer_asr import ParaformerASR
-
-    if isinstance(model, ParaformerASR):
-        return False
+    """Whether the model's text is already punctuated, as it declares (``punctuated``;
+    a model that does not say is taken to punctuate, so nothing is added to its text)."""
     return bool(getattr(model, "punctuated", True))
 
 

@@ -85,7 +85,7 @@ def run_workers(job_dir: str | os.PathLike, lock, *, devices: list[str | None],
     the caller, which holds ``lock``) until they are all done; return the run's summary
     (``worker.RunSummary``, figures summed over the workers, wall time of the whole run).
 
-    ``model_args``: ``cli.open_model`` arguments; ``run_args``: ``worker.run_job`` keyword
+    ``model_args``: ``device.open_model`` arguments; ``run_args``: ``worker.run_job`` keyword
     arguments (``limit`` is shared out). Ctrl-C (SIGINT) and SIGTERM are passed on to the
     workers (they stop after their current batch; twice: at once); the summary's ``signal``
     is the first one received.
@@ -268,7 +268,7 @@ def _die_with_parent(parent: int) -> None:
 def _worker_main(spec_json: str) -> int:
     import logging as _logging
 
-    from batchasr.cli import open_model
+    from batchasr.runner.device import open_model
     from batchasr.errors import BatchasrError
     from batchasr.runner.worker import run_job
 

@@ -109,7 +109,7 @@ def _read_json(fs: pafs.FileSystem, path: str) -> dict | None:
 
 def _write_bytes(fs: pafs.FileSystem, path: str, data: bytes) -> None:
     if isinstance(fs, pafs.LocalFileSystem):
-        from batchasr.outputs.subtitles import atomic_write
+        from batchasr.files import atomic_write
 
         atomic_write(path, data)
     else:
@@ -255,13 +255,13 @@ def decode_batch(batch: pa.Table, max_window_s: float, vad: str | None = None,
 
 
 class Transcriber:
-    """The actor: loads the model (and punctuation model) once (``cli.open_model``, as a
+    """The actor: loads the model (and punctuation model) once (``device.open_model``, as a
     worker process does), then per call transcribes a block of decoded items with
     ``pipeline.transcribe_items`` and writes their rows as one part."""
 
     def __init__(self, model_args: dict, out: str, batch_seconds: float,
                  max_failures_in_a_row: int = 20, punc: str | None = None):
-        from batchasr.cli import open_model
+        from batchasr.runner.device import open_model
         from batchasr.runner.worker import CRASH_ENV, CRASH_ONCE_ENV, _CrashHook
 
         self.model = open_model(**model_args)
@@ -307,17 +307,14 @@ class Transcriber:
 
 
 def _default_max_segment_s(model_args: dict[str, Any]) -> float:
-    """The model's default segment length, from its config (the driver loads no model)."""
-    from batchasr.models.loader import read_config, resolve
+    """The model's default segment length, as its recognizer declares (the driver loads no
+    model); the common default when the driver cannot read the config."""
+    from batchasr.models.loader import recognizer_traits
 
     try:
-        family = read_config(resolve(model_args.get("model", ""))).get("model", "")
-    except Exception:  # unknown here (e.g. a dummy known name): the common default
-        family = ""
-    name = str(model_args.get("model", ""))
-    if "nano" in str(family).lower() or name == "fun-asr-nano":
-        return pipeline.NANO_MAX_SEGMENT_S
-    return pipeline.DEFAULT_MAX_SEGMENT_S
+        return recognizer_traits(model_args.get("model", ""))["max_segment_s"]
+    except Exception:
+        return pipeline.DEFAULT_MAX_SEGMENT_S
 
 
 def run_ray(manifest, out: str, *, model_args: dict[str, Any], settings: dict[str, Any],

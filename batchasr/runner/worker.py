@@ -71,6 +71,7 @@ from batchasr.runner import pipeline
 from batchasr.outputs import results
 from batchasr.outputs import subtitles
 from batchasr.errors import AudioError, disk_full, is_disk_full
+from batchasr.files import fsync_dir
 from batchasr.queue.store import Item, JobLock, JobQueue, drop_progress, write_progress
 from batchasr.transcript import ASRModel, Transcript
 
@@ -528,7 +529,7 @@ class _Writer:
                         raise
                     logger.exception("could not write %s subtitles for %s", fmt, w.item.id)
         for folder in folders:
-            subtitles.fsync_dir(folder)
+            fsync_dir(folder)
 
 
 class _Heartbeat:
