@@ -1,9 +1,8 @@
 """Give MLX's Linux CPU backend a fast BLAS, without the user doing anything.
 
-The `mlx[cpu]` wheel links the reference BLAS (about 5 GFLOP/s for a 1024² fp32 matmul on a
-2-core EPYC, ~38x slower than an optimised one). libmlx resolves `cblas_sgemm` through the
-dynamic linker's global scope, so a BLAS opened with RTLD_GLOBAL *before* `mlx.core` is first
-imported takes its place (measured in shared/reference/cpu-blas.md). We look for, in order:
+The `mlx[cpu]` wheel links the reference BLAS, an order of magnitude slower than an optimised
+one. libmlx resolves `cblas_sgemm` through the dynamic linker's global scope, so a BLAS opened
+with RTLD_GLOBAL *before* `mlx.core` is first imported takes its place. We look for, in order:
 
 1. `$BATCHASR_BLAS` (a path to a shared library exporting cblas_sgemm; "reference" disables
    this module),
