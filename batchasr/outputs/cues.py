@@ -1,13 +1,9 @@
-"""Subtitles: build cues from a Transcript, then format them as SRT or WebVTT.
+"""Cues: a Transcript cut into timed, line-broken subtitle cues that follow reading rules.
 
-Building and formatting are separate on purpose:
-
-* :func:`build_cues` ``(transcript, opts) -> list[Cue]`` is a pure function. It turns token times
-  (or, without them, segment times, or, without those, the item's duration) into cues that follow
-  the reading rules in :class:`SubtitleOptions` (line width, lines per cue, duration, gaps).
-* :class:`WriteSRT` / :class:`WriteVTT` only format a list of cues (``get_writer(fmt)``).
-* :func:`write_item_subtitles` ties them together for one queue item and writes the file
-  atomically under a name from :func:`safe_name`, which can never leave the output folder.
+:func:`build_cues` ``(transcript, opts) -> list[Cue]`` is a pure function. It turns token times
+(or, without them, segment times, or, without those, the item's duration) into cues that follow
+the reading rules in :class:`SubtitleOptions` (line width, lines per cue, duration, gaps). The
+writers (:mod:`batchasr.outputs.writers`) only format the cues it returns.
 
 Cue text follows the transcript's ``text`` (the reference spelling, with its punctuation and
 spaces); token strings are only matched against it to learn *where* each token's time applies.
@@ -17,29 +13,24 @@ characters are never separated by spaces, Latin words are.
 Sentences: when the runner restored punctuation (``Transcript.raw_text`` set), the segments are
 sentences, and a new cue always starts with a sentence that follows a full stop or question mark;
 the line and duration rules then split long sentences (preferring commas).
+
+Above 400 lines because the cue rules (units, grouping, layout, timing) are one algorithm whose
+steps share the private ``_Unit``/``_Ctx`` types.
 """
 from __future__ import annotations
 
-import hashlib
-import os
-import re
 import unicodedata
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence
 
-from batchasr.files import atomic_write
 from batchasr.transcript import Transcript
 
-__all__ = [
-    "Cue", "SubtitleOptions", "build_cues", "format_timestamp", "WriteSRT", "WriteVTT",
-    "get_writer", "render", "safe_name", "default_folder", "subtitle_path", "write_item_subtitles",
-]
+__all__ = ["Cue", "SubtitleOptions", "build_cues"]
 
 
 @dataclass(frozen=True)
 class SubtitleOptions:
-    """Reading rules for cues (defaults follow the Netflix timed-text guides; see style.md)."""
+    """Reading rules for cues (defaults follow the Netflix timed-text style guides)."""
 
     # layout; None = pick by script: 16 full-width chars for CJK text, 42 chars for Latin text
     max_line_width: float | None = None
@@ -515,136 +506,3 @@ def _fix_timing(cues: list[list], opts: SubtitleOptions, ctx: _Ctx, duration_ms:
         want = max(c[0] + ctx.min_ms, min(reading, c[1] + _ms(opts.max_extend)))
         c[1] = max(c[1], min(want, limit))
         c[1] = min(c[1], c[0] + ctx.max_ms)  # a single very long token is cut short on screen only
-
-
-# --- formatting --------------------------------------------------------------------------------
-
-
-def format_timestamp(seconds: float, always_include_hours: bool = False, decimal_marker: str = ".") -> str:
-    """``HH:MM:SS,mmm``-style time; rounded to whole milliseconds *before* splitting."""
-    assert seconds >= 0, "non-negative timestamp expected"
-    ms = int(round(seconds * 1000))
-    hours, ms = divmod(ms, 3_600_000)
-    minutes, ms = divmod(ms, 60_000)
-    secs, ms = divmod(ms, 1000)
-    hh = f"{hours:02d}:" if always_include_hours or hours > 0 else ""
-    return f"{hh}{minutes:02d}:{secs:02d}{decimal_marker}{ms:03d}"
-
-
-class SubtitleWriter:
-    extension = ""
-    always_include_hours = False
-    decimal_marker = "."
-    header = ""
-
-    def clean(self, text: str) -> str:
-        # "-->" would read as a timing line; a blank line would end the cue early
-        lines = (ln.strip().replace("-->", "->") for ln in text.split("\n"))
-        return "\n".join(ln for ln in lines if ln)
-
-    def cue(self, index: int, cue: Cue) -> str:
-        start = format_timestamp(cue.start_s, self.always_include_hours, self.decimal_marker)
-        end = format_timestamp(cue.end_s, self.always_include_hours, self.decimal_marker)
-        return f"{start} --> {end}\n{self.clean(cue.text)}\n"
-
-    def render(self, cues: Sequence[Cue]) -> str:
-        """The whole file; cues with no text left after cleaning are dropped before numbering."""
-        kept = (c for c in cues if self.clean(c.text))
-        return self.header + "".join(self.cue(i, c) + "\n" for i, c in enumerate(kept, start=1))
-
-
-class WriteSRT(SubtitleWriter):
-    extension, always_include_hours, decimal_marker = "srt", True, ","
-
-    def cue(self, index: int, cue: Cue) -> str:
-        return f"{index}\n" + super().cue(index, cue)
-
-
-class WriteVTT(SubtitleWriter):
-    extension, header = "vtt", "WEBVTT\n\n"
-
-    def clean(self, text: str) -> str:  # "<" and "&" start tags and entities in WebVTT
-        return super().clean(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
-WRITERS = {"srt": WriteSRT, "vtt": WriteVTT}
-
-
-def get_writer(fmt: str) -> SubtitleWriter:
-    try:
-        return WRITERS[fmt]()
-    except KeyError:
-        raise ValueError(f"unknown subtitle format {fmt!r}; available formats = {sorted(WRITERS)}") from None
-
-
-def render(cues: Sequence[Cue], fmt: str = "srt") -> str:
-    return get_writer(fmt).render(cues)
-
-
-# --- files -------------------------------------------------------------------------------------
-
-_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(10)), *(f"LPT{i}" for i in range(10))}
-
-
-def safe_name(item_id: str) -> str:
-    """A file-name stem for a manifest id: the id itself when it is already a safe name, else a
-    readable slug plus ``-`` and 12 hex chars of the id's SHA-256.
-
-    Only letters, digits, ``-``, ``_`` and inner ``.`` survive in a slug, so no id can name a
-    parent folder, an absolute path, a hidden file or a Windows device. An id keeps its bare
-    name only when making it safe changes nothing and it cannot be mistaken on a case- or
-    normalisation-insensitive disk (no capitals, NFC) or for a hashed name (no ``-<12 hex>``
-    ending), and it is at most 100 bytes; every other id gets the hash, which keeps ids that
-    slug alike (``a/b`` and ``a_b``, ``A`` and ``a``) apart. The name depends on the id alone
-    (stable across resumes and workers). At most ~113 bytes, well under NAME_MAX.
-    """
-    item_id = str(item_id)
-    digest = hashlib.sha256(item_id.encode("utf-8", "surrogatepass")).hexdigest()[:12]
-    slug = "".join(c if (c.isalnum() and c.isprintable()) or c in "-_." else "_" for c in item_id)
-    slug = re.sub(r"[_.]{2,}", "_", slug[:100]).strip("._-")
-    while len(slug.encode("utf-8")) > 100:
-        slug = slug[:-1].rstrip("._-")
-    if slug.split(".")[0].upper() in _RESERVED:
-        slug = "_" + slug
-    if (slug and slug == item_id and item_id.casefold() == item_id
-            and unicodedata.normalize("NFC", item_id) == item_id
-            and not re.search(r"-[0-9a-f]{12}$", item_id)):
-        return slug
-    return f"{slug or 'item'}-{digest}"
-
-
-def default_folder(job_dir: str | os.PathLike, fmt: str = "srt") -> Path:
-    """Where a job keeps its subtitles: ``subtitles/`` for SRT, ``subtitles-<fmt>/`` otherwise."""
-    return Path(job_dir) / ("subtitles" if fmt == "srt" else f"subtitles-{fmt}")
-
-
-def subtitle_path(folder: str | os.PathLike, item_id: str, fmt: str = "srt") -> Path:
-    """Where an item's subtitle file goes: always directly inside ``folder``."""
-    folder = Path(folder)
-    path = folder / f"{safe_name(item_id)}.{get_writer(fmt).extension}"
-    if path.parent != folder or path.name.startswith("."):  # safe_name rules this out; be sure
-        raise ValueError(f"unsafe subtitle file name for item id {item_id!r}")
-    return path
-
-
-def write_item_subtitles(
-    job_dir: str | os.PathLike | None,
-    item_id: str,
-    transcript: Transcript,
-    options: SubtitleOptions | None = None,
-    *,
-    duration_s: float | None = None,
-    fmt: str = "srt",
-    folder: str | os.PathLike | None = None,
-    sync_dir: bool = True,
-) -> Path:
-    """Write one item's subtitles atomically and return the path: into ``folder``, or else
-    ``default_folder(job_dir, fmt)`` (``<job_dir>/subtitles/`` for SRT), named
-    ``<safe_name(item_id)>.<fmt>``. ``duration_s`` is the item's length, used when the
-    transcript has no times. An empty transcript gives a file with no cues. ``sync_dir=False``
-    skips the per-file folder fsync (the caller fsyncs the folder once per batch)."""
-    folder = Path(folder) if folder is not None else default_folder(job_dir, fmt)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = subtitle_path(folder, item_id, fmt)
-    atomic_write(path, render(build_cues(transcript, options, duration_s=duration_s), fmt), sync_dir=sync_dir)
-    return path
