@@ -165,7 +165,7 @@ def transcribe(files, model, weights, dtype, device, download, batch_seconds, ba
     """
     from batchasr.runner import pipeline
     from batchasr.runner.device import open_model
-    from batchasr.manifest.read import iter_audio_files
+    from batchasr.manifest.scan import iter_audio_files
     from batchasr.transcript import to_record
 
     if batch_seconds is None:
@@ -307,7 +307,8 @@ def run(source, model, weights, dtype, device, download, job_dir, batch_seconds,
         batch_seconds = default_batch_seconds(device)
     from batchasr.audio import decode as audio
     from batchasr.runner import pipeline
-    from batchasr.manifest.read import open_manifest, scan_folder
+    from batchasr.manifest.read import open_manifest
+    from batchasr.manifest.scan import scan_folder
     from batchasr.queue.store import JobLock, JobQueue
     from batchasr.manifest.shard import ShardedManifest, parse_shard
     from batchasr.queue.disk import check_local_disk
@@ -541,7 +542,8 @@ def check_longform_models(vad: str, punc: str) -> None:
 def run_on_ray(source, out, model_args, *, batch_seconds, limit, max_window_s,
                strict_manifest, progress, actors, address, longform):
     """`run --engine ray`: the manifest through a Ray Data pipeline into ``out``; exits."""
-    from batchasr.manifest.read import open_manifest, scan_folder
+    from batchasr.manifest.read import open_manifest
+    from batchasr.manifest.scan import scan_folder
     from batchasr.runner.ray import run_ray
 
     out = out or str(job_dir_for(source, None))
@@ -694,7 +696,7 @@ def export(job_dirs, fmt, output):
     """
     import glob
 
-    from batchasr.outputs.results import export_results
+    from batchasr.outputs.export import export_results
 
     sources = []
     for pattern in job_dirs:

@@ -13,8 +13,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from batchasr.outputs import results
-from batchasr.outputs import subtitles
+from batchasr.outputs import parquet
+from batchasr.outputs import writers
 from batchasr.errors import DiskFullError, is_disk_full
 from batchasr.queue.store import JobQueue
 from batchasr.runner.worker import run_job
@@ -45,7 +45,7 @@ def _check_no_done_without_part(job):
         items = list(q.items())
     done = [i for i in items if i.status == "done"]
     for it in done:
-        ids = results.read_part(job, it.part).column("id").to_pylist()
+        ids = parquet.read_part(job, it.part).column("id").to_pylist()
         assert ids.count(it.id) == 1
     assert not [i for i in items if i.status == "running"]  # handed back cleanly
     return len(done)
@@ -69,10 +69,10 @@ def test_full_disk_while_writing_stops_the_run_and_resume_completes(tmp_path, fa
                                                                      monkeypatch, where):
     job = make_job(tmp_path, DURATIONS)
     if where == "part":
-        monkeypatch.setattr(results, "write_part", _fail_after(2, results.write_part))
+        monkeypatch.setattr(parquet, "write_part", _fail_after(2, parquet.write_part))
     else:
-        monkeypatch.setattr(subtitles, "write_item_subtitles",
-                            _fail_after(3, subtitles.write_item_subtitles))
+        monkeypatch.setattr(writers, "write_item_subtitles",
+                            _fail_after(3, writers.write_item_subtitles))
     with pytest.raises(DiskFullError) as e:
         run_job(job, fake_model, batch_seconds=2.0, progress=False)
     msg = str(e.value)
@@ -90,7 +90,7 @@ def test_other_subtitle_errors_stay_logged(tmp_path, fake_model, monkeypatch):
 
     def broken(*a, **k):
         raise OSError(errno.EACCES, "Permission denied")
-    monkeypatch.setattr(subtitles, "write_item_subtitles", broken)
+    monkeypatch.setattr(writers, "write_item_subtitles", broken)
     s = run_job(job, fake_model, batch_seconds=4.0, progress=False)
     assert s.done == 3
 

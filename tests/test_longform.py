@@ -23,11 +23,12 @@ import pytest
 import soundfile as sf
 
 from batchasr.runner import pipeline
-from batchasr.outputs import results
+from batchasr.outputs.parquet import results_table
+from batchasr.outputs.rows import PART_SCHEMA, row_to_transcript, transcript_to_row
 from batchasr.audio.decode import load
 from batchasr.batches.sentences import (PUNC_MARKS, join_vad_texts, timestamp_sentence,
                                 vad_segment_sentences)
-from batchasr.outputs.subtitles import SubtitleOptions, build_cues
+from batchasr.outputs.cues import SubtitleOptions, build_cues
 from batchasr.transcript import Segment, Token, Transcript
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -254,7 +255,7 @@ def test_punctuation_gives_punctuated_text_and_sentence_segments(longform):
     from batchasr.models.punctuation import load_punctuator
 
     model, punctuator = load_model(MODEL), load_punctuator(PUNC)
-    tokens = results.row_to_transcript(meeting).tokens  # absolute times
+    tokens = row_to_transcript(meeting).tokens  # absolute times
     words, times = model.word_timestamps(Transcript("", tokens=tokens))
     text, ids = punctuator.punctuate(" ".join(words))
     assert text == meeting["text"]
@@ -365,7 +366,7 @@ def test_the_whole_pipeline_matches_funasr_automodel(tmp_path):
     assert row["text"] == ref["text"]
     assert row["raw_text"] == ref["raw_text"].replace(" ", "")  # AutoModel: words + spaces
     words, times = load_model(MODEL).word_timestamps(
-        Transcript("", tokens=results.row_to_transcript(row).tokens))
+        Transcript("", tokens=row_to_transcript(row).tokens))
     assert times == ref["timestamp"] and len(times) > 200
     ours = [(round(s["start_s"] * 1000), round(s["end_s"] * 1000), s["text"])
             for s in row["segments"]]
@@ -389,13 +390,13 @@ def test_parts_written_before_raw_text_still_export(tmp_path):
     with JobQueue(job) as q:
         q.enqueue([ManifestRow(line=2, id="a", path="a.wav", language=None, extra={})])
         [item] = q.claim(1, owner="me", lease_s=60)
-        row = results.transcript_to_row({"id": "a", "path": "a.wav"}, Transcript("hi"),
+        row = transcript_to_row({"id": "a", "path": "a.wav"}, Transcript("hi"),
                                         model_name="m")
-        table = pa.Table.from_pylist([row], schema=results.PART_SCHEMA).drop_columns(["raw_text"])
+        table = pa.Table.from_pylist([row], schema=PART_SCHEMA).drop_columns(["raw_text"])
         (job / "parts").mkdir()
         pq.write_table(table, job / "parts" / "part-old.parquet")
         q.complete(["a"], "part-old.parquet", owner="me")
-    out = results.results_table(job).to_pylist()
+    out = results_table(job).to_pylist()
     assert out[0]["text"] == "hi" and out[0]["raw_text"] is None
 
 

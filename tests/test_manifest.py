@@ -7,9 +7,8 @@ import tracemalloc
 import pytest
 
 from batchasr.errors import ManifestError
-from batchasr.manifest.read import (
-    ManifestRow, default_id, iter_audio_files, open_manifest, scan_folder,
-)
+from batchasr.manifest.read import ManifestRow, default_id, open_manifest
+from batchasr.manifest.scan import iter_audio_files, scan_folder
 
 
 def rows(path, **kw):

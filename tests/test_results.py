@@ -10,13 +10,13 @@ import pyarrow.parquet as pq
 import pytest
 import srt
 
-from batchasr.outputs import results
+from batchasr.outputs import parquet
 from batchasr.errors import JobError
-from batchasr.outputs.results import (
-    FORMATS, PART_SCHEMA, RESULT_SCHEMA, export_results, read_part, results_table, row_to_transcript,
-    transcript_to_row, write_part,
-)
-from batchasr.outputs.subtitles import safe_name, write_item_subtitles
+from batchasr.outputs.export import FORMATS, export_results
+from batchasr.outputs.names import safe_name
+from batchasr.outputs.parquet import read_part, results_table, write_part
+from batchasr.outputs.rows import PART_SCHEMA, RESULT_SCHEMA, row_to_transcript, transcript_to_row
+from batchasr.outputs.writers import write_item_subtitles
 from batchasr.transcript import Segment, Token, Transcript
 
 # The queue table as the contract describes it (the real one is batchasr.queue.store's).
@@ -134,7 +134,7 @@ def test_write_part_full_disk(tmp_path, monkeypatch, where):
     if where == "file":  # the real Parquet writer hits a full disk part-way through
         monkeypatch.setattr(os, "fdopen", lambda fd, mode: FullDisk(fd, mode))
     elif where == "writer":
-        monkeypatch.setattr(results.pq, "write_table", write_some_then_fail)
+        monkeypatch.setattr(parquet.pq, "write_table", write_some_then_fail)
     else:  # delayed allocation: the error only shows at fsync
         monkeypatch.setattr(os, "fsync", fsync_fails)
     rows = [transcript_to_row({"id": "a", "path": "/a.wav"}, tr(), model_name="m")]
@@ -190,8 +190,8 @@ def test_each_part_read_once(job, monkeypatch):
     finish(job, ["item-2"])
     finish(job, ["item-3", "item-4", "item-5"])
     calls = []
-    real = results.read_part
-    monkeypatch.setattr(results, "read_part", lambda j, n: calls.append(n) or real(j, n))
+    real = parquet.read_part
+    monkeypatch.setattr(parquet, "read_part", lambda j, n: calls.append(n) or real(j, n))
     assert results_table(job).num_rows == 6
     assert len(calls) == len(set(calls)) == 3
 
@@ -318,7 +318,7 @@ def test_failed_export_keeps_the_previous_file(done_job, monkeypatch):
     def fail(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(results.pq, "write_table", fail)
+    monkeypatch.setattr(parquet.pq, "write_table", fail)
     with pytest.raises(OSError):
         export_results(done_job, "parquet")
     assert path.read_bytes() == before

@@ -18,7 +18,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from batchasr.outputs import results
+from batchasr.outputs.parquet import results_table
 from batchasr.runner import processes as scale
 from batchasr.queue import disk
 from batchasr.manifest import shard
@@ -285,7 +285,7 @@ def test_a_stalled_worker_is_taken_over_and_cannot_commit_twice(tmp_path):
     # its part is on disk but named by no item: the export ignores it
     recorded = {it.part for it in items.values()}
     assert len(list((job / "parts").glob("*.parquet"))) > len(recorded)
-    assert len(results.results_table(job)) == len(DURATIONS)
+    assert len(results_table(job)) == len(DURATIONS)
 
 
 # ---- `batchasr run --workers 2` with the fixture model --------------------------------------

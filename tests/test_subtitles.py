@@ -10,9 +10,10 @@ import pytest
 import srt
 
 from batchasr.files import atomic_write
-from batchasr.outputs.subtitles import (
-    Cue, SubtitleOptions, WriteSRT, WriteVTT, build_cues, format_timestamp,
-    get_writer, render, safe_name, subtitle_path, write_item_subtitles,
+from batchasr.outputs.cues import Cue, SubtitleOptions, build_cues
+from batchasr.outputs.names import safe_name, subtitle_path
+from batchasr.outputs.writers import (
+    WriteSRT, WriteVTT, format_timestamp, get_writer, render, write_item_subtitles,
 )
 from batchasr.transcript import Segment, Token, Transcript
 

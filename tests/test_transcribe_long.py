@@ -21,7 +21,7 @@ import soundfile as sf
 
 from batchasr.audio import decode as audio
 from batchasr.runner import pipeline
-from batchasr.manifest.read import iter_audio_files
+from batchasr.manifest.scan import iter_audio_files
 from batchasr.queue.store import JobQueue
 from test_longform import write_recording
 

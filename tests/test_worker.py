@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from batchasr.outputs import results
+from batchasr.outputs import parquet
 from batchasr.errors import JobError
 from batchasr.manifest.read import open_manifest
 from batchasr.queue.store import JobQueue
@@ -45,7 +45,7 @@ def check_done_exactly_once(job, expected_ids):
     assert {i for i, it in items.items() if it.status == "done"} == set(expected_ids)
     for item_id in expected_ids:
         it = items[item_id]
-        rows = [r for r in results.read_part(job, it.part).to_pylist() if r["id"] == item_id]
+        rows = [r for r in parquet.read_part(job, it.part).to_pylist() if r["id"] == item_id]
         assert len(rows) == 1, f"{item_id} appears {len(rows)} times in {it.part}"
         mark = int(item_id.removeprefix("item")) + 1
         assert rows[0]["text"].startswith(f"m{mark}:")
@@ -135,7 +135,7 @@ def test_long_file_is_windowed_and_stitched_with_file_times(tmp_path, fake_model
     assert long_pieces == [25 * 16000] * 3  # equal windows, none over 30 s
     with JobQueue(job) as q:
         it = q.get("item0")
-    [row] = [r for r in results.read_part(job, it.part).to_pylist() if r["id"] == "item0"]
+    [row] = [r for r in parquet.read_part(job, it.part).to_pylist() if r["id"] == "item0"]
     assert row["text"] == " ".join(["m1:400000"] * 3)
     assert [t["start_s"] for t in row["tokens"]] == [0.0, 25.0, 50.0]
     assert [sg["end_s"] for sg in row["segments"]] == [25.0, 50.0, 75.0]
@@ -293,12 +293,12 @@ def test_parts_hold_only_finished_items(tmp_path, fake_model):
         recorded = {i.part for i in q.items("done")}
     on_disk = {p.name for p in (job / "parts").glob("*.parquet")}
     assert on_disk == recorded  # no empty or orphan parts in a clean run
-    assert all(results.read_part(job, p).num_rows > 0 for p in on_disk)
+    assert all(parquet.read_part(job, p).num_rows > 0 for p in on_disk)
 
 
 def test_disk_full_stops_the_run_and_keeps_what_is_written(tmp_path, fake_model, monkeypatch):
     job = make_job(tmp_path, DURATIONS)
-    real, calls = results.write_part, []
+    real, calls = parquet.write_part, []
 
     def flaky_write_part(job_dir, rows):
         calls.append(len(rows))
@@ -306,27 +306,27 @@ def test_disk_full_stops_the_run_and_keeps_what_is_written(tmp_path, fake_model,
             raise JobError("cannot write results part: No space left on device")
         return real(job_dir, rows)
 
-    monkeypatch.setattr(results, "write_part", flaky_write_part)
+    monkeypatch.setattr(parquet, "write_part", flaky_write_part)
     with pytest.raises(JobError, match="No space left"):
         run_job(job, fake_model, batch_seconds=4.0, progress=False)
     with JobQueue(job) as q:
         c = q.counts()
     assert c["running"] == 0 and c["done"] == calls[0] and c["failed"] == 0
-    monkeypatch.setattr(results, "write_part", real)
+    monkeypatch.setattr(parquet, "write_part", real)
     run_job(job, fake_model, batch_seconds=4.0, progress=False)
     check_done_exactly_once(job, [f"item{i}" for i in range(len(DURATIONS))])
 
 
 def test_a_subtitle_problem_does_not_fail_the_item(tmp_path, fake_model, monkeypatch, caplog):
-    from batchasr.outputs import subtitles
-    real = subtitles.write_item_subtitles
+    from batchasr.outputs import writers
+    real = writers.write_item_subtitles
 
     def broken_for_item1(job_dir, item_id, *a, **kw):
         if item_id == "item1":
             raise ValueError("cue trouble")
         return real(job_dir, item_id, *a, **kw)
 
-    monkeypatch.setattr(subtitles, "write_item_subtitles", broken_for_item1)
+    monkeypatch.setattr(writers, "write_item_subtitles", broken_for_item1)
     job = make_job(tmp_path, [1.0, 1.0, 1.0])
     s = run_job(job, fake_model, batch_seconds=10.0, progress=False)
     assert s.done == 3
@@ -355,7 +355,7 @@ def test_bounded_prefetch_with_many_long_files(tmp_path, monkeypatch):
     assert 0 < peak[0] <= 10 * 16000
     with JobQueue(job) as q:
         for it in q.items():
-            [row] = [r for r in results.read_part(job, it.part).to_pylist() if r["id"] == it.id]
+            [row] = [r for r in parquet.read_part(job, it.part).to_pylist() if r["id"] == it.id]
             assert [t["start_s"] for t in row["tokens"]] == [5.0 * k for k in range(8)]
 
 

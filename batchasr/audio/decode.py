@@ -25,14 +25,11 @@ import soundfile as sf
 import soxr
 
 from batchasr.errors import AudioError
+from batchasr.manifest.scan import AUDIO_EXTENSIONS  # noqa: F401  (what scan_folder gives this stage)
 
 SAMPLE_RATE = 16000  # what every FunASR model consumes
 RESAMPLE_QUALITY = "HQ"  # librosa's "soxr_hq", the official FunASR path
 
-# Extensions scan_folder() treats as audio: the containers libsndfile decodes.
-AUDIO_EXTENSIONS = frozenset(
-    ".wav .wave .flac .ogg .oga .opus .mp3 .aif .aiff .aifc .au .snd .caf .w64 .rf64".split()
-)
 # Common audio containers libsndfile cannot decode: a clearer message than "not audio".
 UNSUPPORTED_EXTENSIONS = frozenset(".m4a .mp4 .aac .wma .amr .webm .mkv .mov .3gp .ac3".split())
 

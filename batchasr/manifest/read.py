@@ -26,16 +26,14 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterator
 
-from batchasr.audio.decode import AUDIO_EXTENSIONS
 from batchasr.errors import ManifestError
 
 RESERVED = ("path", "id", "language")
 MAX_PROBLEMS_KEPT = 1000  # beyond this only the count grows, so memory stays bounded
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl",
            ".ndjson": "jsonl", ".json": "jsonl"}
-MANIFEST_NAME = "manifest.csv"  # what scan_folder() writes into the job folder
 
 
 @dataclass(frozen=True)
@@ -221,48 +219,6 @@ def default_id(written: str, base_dir: str | os.PathLike) -> str:
         rel = os.path.relpath(p, base_dir)
         p = p if rel.startswith(os.pardir) else rel
     return p.replace(os.sep, "/")
-
-
-# ---- folders --------------------------------------------------------------------------------
-
-
-def iter_audio_files(folder: str | os.PathLike,
-                     extensions: Iterable[str] = AUDIO_EXTENSIONS) -> Iterator[Path]:
-    """Audio files under ``folder`` by extension, in a stable (sorted, depth-first) order.
-    Hidden files and folders are skipped (e.g. macOS ``._x.wav`` resource forks)."""
-    exts = {e.lower() for e in extensions}
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(files):
-            if not name.startswith(".") and os.path.splitext(name)[1].lower() in exts:
-                yield Path(root) / name
-
-
-def scan_folder(folder: str | os.PathLike, job_dir: str | os.PathLike, *,
-                extensions: Iterable[str] = AUDIO_EXTENSIONS) -> Path:
-    """Write a CSV manifest (``path,id``) of the audio files under ``folder`` into
-    ``job_dir/manifest.csv`` and return its path.
-
-    Ids are the paths relative to ``folder``, so scanning the same folder again (to resume,
-    or to pick up new files) gives the same ids. Paths are absolute, so the manifest works
-    from inside the job folder. The file is replaced atomically.
-    """
-    folder = Path(folder).resolve()
-    if not folder.is_dir():
-        raise ManifestError(folder, [(0, "not a folder")])
-    job_dir = Path(job_dir)
-    job_dir.mkdir(parents=True, exist_ok=True)
-    out = job_dir / MANIFEST_NAME
-    tmp = out.with_name(out.name + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["path", "id"])
-        for p in iter_audio_files(folder, extensions):
-            w.writerow([str(p), p.relative_to(folder).as_posix()])
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, out)
-    return out
 
 
 def _detect_format(path: Path) -> str:

@@ -35,7 +35,7 @@ from typing import Any, Callable, Iterator, Mapping, NamedTuple, Sequence
 import numpy as np
 
 from batchasr.audio import decode as audio
-from batchasr.outputs import results
+from batchasr.outputs.rows import failure_to_row, transcript_to_row
 from batchasr.batches.plan import plan_batches, stitch
 from batchasr.errors import AudioError, JobError
 from batchasr.batches.sentences import join_vad_texts, timestamp_sentence, vad_segment_sentences
@@ -509,9 +509,9 @@ def transcribe_items(model: ASRModel, items: Sequence[DecodedItem], *, batch_sec
     for k, it in enumerate(items):
         item = {**it.item, "duration_s": it.duration_s}
         if errors[k] is not None:
-            rows.append(results.failure_to_row(item, errors[k], model_name=model.name))
+            rows.append(failure_to_row(item, errors[k], model_name=model.name))
         else:
-            rows.append(results.transcript_to_row(item, transcripts[k], model_name=model.name))
+            rows.append(transcript_to_row(item, transcripts[k], model_name=model.name))
     return rows
 
 

@@ -46,7 +46,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from batchasr.runner import pipeline
-from batchasr.outputs import results
+from batchasr.outputs import parquet
+from batchasr.outputs.rows import PART_SCHEMA
 from batchasr.errors import JobError, ManifestError
 
 logger = logging.getLogger("batchasr.runner.ray")
@@ -137,8 +138,8 @@ def write_manifest(fs: pafs.FileSystem, root: str, manifest, *, strict: bool,
     problems). Raises ManifestError for duplicate ids (and for bad rows when ``strict``), and
     JobError when an id recorded by an earlier run now names another file."""
     old = {}
-    if fs.get_file_info(f"{root}/{results.MANIFEST_TABLE}").type == pafs.FileType.File:
-        t = pq.read_table(f"{root}/{results.MANIFEST_TABLE}", filesystem=fs, columns=["id", "path"])
+    if fs.get_file_info(f"{root}/{parquet.MANIFEST_TABLE}").type == pafs.FileType.File:
+        t = pq.read_table(f"{root}/{parquet.MANIFEST_TABLE}", filesystem=fs, columns=["id", "path"])
         old = dict(zip(t["id"].to_pylist(), t["path"].to_pylist()))
     sink = pa.BufferOutputStream()
     seen: dict[str, int] = {}
@@ -168,13 +169,13 @@ def write_manifest(fs: pafs.FileSystem, root: str, manifest, *, strict: bool,
         raise JobError(f"{len(moved)} manifest row(s) reuse an id of this job for a different "
                        "file:\n" + "\n".join(moved[:20]) + "\nGive those rows their own ids, or "
                        "choose another --job-dir.")
-    _write_bytes(fs, f"{root}/{results.MANIFEST_TABLE}", sink.getvalue().to_pybytes())
+    _write_bytes(fs, f"{root}/{parquet.MANIFEST_TABLE}", sink.getvalue().to_pybytes())
     return n, [] if strict else problems
 
 
 def done_ids(fs: pafs.FileSystem, root: str) -> pa.Array:
     """Ids with a ``done`` row in the output location's parts."""
-    selector = pafs.FileSelector(f"{root}/{results.PARTS}", allow_not_found=True)
+    selector = pafs.FileSelector(f"{root}/{parquet.PARTS}", allow_not_found=True)
     found = []
     for info in fs.get_file_info(selector):
         if info.type == pafs.FileType.File and info.base_name.startswith("part-") \
@@ -191,7 +192,7 @@ def estimate_items_per_call(fs: pafs.FileSystem, root: str, batch_seconds: float
     mean duration comes from the headers of ``sample`` files spread over the manifest."""
     from batchasr.audio.decode import probe
 
-    paths = pq.read_table(f"{root}/{results.MANIFEST_TABLE}", filesystem=fs,
+    paths = pq.read_table(f"{root}/{parquet.MANIFEST_TABLE}", filesystem=fs,
                           columns=["path"])["path"].to_pylist()
     durations = []
     for path in paths[:: max(1, len(paths) // sample)][:sample]:
@@ -267,7 +268,7 @@ class Transcriber:
         self.model = open_model(**model_args)
         self.punctuator = None if pipeline.model_punctuates(self.model) \
             else pipeline.open_punctuator(punc)
-        self.fs, self.root = results.open_location(out)
+        self.fs, self.root = parquet.open_location(out)
         self.local = isinstance(self.fs, pafs.LocalFileSystem)
         self.batch_seconds = batch_seconds
         self.max_failures = max_failures_in_a_row
@@ -290,11 +291,11 @@ class Transcriber:
                                          punctuator=self.punctuator)
         name = part_name([r["id"] for r in rows])
         if self.local:
-            results.write_part(self.root, rows, name=name)
+            parquet.write_part(self.root, rows, name=name)
         else:
-            self.fs.create_dir(f"{self.root}/{results.PARTS}", recursive=True)
-            table = pa.Table.from_pylist(rows, schema=results.PART_SCHEMA)
-            with self.fs.open_output_stream(f"{self.root}/{results.PARTS}/{name}") as f:
+            self.fs.create_dir(f"{self.root}/{parquet.PARTS}", recursive=True)
+            table = pa.Table.from_pylist(rows, schema=PART_SCHEMA)
+            with self.fs.open_output_stream(f"{self.root}/{parquet.PARTS}/{name}") as f:
                 pq.write_table(table, f, compression="zstd")
         self.crash("after_part")
         return pa.Table.from_pydict(
@@ -336,7 +337,7 @@ def run_ray(manifest, out: str, *, model_args: dict[str, Any], settings: dict[st
     defaults: silero; 30 s, or 15 s for a Fun-ASR-Nano model folder; no punctuation).
     """
     ray = _import_ray()
-    fs, root = results.open_location(out)
+    fs, root = parquet.open_location(out)
     if fs.get_file_info(f"{root}/queue.db").type == pafs.FileType.File:
         raise JobError(f"{out} is a job folder of the local engine (it has a queue.db); give "
                        "--engine ray an output location of its own")
@@ -345,7 +346,7 @@ def run_ray(manifest, out: str, *, model_args: dict[str, Any], settings: dict[st
     problems: list[tuple[int, str]] = []
     if manifest is not None:
         _, problems = write_manifest(fs, root, manifest, strict=strict)
-    elif fs.get_file_info(f"{root}/{results.MANIFEST_TABLE}").type != pafs.FileType.File:
+    elif fs.get_file_info(f"{root}/{parquet.MANIFEST_TABLE}").type != pafs.FileType.File:
         raise JobError(f"{out} holds no manifest yet; give one")
     done = done_ids(fs, root)
     if items_per_call is None:
@@ -366,7 +367,7 @@ def run_ray(manifest, out: str, *, model_args: dict[str, Any], settings: dict[st
 
     env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}  # to the actors
     t0 = time.perf_counter()
-    ds = ray.data.read_parquet(f"{root}/{results.MANIFEST_TABLE}", filesystem=fs)
+    ds = ray.data.read_parquet(f"{root}/{parquet.MANIFEST_TABLE}", filesystem=fs)
     ds = ds.map_batches(skip_done, fn_kwargs={"done": done}, batch_format="pyarrow",
                         batch_size=None, num_cpus=0.25)
     if limit is not None:

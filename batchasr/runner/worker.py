@@ -68,8 +68,8 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from batchasr.audio import decode as audio
 from batchasr.runner import pipeline
-from batchasr.outputs import results
-from batchasr.outputs import subtitles
+from batchasr.outputs import names, parquet, segment_cache, writers
+from batchasr.outputs.rows import transcript_to_row
 from batchasr.errors import AudioError, disk_full, is_disk_full
 from batchasr.files import fsync_dir
 from batchasr.queue.store import Item, JobLock, JobQueue, drop_progress, write_progress
@@ -299,7 +299,7 @@ def sweep_checkpoints(job_dir: str | os.PathLike, queue: JobQueue) -> None:
     """Remove the segment checkpoints of items that are done (or no longer queued): a run
     killed between an item's commit and the removal of its checkpoints leaves them. For the
     process that holds the job's lock, before its workers start."""
-    for item_id, folder in results.checkpointed_items(job_dir).items():
+    for item_id, folder in segment_cache.cached_items(job_dir).items():
         it = queue.get(item_id)
         if it is None or it.status == "done":
             shutil.rmtree(folder, ignore_errors=True)
@@ -484,7 +484,7 @@ class _Writer:
 
     def _checkpoint(self, w: _Work, segments: list) -> None:
         try:
-            results.write_segment_checkpoint(self.job_dir, w.item.id, w.source, segments)
+            segment_cache.save_segments(self.job_dir, w.item.id, w.source, segments)
         except Exception as e:  # a cache: losing one costs time, never results
             logger.warning("could not save %d finished segment(s) of %s: %s", len(segments),
                            w.item.id, e, exc_info=not is_disk_full(e))
@@ -492,9 +492,9 @@ class _Writer:
 
     def _write(self, queue: JobQueue, works: list[_Work], transcripts: list[Transcript]) -> int:
         transcripts = {w.item.id: t for w, t in zip(works, transcripts)}
-        rows = [results.transcript_to_row(_item_dict(w), transcripts[w.item.id],
+        rows = [transcript_to_row(_item_dict(w), transcripts[w.item.id],
                                           model_name=self.model_name) for w in works]
-        part = results.write_part(self.job_dir, rows)
+        part = parquet.write_part(self.job_dir, rows)
         self.crash("after_part")
         self._write_subtitles(works, transcripts)
         committed = queue.complete([w.item.id for w in works], part, owner=self.owner,
@@ -506,7 +506,7 @@ class _Writer:
         else:  # done: their segment checkpoints are no use any more
             for w in works:
                 if w.vad:
-                    results.drop_segment_checkpoints(self.job_dir, w.item.id)
+                    segment_cache.drop_segments(self.job_dir, w.item.id)
         self.crash("after_complete")
         return committed
 
@@ -515,10 +515,10 @@ class _Writer:
         # problem with one is logged and does not fail its item. One folder fsync per batch.
         folders = set()
         for fmt in self.opts.subtitle_formats:
-            folder = subtitles.default_folder(self.job_dir, fmt)
+            folder = names.default_folder(self.job_dir, fmt)
             for w in works:
                 try:
-                    subtitles.write_item_subtitles(
+                    writers.write_item_subtitles(
                         self.job_dir, w.item.id, transcripts[w.item.id],
                         self.opts.subtitle_options, duration_s=w.duration_s, fmt=fmt,
                         folder=folder, sync_dir=False,
@@ -757,7 +757,7 @@ class _Runner:
                 if through_vad:  # the main thread feeds the windows to the VAD
                     w.source = _fingerprint(w.item.path)
                     if self.opts.checkpoint_s:
-                        w.saved = results.read_segment_checkpoints(self.job_dir, w.item.id,
+                        w.saved = segment_cache.load_segments(self.job_dir, w.item.id,
                                                                    w.source)
                     w.vad = True
                 kind = "window" if through_vad else "piece"
