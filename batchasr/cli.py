@@ -308,7 +308,8 @@ def run(source, model, weights, dtype, device, download, job_dir, batch_seconds,
     from batchasr.audio import decode as audio
     from batchasr.runner import pipeline
     from batchasr.manifest.read import open_manifest, scan_folder
-    from batchasr.queue.store import JobLock, JobQueue
+    from batchasr.queue.lock import JobLock
+    from batchasr.queue.store import JobQueue
     from batchasr.manifest.shard import ShardedManifest, parse_shard
     from batchasr.queue.disk import check_local_disk
     from batchasr.runner.processes import plan_devices
@@ -599,7 +600,9 @@ def status(job_dir, show_failed, as_json):
     """
     import time
 
-    from batchasr.queue.store import JobQueue, read_live_progress, run_is_alive
+    from batchasr.queue.lock import run_is_alive
+    from batchasr.queue.progress import read_live_progress
+    from batchasr.queue.store import JobQueue
 
     job = Path(job_dir)
     if not (job / "queue.db").exists():
@@ -729,7 +732,8 @@ def retry_failed(job_dir):
     Example:
       batchasr retry-failed --job-dir jobs/archive && batchasr run --job-dir jobs/archive
     """
-    from batchasr.queue.store import JobLock, JobQueue
+    from batchasr.queue.lock import JobLock
+    from batchasr.queue.store import JobQueue
 
     try:
         with JobLock(job_dir), JobQueue(job_dir) as queue:
