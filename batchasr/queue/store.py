@@ -524,6 +524,11 @@ class JobQueue:
             mean_s = total / n if n else 0.0
         return float(known) + unknown * mean_s, unknown
 
+    def done_seconds(self) -> float:
+        """The audio of the done items whose duration is known (seconds)."""
+        return float(self.db.conn.execute(
+            "SELECT coalesce(sum(duration_s), 0) FROM items WHERE status = 'done'").fetchone()[0])
+
     def probe_durations(self, probe: Callable[[str], float], *, threads: int = 8,
                         batch: int = 512) -> int:
         """Store the duration of pending items not known yet, as ``probe(path)`` reads it
