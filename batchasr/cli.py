@@ -7,6 +7,11 @@ Exit codes (every command):
   3  done, but some items failed (listed by `batchasr status --failed`)
   130  `run` stopped by Ctrl-C (SIGINT) with items left (run the same command to continue)
   143  `run` stopped by SIGTERM with items left (run the same command to continue)
+
+Each command parses its options, calls the library (``batchasr.runner.job.run`` for `run`,
+``batchasr.queue.status.job_status`` for `status`, ...), prints the result and maps errors to
+the exit codes above; option defaults come from the options dataclasses and
+``runner.settings.RUN_DEFAULTS``. The module is long only because of the options' help texts.
 """
 from __future__ import annotations
 
@@ -429,12 +434,8 @@ def retry_failed(job_dir):
     Example:
       batchasr retry-failed --job-dir jobs/archive && batchasr run --job-dir jobs/archive
     """
-    from batchasr.queue.lock import JobLock
-    from batchasr.queue.store import JobQueue
-
     try:
-        with JobLock(job_dir), JobQueue(job_dir) as queue:
-            n = queue.retry_failed()
+        n = jobs.retry_failed(job_dir)
     except BatchasrError as e:
         fail(str(e))
     click.echo(f"{n} failed item(s) requeued")

@@ -302,3 +302,13 @@ def record_run(job: Path, summary) -> None:
            **dataclasses.asdict(summary)}
     with open(job / RUNS_FILE, "a", encoding="utf-8") as f:
         f.write(json.dumps(rec) + "\n")
+
+
+def retry_failed(job_dir: str | Path) -> int:
+    """`batchasr retry-failed`: put the job's failed items back to pending, under the job
+    lock (JobError while a run holds it); returns how many."""
+    from batchasr.queue.lock import JobLock
+    from batchasr.queue.store import JobQueue
+
+    with JobLock(job_dir), JobQueue(job_dir) as queue:
+        return queue.retry_failed()
