@@ -7,31 +7,34 @@ Exit codes (every command):
   3  done, but some items failed (listed by `batchasr status --failed`)
   130  `run` stopped by Ctrl-C (SIGINT) with items left (run the same command to continue)
   143  `run` stopped by SIGTERM with items left (run the same command to continue)
+
+Each command parses its options, calls the library (``batchasr.runner.job.run`` for `run`,
+``batchasr.queue.status.job_status`` for `status`, ...), prints the result and maps errors to
+the exit codes above; option defaults come from the options dataclasses and
+``runner.settings.RUN_DEFAULTS``. The module is long only because of the options' help texts.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
-import signal
-import sqlite3
 import sys
 from pathlib import Path
 
 import click
 
-from batchasr import __version__
-from batchasr.errors import BatchasrError, JobError, disk_full, is_disk_full
+from batchasr._version import __version__
+from batchasr.errors import BatchasrError
+from batchasr.runner import job as jobs
+from batchasr.runner.pipeline import CutOptions
+from batchasr.runner.settings import RUN_DEFAULTS
+from batchasr.runner.worker import RunOptions
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_FAILED_ITEMS = 0, 1, 2, 3
-# LLM decoding options of `run`: recorded with the job's settings, passed to every worker
-DECODING_OPTIONS = ("max_new_tokens", "hotwords", "no_guard")
-MAX_WARNINGS = 1000  # skipped manifest rows printed by `run` (all are in `status --failed`)
-
-
-# `batchasr run`'s job settings when neither the command line nor the job's record has one
-RUN_DEFAULTS = {"model": "paraformer-zh", "weights": "checkpoint", "dtype": "float32",
-                "vad": "silero", "max_segment_s": None, "punc": "none"}
+# Option defaults live in the options dataclasses and the job's settings; read them once here.
+_RUN = {f.name: f.default for f in dataclasses.fields(RunOptions)}
+_CUT = {f.name: f.default for f in dataclasses.fields(CutOptions)}
 
 
 def model_options(fn=None, *, from_job: bool = False):
@@ -42,20 +45,20 @@ def model_options(fn=None, *, from_job: bool = False):
         return functools.partial(model_options, from_job=from_job)
     job = " Default: the job's own when resuming, else {}." if from_job else ""
 
-    @click.option("--model", "-m", default=None if from_job else "paraformer-zh",
+    @click.option("--model", "-m", default=None if from_job else RUN_DEFAULTS["model"],
                   show_default=not from_job,
                   help="Official FunASR model folder (config.yaml, model.pt, ...) or a known "
                        "name (paraformer-zh, paraformer-en, fun-asr-nano) found in the local "
-                       "Hugging Face / ModelScope cache." + job.format("paraformer-zh"))
+                       "Hugging Face / ModelScope cache." + job.format(RUN_DEFAULTS["model"]))
     @click.option("--weights", type=click.Choice(["checkpoint", "dummy"]),
-                  default=None if from_job else "checkpoint", show_default=not from_job,
+                  default=None if from_job else RUN_DEFAULTS["weights"], show_default=not from_job,
                   help="'dummy': full-size architecture with random weights (benchmarks only; "
-                       "the text is meaningless)." + job.format("checkpoint"))
+                       "the text is meaningless)." + job.format(RUN_DEFAULTS["weights"]))
     @click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]),
-                  default=None if from_job else "float32", show_default=not from_job,
+                  default=None if from_job else RUN_DEFAULTS["dtype"], show_default=not from_job,
                   help="Precision of the network weights. float32 is exact to the official "
                        "outputs; half precision is faster on GPUs and may change rare tokens."
-                       + job.format("float32"))
+                       + job.format(RUN_DEFAULTS["dtype"]))
     @click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), default="auto",
                   show_default=True, help="MLX device (auto: the GPU when MLX has one).")
     @click.option("--download", is_flag=True,
@@ -75,7 +78,8 @@ def cutting_options(fn=None, *, from_job: bool = False):
         return functools.partial(cutting_options, from_job=from_job)
     job = " Default: the job's own when resuming, else {}." if from_job else ""
 
-    @click.option("--vad", default=None if from_job else "silero", show_default=not from_job,
+    @click.option("--vad", default=None if from_job else RUN_DEFAULTS["vad"],
+                  show_default=not from_job,
                   metavar="silero|fsmn-vad|DIR|none",
                   help="Voice activity detector that cuts files longer than --max-segment-s "
                        "into speech segments (silence is never transcribed; segments of many "
@@ -84,22 +88,24 @@ def cutting_options(fn=None, *, from_job: bool = False):
                        "folder, or 'none' for equal windows of --max-window-s (a cut may then "
                        "fall inside a word). Shorter files are transcribed whole either way. "
                        "Silero took about 1/1000 of the audio's duration on a 2-core CPU, on "
-                       "the model's thread." + job.format("silero"))
+                       "the model's thread." + job.format(RUN_DEFAULTS["vad"]))
     @click.option("--max-segment-s", type=click.FloatRange(1), default=None,
                   help="Longest piece sent to the model with a VAD: longer speech segments are "
                        "cut into equal parts; files not longer go whole. Default: 30 "
                        "(Paraformer), 15 (Fun-ASR-Nano, whose LLM degrades on longer "
                        "segments)." + (" When resuming: the job's own." if from_job else ""))
-    @click.option("--max-window-s", default=30.0, show_default=True, type=click.FloatRange(1),
+    @click.option("--max-window-s", default=_CUT["max_window_s"], show_default=True,
+                  type=click.FloatRange(1),
                   help="With --vad none: files longer than this are cut into equal windows of "
                        "at most this length.")
-    @click.option("--punc", default=None if from_job else "none", show_default=not from_job,
+    @click.option("--punc", default=None if from_job else RUN_DEFAULTS["punc"],
+                  show_default=not from_job,
                   metavar="DIR|ct-punc|ct-punc-c|none",
                   help="Punctuation model (CT-Transformer folder, or a known name found in the "
                        "local caches) for models whose text has none (Paraformer): the text is "
                        "punctuated and the results' segments become sentences with times "
                        "(subtitle cues start at sentence ends). Ignored for Fun-ASR-Nano, whose "
-                       "text is punctuated." + job.format("none"))
+                       "text is punctuated." + job.format(RUN_DEFAULTS["punc"]))
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         return fn(*args, **kwargs)
@@ -218,15 +224,6 @@ def transcribe(files, model, weights, dtype, device, download, batch_seconds, ba
 # --------------------------------------------------------------------------------------------
 # jobs
 # --------------------------------------------------------------------------------------------
-def job_dir_for(source: str | None, job_dir: str | None) -> Path:
-    if job_dir:
-        return Path(job_dir)
-    if source is None:
-        raise click.UsageError("give a manifest or folder, or --job-dir of an existing job")
-    src = Path(source.rstrip("/"))
-    return Path("jobs") / (src.name if src.is_dir() else src.stem)
-
-
 def job_option(required: bool = True):
     return click.option("--job-dir", "-j", required=required, type=click.Path(file_okay=False),
                         help="Job folder (queue.db, parts/, subtitles/, results).")
@@ -245,7 +242,7 @@ def job_option(required: bool = True):
               help="Transcribe at most N items in this invocation (the whole manifest is still "
                    "enqueued; run again to continue).")
 @cutting_options(from_job=True)
-@click.option("--readers", default=2, show_default=True, type=click.IntRange(1),
+@click.option("--readers", default=_RUN["readers"], show_default=True, type=click.IntRange(1),
               help="Threads decoding and resampling audio ahead of the model.")
 @click.option("--strict-manifest", is_flag=True,
               help="Refuse the whole manifest when any row is bad (default: report bad rows "
@@ -280,10 +277,7 @@ def job_option(required: bool = True):
 @click.option("--allow-network-fs", is_flag=True,
               help="Run even though the job folder is on a network filesystem (NFS, SMB, "
                    "sshfs...), where SQLite's locking is unreliable: one host only.")
-def run(source, model, weights, dtype, device, download, job_dir, batch_seconds, limit,
-        max_window_s, vad, max_segment_s, punc, readers, strict_manifest, progress,
-        max_new_tokens, hotwords, no_guard, workers, gpus, shard, engine, address,
-        allow_network_fs):
+def run(source, **options):
     """Transcribe every file of a manifest (CSV, TSV, JSONL) or folder, resumably.
 
     The manifest is enqueued into <job-dir>/queue.db (default jobs/<manifest name>/); only
@@ -301,285 +295,14 @@ def run(source, model, weights, dtype, device, download, job_dir, batch_seconds,
       batchasr run archive.csv --model /shared/paraformer-zh --engine ray --address auto \\
           --job-dir /shared/jobs/archive
     """
-    if batch_seconds is None:
-        from batchasr.runner.device import default_batch_seconds
-
-        batch_seconds = default_batch_seconds(device)
-    from batchasr.audio import decode as audio
-    from batchasr.runner import pipeline
-    from batchasr.manifest.read import open_manifest
-    from batchasr.manifest.scan import scan_folder
-    from batchasr.queue.store import JobLock, JobQueue
-    from batchasr.manifest.shard import ShardedManifest, parse_shard
-    from batchasr.queue.disk import check_local_disk
-    from batchasr.runner.processes import plan_devices
-    from batchasr.runner.device import open_model
-    from batchasr.runner.worker import run_job, stop_line, sweep_checkpoints
-
-    given = {"model": model, "weights": weights, "dtype": dtype, "vad": vad,
-             "max_segment_s": max_segment_s, "punc": punc, "max_new_tokens": max_new_tokens,
-             "hotwords": hotwords, "no_guard": no_guard or None}
     try:
-        shard_i, shard_n = parse_shard(shard) if shard else (None, None)
-        devices = plan_devices(workers, gpus) if engine == "local" else []
-    except (BatchasrError, ValueError) as e:
+        outcome = jobs.run(source, **options, say=lambda line: click.echo(line, err=True))
+    except jobs.UsageError as e:
         raise click.UsageError(str(e))
-    if engine == "ray":
-        if shard or gpus:
-            raise click.UsageError("--shard and --gpus are for --engine local; Ray places "
-                                   "one actor per GPU itself")
-        filled = job_settings(given, {})
-        options = {k: filled[k] for k in DECODING_OPTIONS if filled[k] is not None}
-        model_args = {"model": str(filled["model"]), "weights": filled["weights"],
-                      "dtype": filled["dtype"], "device": device, "download": download,
-                      **options}
-        longform = {k: filled[k] if k == "max_segment_s" else str(filled[k])
-                    for k in ("vad", "max_segment_s", "punc")}
-        run_on_ray(source, job_dir, model_args, batch_seconds=batch_seconds, limit=limit,
-                   max_window_s=max_window_s, strict_manifest=strict_manifest,
-                   progress=progress, actors=workers, address=address, longform=longform)
-    job = job_dir_for(source, job_dir)
-    if shard and not job_dir:
-        job = job.with_name(f"{job.name}.shard-{shard_i}-of-{shard_n}")
-    skipped = 0
-    summary = None
-    try:
-        # Nothing is written to the job folder until the model (and the VAD and punctuation
-        # models) are found and loaded: a failed start leaves no folder, no queue, no settings.
-        if (job / "job.json").exists() and not (job / "queue.db").exists():
-            raise JobError(f"{job} is the output of an --engine ray run; continue it with "
-                           "--engine ray, or give the local engine a job folder of its own")
-        if source is None and not (job / "queue.db").exists():
-            raise click.UsageError(f"{job} is not a job folder; give a manifest")
-        check_local_disk(job, allow_network=allow_network_fs)
-        if (job / "queue.db").exists():  # a job being run by another process: say that first
-            JobLock(job).acquire().release()
-        recorded = recorded_settings(job)
-        filled = job_settings(given, recorded)
-        model, weights, dtype = str(filled["model"]), filled["weights"], filled["dtype"]
-        options = {k: filled[k] for k in DECODING_OPTIONS if filled[k] is not None}
-        # how long files are cut and punctuated: recorded with the job, passed to every worker
-        longform = {"vad": str(filled["vad"]), "max_segment_s": filled["max_segment_s"],
-                    "punc": str(filled["punc"])}
-        identity = resolve_job_model(job, model, weights, download,
-                                     from_job=given["model"] is None and "model" in recorded)
-        settings = {"model": identity, "weights": weights, "dtype": dtype, **options,
-                    **longform, **({"shard": shard} if shard else {})}
-        check_settings(job, recorded, settings)
-        model_args = {"model": model, "weights": weights, "dtype": dtype, "device": device,
-                      "download": download, **options}
-        if devices == [None]:  # one worker, in this process: load everything now
-            click.echo(f"loading model {model} ...", err=True)
-            asr = open_model(model, weights, dtype, device, download, **options)
-            loaded = {"vad": pipeline.open_vad(longform["vad"]),
-                      "punc": longform["punc"] if pipeline.model_punctuates(asr)
-                      else pipeline.open_punctuator(longform["punc"])}
-        else:  # the workers load them; a name that cannot be found fails here, first
-            check_longform_models(longform["vad"], longform["punc"])
-        job.mkdir(parents=True, exist_ok=True)
-        with JobLock(job) as lock:
-            with JobQueue(job) as queue:
-                if source is not None:
-                    manifest_path = scan_folder(source, job) if Path(source).is_dir() else source
-                    manifest = open_manifest(manifest_path)
-                    rows = ShardedManifest(manifest, shard_i, shard_n) if shard else manifest
-                    added = queue.enqueue(rows, strict=strict_manifest)
-                    skipped = added.skipped
-                    for line, problem in added.problems[:MAX_WARNINGS]:
-                        click.echo(f"Warning: {manifest.path}:{line}: {problem} (row skipped)",
-                                   err=True)
-                    if skipped > min(len(added.problems), MAX_WARNINGS):
-                        click.echo(f"Warning: {manifest.path}: ... and "
-                                   f"{skipped - min(len(added.problems), MAX_WARNINGS)} more "
-                                   f"row(s) skipped (all listed by `batchasr status --job-dir "
-                                   f"{job} --failed`)", err=True)
-                    click.echo(f"{job}: {added.added} new item(s), {added.existing} already "
-                               f"queued" + (f", {skipped} bad row(s) skipped" if skipped else ""),
-                               err=True)
-                # header lengths: the progress bar's total
-                queue.probe_durations(lambda path: audio.probe(path)[0])
-                pending = queue.counts()
-                if pending["pending"] + pending["running"]:  # a run starts: record its settings
-                    record_settings(job, queue, settings)
-            if pending["pending"] + pending["running"] == 0:
-                click.echo(f"{job}: nothing to do ({pending['done']} done, "
-                           f"{pending['failed']} failed)", err=True)
-            elif devices == [None]:
-                summary = run_job(job, asr, batch_seconds=batch_seconds, limit=limit,
-                                  max_window_s=max_window_s, progress=progress, readers=readers,
-                                  meta=settings, vad=loaded["vad"], punc=loaded["punc"],
-                                  max_segment_s=longform["max_segment_s"])
-                record_run(job, summary)
-                click.echo(f"{job}: {summary}", err=True)
-            else:
-                from batchasr.runner.processes import run_workers
-
-                with JobQueue(job) as queue:  # we hold the lock: whatever runs is orphaned
-                    requeued, _ = queue.reset_running(max_attempts=5)
-                    sweep_checkpoints(job, queue)
-                summary = run_workers(
-                    job, lock, devices=devices, model_args=model_args, progress=progress,
-                    run_args={"batch_seconds": batch_seconds, "limit": limit,
-                              "max_window_s": max_window_s, "readers": readers,
-                              "meta": settings, **longform})
-                summary.requeued = requeued
-                record_run(job, summary)
-                click.echo(f"{job}: {summary}", err=True)
-            with JobQueue(job) as queue:
-                counts = queue.counts()
-    except (BatchasrError, ValueError) as e:
-        fail(str(disk_full(job, e)) if is_disk_full(e) else str(e))
-    except (OSError, sqlite3.OperationalError) as e:  # e.g. enqueueing on a full disk
-        if not is_disk_full(e):
-            raise
-        fail(str(disk_full(job, e)))
-    except KeyboardInterrupt as e:  # a second Ctrl-C / SIGTERM: stopped at once
-        code = 128 + getattr(e, "signum", signal.SIGINT)
-        if (job / "queue.db").exists():
-            with JobQueue(job) as queue:
-                counts = queue.counts()
-            click.echo(f"{job}: {stop_line(counts['pending'] + counts['running'])}", err=True)
-        sys.exit(code)
-    left = counts["pending"] + counts["running"]
-    if summary is not None and summary.stopped and summary.signal and left:
-        sys.exit(128 + summary.signal)  # interrupted is not done: 130 (SIGINT), 143 (SIGTERM)
-    if counts["failed"] or skipped:
-        said = ", ".join(x for x in (counts["failed"] and f"{counts['failed']} failed item(s)",
-                                     skipped and f"{skipped} manifest row(s) skipped") if x)
-        click.echo(f"{said}: see `batchasr status --job-dir {job} --failed`", err=True)
-        sys.exit(EXIT_FAILED_ITEMS)
-    sys.exit(EXIT_OK)
-
-
-def recorded_settings(job: Path) -> dict:
-    """The settings a job folder was started with ({} for a new job); reads only."""
-    if not (job / "queue.db").exists():
-        return {}
-    from batchasr.queue.store import JobQueue
-
-    with JobQueue(job) as queue:
-        return queue.meta()
-
-
-def job_settings(given: dict, recorded: dict) -> dict:
-    """`run`'s settings: those given on the command line, else the job's recorded ones, else
-    RUN_DEFAULTS. A known model name the job was started with stays that name."""
-    filled = {k: v if v is not None else recorded.get(k, RUN_DEFAULTS.get(k))
-              for k, v in given.items()}
-    label = recorded.get("model_name")
-    if isinstance(label, str) and filled["weights"] == "dummy":
-        label = label.removesuffix(" (dummy weights)")  # checkpoints.DUMMY_SUFFIX
-    if given["model"] is None and "model" in recorded and label != recorded["model"]:
-        from batchasr.models.loader import KNOWN_MODELS, CheckpointError, model_identity
-
-        if label in KNOWN_MODELS:
-            try:
-                if model_identity(label, weights=filled["weights"]) == recorded["model"]:
-                    filled["model"] = label
-            except CheckpointError:
-                pass
-    return filled
-
-
-def resolve_job_model(job: Path, model: str, weights: str, download: bool, *,
-                      from_job: bool) -> str:
-    """The job's identity of ``model`` (checkpoints.model_identity); CheckpointError when it
-    cannot be found, saying so when the model is the job's own."""
-    from batchasr.models.loader import CheckpointError, model_identity
-
-    try:
-        return model_identity(model, weights=weights, download=download)
-    except CheckpointError as e:
-        if not from_job:
-            raise
-        raise JobError(f"{job} was started with --model {model}, which is not found from "
-                       f"here ({e}); give its --model") from None
-
-
-def check_settings(job: Path, recorded: dict, settings: dict) -> None:
-    """JobError naming each setting that differs from the job's recorded one (the model
-    compared as the folder it resolves to), and how to resume or start a new job."""
-    from batchasr.models.loader import same_model
-
-    weights = settings.get("weights", "checkpoint")
-    diffs = [(k, recorded[k], v) for k, v in settings.items() if k in recorded
-             and recorded[k] != v
-             and not (k == "model" and same_model(recorded[k], v, weights=weights))]
-    if not diffs:
-        return
-    said = "; ".join(f"{k} {old!r} (now {new!r})" for k, old, new in diffs)
-    same = " ".join(f"--{k.replace('_', '-')} {old}" if old is not None
-                    else f"no --{k.replace('_', '-')}" for k, old, _ in diffs)
-    raise JobError(f"{job} was started with different settings: {said}. To resume it, leave "
-                   f"these options out (`batchasr run --job-dir {job}` uses the job's own "
-                   f"settings) or give the same ones ({same}); to start a new job with the new "
-                   f"settings, give another --job-dir.")
-
-
-def record_settings(job: Path, queue, settings: dict) -> None:
-    """Record the settings of a run that starts (inside the job lock): checked again, then
-    the model rewritten as its identity where an older version recorded what was typed."""
-    recorded = queue.meta()
-    check_settings(job, recorded, settings)
-    if "model" in recorded and recorded["model"] != settings["model"]:
-        queue.set_meta({"model": settings["model"]})
-    queue.ensure_meta(settings)
-
-
-def check_longform_models(vad: str, punc: str) -> None:
-    """CheckpointError when the VAD or punctuation model named cannot be found (without
-    loading them)."""
-    from batchasr.models.loader import resolve
-    from batchasr.models.vad import SILERO_NAMES
-
-    if vad.lower() not in ("none", "auto") and vad not in SILERO_NAMES \
-            and not (Path(vad).is_file() and Path(vad).suffix == ".safetensors"):
-        resolve(vad)
-    if punc.lower() != "none":
-        resolve(punc)
-
-
-def run_on_ray(source, out, model_args, *, batch_seconds, limit, max_window_s,
-               strict_manifest, progress, actors, address, longform):
-    """`run --engine ray`: the manifest through a Ray Data pipeline into ``out``; exits."""
-    from batchasr.manifest.read import open_manifest
-    from batchasr.manifest.scan import scan_folder
-    from batchasr.runner.ray import run_ray
-
-    out = out or str(job_dir_for(source, None))
-    settings = {**{k: v for k, v in model_args.items() if k not in ("device", "download")},
-                **longform}
-    try:
-        manifest = None
-        if source is not None:
-            if Path(source).is_dir():
-                if "://" in out:
-                    raise click.UsageError("a folder source needs a local --job-dir with "
-                                           "--engine ray (or give a manifest)")
-                source = scan_folder(source, out)
-            manifest = open_manifest(source)
-        summary, problems = run_ray(
-            manifest, out, model_args=model_args, settings=settings,
-            batch_seconds=batch_seconds, max_window_s=max_window_s, address=address,
-            actors=actors, limit=limit, strict=strict_manifest, progress=progress, **longform)
     except (BatchasrError, ValueError) as e:
         fail(str(e))
-    for line, problem in problems:
-        click.echo(f"Warning: {source}:{line}: {problem} (row skipped)", err=True)
-    click.echo(f"{out}: {summary}", err=True)
-    click.echo(f"export with: batchasr export --job-dir {out} -o results.parquet", err=True)
-    sys.exit(EXIT_FAILED_ITEMS if summary.failed or problems else EXIT_OK)
-
-
-def record_run(job: Path, summary) -> None:
-    """Append the run's figures to <job>/runs.jsonl (throughput and ETA for `status`)."""
-    import dataclasses
-    import time
-
-    rec = {"finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-           **dataclasses.asdict(summary)}
-    with open(job / "runs.jsonl", "a", encoding="utf-8") as f:
-        f.write(json.dumps(rec) + "\n")
+    sys.exit(128 + outcome.stopped_by if outcome.stopped_by
+             else EXIT_FAILED_ITEMS if outcome.incomplete else EXIT_OK)
 
 
 @cli.command()
@@ -599,74 +322,54 @@ def status(job_dir, show_failed, as_json):
     Example:
       batchasr status --job-dir jobs/archive --failed
     """
-    import time
+    from batchasr.queue.status import job_status
 
-    from batchasr.queue.store import JobQueue, read_live_progress, run_is_alive
-
-    job = Path(job_dir)
-    if not (job / "queue.db").exists():
-        fail(f"{job} is not a job folder (no queue.db)")
-    alive = run_is_alive(job)
-    with JobQueue(job) as queue:
-        counts = queue.live_counts(run_alive=alive)
-        failed = queue.failed() if show_failed else []
-        skipped_rows = queue.skipped_rows() if show_failed else []
-        if as_json:
-            out = dict(counts)
-            if show_failed:
-                out["failed_items"] = [{"id": i.id, "path": i.path, "error": i.error}
-                                       for i in failed]
-                out["skipped_rows"] = [{"manifest": r.manifest, "line": r.line,
-                                        "reason": r.reason, "raw": r.raw} for r in skipped_rows]
-            click.echo(json.dumps(out, ensure_ascii=False))
-            return
-        done_s = queue.db.conn.execute(
-            "SELECT coalesce(sum(duration_s), 0) FROM items WHERE status = 'done'").fetchone()[0]
-        left_s, _ = queue.audio_seconds(["pending", "running"])
-        meta = queue.meta()
-    left = counts["pending"] + counts["running"]
-    total = left + counts["done"] + counts["failed"]
-    label = meta.get("model_name") or meta.get("model", "?")
-    click.echo(f"job      {job}  (model {label})")
+    try:
+        st = job_status(job_dir, failures=show_failed, counts_only=as_json)
+    except BatchasrError as e:
+        fail(str(e))
+    counts, job, left = st.counts, st.job_dir, st.left
+    if as_json:
+        out = dict(counts)
+        if show_failed:
+            out["failed_items"] = [{"id": i.id, "path": i.path, "error": i.error}
+                                   for i in st.failed]
+            out["skipped_rows"] = [{"manifest": r.manifest, "line": r.line,
+                                    "reason": r.reason, "raw": r.raw} for r in st.skipped_rows]
+        click.echo(json.dumps(out, ensure_ascii=False))
+        return
+    click.echo(f"job      {job}  (model {st.model})")
     click.echo(f"items    {counts['pending']} pending"
                + (f" ({counts['interrupted']} interrupted)" if counts["interrupted"] else "")
                + f", {counts['running']} running, {counts['done']} done, "
-               f"{counts['failed']} failed / {total}")
+               f"{counts['failed']} failed / {st.total}")
     if counts["skipped"]:
         click.echo(f"skipped  {counts['skipped']} manifest row(s) not queued: see `batchasr "
                    f"status --job-dir {job} --failed`")
-    click.echo(f"audio    {done_s / 3600:.3f} h done" +
-               (f", {left_s / 3600:.3f} h left" if left else ""))
-    speed, where = 0.0, ""
-    live = read_live_progress(job) if alive else []
-    if live:  # figures of the run in progress, rewritten by its workers every few seconds
-        audio = sum(p["audio_s"] for p in live)
-        wall = time.time() - min(p["started_at"] for p in live)
+    click.echo(f"audio    {st.done_s / 3600:.3f} h done" +
+               (f", {st.left_s / 3600:.3f} h left" if left else ""))
+    speed = 0.0
+    if st.live:  # figures of the run in progress, rewritten by its workers every few seconds
+        audio, wall = st.live_figures()
         if audio > 0 and wall > 0:
-            speed, where = audio / wall, "in the run in progress"
-            click.echo(f"speed    {speed:.1f}x real time {where} "
+            speed = audio / wall
+            click.echo(f"speed    {speed:.1f}x real time in the run in progress "
                        f"({audio / 3600:.3f} h of audio in {wall / 60:.1f} min)")
         else:
             click.echo("speed    (the run in progress has not finished its first items yet)")
     else:
-        runs = []
-        if (job / "runs.jsonl").exists():
-            runs = [json.loads(line) for line in
-                    (job / "runs.jsonl").read_text().splitlines() if line.strip()]
-        wall = sum(r["wall_s"] for r in runs)
-        audio = sum(r["audio_s"] for r in runs)
+        audio, wall = st.past_figures()
         if wall > 0 and audio > 0:
             speed = audio / wall
-            click.echo(f"speed    {speed:.1f} audio-hours per hour over {len(runs)} run(s)")
+            click.echo(f"speed    {speed:.1f} audio-hours per hour over {len(st.runs)} run(s)")
     if speed > 0 and left:
-        eta_s = left_s / speed
-        click.echo(f"eta      {eta_s / 3600:.2f} h for {left} item(s) left "
-                   f"({left_s / 3600:.3f} h of audio)")
-    for item in failed:  # the error names the file already when it is about the file
+        click.echo(f"eta      {st.left_s / speed / 3600:.2f} h for {left} item(s) left "
+                   f"({st.left_s / 3600:.3f} h of audio)")
+    for item in st.failed:  # the error names the file already when it is about the file
         error = item.error or ""
-        where_ = "" if error.startswith(item.path) else f"{item.path}: "
-        click.echo(f"failed   {item.id}\t{where_}{error}")
-    for r in skipped_rows:
+        where = "" if error.startswith(item.path) else f"{item.path}: "
+        click.echo(f"failed   {item.id}\t{where}{error}")
+    for r in st.skipped_rows:
         click.echo(f"skipped  {r.manifest}:{r.line}: {r.reason}\t{r.raw}")
 
 
@@ -731,11 +434,8 @@ def retry_failed(job_dir):
     Example:
       batchasr retry-failed --job-dir jobs/archive && batchasr run --job-dir jobs/archive
     """
-    from batchasr.queue.store import JobLock, JobQueue
-
     try:
-        with JobLock(job_dir), JobQueue(job_dir) as queue:
-            n = queue.retry_failed()
+        n = jobs.retry_failed(job_dir)
     except BatchasrError as e:
         fail(str(e))
     click.echo(f"{n} failed item(s) requeued")

@@ -12,7 +12,8 @@ import pytest
 
 from batchasr.errors import JobError, ManifestError
 from batchasr.manifest.read import ManifestRow, open_manifest
-from batchasr.queue.store import JobLock, JobQueue
+from batchasr.queue.lock import JobLock
+from batchasr.queue.store import JobQueue
 
 
 def mrows(*names, base="/a"):
@@ -160,7 +161,7 @@ def test_transaction_rolls_back_on_error(q):
 
 LOCKER = textwrap.dedent("""
     import sys, time
-    from batchasr.queue.store import JobLock
+    from batchasr.queue.lock import JobLock
     JobLock(sys.argv[1]).acquire()
     print("locked", flush=True)
     time.sleep(60)

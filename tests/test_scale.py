@@ -24,7 +24,8 @@ from batchasr.queue import disk
 from batchasr.manifest import shard
 from batchasr.errors import JobError
 from batchasr.manifest.read import open_manifest
-from batchasr.queue.store import JobLock, JobQueue
+from batchasr.queue.lock import JobLock
+from batchasr.queue.store import JobQueue
 
 from conftest import done_count
 from test_worker import check_done_exactly_once, make_job
@@ -145,10 +146,10 @@ def test_an_older_queue_gets_the_lease_columns(tmp_path):
 
 HOLDER = textwrap.dedent("""
     import os, subprocess, sys, time
-    from batchasr.queue.store import JobLock
+    from batchasr.queue.lock import JobLock
     lock = JobLock(sys.argv[1]).acquire()
     child = subprocess.Popen([sys.executable, "-c",
-        "import sys, time; from batchasr.queue.store import JobLock; "
+        "import sys, time; from batchasr.queue.lock import JobLock; "
         "JobLock.adopt(sys.argv[1], int(sys.argv[2])); print('child', flush=True); time.sleep(60)",
         sys.argv[1], str(lock.fd)], pass_fds=(lock.fd,))
     print(child.pid, flush=True)

@@ -182,7 +182,7 @@ def test_different_model_on_resume_is_refused(tmp_path, fake_model):
 
 def test_refused_while_another_runner_holds_the_job(tmp_path, fake_model):
     job = make_job(tmp_path, [1.0])
-    code = "import sys,time; from batchasr.queue.store import JobLock; JobLock(sys.argv[1]).acquire(); print('ok', flush=True); time.sleep(60)"
+    code = "import sys,time; from batchasr.queue.lock import JobLock; JobLock(sys.argv[1]).acquire(); print('ok', flush=True); time.sleep(60)"
     p = subprocess.Popen([sys.executable, "-c", code, str(job)], stdout=subprocess.PIPE, text=True)
     try:
         assert p.stdout.readline().strip() == "ok"

@@ -1,4 +1,10 @@
-"""Is the job folder on a local disk? (SQLite's locks are unreliable on network filesystems.)"""
+"""Is the job folder on a local disk? SQLite's locks and WAL are unreliable on network filesystems.
+
+:func:`check_local_disk` refuses a job folder on a network filesystem (NFS, SMB, sshfs, ...)
+unless told to run anyway, so two hosts never share one queue without knowing it. Reads the
+mount table only (Linux ``/proc/mounts``, else the ``mount`` command); an unknown mount is
+taken as local.
+"""
 from __future__ import annotations
 
 import logging
@@ -11,9 +17,7 @@ from pathlib import Path
 
 from batchasr.errors import JobError
 
-logger = logging.getLogger("batchasr.runner.processes")
-
-# ---- is the queue on a local disk? -----------------------------------------------------------
+logger = logging.getLogger("batchasr.queue.disk")
 
 # Filesystem types (Linux /proc/mounts, BSD/macOS `mount`) on which SQLite's locks and WAL
 # shared memory are not reliable, or that another host may write to.

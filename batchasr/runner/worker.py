@@ -72,7 +72,9 @@ from batchasr.outputs import names, parquet, segment_cache, writers
 from batchasr.outputs.rows import transcript_to_row
 from batchasr.errors import AudioError, disk_full, is_disk_full
 from batchasr.files import fsync_dir
-from batchasr.queue.store import Item, JobLock, JobQueue, drop_progress, write_progress
+from batchasr.queue.lock import JobLock
+from batchasr.queue.progress import drop_progress, write_progress
+from batchasr.queue.store import Item, JobQueue
 from batchasr.transcript import ASRModel, Transcript
 
 logger = logging.getLogger("batchasr.runner.worker")
