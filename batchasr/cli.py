@@ -529,7 +529,7 @@ def check_longform_models(vad: str, punc: str) -> None:
     """CheckpointError when the VAD or punctuation model named cannot be found (without
     loading them)."""
     from batchasr.models.loader import resolve
-    from batchasr.models.vad import SILERO_NAMES
+    from batchasr.models.loader import SILERO_NAMES
 
     if vad.lower() not in ("none", "auto") and vad not in SILERO_NAMES \
             and not (Path(vad).is_file() and Path(vad).suffix == ".safetensors"):
@@ -771,7 +771,7 @@ def punctuate(model, as_json, batch_size, dtype, device, download):
     import mlx.core as mx
 
     from batchasr.runner.device import setup_device
-    from batchasr.models.punctuation import load_punctuator
+    from batchasr.models.loader import load_punctuator
 
     try:
         setup_device(device)
@@ -815,7 +815,7 @@ def segment(files, vad_name, as_json, max_segment_ms, download):
     Example:
       batchasr segment --vad silero --json meeting.flac talk.wav
     """
-    from batchasr.models.vad import load_vad
+    from batchasr.models.loader import load_vad
 
     try:
         vad = load_vad(vad_name, download=download)

@@ -51,7 +51,7 @@ def test_layer_outputs_within_tolerance(fixture_model):
         np.testing.assert_allclose(out.cif.alphas[0], ref["alphas"], atol=1e-5)
         np.testing.assert_allclose(out.cif.fires[0], ref["fires"], atol=1e-4)
         if "decoder_logp" in ref:
-            from batchasr.models.paraformer import cif_embeddings
+            from batchasr.models.blocks.cif import cif_embeddings
 
             hidden = mx.pad(enc, [(0, 0), (0, 1), (0, 0)])
             emb = cif_embeddings(hidden, out.cif)
@@ -68,6 +68,8 @@ def test_gemm_only_attention_and_cif_conv_match_official(fixture_model, monkeypa
     name, asr = fixture_model
     monkeypatch.setenv("BATCHASR_ATTENTION", "unfused")
     monkeypatch.setenv("BATCHASR_CIF_CONV", "matmul")
+    asr = load_model(FIXTURES / name)  # the switches are read once, at load
+    assert asr.model.predictor.matmul and asr.model.encoder.encoders[0].self_attn.unfused
     for clip, exp in clips(name).items():
         ref = tensors(name, clip)
         feats, lens = asr.features([ref["waveform"]])
