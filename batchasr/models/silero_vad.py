@@ -171,7 +171,7 @@ class SpeechTimestamps:
 
     def __init__(self, opts: SileroOptions = SileroOptions(), sampling_rate: int = SAMPLE_RATE):
         o = opts
-        self.window = 512 if sampling_rate == 16000 else 256
+        self.window = 512 if sampling_rate == 16000 else 256  # the package's 16 kHz / 8 kHz rule
         self.threshold = o.threshold
         self.neg_threshold = max(o.threshold - 0.15, 0.01) if o.neg_threshold is None \
             else o.neg_threshold

@@ -15,9 +15,9 @@ environment, so a loaded model keeps the switches it was built with.
                                                            multiple of this many frames
     BATCHASR_COMPILE       1 to use mx.compile'd layers    (Paraformer)
 
-The grouped convolution and the compiled layers are opt-in because a long run crashed MLX's
-CUDA backend with each; the unfused attention and the matmul CIF avoid a cuDNN plan per new
-batch shape on NVIDIA GPUs.
+The grouped convolution and the compiled layers are faster on GPUs but opt-in until they are
+known to be stable on MLX's CUDA backend; the unfused attention and the matmul CIF avoid a
+cuDNN plan per new batch shape on NVIDIA GPUs.
 """
 from __future__ import annotations
 
