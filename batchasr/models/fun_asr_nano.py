@@ -243,6 +243,9 @@ def speech_token_count(lfr_frames: int, use_low_frame_rate: bool = True) -> int:
     return (olens - 1) // 2 + 1
 
 
+# --------------------------------------------------------------------------------------------
+# the recognizer
+# --------------------------------------------------------------------------------------------
 # Languages as the official examples spell them in the prompt (`语音转写成{language}`); other
 # values (and these Chinese names themselves) are placed into the prompt unchanged, and
 # None, "" or "auto" mean no language (`语音转写：`).
