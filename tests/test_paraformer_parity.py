@@ -192,3 +192,17 @@ def test_batches_in_flight_give_the_same_results(fixture_model):
     want = asr.transcribe(first) + asr.transcribe(second)
     key = lambda ts: [(t.text, [(k.id, k.start_ms, k.end_ms) for k in t.tokens]) for t in ts]
     assert key(got) == key(want)
+
+
+def test_tuning_switches_are_read_once_at_load(monkeypatch):
+    from batchasr.models.blocks.tuning import Tuning
+
+    assert Tuning.from_env({}) == Tuning(fsmn="shift", attention="fast", cif_conv="conv",
+                                         frame_bucket=16, compile=False)
+    monkeypatch.setenv("BATCHASR_FRAME_BUCKET", "8")
+    monkeypatch.setenv("BATCHASR_FSMN", "conv")
+    asr = load_model(FIXTURES / "en")
+    monkeypatch.setenv("BATCHASR_FRAME_BUCKET", "32")  # after the load: no effect
+    assert asr.frame_bucket == 8 and asr.tuning.fsmn == "conv"
+    assert asr.model.encoder.encoders[0].self_attn.fsmn_block.method == "conv"
+

@@ -336,6 +336,7 @@ class ParaformerASR:
                  name: str = "paraformer", dtype: mx.Dtype = mx.float32,
                  tuning: Tuning = Tuning()):
         self.model = model
+        self.tuning = tuning  # the switches read at load (batchasr.models.blocks.tuning)
         # batches are padded to a multiple of this many frames (~1 s): few distinct shapes
         self.frame_bucket = tuning.frame_bucket
         self.tokens = tokens
