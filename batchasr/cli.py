@@ -473,7 +473,7 @@ def punctuate(model, as_json, batch_size, dtype, device, download):
     import mlx.core as mx
 
     from batchasr.runner.device import setup_device
-    from batchasr.models.punctuation import load_punctuator
+    from batchasr.models.loader import load_punctuator
 
     try:
         setup_device(device)
@@ -517,7 +517,7 @@ def segment(files, vad_name, as_json, max_segment_ms, download):
     Example:
       batchasr segment --vad silero --json meeting.flac talk.wav
     """
-    from batchasr.models.vad import load_vad
+    from batchasr.models.loader import load_vad
 
     try:
         vad = load_vad(vad_name, download=download)

@@ -183,7 +183,7 @@ def bench_nano(args, manifest: Path, dtype: str) -> list[dict]:
     (args.tokens_per_s x seconds; the stop token is suppressed, as the official baseline's
     logits processor forces it): RTFx and LLM tokens/s per decoding mode, and end to end."""
     from batchasr.models.loader import load_model
-    from batchasr.models.nano_asr import GuardOptions
+    from batchasr.models.blocks.guard import GuardOptions
 
     asr = load_model("fun-asr-nano", weights="dummy", dtype=getattr(mx, dtype))
     asr.stop_on_eos = False

@@ -1,4 +1,5 @@
 """Isolate a GPU crash on the first (largest) Paraformer batch: run one variant per process."""
+import dataclasses
 import sys
 
 import batchasr  # noqa: F401
@@ -6,7 +7,7 @@ import mlx.core as mx
 import numpy as np
 
 from batchasr.models.loader import load_model
-from batchasr.models.blocks.sanm import FSMNBlock
+from batchasr.models.blocks.tuning import Tuning, tune
 from benchmarks.bench import speechlike
 
 variant = sys.argv[1]
@@ -17,7 +18,7 @@ if "files" in variant:
     from batchasr.audio.decode import load
 asr = load_model(sys.argv[2], dtype=mx.bfloat16)
 if "shift" in variant:
-    FSMNBlock.method = "shift"
+    tune(asr.model, dataclasses.replace(Tuning.from_env(), fsmn="shift"))
 if "nocompile" in variant:
     asr.model.compile(False)
 if "nobucket" in variant:

@@ -27,7 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from batchasr import generate as gen  # noqa: E402  (batchasr first: BLAS preload before mlx)
+import batchasr  # noqa: E402,F401  (batchasr first: BLAS preload before mlx)
+from batchasr.models.blocks import generate as gen  # noqa: E402
 import mlx.core as mx  # noqa: E402
 import numpy as np  # noqa: E402
 
@@ -70,7 +71,7 @@ def main(argv=None):
     from batchasr.models.loader import load_model
     from batchasr.runner.device import setup_device
     from batchasr.models import fun_asr_nano as fan
-    from batchasr.models.nano_asr import GuardOptions
+    from batchasr.models.blocks.guard import GuardOptions
 
     setup_device(args.device)
     t_load = time.perf_counter()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections import defaultdict
@@ -37,13 +38,13 @@ def main(argv=None):
     from batchasr.batches.plan import plan_batches
     from batchasr.models.loader import load_model
     from batchasr.runner.device import setup_device
-    from batchasr.models.paraformer import cif_embeddings, cif_fire, token_timestamps
+    from batchasr.models.blocks.cif import cif_embeddings, cif_fire, token_timestamps
 
     setup_device(args.device)
-    from batchasr.models.blocks.sanm import FSMNBlock
+    from batchasr.models.blocks.tuning import Tuning
 
-    if args.fsmn:
-        FSMNBlock.method = args.fsmn
+    if args.fsmn:  # read once at load (batchasr.models.blocks.tuning)
+        os.environ["BATCHASR_FSMN"] = args.fsmn
     asr = load_model("paraformer-zh", weights="dummy", dtype=getattr(mx, args.dtype))
     model = asr.model
     model.compile(args.compile)
@@ -92,11 +93,10 @@ def main(argv=None):
     wall = time.perf_counter() - t_all
     n = args.repeats
     out = {k: round(v / n, 4) for k, v in sorted(times.items())}
-    import os
 
     print(json.dumps({"device": str(mx.default_device()), "dtype": args.dtype,
                       "compile": args.compile, "batch_seconds": args.batch_seconds,
-                      "fsmn": FSMNBlock.method, "peak_memory_gb": round(mx.get_peak_memory() / 1e9, 2),
+                      "fsmn": Tuning.from_env().fsmn, "peak_memory_gb": round(mx.get_peak_memory() / 1e9, 2),
                       "env": {k: v for k, v in os.environ.items() if k.startswith("MLX_")},
                       "audio_s": round(total, 1), "batches": len(batches),
                       "wall_per_pass_s": round(wall / n, 4), "rtfx": round(total * n / wall, 1),

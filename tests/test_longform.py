@@ -138,7 +138,8 @@ def write_recording(path, seconds: float, seed: int = 0):
 
 
 def test_segment_cutter_gives_the_vads_segments_in_bounded_memory(tmp_path):
-    from batchasr.models.vad import load_vad, split_long_segments
+    from batchasr.models.blocks.vad import split_long_segments
+    from batchasr.models.loader import load_vad
 
     vad = load_vad("silero")
     wave, _ = recording(150, quiet_every=40, quiet_s=30)  # silero holds a segment ~30 s back
@@ -252,7 +253,7 @@ def test_punctuation_gives_punctuated_text_and_sentence_segments(longform):
     # the sentences are timestamp_sentence's, from the punctuation ids and the word times
     # (recomputed here from the stored tokens: no word of this recording spans two segments)
     from batchasr.models.loader import load_model
-    from batchasr.models.punctuation import load_punctuator
+    from batchasr.models.loader import load_punctuator
 
     model, punctuator = load_model(MODEL), load_punctuator(PUNC)
     tokens = row_to_transcript(meeting).tokens  # absolute times
@@ -322,8 +323,8 @@ def test_ray_engine_steps_give_the_worker_results(longform):
     """The Ray actors' path (decode_pieces in a task, transcribe_items with the punctuator
     in an actor) gives exactly the local worker's rows."""
     from batchasr.models.loader import load_model
-    from batchasr.models.punctuation import load_punctuator
-    from batchasr.models.vad import load_vad
+    from batchasr.models.loader import load_punctuator
+    from batchasr.models.loader import load_vad
 
     model = load_model(MODEL)
     cut = pipeline.CutOptions(vad=load_vad("silero"), max_segment_s=30.0)

@@ -16,10 +16,10 @@ import pytest
 import soundfile as sf
 
 from batchasr.models.blocks import generate as G
-from batchasr.models import nano_asr as nano
+from batchasr.models import fun_asr_nano as nano
 from batchasr.models.loader import load_model
 from batchasr.models.fun_asr_nano import speech_token_count, user_prompt
-from batchasr.models.nano_asr import GuardOptions, LoopDetector, normalize_with_map
+from batchasr.models.fun_asr_nano import GuardOptions, LoopDetector, normalize_with_map
 
 FIXTURES = Path(__file__).parent / "fixtures" / "nano"
 MODELS = ["plain", "ctc"]
@@ -261,7 +261,7 @@ def test_dummy_builder(monkeypatch):
                                     "tp_blocks": 1},
              "audio_adaptor_conf": {**nano.FUN_ASR_NANO_CONFIG["audio_adaptor_conf"],
                                     "ffn_dim": 32}}
-    monkeypatch.setattr(nano, "FUN_ASR_NANO_CONFIG", small)
+    monkeypatch.setattr(nano, "DUMMY_CONFIG", small)
     monkeypatch.setattr(nano, "QWEN3_0_6B_CONFIG", {
         **nano.QWEN3_0_6B_CONFIG, "hidden_size": 32, "intermediate_size": 64,
         "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 2,

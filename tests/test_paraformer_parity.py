@@ -51,7 +51,7 @@ def test_layer_outputs_within_tolerance(fixture_model):
         np.testing.assert_allclose(out.cif.alphas[0], ref["alphas"], atol=1e-5)
         np.testing.assert_allclose(out.cif.fires[0], ref["fires"], atol=1e-4)
         if "decoder_logp" in ref:
-            from batchasr.models.paraformer import cif_embeddings
+            from batchasr.models.blocks.cif import cif_embeddings
 
             hidden = mx.pad(enc, [(0, 0), (0, 1), (0, 0)])
             emb = cif_embeddings(hidden, out.cif)
@@ -68,6 +68,8 @@ def test_gemm_only_attention_and_cif_conv_match_official(fixture_model, monkeypa
     name, asr = fixture_model
     monkeypatch.setenv("BATCHASR_ATTENTION", "unfused")
     monkeypatch.setenv("BATCHASR_CIF_CONV", "matmul")
+    asr = load_model(FIXTURES / name)  # the switches are read once, at load
+    assert asr.model.predictor.matmul and asr.model.encoder.encoders[0].self_attn.unfused
     for clip, exp in clips(name).items():
         ref = tensors(name, clip)
         feats, lens = asr.features([ref["waveform"]])
@@ -190,3 +192,17 @@ def test_batches_in_flight_give_the_same_results(fixture_model):
     want = asr.transcribe(first) + asr.transcribe(second)
     key = lambda ts: [(t.text, [(k.id, k.start_ms, k.end_ms) for k in t.tokens]) for t in ts]
     assert key(got) == key(want)
+
+
+def test_tuning_switches_are_read_once_at_load(monkeypatch):
+    from batchasr.models.blocks.tuning import Tuning
+
+    assert Tuning.from_env({}) == Tuning(fsmn="shift", attention="fast", cif_conv="conv",
+                                         frame_bucket=16, compile=False)
+    monkeypatch.setenv("BATCHASR_FRAME_BUCKET", "8")
+    monkeypatch.setenv("BATCHASR_FSMN", "conv")
+    asr = load_model(FIXTURES / "en")
+    monkeypatch.setenv("BATCHASR_FRAME_BUCKET", "32")  # after the load: no effect
+    assert asr.frame_bucket == 8 and asr.tuning.fsmn == "conv"
+    assert asr.model.encoder.encoders[0].self_attn.fsmn_block.method == "conv"
+

@@ -18,12 +18,9 @@ import pytest
 from click.testing import CliRunner
 
 from batchasr.errors import CheckpointError
-from batchasr.models.punctuation import (
-    jieba_user_dict,
-    load_punctuator,
-    split_to_mini_sentence,
-    split_words,
-)
+from batchasr.models.blocks.punc_text import split_to_mini_sentence, split_words
+from batchasr.models.ct_punc import jieba_user_dict
+from batchasr.models.loader import load_punctuator
 
 FIXTURES = Path(__file__).parent / "fixtures" / "punc"
 MODELS = ["zh", "large", "ascii_marks"]

@@ -160,7 +160,7 @@ def test_a_long_file_is_never_decoded_whole(folder, tmp_path, monkeypatch):
     whole file is never read (AudioFile.read, audio.load) and the audio held stays bounded
     whatever the file's length."""
     from batchasr.models.loader import load_model
-    from batchasr.models.vad import load_vad
+    from batchasr.models.loader import load_vad
 
     _, rec = folder
     long_file = tmp_path / "long.wav"  # 10 minutes: 4 x the meeting, decoded a window at a time

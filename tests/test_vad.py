@@ -16,8 +16,10 @@ import soundfile as sf
 from click.testing import CliRunner
 
 from batchasr.cli import cli
-from batchasr.models.vad import (FsmnVAD, SileroOptions, SileroVAD, SpeechTimestamps, load_vad,
-                          split_long_segments)
+from batchasr.models.blocks.vad import split_long_segments
+from batchasr.models.fsmn_vad import FsmnVAD
+from batchasr.models.loader import load_vad
+from batchasr.models.silero_vad import SileroOptions, SileroVAD, SpeechTimestamps
 
 FIXTURES = Path(__file__).parent / "fixtures" / "vad"
 FSMN = json.loads((FIXTURES / "fsmn" / "expected.json").read_text())

@@ -1,39 +1,74 @@
-"""Fun-ASR-Nano in MLX: SenseVoice SAN-M encoder -> Transformer adaptor -> Qwen3, plus the
-optional CTC branch that gives timestamps.
+"""Fun-ASR-Nano (FunASR `model: FunASRNano`): network, prompt rules, recognizer, build.
 
-Port of funasr 1.4.16 `funasr/models/fun_asr_nano/model.py` (FunASRNano), with the pieces it
-builds: `SenseVoiceEncoderSmall` (`funasr/models/sense_voice/model.py`: the shared SAN-M
-encoder of batchasr.models.blocks.sanm with `tp_blocks`, LayerNorm eps 1e-5 because SenseVoice uses
-torch's default LayerNorm, always sinusoidal positions, always pre-norm), the `Transformer`
-adaptor (`funasr/models/llm_asr/adaptor.py`: stack `downsample_rate` frames, linear-ReLU-linear,
-then `n_layer` pre-norm `EncoderLayer`s with `attention_heads` (default 8) heads, FFN width
-llm_dim // 4, LayerNorm eps 1e-12), the same class again as `ctc_decoder`, `ctc.ctc_lo`, and the
-Qwen3 LLM of batchasr.models.blocks.qwen3. The prompt text rules (`get_prompt`, the ChatML template,
-the speech-slot count) live here too; tokenizing them is the recognizer's job. No I/O.
+Network: port of funasr 1.4.16 `funasr/models/fun_asr_nano/model.py` (FunASRNano) with the
+pieces it builds: `SenseVoiceEncoderSmall` (`funasr/models/sense_voice/model.py`: the shared
+SAN-M encoder of batchasr.models.blocks.sanm with `tp_blocks`, LayerNorm eps 1e-5 because
+SenseVoice uses torch's default LayerNorm, always sinusoidal positions, always pre-norm), the
+`Transformer` adaptor (batchasr.models.blocks.adaptor), the same class again as `ctc_decoder`,
+`ctc.ctc_lo` (batchasr.models.blocks.ctc), and the Qwen3 LLM of batchasr.models.blocks.qwen3.
+Module attributes follow the official state-dict keys, so `model.pt` loads without a rename
+table.
 
-Module attributes follow the official state-dict keys (`audio_encoder.encoders0.0...`,
-`audio_adaptor.blocks.0.self_attn.linear_q`, `llm.model.layers.0...`, `ctc_decoder...`,
-`ctc.ctc_lo`), so `model.pt` loads without a rename table.
+Recognizer: waveforms -> features -> encoder/adaptor (batched, padded) -> ChatML prompts with
+the audio frames spliced in -> batched prefill and KV-cached decoding -> text, tokens and
+flags. Behaviour follows `FunASRNano.inference` run clip by clip (the official batched path
+gives the same tokens): WavFrontend fbank + LFR 7/6 without CMVN unless the folder configures
+one; prompt `get_prompt(hotwords, language, itn)`; greedy decoding that stops only on the LLM
+config's eos (`<|im_end|>`), capped at `max_new_tokens` (funasr's `max_length`, 512, the stop
+token counted); `batch_decode(skip_special_tokens=True)` of all new ids at once, then `/sil` ->
+space and whitespace runs collapsed (no strip). The runaway-generation guard
+(batchasr.models.blocks.guard, on by default, `no_guard` / the CLI's `--no-guard` turns it off)
+reports in `Transcript.flags` ("token_cap", "repetition_loop"); when it does not trigger the
+output is the official one.
+
+Numerics as FunASR runs the published config (`llm_dtype: bf16`): the LLM is built in bf16,
+model.pt is copied into it and it is cast to fp32 for inference, so its weights *and RoPE's
+inv_freq buffer* carry bf16 rounding while the arithmetic is fp32. Encoder and adaptor run in
+fp32 whatever `dtype` says; `dtype` applies to the LLM.
+
+Timestamps: FunASR uses the CTC head only when config.yaml has a `ctc_decoder`, the folder has
+the CTC tokenizer file, and model.pt holds every `ctc_decoder.*`/`ctc.*` tensor (else it
+disables CTC with a warning). Each clip's LLM text is then force-aligned to the CTC
+log-probabilities and every LLM token gets the span of the CTC tokens covering its characters.
+Without CTC the only time is the segment (0, duration).
+
+Family hooks for batchasr.models.loader: DUMMY_CONFIG, read_assets, ModelArgs.from_config,
+Model (sanitize, cast), wrap -> FunASRNanoASR.
+
+Above 400 lines because it holds one whole family (model, prompt rules, recognizer, build).
 """
 from __future__ import annotations
 
+import json
+import logging
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
 
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
+from mlx.utils import tree_flatten
 
+from batchasr.audio.decode import SAMPLE_RATE
+from batchasr.errors import CheckpointError
+from batchasr.models.blocks import generate as gen
 from batchasr.models.blocks import qwen3
-from batchasr.models.blocks.sanm import (
-    LAYER_NORM_EPS,
-    PositionwiseFeedForward,
-    SANMEncoder,
-    SANMEncoderArgs,
-    attention,
-    layer_norm,
-    merge_heads,
-    split_heads,
+from batchasr.models.blocks.adaptor import Transformer
+from batchasr.models.blocks.ctc import CTC, CTC_FRAME_MS, TiktokenBPE, forced_align
+from batchasr.models.blocks.frontend import FrontendConfig, WavFrontend, load_cmvn, num_lfr_frames
+from batchasr.models.blocks.guard import GuardOptions, LoopDetector
+from batchasr.models.blocks.sanm import SANMEncoder, SANMEncoderArgs
+from batchasr.models.blocks.tokenizer import (
+    QWEN3_ADDED_TOKENS,
+    byte_decoder,
+    synthetic_qwen_tokenizer,
 )
+from batchasr.models.blocks.tuning import Tuning
+from batchasr.transcript import Segment, Token, Transcript
+
+logger = logging.getLogger("batchasr.models.fun_asr_nano")
 
 SENSEVOICE_LAYER_NORM_EPS = 1e-5  # sense_voice/model.py LayerNorm = torch.nn.LayerNorm default
 
@@ -49,10 +84,27 @@ class ModelArgs:
     model: str = "FunASRNano"
     audio_encoder: str = "SenseVoiceEncoderSmall"
     audio_adaptor: str = "Transformer"
-    ctc_decoder: str | None = None  # built only when the checkpoint has CTC weights
+    ctc_decoder: str | None = None
     ctc_decoder_conf: dict = field(default_factory=dict)
     ctc_conf: dict = field(default_factory=dict)
     ctc_vocab_size: int = 60515  # FunASRNano default
+    with_ctc: bool = False  # build the CTC branch (a ctc_decoder and its tokenizer file)
+    llm_dtype: str = "fp32"  # llm_conf.llm_dtype: the rounding of the LLM weights and RoPE
+
+    @classmethod
+    def from_config(cls, config: dict, assets: dict) -> "ModelArgs":
+        fc = config.get("frontend_conf") or {}
+        return cls(
+            audio_encoder_conf=config["audio_encoder_conf"],
+            audio_adaptor_conf=config["audio_adaptor_conf"], llm_config=assets["llm_config"],
+            input_size=fc.get("n_mels", 80) * fc.get("lfr_m", 1), model=config.get("model"),
+            audio_encoder=config.get("audio_encoder"), audio_adaptor=config.get("audio_adaptor"),
+            ctc_decoder=config.get("ctc_decoder"),
+            ctc_decoder_conf=dict(config.get("ctc_decoder_conf") or {}),
+            ctc_conf=dict(config.get("ctc_conf") or {}),
+            ctc_vocab_size=int(config.get("ctc_vocab_size", 60515)),
+            with_ctc=bool(config.get("ctc_decoder")) and assets["ctc_vocab"] is not None,
+            llm_dtype=(config.get("llm_conf") or {}).get("llm_dtype", "fp32"))
 
     def __post_init__(self):
         for key, expected in (("model", "FunASRNano"), ("audio_encoder", "SenseVoiceEncoderSmall"),
@@ -69,77 +121,6 @@ class ModelArgs:
 
 
 # --------------------------------------------------------------------------------------------
-# adaptor (also the CTC decoder)
-# --------------------------------------------------------------------------------------------
-class MultiHeadedAttention(nn.Module):
-    """funasr.models.transformer.attention.MultiHeadedAttention (separate q/k/v projections)."""
-
-    def __init__(self, n_head: int, n_feat: int):
-        super().__init__()
-        self.h = n_head
-        self.linear_q = nn.Linear(n_feat, n_feat)
-        self.linear_k = nn.Linear(n_feat, n_feat)
-        self.linear_v = nn.Linear(n_feat, n_feat)
-        self.linear_out = nn.Linear(n_feat, n_feat)
-
-    def __call__(self, x: mx.array, mask: mx.array) -> mx.array:
-        q, k, v = (split_heads(f(x), self.h) for f in (self.linear_q, self.linear_k,
-                                                       self.linear_v))
-        return self.linear_out(merge_heads(attention(q, k, v, mask)))
-
-
-class EncoderLayer(nn.Module):
-    """funasr.models.transformer.encoder.EncoderLayer, normalize_before=True."""
-
-    def __init__(self, size: int, heads: int, units: int):
-        super().__init__()
-        self.self_attn = MultiHeadedAttention(heads, size)
-        self.feed_forward = PositionwiseFeedForward(size, units)
-        self.norm1 = layer_norm(size, LAYER_NORM_EPS)
-        self.norm2 = layer_norm(size, LAYER_NORM_EPS)
-
-    def __call__(self, x: mx.array, mask: mx.array) -> mx.array:
-        x = x + self.self_attn(self.norm1(x), mask)
-        return x + self.feed_forward(self.norm2(x))
-
-
-class Transformer(nn.Module):
-    """The `Transformer` adaptor: (B, T, encoder_dim) -> (B, ceil(T/k), llm_dim)."""
-
-    def __init__(self, conf: dict):
-        super().__init__()
-        self.k = int(conf.get("downsample_rate", 2))
-        encoder_dim, llm_dim = int(conf.get("encoder_dim", 1280)), int(conf.get("llm_dim", 4096))
-        self.linear1 = nn.Linear(encoder_dim * self.k, int(conf.get("ffn_dim", 2048)))
-        self.linear2 = nn.Linear(int(conf.get("ffn_dim", 2048)), llm_dim)
-        heads = int(conf.get("attention_heads", 8))
-        self.blocks = [EncoderLayer(llm_dim, heads, llm_dim // 4)
-                       for _ in range(int(conf.get("n_layer", 2)))]
-
-    def __call__(self, x: mx.array, lengths: mx.array) -> tuple[mx.array, mx.array]:
-        B, T, D = x.shape
-        chunks = (T - 1) // self.k + 1
-        if chunks * self.k > T:
-            x = mx.pad(x, [(0, 0), (0, chunks * self.k - T), (0, 0)])
-        x = self.linear2(nn.relu(self.linear1(x.reshape(B, chunks, D * self.k))))
-        olens = (lengths - 1) // self.k + 1
-        mask = mx.arange(chunks)[None, :] < olens[:, None]
-        for block in self.blocks:
-            x = block(x, mask)
-        return x, olens
-
-
-class CTC(nn.Module):
-    def __init__(self, odim: int, encoder_output_size: int):
-        super().__init__()
-        self.ctc_lo = nn.Linear(encoder_output_size, odim)
-
-    def log_softmax(self, x: mx.array) -> mx.array:
-        logits = self.ctc_lo(x)
-        return logits - mx.logsumexp(logits, axis=-1, keepdims=True)
-
-
-# --------------------------------------------------------------------------------------------
 # the model
 # --------------------------------------------------------------------------------------------
 def encoder_args(args: ModelArgs) -> SANMEncoderArgs:
@@ -151,7 +132,7 @@ def encoder_args(args: ModelArgs) -> SANMEncoderArgs:
 
 
 class Model(nn.Module):
-    def __init__(self, args: ModelArgs, *, with_ctc: bool = False):
+    def __init__(self, args: ModelArgs):
         super().__init__()
         self.args = args
         enc = encoder_args(args)
@@ -160,17 +141,40 @@ class Model(nn.Module):
         # as FunASRNano.__init__: encoder_dim from the encoder, llm_dim from the LLM embeddings
         self.audio_adaptor = Transformer({**args.audio_adaptor_conf, "encoder_dim": enc.output_size,
                                           "llm_dim": self.llm.args.hidden_size})
-        self.has_ctc = bool(with_ctc and args.ctc_decoder)
+        self.has_ctc = bool(args.with_ctc and args.ctc_decoder)
         if self.has_ctc:
             self.ctc_decoder = Transformer({**args.ctc_decoder_conf, "encoder_dim": enc.output_size})
             self.ctc = CTC(args.ctc_vocab_size, enc.output_size)
+        if self.llm_rounding is not None:
+            self.llm.set_rope_dtype(self.llm_rounding)
+
+    @property
+    def llm_rounding(self) -> mx.Dtype | None:
+        """The dtype FunASR builds the LLM in before casting it to fp32 (None: fp32)."""
+        return {"bf16": mx.bfloat16, "fp16": mx.float16}.get(self.args.llm_dtype)
+
+    def cast(self, dtype: mx.Dtype) -> None:
+        """The LLM in `dtype`; the encoder and adaptor stay float32, as in FunASR."""
+        if dtype != mx.float32:
+            self.llm.set_dtype(dtype)
 
     @property
     def use_low_frame_rate(self) -> bool:
         return bool(self.args.audio_adaptor_conf.get("use_low_frame_rate", False))
 
     def sanitize(self, weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Official FunASRNano state dict -> this module tree."""
+        """Official FunASRNano state dict -> this module tree, the LLM tensors rounded through
+        `llm_rounding`. As FunASRNano.on_pretrained_model_loaded, the CTC branch is dropped
+        (no timestamps) unless every one of its tensors is in the checkpoint."""
+        if self.has_ctc:
+            need = [k for k, _ in tree_flatten(self.parameters()) if k.startswith(("ctc", "ctc_"))]
+            missing = [k for k in need if k not in weights]
+            if missing:
+                logger.warning("CTC timestamps disabled, %d of %d CTC tensors missing from the "
+                               "checkpoint (%s)", len(missing), len(need), ", ".join(missing[:3]))
+                del self["ctc_decoder"], self["ctc"]
+                self.has_ctc = False
+        rnd = self.llm_rounding
         out = {}
         for key, value in weights.items():
             if key.startswith("llm."):
@@ -182,6 +186,8 @@ class Model(nn.Module):
                     continue
             elif not key.startswith(("audio_encoder.", "audio_adaptor.")):
                 continue  # training-only extras
+            if rnd is not None and key.startswith("llm."):
+                value = np.array(mx.array(value).astype(rnd).astype(mx.float32))
             out[key] = value
         return out
 
@@ -238,130 +244,431 @@ def speech_token_count(lfr_frames: int, use_low_frame_rate: bool = True) -> int:
 
 
 # --------------------------------------------------------------------------------------------
-# CTC timestamps (FunASRNano.inference_llm with a CTC decoder): the LLM text is tokenized with
-# the CTC tokenizer (SenseVoiceTokenizer: tiktoken byte-level BPE) and force-aligned to the CTC
-# log-probabilities (torchaudio.functional.forced_align); each CTC frame is 60 ms.
+# the recognizer
 # --------------------------------------------------------------------------------------------
-CTC_FRAME_MS = 60  # 10 ms frame shift x lfr_n 6, the official `* 6 * 10 / 1000`
-WHISPER_PATTERN = (r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
-                   r"|\s+")
+# Languages as the official examples spell them in the prompt (`语音转写成{language}`); other
+# values (and these Chinese names themselves) are placed into the prompt unchanged, and
+# None, "" or "auto" mean no language (`语音转写：`).
+LANGUAGE_NAMES = {"zh": "中文", "en": "英文", "ja": "日文"}
 
 
-class TiktokenBPE:
-    """Encoder/decoder of a tiktoken rank file, as whisper_lib.tokenizer.get_encoding builds it
-    (the SenseVoice pattern; special-token strings are encoded as plain text, as the official
-    `encode` does with disallowed_special=())."""
-
-    def __init__(self, ranks: dict[bytes, int]):
-        from tokenizers import Regex, pre_tokenizers
-
-        self.ranks = ranks
-        self.by_id = {r: b for b, r in ranks.items()}
-        self._split = pre_tokenizers.Split(Regex(WHISPER_PATTERN), behavior="isolated")
-
-    @classmethod
-    def from_text(cls, text: str) -> "TiktokenBPE":
-        import base64
-
-        ranks = {}
-        for line in text.splitlines():
-            if line.strip():
-                token, rank = line.split()
-                ranks[base64.b64decode(token)] = int(rank)
-        return cls(ranks)
-
-    def _bpe(self, piece: bytes) -> list[int]:
-        if piece in self.ranks:
-            return [self.ranks[piece]]
-        parts = [piece[i:i + 1] for i in range(len(piece))]
-        while len(parts) > 1:
-            best, at = None, -1
-            for i in range(len(parts) - 1):
-                r = self.ranks.get(parts[i] + parts[i + 1])
-                if r is not None and (best is None or r < best):
-                    best, at = r, i
-            if best is None:
-                break
-            parts[at:at + 2] = [parts[at] + parts[at + 1]]
-        return [self.ranks[p] for p in parts]
-
-    def encode(self, text: str) -> list[int]:
-        ids = []
-        for piece, _ in self._split.pre_tokenize_str(text):
-            ids += self._bpe(piece.encode("utf-8"))
-        return ids
-
-    def token_bytes(self, token: int) -> bytes:
-        return self.by_id.get(token, b"")
-
-    def decode(self, ids) -> str:
-        return b"".join(self.token_bytes(i) for i in ids).decode("utf-8", errors="replace")
+def normalize_with_map(raw: str) -> tuple[str, list[int]]:
+    """The official `re.sub(r"\\s+", " ", raw.replace("/sil", " "))`, plus, for every index i of
+    `raw` (and len(raw)), the index of the output character it became part of."""
+    out: list[str] = []
+    at = [0] * (len(raw) + 1)
+    i, in_space = 0, False
+    while i < len(raw):
+        ch, w = (" ", 4) if raw.startswith("/sil", i) else (raw[i], 1)
+        space = re.match(r"\s", ch) is not None
+        for j in range(i, i + w):
+            at[j] = len(out) - (1 if space and in_space else 0)
+        if not (space and in_space):
+            out.append(" " if space else ch)
+        in_space = space
+        i += w
+    at[len(raw)] = len(out)
+    return "".join(out), at
 
 
-def forced_align(log_probs: np.ndarray, targets: list[int], blank: int) -> list[dict]:
-    """funasr fun_asr_nano.tools.utils.forced_align over torchaudio's CPU Viterbi
-    (libtorchaudio forced_align/cpu/compute.cpp), ties broken the same way.
+class FunASRNanoASR:
+    """Implements the runner's ASRModel protocol for Fun-ASR-Nano checkpoints.
 
-    log_probs (T, C) -> [{"token", "start_time", "end_time" (frames), "score"}, ...]; [] where
-    the official call raises (empty or too long targets, a blank in the targets)."""
-    T = log_probs.shape[0]
-    L = len(targets)
-    if L == 0 or blank in targets or max(targets) >= log_probs.shape[1]:
-        return []
-    R = sum(targets[i] == targets[i - 1] for i in range(1, L))
-    if T < L + R:
-        return []
-    lp = np.asarray(log_probs, np.float32)
-    S = 2 * L + 1
-    label = np.array([blank if i % 2 == 0 else targets[i // 2] for i in range(S)])
-    skip_ok = np.array([i % 2 == 1 and i != 1 and targets[i // 2] != targets[i // 2 - 1]
-                        for i in range(S)])
-    neg = np.float32(-np.inf)
-    alphas = np.full(S, neg, np.float32)
-    back = np.full((T, S), -1, np.int8)
-    start = 0 if T - (L + R) > 0 else 1
-    end = 1 if S == 1 else 2
-    for i in range(start, end):
-        alphas[i] = lp[0, label[i]]
-    for t in range(1, T):
-        if T - t <= L + R:
-            if start % 2 == 1 and targets[start // 2] != targets[start // 2 + 1]:
-                start += 1
-            start += 1
-        if t <= L + R:
-            if end % 2 == 0 and end < 2 * L and targets[end // 2 - 1] != targets[end // 2]:
-                end += 1
-            end += 1
-        prev = alphas
-        alphas = np.full(S, neg, np.float32)
-        loop_from = start
-        if start == 0:
-            alphas[0] = np.float32(prev[0] + lp[t, blank])
-            back[t, 0] = 0
-            loop_from = 1
-        for i in range(loop_from, end):
-            x0, x1 = prev[i], prev[i - 1]
-            x2 = prev[i - 2] if skip_ok[i] else neg
-            if x2 > x1 and x2 > x0:
-                best, back[t, i] = x2, 2
-            elif x1 > x0 and x1 > x2:
-                best, back[t, i] = x1, 1
+    Attributes (change them between calls as needed):
+        max_new_tokens: funasr's `max_length` (512), the cap on new tokens, stop token included.
+        hotwords: list of hotwords for the prompt (official `hotwords`), [] for none; a string
+            is split on whitespace and commas.
+        itn: official `itn` (False adds "，不进行文本规整" to the prompt).
+        decode_mode: "continuous" (all live sequences per forward) or "sequential".
+        temperature, top_p, top_k, seed: sampling (temperature 0 = greedy, the official default).
+        guard: GuardOptions (runaway-generation limits).
+        max_batch: live sequences in continuous decoding; encode_batch: clips per encoder pass.
+        stop_on_eos: False only for benchmarks that force a fixed number of tokens.
+    """
+
+    sample_rate = SAMPLE_RATE
+    punctuated = True  # the LLM writes punctuation itself
+    max_segment_s = 15.0  # its LLM starts repeating itself on longer pieces
+
+    def __init__(self, model: Model, tokenizer, frontend_conf: dict, *,
+                 cmvn: np.ndarray | None = None, ctc_tokenizer: TiktokenBPE | None = None,
+                 name: str = "fun-asr-nano", dtype: mx.Dtype = mx.float32,
+                 sys_prompt: bool = True, do_think: bool = True, max_new_tokens: int = 512,
+                 hotwords: Sequence[str] | None = None, itn: bool = True,
+                 decode_mode: str = "continuous", temperature: float = 0.0, top_p: float = 1.0,
+                 top_k: int = -1, seed: int = 0, guard: GuardOptions | None = None,
+                 max_batch: int = 64, encode_batch: int = 64):
+        self.model, self.tokenizer, self.ctc_tokenizer = model, tokenizer, ctc_tokenizer
+        self.name, self.dtype = name, dtype
+        self.frontend = WavFrontend(FrontendConfig.from_dict(frontend_conf), cmvn)
+        self.sys_prompt, self.do_think = sys_prompt, do_think
+        self.max_new_tokens = max_new_tokens
+        self.hotwords = hotwords if isinstance(hotwords, str) else list(hotwords or [])
+        self.itn = itn
+        self.decode_mode = decode_mode
+        self.temperature, self.top_p, self.top_k, self.seed = temperature, top_p, top_k, seed
+        self.guard = guard if guard is not None else GuardOptions()
+        self.max_batch, self.encode_batch = max_batch, encode_batch
+        self.stop_on_eos = True
+        self.eos_ids = model.llm.args.eos_token_ids
+        if not self.eos_ids:
+            raise ValueError("the LLM config.json has no eos_token_id")
+        self._bytes = byte_decoder()
+
+    # ----------------------------------------------------------------------------------------
+    # stages
+    # ----------------------------------------------------------------------------------------
+    def features(self, waveforms: Sequence[np.ndarray]) -> tuple[mx.array, mx.array]:
+        return self.frontend(waveforms)
+
+    def encode(self, feats: mx.array, lengths: mx.array):
+        """Batched encoder + adaptor (+ CTC log-probs): each row equals its clip alone."""
+        enc, adapted, olens = self.model.encode(feats, lengths)
+        ctc = self.model.ctc_log_probs(enc, lengths) if self.model.has_ctc else None
+        return enc, adapted, olens, ctc
+
+    def prompt_text(self, language: str | None = None) -> tuple[str, str]:
+        hotwords = self.hotwords
+        if isinstance(hotwords, str):  # "a, b c" -> ["a", "b", "c"] (not its characters)
+            hotwords = [w for w in re.split(r"[\s,，]+", hotwords) if w]
+        lang = None if not language or language.lower() == "auto" else \
+            LANGUAGE_NAMES.get(language, language)
+        return chatml_around_speech(user_prompt(hotwords, lang, self.itn),
+                                        sys_prompt=self.sys_prompt, do_think=self.do_think)
+
+    def prompt_ids(self, language: str | None = None) -> tuple[list[int], list[int]]:
+        before, after = self.prompt_text(language)
+        enc = lambda s: self.tokenizer.encode(s).ids if s else []
+        return enc(before), enc(after)
+
+    def prompt_embeddings(self, adapted: mx.array, n_speech: int,
+                          language: str | None = None) -> mx.array:
+        """(L, D): text embeddings with the first n_speech adaptor frames in the speech slots."""
+        before, after = self.prompt_ids(language)
+        llm = self.model.llm
+        parts = [llm.embed(mx.array(before, dtype=mx.int32)).astype(mx.float32),
+                 adapted[:n_speech].astype(mx.float32),
+                 llm.embed(mx.array(after, dtype=mx.int32)).astype(mx.float32)]
+        return mx.concatenate(parts).astype(self.dtype)
+
+    def sampler(self):
+        return gen.make_sampler(self.temperature, self.top_p, self.top_k, self.seed)
+
+    # ----------------------------------------------------------------------------------------
+    # the protocol
+    # ----------------------------------------------------------------------------------------
+    def transcribe(self, waveforms: Sequence[np.ndarray], *,
+                   languages: Sequence[str | None] | None = None) -> list[Transcript]:
+        """16 kHz mono float32 waveforms -> one Transcript each, in order. `languages` (per
+        item, None = unspecified) goes into the prompt as the official `language` option."""
+        waveforms = [np.asarray(w, dtype=np.float32) for w in waveforms]
+        n = len(waveforms)
+        languages = list(languages) if languages is not None else [None] * n
+        if len(languages) != n:
+            raise ValueError(f"{len(languages)} languages for {n} waveforms")
+        results: list[Transcript | None] = [None] * n
+        prompts, items, ctc_rows = [], [], {}
+        lfr_lens = [self.frontend_lengths(w) for w in waveforms]
+        order = sorted((i for i in range(n) if lfr_lens[i] > 0), key=lambda i: lfr_lens[i])
+        for i in range(n):
+            if lfr_lens[i] == 0:  # shorter than one fbank window: nothing to recognise
+                results[i] = Transcript(text="", language=languages[i])
+        for s in range(0, len(order), self.encode_batch):
+            chunk = order[s:s + self.encode_batch]
+            feats, lens = self.features([waveforms[i] for i in chunk])
+            _, adapted, olens, ctc = self.encode(feats, lens)
+            for r, i in enumerate(chunk):
+                n_speech = min(speech_token_count(lfr_lens[i], self.model.use_low_frame_rate),
+                               int(olens[r].item()))
+                prompts.append(self.prompt_embeddings(adapted[r], n_speech, languages[i]))
+                items.append(i)
+                if ctc is not None:
+                    ctc_rows[i] = np.array(ctc[r, :lfr_lens[i]])
+            mx.eval(prompts[-len(chunk):])
+        if not items:
+            return results
+        budgets = [self.guard.budget(len(waveforms[i]) / self.sample_rate, self.max_new_tokens)
+                   for i in items]
+        loops = LoopDetector(self.guard) if self.guard.detect_loops else None
+        outs = gen.generate(self.model.llm, prompts, mode=self.decode_mode, max_tokens=budgets,
+                            stop_ids=self.eos_ids if self.stop_on_eos else [],
+                            sampler=self.sampler(), stop_check=loops, max_batch=self.max_batch)
+        for k, (i, out) in enumerate(zip(items, outs)):
+            flags, ids = [], out.tokens
+            if out.finish_reason == "length":
+                flags.append("token_cap")
+            elif out.finish_reason == "repetition_loop":
+                flags.append("repetition_loop")
+                ids = ids[:loops.cut[k]]
+            results[i] = self.to_transcript(ids, ctc_rows.get(i), len(waveforms[i]),
+                                            languages[i], flags)
+        return results
+
+    @property
+    def no_guard(self) -> bool:
+        """True when both parts of the runaway guard are off (`--no-guard`): the generated ids
+        are then the official ones, up to `max_new_tokens`."""
+        return self.guard.max_tokens_per_second is None and not self.guard.detect_loops
+
+    @no_guard.setter
+    def no_guard(self, value: bool) -> None:
+        if value:
+            self.guard = GuardOptions.off()
+        elif self.no_guard:
+            self.guard = GuardOptions()
+
+    def frontend_lengths(self, waveform: np.ndarray) -> int:
+        return num_lfr_frames(len(waveform), self.frontend.conf)
+
+    # ----------------------------------------------------------------------------------------
+    # text, tokens and times
+    # ----------------------------------------------------------------------------------------
+    def decode_text(self, ids: Sequence[int]) -> str:
+        """Official text: all ids decoded at once without special tokens, `/sil` -> space,
+        whitespace runs collapsed."""
+        response = self.tokenizer.decode(list(ids), skip_special_tokens=True)
+        return re.sub(r"\s+", " ", response.replace("/sil", " "))
+
+    def vocab_pieces(self, ids: Sequence[int]) -> list[str]:
+        """The vocabulary piece of each id (`tokenizer.id_to_token`: byte-level pieces such as
+        "Ġhello", special tokens as spelt), what `transcribe --json` gives as `tokens`."""
+        return [self.tokenizer.id_to_token(int(t)) or "" for t in ids]
+
+    def token_pieces(self, ids: Sequence[int]) -> list[tuple[int, str, bool]]:
+        """(id, surface, special) per generated id. Surfaces of the non-special ids concatenate
+        to the decoded response (`skip_special_tokens`): a character split across tokens
+        belongs to the token that completes it. Should that fail (odd invalid UTF-8), each id
+        is decoded alone."""
+        ids = [int(t) for t in ids]
+        specials, added = self._special_ids(), self._added_ids()
+        chunks: list[bytes | None] = []
+        for t in ids:
+            piece = self.tokenizer.id_to_token(t)
+            if piece is None or t in specials:
+                chunks.append(None)
+            elif t in added:
+                chunks.append(piece.encode("utf-8"))
             else:
-                best, back[t, i] = x0, 0
-            alphas[i] = np.float32(best + lp[t, label[i]])
-    s = S - 1 if alphas[S - 1] > alphas[S - 2] else S - 2
-    path = np.empty(T, np.int64)
-    for t in range(T - 1, -1, -1):
-        path[t] = label[s]
-        s -= int(back[t, s])
-    scores = np.exp(lp[np.arange(T), path]).tolist()
-    items, t = [], 0
-    while t < T:  # itertools.groupby over the per-frame labels, blanks dropped
-        e = t
-        while e < T and path[e] == path[t]:
-            e += 1
-        if path[t] != blank:
-            items.append({"token": int(path[t]), "start_time": t, "end_time": e,
-                          "score": round(max(scores[t:e]), 3)})
-        t = e
-    return items
+                chunks.append(bytes(self._bytes.get(c, 0) for c in piece))
+        data = b"".join(c for c in chunks if c)
+        out, pos, done = [], 0, 0
+        for t, c in zip(ids, chunks):
+            if c is None:
+                out.append((t, self.tokenizer.id_to_token(t) or "", True))
+                continue
+            pos += len(c)
+            end = pos
+            while done < end < len(data) and (data[end] & 0xC0) == 0x80:
+                end -= 1  # stop at the last character boundary
+            out.append((t, data[done:end].decode("utf-8", errors="replace"), False))
+            done = end
+        if "".join(s for _, s, sp in out if not sp) != self.tokenizer.decode(
+                ids, skip_special_tokens=True):
+            out = [(t, self.tokenizer.decode([t], skip_special_tokens=False), c is None)
+                   for t, c in zip(ids, chunks)]
+        return out
+
+    def _special_ids(self) -> set[int]:
+        if not hasattr(self, "_specials"):
+            added = self.tokenizer.get_added_tokens_decoder()
+            self._specials = {i for i, tok in added.items() if tok.special}
+            self._added = set(added)
+        return self._specials
+
+    def _added_ids(self) -> set[int]:
+        self._special_ids()
+        return self._added
+
+    def to_transcript(self, ids: list[int], ctc_log_probs: np.ndarray | None, n_samples: int,
+                      language: str | None, flags: list[str]) -> Transcript:
+        text = self.decode_text(ids)
+        gen_ids = [t for t in ids if not (self.stop_on_eos and t in self.eos_ids)]
+        pieces = self.token_pieces(gen_ids)
+        tokens = [Token(text=s, id=t) for t, s, _ in pieces]
+        duration = n_samples / self.sample_rate
+        if ctc_log_probs is not None and self.ctc_tokenizer is not None:
+            self._ctc_times(tokens, [sp for _, _, sp in pieces], text, ctc_log_probs)
+        timed = [t for t in tokens if t.start_ms is not None]
+        segments = []
+        if timed:
+            segments.append(Segment(timed[0].start_ms / 1000, timed[-1].end_ms / 1000, text))
+        elif text:
+            segments.append(Segment(0.0, duration, text))
+        return Transcript(text=text, tokens=tokens, segments=segments, language=language,
+                          flags=flags)
+
+    def ctc_alignment(self, text: str, ctc_log_probs: np.ndarray) -> list[dict]:
+        """The official `timestamps`: CTC tokens of `text` force-aligned, times in seconds."""
+        items = forced_align(ctc_log_probs, self.ctc_tokenizer.encode(text),
+                                 self.model.args.blank_id)
+        return [{"token": self.ctc_tokenizer.decode([it["token"]]), "token_id": it["token"],
+                 "start_time": it["start_time"] * CTC_FRAME_MS / 1000,
+                 "end_time": it["end_time"] * CTC_FRAME_MS / 1000, "score": it["score"]}
+                for it in items]
+
+    def _ctc_times(self, tokens: list[Token], special: list[bool], text: str,
+                   log_probs: np.ndarray) -> None:
+        """Give each LLM token the span of the CTC tokens that cover its characters."""
+        targets = self.ctc_tokenizer.encode(text)
+        items = forced_align(log_probs, targets, self.model.args.blank_id)
+        if not items:
+            return
+        # CTC tokens -> character spans of `text` (the tokens' bytes spell `text` exactly)
+        data = text.encode("utf-8")
+        if b"".join(self.ctc_tokenizer.token_bytes(t) for t in targets) != data:
+            return
+        char_at = np.zeros(len(data) + 1, np.int64)
+        pos = 0
+        for c, ch in enumerate(text):
+            char_at[pos:pos + len(ch.encode("utf-8"))] = c
+            pos += len(ch.encode("utf-8"))
+        char_at[len(data)] = len(text)
+        bounds = np.cumsum([0] + [len(self.ctc_tokenizer.token_bytes(t)) for t in targets])
+        # forced_align merges consecutive frames of one label; targets appear in order
+        spans, k = [], 0
+        for it in items:
+            while targets[k] != it["token"]:
+                k += 1
+            spans.append((int(char_at[bounds[k]]), int(char_at[bounds[k + 1] - 1]) + 1,
+                          it["start_time"] * CTC_FRAME_MS, it["end_time"] * CTC_FRAME_MS))
+            k += 1
+        # LLM token surfaces -> character spans of `text` through the official normalisation
+        raw = "".join(t.text for t, sp in zip(tokens, special) if not sp)
+        normalized, at = normalize_with_map(raw)
+        if normalized != text:
+            return
+        pos = 0
+        for tok, sp in zip(tokens, special):
+            if sp:
+                continue
+            a, b = at[pos], at[pos + len(tok.text)]
+            pos += len(tok.text)
+            cover = [s for s in spans if s[0] < b and s[1] > a]
+            if cover:
+                tok.start_ms = int(min(s[2] for s in cover))
+                tok.end_ms = int(max(s[3] for s in cover))
+
+    # ----------------------------------------------------------------------------------------
+    # quantization
+    # ----------------------------------------------------------------------------------------
+    def quantize_llm(self, bits: int = 8, group_size: int = 64) -> None:
+        """Quantize the LLM's linear layers and embeddings in place (mx.quantize affine)."""
+        nn.quantize(self.model.llm, group_size=group_size, bits=bits,
+                    class_predicate=lambda _, m: hasattr(m, "to_quantized")
+                    and m.weight.shape[-1] % group_size == 0)
+        mx.eval(self.model.llm.parameters())
+
+
+# --------------------------------------------------------------------------------------------
+# family hooks (batchasr.models.loader)
+# --------------------------------------------------------------------------------------------
+# The published FunAudioLLM/Fun-ASR-Nano-2512 config.yaml, to build dummy models without a folder
+FUN_ASR_NANO_CONFIG = {
+    "model": "FunASRNano",
+    "model_conf": {"lsm_weight": 0.1, "length_normalized_loss": True},
+    "audio_encoder": "SenseVoiceEncoderSmall",
+    "audio_encoder_conf": {"output_size": 512, "attention_heads": 4, "linear_units": 2048,
+                           "num_blocks": 50, "tp_blocks": 20, "input_layer": "pe",
+                           "pos_enc_class": "SinusoidalPositionEncoder", "normalize_before": True,
+                           "kernel_size": 11, "sanm_shfit": 0, "selfattention_layer_type": "sanm"},
+    "llm": "Qwen3-0.6b",
+    "llm_conf": {"hub": "hf", "freeze": True, "llm_dtype": "bf16",
+                 "init_param_path": "Qwen3-0.6B", "use_lora": False},
+    "audio_adaptor": "Transformer",
+    "audio_adaptor_conf": {"downsample_rate": 1, "use_low_frame_rate": True, "ffn_dim": 2048,
+                           "llm_dim": 1024, "encoder_dim": 512, "n_layer": 2},
+    "frontend": "WavFrontend",
+    "frontend_conf": {"fs": 16000, "window": "hamming", "n_mels": 80, "frame_length": 25,
+                      "frame_shift": 10, "lfr_m": 7, "lfr_n": 6},
+    "tokenizer": "HuggingfaceTokenizer",
+    "tokenizer_conf": {"init_param_path": "Qwen3-0.6B"},
+}
+# Qwen3-0.6B config.json (architecture only; FunASR builds the LLM from it with from_config)
+QWEN3_0_6B_CONFIG = {
+    "architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "hidden_size": 1024,
+    "intermediate_size": 3072, "num_hidden_layers": 28, "num_attention_heads": 16,
+    "num_key_value_heads": 8, "head_dim": 128, "vocab_size": 151936, "rope_theta": 1000000,
+    "rms_norm_eps": 1e-6, "tie_word_embeddings": True, "bos_token_id": 151643,
+    "eos_token_id": 151645, "max_position_embeddings": 40960, "hidden_act": "silu",
+    "attention_bias": False,
+}
+def llm_folder(folder: Path, config: dict) -> Path:
+    """The LLM folder named by llm_conf.init_param_path (relative to the model folder, as
+    configuration.json's file_path_metas makes it for the official loader)."""
+    rel = (config.get("llm_conf") or {}).get("init_param_path") or "Qwen3-0.6B"
+    for cand in (folder / rel, Path(rel).expanduser(), folder / Path(rel).name):
+        if (cand / "config.json").exists():
+            return cand
+    raise CheckpointError(f"{folder}: LLM folder {rel!r} (llm_conf.init_param_path) with "
+                          f"config.json and tokenizer.json not found")
+
+
+def _ctc_vocab_path(folder: Path, config: dict) -> Path | None:
+    conf = config.get("ctc_tokenizer_conf") or (config.get("dataset_conf") or {}).get(
+        "ctc_tokenizer_conf") or {}
+    cands = [folder / "multilingual.tiktoken"]
+    if conf.get("vocab_path"):
+        cands.insert(0, folder / conf["vocab_path"])
+        cands.insert(1, Path(conf["vocab_path"]).expanduser())
+    return next((c for c in cands if c.is_file()), None)
+
+
+def _cmvn(folder: Path | None, config: dict) -> np.ndarray | None:
+    """am.mvn only where the official loader would pass one to WavFrontend."""
+    if folder is None:
+        return None
+    meta = folder / "configuration.json"
+    cmvn = (config.get("frontend_conf") or {}).get("cmvn_file")
+    if meta.exists():
+        fpm = json.loads(meta.read_text(encoding="utf-8")).get("file_path_metas") or {}
+        cmvn = (fpm.get("frontend_conf") or {}).get("cmvn_file", cmvn)
+    elif (folder / "am.mvn").exists():
+        cmvn = "am.mvn"
+    if cmvn and (folder / cmvn).is_file():
+        return load_cmvn(folder / cmvn)
+    return None
+
+
+DUMMY_CONFIG = FUN_ASR_NANO_CONFIG
+
+
+def read_assets(folder: Path | None, config: dict, *, dummy: bool,
+                vocab_size: int | None = None) -> dict:
+    """The LLM's config.json and tokenizer.json (or, without a folder, Qwen3-0.6B's config and a
+    synthetic tokenizer), the CTC tokenizer file, am.mvn, and the dataset_conf prompt flags."""
+    from tokenizers import Tokenizer
+
+    if folder is None:
+        llm_config = QWEN3_0_6B_CONFIG
+        tokenizer = synthetic_qwen_tokenizer(min(151643, llm_config["vocab_size"]
+                                                 - len(QWEN3_ADDED_TOKENS)))
+        ctc_vocab = None
+    else:
+        llm_dir = llm_folder(folder, config)
+        llm_config = json.loads((llm_dir / "config.json").read_text(encoding="utf-8"))
+        if not (llm_dir / "tokenizer.json").exists():
+            raise CheckpointError(f"{llm_dir}: no tokenizer.json")
+        tokenizer = Tokenizer.from_file(str(llm_dir / "tokenizer.json"))
+        ctc_vocab = _ctc_vocab_path(folder, config)
+        if config.get("ctc_decoder") and ctc_vocab is None:
+            logger.warning("%s: config has a CTC decoder but no CTC tokenizer file; "
+                           "no timestamps", folder)
+    return {"llm_config": llm_config, "tokenizer": tokenizer, "ctc_vocab": ctc_vocab,
+            "cmvn": _cmvn(folder, config), "frontend_conf": config.get("frontend_conf") or {},
+            "dataset_conf": config.get("dataset_conf") or {}}
+
+
+def wrap(model: Model, assets: dict, *, name: str, dtype, dummy: bool,
+         tuning: Tuning = Tuning(), **options) -> FunASRNanoASR:
+    model.llm.fuse()  # q/k/v and gate/up as one matmul each: fewer launches per token
+    ctc_tokenizer = None
+    if model.has_ctc:
+        ctc_tokenizer = TiktokenBPE.from_text(assets["ctc_vocab"].read_text(encoding="utf-8"))
+    dataset_conf = assets["dataset_conf"]
+    return FunASRNanoASR(model, assets["tokenizer"], assets["frontend_conf"], cmvn=assets["cmvn"],
+                         ctc_tokenizer=ctc_tokenizer, name=name, dtype=dtype,
+                         sys_prompt=dataset_conf.get("sys_prompt", True),
+                         do_think=dataset_conf.get("do_think", True), **options)
+
+
+RECOGNIZER = FunASRNanoASR

@@ -1,32 +1,38 @@
 """Find, read and build models: official FunASR folders, known names, dummy weights.
 
 An official folder holds config.yaml, model.pt (a torch state dict), tokens.json and, for
-Paraformer, am.mvn. It loads without PyTorch (batchasr.models.torch_pickle); the converted weights are
-cached as safetensors (keyed by the model.pt path, size and mtime) so later loads are fast.
-
-Names such as `paraformer-zh` resolve to a local Hugging Face or ModelScope cache folder when
-one exists. Nothing is downloaded unless the caller asks (`download=True`, CLI `--download`).
+Paraformer, am.mvn; it loads without PyTorch (batchasr.models.weights). Names such as
+`paraformer-zh` resolve to a local Hugging Face or ModelScope cache folder when one exists.
+Nothing is downloaded unless the caller asks (`download=True`, CLI `--download`).
 `weights="dummy"` builds the full-size architecture of a name or folder with random weights,
-for benchmarks.
+for benchmarks; its label always ends in DUMMY_SUFFIX.
+
+Every family is built the same way (`build`, mlx-lm's load path): config.yaml `model:` ->
+family module (FAMILIES) -> `read_assets(folder, config)` (tokens, LLM folder, cmvn, ...) ->
+`ModelArgs.from_config(config, assets)` -> `Model(args)` -> random weights, or
+`Model.sanitize(read_weights(folder))` applied -> `Model.cast(dtype)` -> `eval()` -> the tuning
+switches read once from the environment (batchasr.models.blocks.tuning) -> `wrap(model,
+assets, ...)`, the family's recognizer, punctuator or VAD. Families import
+batchasr.models.weights, never this module.
 """
 from __future__ import annotations
 
-import hashlib
 import importlib
-import json
-import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import mlx.core as mx
-import numpy as np
-import yaml
-from mlx.utils import tree_flatten, tree_unflatten
 
 from batchasr.errors import CheckpointError
-
-logger = logging.getLogger("batchasr.models.loader")
+from batchasr.models.blocks.tuning import Tuning, tune
+from batchasr.models.weights import (  # noqa: F401 (public API of the loader)
+    apply_weights,
+    cache_dir,
+    random_weights,
+    read_config,
+    read_tokens,
+    read_weights,
+)
 
 # name -> (Hugging Face repo, ModelScope repo)
 KNOWN_MODELS = {
@@ -42,32 +48,22 @@ KNOWN_MODELS = {
                   "iic/punc_ct-transformer_zh-cn-common-vocab272727-pytorch"),
     "fsmn-vad": ("funasr/fsmn-vad", "iic/speech_fsmn_vad_zh-cn-16k-common-pytorch"),
 }
+# known names that build without a folder for weights="dummy": name -> (model type, vocabulary)
+DUMMY_MODELS = {"paraformer-zh": ("Paraformer", 8404), "paraformer": ("Paraformer", 8404),
+                "paraformer-en": ("Paraformer", 10020),
+                "fun-asr-nano": ("FunASRNano", 151936)}
+DUMMY_VOCAB = {name: vocab for name, (_, vocab) in DUMMY_MODELS.items()}
 
-# The published paraformer-large config.yaml (values in shared/reference/funasr-models.md 1.2),
-# used to build full-size dummy models when no folder is at hand.
-PARAFORMER_LARGE_CONFIG = {
-    "model": "Paraformer",
-    "encoder": "SANMEncoder",
-    "encoder_conf": {"output_size": 512, "attention_heads": 4, "linear_units": 2048,
-                     "num_blocks": 50, "input_layer": "pe", "normalize_before": True,
-                     "kernel_size": 11, "sanm_shfit": 0, "selfattention_layer_type": "sanm"},
-    "decoder": "ParaformerSANMDecoder",
-    "decoder_conf": {"attention_heads": 4, "linear_units": 2048, "num_blocks": 16,
-                     "att_layer_num": 16, "kernel_size": 11, "sanm_shfit": 0},
-    "predictor": "CifPredictorV2",
-    "predictor_conf": {"idim": 512, "threshold": 1.0, "l_order": 1, "r_order": 1,
-                       "tail_threshold": 0.45},
-    "frontend": "WavFrontend",
-    "frontend_conf": {"fs": 16000, "window": "hamming", "n_mels": 80, "frame_length": 25,
-                      "frame_shift": 10, "lfr_m": 7, "lfr_n": 6},
-    "tokenizer": "CharTokenizer",
+# config.yaml `model:` -> (family module, what its errors call it)
+FAMILIES = {
+    "Paraformer": ("batchasr.models.paraformer", "Paraformer"),
+    "FunASRNano": ("batchasr.models.fun_asr_nano", "Fun-ASR-Nano"),
+    "CTTransformer": ("batchasr.models.ct_punc", "CTTransformer"),
+    "FsmnVADStreaming": ("batchasr.models.fsmn_vad", "fsmn-vad"),  # a VAD: load_vad
 }
-DUMMY_VOCAB = {"paraformer-zh": 8404, "paraformer": 8404, "paraformer-en": 10020,
-               "fun-asr-nano": 151936}
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("BATCHASR_CACHE", Path.home() / ".cache" / "batchasr"))
+RECOGNIZERS = ("Paraformer", "FunASRNano")  # families whose module has a RECOGNIZER
+SILERO_NAMES = ("silero", "silero-vad", "silero_vad")
+DUMMY_SUFFIX = " (dummy weights)"  # load_model's label for a model built with weights="dummy"
 
 
 def resolve(path_or_name: str | os.PathLike, *, download: bool = False) -> Path:
@@ -100,9 +96,6 @@ def resolve(path_or_name: str | os.PathLike, *, download: bool = False) -> Path:
     except Exception as e:  # offline, 404, auth
         raise CheckpointError(f"{name}: download of {hf_repo} failed ({e}); offline machines "
                               f"need the folder copied in by hand") from e
-
-
-DUMMY_SUFFIX = " (dummy weights)"  # load_model's label for a model built with weights="dummy"
 
 
 def model_identity(path_or_name: str | os.PathLike, *, weights: str = "checkpoint",
@@ -143,165 +136,36 @@ def _cache_candidates(hf_repo: str, ms_repo: str):
     yield ms / "hub" / ms_repo
 
 
-def read_config(folder: Path) -> dict:
-    path = folder / "config.yaml"
-    if not path.exists():
-        raise CheckpointError(f"{folder}: no config.yaml (not an official FunASR model folder)")
-    with open(path, encoding="utf-8") as f:
-        return yaml.safe_load(f) or {}
+def _family(kind, where):
+    if kind not in FAMILIES:
+        raise CheckpointError(f"{where}: model type {kind!r} is not supported "
+                              f"(supported: {', '.join(FAMILIES)})")
+    module, title = FAMILIES[kind]
+    return importlib.import_module(module), title
 
 
-def read_tokens(folder: Path, config: dict) -> list[str]:
-    for name in ("tokens.json", "tokens.txt"):
-        path = folder / name
-        if path.exists():
-            if name.endswith(".json"):
-                return json.loads(path.read_text(encoding="utf-8"))
-            return [line.rstrip("\n").split(" ")[0] for line in
-                    path.read_text(encoding="utf-8").splitlines()]
-    token_list = (config.get("tokenizer_conf") or {}).get("token_list")
-    if isinstance(token_list, list):
-        return token_list
-    raise CheckpointError(f"{folder}: no tokens.json or tokens.txt")
-
-
-def read_weights(folder: Path) -> dict[str, np.ndarray]:
-    """State dict of the folder: model.safetensors if present, else model.pt via the cache."""
-    from safetensors.numpy import load_file, save_file
-
-    st = folder / "model.safetensors"
-    if st.exists():
-        return load_file(str(st))
-    pt = folder / "model.pt"
-    if not pt.exists():
-        raise CheckpointError(f"{folder}: no model.pt or model.safetensors")
-    stat = pt.stat()
-    key = hashlib.sha256(f"{pt.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()
-    cached = cache_dir() / "converted" / f"{key[:24]}.safetensors"
-    if cached.exists():
-        return load_file(str(cached))
-    from batchasr.models.torch_pickle import load_torch_state_dict
-
+def build(folder: Path | None, config: dict, *, name: str, dummy: bool = False,
+          dtype=mx.float32, **options):
+    """The one build path of every family (see the module docstring); `folder` None only for
+    a dummy model of a known name. `options` go to the family's wrapper."""
+    where = folder or name
+    family, title = _family(config.get("model"), where)
+    assets = family.read_assets(folder, config, dummy=dummy, vocab_size=DUMMY_VOCAB.get(name))
     try:
-        weights = load_torch_state_dict(pt)
-    except Exception as e:
-        raise CheckpointError(f"{pt}: cannot read the checkpoint: {e}") from e
-    try:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_suffix(f".tmp{os.getpid()}")
-        save_file({k: np.ascontiguousarray(v) for k, v in weights.items()}, str(tmp))
-        os.replace(tmp, cached)
-    except OSError as e:  # read-only home, full disk: loading still works, just slower
-        logger.warning("could not cache converted weights at %s: %s", cached, e)
-    return weights
-
-
-def apply_weights(model, weights: dict[str, np.ndarray], *, strict: bool = True,
-                  what: str = "model") -> None:
-    """Load sanitized numpy weights into an MLX module, checking names and shapes."""
-    params = dict(tree_flatten(model.parameters()))
-    missing = sorted(set(params) - set(weights))
-    unexpected = sorted(set(weights) - set(params))
-    if strict and (missing or unexpected):
-        raise CheckpointError(f"{what}: checkpoint does not match the architecture; "
-                              f"missing {missing[:8]}{'...' if len(missing) > 8 else ''}, "
-                              f"unexpected {unexpected[:8]}"
-                              f"{'...' if len(unexpected) > 8 else ''}")
-    bad = [(k, weights[k].shape, params[k].shape) for k in params
-           if k in weights and tuple(weights[k].shape) != tuple(params[k].shape)]
-    if bad:
-        raise CheckpointError(f"{what}: shape mismatch for {bad[:5]}")
-    model.update(tree_unflatten([(k, mx.array(weights[k]).astype(params[k].dtype))
-                                 for k in params if k in weights]))
-    mx.eval(model.parameters())
-
-
-def random_weights(model, seed: int = 0, scale: float = 0.02) -> None:
-    """Fill every parameter with small random values (dummy benchmarking weights)."""
-    key = mx.random.key(seed)
-    params = tree_flatten(model.parameters())
-    new = []
-    for i, (k, v) in enumerate(params):
-        if k.endswith("norm.weight") or k.endswith("norm1.weight") or k.endswith(
-                "norm2.weight") or k.endswith("norm3.weight"):
-            new.append((k, mx.ones(v.shape)))
-        else:
-            new.append((k, scale * mx.random.normal(v.shape, key=mx.random.split(key, i + 2)[i + 1])))
-    model.update(tree_unflatten(new))
-    mx.eval(model.parameters())
-
-
-# --------------------------------------------------------------------------------------------
-# families
-# --------------------------------------------------------------------------------------------
-def _build_paraformer(folder: Path | None, config: dict, tokens: list[str] | None,
-                      dummy: bool, name: str, dtype):
-    from batchasr.models.blocks.frontend import load_cmvn
-    from batchasr.models.paraformer import Model, ModelArgs
-    from batchasr.models.paraformer_asr import ParaformerASR
-
-    fc = config.get("frontend_conf") or {}
-    input_size = (config.get("encoder_conf") or {}).get("input_size") or \
-        fc.get("n_mels", 80) * fc.get("lfr_m", 1)
-    if tokens is None:  # dummy without a folder: a synthetic vocabulary of the right size
-        n = DUMMY_VOCAB.get(name, 8404)
-        tokens = ["<blank>", "<s>", "</s>"] + [chr(0x4E00 + i) for i in range(n - 4)] + ["<unk>"]
-    try:
-        args = ModelArgs(vocab_size=len(tokens), input_size=input_size,
-                         encoder_conf=config["encoder_conf"], decoder_conf=config["decoder_conf"],
-                         predictor_conf=config["predictor_conf"], frontend_conf=fc,
-                         model=config.get("model", "Paraformer"),
-                         encoder=config.get("encoder", "SANMEncoder"),
-                         decoder=config.get("decoder", "ParaformerSANMDecoder"),
-                         predictor=config.get("predictor", "CifPredictorV2"))
+        args = family.ModelArgs.from_config(config, assets)
     except (KeyError, ValueError, TypeError) as e:
-        raise CheckpointError(f"{folder or name}: unsupported Paraformer config: {e}") from e
-    model = Model(args)
-    cmvn = None
-    if folder is not None and (folder / "am.mvn").exists():
-        cmvn = load_cmvn(folder / "am.mvn")
+        raise CheckpointError(f"{where}: unsupported {title} config: {e}") from e
+    model = family.Model(args)
     if dummy:
         random_weights(model)
-        # a CIF firing about 4 tokens per second, as real speech does
-        model.predictor.cif_output.bias = mx.full((1,), float(np.log(0.24 / 0.76)))
-        if cmvn is None:
-            rng = np.random.default_rng(0)
-            cmvn = np.stack([-rng.normal(11, 2, input_size),
-                             1 / rng.uniform(2, 5, input_size)]).astype(np.float32)
     else:
         apply_weights(model, model.sanitize(read_weights(folder)), what=str(folder))
-    if dtype != mx.float32:
-        model.set_dtype(dtype)
-        model.predictor.set_dtype(mx.float32)  # CIF decides token counts: keep it float32
+    model.cast(dtype)
     model.eval()
-    return ParaformerASR(model, tokens, cmvn, name=name, dtype=dtype)
-
-
-@dataclass(frozen=True)
-class Family:
-    """How to build one config.yaml `model:` type: a builder function
-    `(folder, config, tokens, dummy, name, dtype)`, imported on first use, and whether the
-    family reads a tokens.json / tokens.txt token list."""
-
-    module: str
-    builder: str
-    token_list: bool
-
-    def build(self, *args):
-        return getattr(importlib.import_module(self.module), self.builder)(*args)
-
-
-FAMILIES = {
-    "Paraformer": Family("batchasr.models.loader", "_build_paraformer", token_list=True),
-    "FunASRNano": Family("batchasr.models.nano_asr", "build", token_list=False),  # tokenizer.json of its LLM
-    "CTTransformer": Family("batchasr.models.punctuation", "build", token_list=True),
-    # a VAD (batchasr.models.vad.load_vad), not an ASR model
-    "FsmnVADStreaming": Family("batchasr.models.vad", "build_fsmn_vad", token_list=False),
-}
-
-
-RECOGNIZERS = {"Paraformer": ("batchasr.models.paraformer_asr", "ParaformerASR"),
-               "FunASRNano": ("batchasr.models.nano_asr", "FunASRNanoASR")}
+    tuning = Tuning.from_env()
+    tune(model, tuning)
+    return family.wrap(model, assets, name=name, dtype=dtype, dummy=dummy, tuning=tuning,
+                       **options)
 
 
 def recognizer_traits(path_or_name) -> dict:
@@ -311,14 +175,13 @@ def recognizer_traits(path_or_name) -> dict:
     try:
         kind = read_config(resolve(path_or_name)).get("model")
     except CheckpointError:
-        if name not in DUMMY_VOCAB:
+        if name not in DUMMY_MODELS:
             raise
-        kind = "FunASRNano" if name == "fun-asr-nano" else "Paraformer"
+        kind = DUMMY_MODELS[name][0]
     if kind not in RECOGNIZERS:
         raise CheckpointError(f"{name}: model type {kind!r} is not a recognizer "
                               f"(recognizers: {', '.join(RECOGNIZERS)})")
-    module, cls = RECOGNIZERS[kind]
-    cls = getattr(importlib.import_module(module), cls)
+    cls = _family(kind, name)[0].RECOGNIZER
     return {"punctuated": cls.punctuated, "max_segment_s": cls.max_segment_s}
 
 
@@ -343,25 +206,74 @@ def load_model(path_or_name, *, weights: str = "checkpoint", dtype=mx.float32,
     try:
         folder = resolve(path_or_name, download=download and not dummy)
     except CheckpointError:
-        if not (dummy and name in DUMMY_VOCAB):
+        if not (dummy and name in DUMMY_MODELS):
             raise
-    tokens = None
     if folder is None:
-        config = PARAFORMER_LARGE_CONFIG
-        if name == "fun-asr-nano":
-            from batchasr.models.nano_asr import FUN_ASR_NANO_CONFIG as config
+        config = _family(DUMMY_MODELS[name][0], name)[0].DUMMY_CONFIG
     else:
         config = read_config(folder)
         name = name if name in KNOWN_MODELS else folder.name
-    family = FAMILIES.get(config.get("model"))
-    if family is None:
-        raise CheckpointError(f"{folder or name}: model type {config.get('model')!r} is not "
-                              f"supported (supported: {', '.join(FAMILIES)})")
-    if folder is not None and family.token_list:
-        has_list = (folder / "tokens.json").exists() or (folder / "tokens.txt").exists()
-        if has_list or not dummy:  # a dummy model may make up its vocabulary
-            tokens = read_tokens(folder, config)
-    model = family.build(folder, config, tokens, dummy, name, dtype)
+    model = build(folder, config, name=name, dummy=dummy, dtype=dtype)
     if dummy:  # results and `status` show this label: random weights must never pass as real
         model.name = f"{model.name}{DUMMY_SUFFIX}"
     return model
+
+
+def load_vad(name_or_dir: str | os.PathLike = "auto", *, download: bool = False):
+    """A VAD (batchasr.models.blocks.vad.VAD) by name or folder.
+
+    Args:
+        name_or_dir: "silero"; "fsmn-vad" (found in the local Hugging Face / ModelScope cache)
+            or an official fsmn-vad folder (config.yaml with `model: FsmnVADStreaming`,
+            model.pt, am.mvn); a silero-layout .safetensors file; or "auto": fsmn-vad when its
+            checkpoint is in the local cache, else silero.
+        download: allow fetching "fsmn-vad" from the Hugging Face hub.
+    Raises:
+        CheckpointError: no such folder or name, or the folder is not a VAD.
+    """
+    from batchasr.models.silero_vad import SileroVAD
+
+    name = str(name_or_dir)
+    if name in SILERO_NAMES:
+        return SileroVAD.load()
+    if name == "auto":
+        try:
+            resolve("fsmn-vad")
+        except CheckpointError:  # no fsmn-vad checkpoint in the local caches
+            return SileroVAD.load()
+        return load_vad("fsmn-vad")
+    p = Path(name).expanduser()
+    if p.is_file() and p.suffix == ".safetensors":
+        return SileroVAD.load(p)
+    folder = resolve(name_or_dir, download=download)
+    family = read_config(folder).get("model")
+    if family != "FsmnVADStreaming":
+        raise CheckpointError(f"{folder}: not a VAD model (config.yaml says model: {family}; "
+                              f"FsmnVADStreaming expected), or use silero")
+    return load_model(folder)
+
+
+def load_punctuator(path_or_name, *, dtype=mx.float32, weights: str = "checkpoint",
+                    download: bool = False):
+    """Load a CT-Transformer punctuation model (batchasr.models.ct_punc.Punctuator).
+
+    Args:
+        path_or_name: an official model folder (config.yaml, model.pt, tokens.json and, for the
+            ModelScope large model, jieba_usr_dict), or a known name (`ct-punc`, `ct-punc-c`)
+            found in the local Hugging Face / ModelScope cache.
+        dtype: precision of the network weights (float32 is exact to the official outputs).
+        weights: "checkpoint", or "dummy" for random weights of the folder's architecture.
+        download: allow fetching a known name from the Hugging Face hub.
+    Raises:
+        CheckpointError: missing files, a folder of another model type, weights that do not fit,
+            jieba missing where the folder needs it.
+    """
+    folder = resolve(path_or_name, download=download)
+    family = read_config(folder).get("model")
+    if family != "CTTransformer":
+        raise CheckpointError(f"{folder}: not a punctuation model (config.yaml model: "
+                              f"{family!r}, expected 'CTTransformer')")
+    punctuator = load_model(folder, weights=weights, dtype=dtype)
+    if str(path_or_name) in KNOWN_MODELS:
+        punctuator.name = str(path_or_name)
+    return punctuator

@@ -1,29 +1,46 @@
-"""Paraformer (non-autoregressive ASR) in MLX: SAN-M encoder, CIF predictor, SAN-M decoder.
+"""Paraformer (non-autoregressive ASR, FunASR `model: Paraformer`): network, recognizer, build.
 
-Port of funasr 1.4.16 `funasr/models/paraformer/{model,cif_predictor,decoder}.py` and
-`funasr/utils/timestamp_tools.py` (ts_prediction_lfr6_standard). Module attributes follow the
-official state-dict keys. The pieces that decide token counts and times (CIF fires, the
-timestamp curve) run in numpy with the official float64/float32 arithmetic, because MLX has no
-float64 on GPUs and fire positions are sensitive to the last bit.
+Port of funasr 1.4.16 `funasr/models/paraformer/{model,decoder}.py`: SAN-M encoder
+(batchasr.models.blocks.sanm), CIF predictor and timestamps (batchasr.models.blocks.cif), SAN-M
+decoder. Module attributes follow the official state-dict keys.
 
 Batching differs from the official code in one deliberate way: encoder output past each row's
 length is zeroed before the predictor, so a padded batch gives exactly the tokens and times
-each utterance gives alone (the official batch lets padding leak into CIF).
+each utterance gives alone (the official batch lets padding leak into CIF). Batches are padded
+to a multiple of `Tuning.frame_bucket` frames so a long job sees few distinct shapes; every
+layer masks the padding.
+
+Family hooks for batchasr.models.loader: DUMMY_CONFIG, read_assets, ModelArgs.from_config,
+Model (sanitize, cast), wrap -> ParaformerASR.
+
+Above 400 lines because it holds one whole family (decoder, model, recognizer, build hooks).
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
 
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
+from batchasr.audio.decode import SAMPLE_RATE
 from batchasr.models.base import BaseModelArgs
+from batchasr.models.blocks.cif import (
+    CifPredictorV2,
+    CifResult,
+    PredictorArgs,
+    cif_embeddings,
+    cif_fire,
+    token_timestamps,
+)
+from batchasr.models.blocks.frontend import FrontendConfig, WavFrontend, load_cmvn
 from batchasr.models.blocks.sanm import (
     FSMNBlock,
     SANMEncoder,
     SANMEncoderArgs,
+    TunedAttention,
     attention,
     fsmn_padding,
     layer_norm,
@@ -31,22 +48,12 @@ from batchasr.models.blocks.sanm import (
     split_heads,
     use_compiled,
 )
+from batchasr.models.blocks.text import sentence_postprocess
+from batchasr.models.blocks.tuning import Tuning
+from batchasr.models.weights import read_tokens
+from batchasr.transcript import Segment, Token, Transcript
 
 BLANK_ID, SOS_ID, EOS_ID = 0, 1, 2  # Paraformer class defaults
-
-
-@dataclass
-class PredictorArgs(BaseModelArgs):
-    """`predictor_conf` (CifPredictorV2)."""
-
-    idim: int
-    l_order: int = 1
-    r_order: int = 1
-    threshold: float = 1.0
-    smooth_factor: float = 1.0
-    noise_threshold: float = 0.0
-    tail_threshold: float = 0.0
-    tail_mask: bool = True
 
 
 @dataclass
@@ -76,6 +83,19 @@ class ModelArgs:
     decoder: str = "ParaformerSANMDecoder"
     predictor: str = "CifPredictorV2"
 
+    @classmethod
+    def from_config(cls, config: dict, assets: dict) -> "ModelArgs":
+        fc = config.get("frontend_conf") or {}
+        input_size = (config.get("encoder_conf") or {}).get("input_size") or \
+            fc.get("n_mels", 80) * fc.get("lfr_m", 1)
+        return cls(vocab_size=len(assets["tokens"]), input_size=input_size,
+                   encoder_conf=config["encoder_conf"], decoder_conf=config["decoder_conf"],
+                   predictor_conf=config["predictor_conf"], frontend_conf=fc,
+                   model=config.get("model", "Paraformer"),
+                   encoder=config.get("encoder", "SANMEncoder"),
+                   decoder=config.get("decoder", "ParaformerSANMDecoder"),
+                   predictor=config.get("predictor", "CifPredictorV2"))
+
     def __post_init__(self):
         for key, expected in (("model", "Paraformer"), ("encoder", "SANMEncoder"),
                               ("decoder", "ParaformerSANMDecoder"),
@@ -83,108 +103,6 @@ class ModelArgs:
             if getattr(self, key) != expected:
                 raise ValueError(f"config.yaml {key}: {getattr(self, key)!r} is not supported "
                                  f"by the Paraformer port (expected {expected!r})")
-
-
-# --------------------------------------------------------------------------------------------
-# CIF predictor
-# --------------------------------------------------------------------------------------------
-class CifPredictorV2(nn.Module):
-    def __init__(self, args: PredictorArgs):
-        super().__init__()
-        self.args = args
-        k = args.l_order + args.r_order + 1
-        # torch Conv1d layout (out, in, k); see sanitize for the MLX (out, k, in) transpose
-        self.cif_conv1d = nn.Conv1d(args.idim, args.idim, k)
-        self.cif_output = nn.Linear(args.idim, 1)
-
-    def alphas(self, hidden: mx.array, mask: mx.array) -> mx.array:
-        """Per-frame firing weights (B, T), zero on padded frames."""
-        a = self.args
-        x = mx.pad(hidden, [(0, 0), (a.l_order, a.r_order), (0, 0)])
-        if os.environ.get("BATCHASR_CIF_CONV", "conv") == "matmul":
-            # the convolution as one GEMM over stacked shifted frames: no cuDNN convolution
-            # plan per new batch shape (see sanm.attention for what was measured)
-            conv = self.cif_conv1d
-            K = conv.weight.shape[1]
-            T = x.shape[1] - K + 1
-            frames = mx.concatenate([x[:, j : j + T] for j in range(K)], axis=-1)
-            w = conv.weight.reshape(conv.weight.shape[0], -1)  # (out, K * in)
-            x = nn.relu(frames @ w.T + conv.bias)
-        else:
-            x = nn.relu(self.cif_conv1d(x))
-        alphas = mx.sigmoid(self.cif_output(x))[..., 0]
-        alphas = nn.relu(alphas * a.smooth_factor - a.noise_threshold)
-        return alphas * mask.astype(alphas.dtype)
-
-
-@dataclass
-class CifResult:
-    """Host-side CIF outcome for a batch (all numpy)."""
-
-    alphas: np.ndarray  # (B, T') float32, T' = T (+1 with the tail frame)
-    fires: np.ndarray  # (B, T') float32: 1 at fire frames + fractional part of the prefix sum
-    token_num: np.ndarray  # (B,) int: tokens per row
-    fire_frames: list[np.ndarray]  # per row, the frame indices that fired
-
-
-def cif_fire(alphas: np.ndarray, lengths: np.ndarray, tail_threshold: float,
-             tail_mask: bool = True) -> CifResult:
-    """Tail handling, token counts and fire positions exactly as CifPredictorV2 (cif_v1)."""
-    alphas = alphas.astype(np.float32)
-    B, T = alphas.shape
-    if tail_threshold > 0.0:
-        tail = np.zeros((B, 1), np.float32) if tail_mask else np.full((B, 1), tail_threshold,
-                                                                      np.float32)
-        alphas = np.concatenate([alphas, tail], axis=1)
-        if tail_mask:  # + tail_threshold at index = length (the first padded / appended slot)
-            alphas[np.arange(B), lengths] += np.float32(tail_threshold)
-        token_num = np.floor(alphas.sum(axis=-1, dtype=np.float32))
-    else:
-        token_num = alphas.sum(axis=-1, dtype=np.float32)
-    # prefix sums in float64 then cast back, as cif_wo_hidden_v1 does
-    prefix = np.cumsum(alphas, axis=1, dtype=np.float64).astype(np.float32)
-    floor = np.floor(prefix)
-    prev = np.concatenate([np.zeros((B, 1), np.float32), floor[:, :-1]], axis=1)
-    fired = (floor - prev) > 0
-    fires = fired.astype(np.float32) + prefix - floor
-    return CifResult(alphas, fires, np.round(token_num).astype(np.int64),
-                     [np.flatnonzero(fired[b]) for b in range(B)])
-
-
-def cif_embeddings(hidden: mx.array, cif: CifResult) -> mx.array:
-    """Acoustic embeddings (B, max tokens, D) from hidden (B, T', D), as cif_v1 builds them:
-    differences of the float32 prefix sums of alpha*hidden at fire frames, the frame that
-    crosses a boundary split by its fractional remainder."""
-    B, Tp, D = hidden.shape
-    n_out = int(cif.token_num.max()) if B else 0
-    if n_out <= 0:
-        return mx.zeros((B, 0, D), hidden.dtype)
-    alphas = mx.array(cif.alphas)
-    prefix_hidden = mx.cumsum(alphas[..., None] * hidden, axis=1)
-    remains = cif.fires - np.floor(cif.fires)
-    idx = np.zeros((B, n_out), np.int32)
-    prev_idx = np.zeros((B, n_out), np.int32)
-    rem = np.zeros((B, n_out), np.float32)
-    prev_rem = np.zeros((B, n_out), np.float32)
-    has_prev = np.zeros((B, n_out), np.float32)
-    valid = np.zeros((B, n_out), np.float32)
-    for b, frames in enumerate(cif.fire_frames):
-        frames = frames[:n_out]
-        k = len(frames)
-        idx[b, :k] = frames
-        rem[b, :k] = remains[b, frames]
-        valid[b, :k] = 1.0
-        if k > 1:
-            prev_idx[b, 1:k] = frames[:-1]
-            prev_rem[b, 1:k] = remains[b, frames[:-1]]
-            has_prev[b, 1:k] = 1.0
-    take = lambda a, i: mx.take_along_axis(a, mx.array(i)[..., None], axis=1)
-    at_fire, at_prev = take(prefix_hidden, idx), take(prefix_hidden, prev_idx)
-    h_fire, h_prev = take(hidden, idx), take(hidden, prev_idx)
-    hp = mx.array(has_prev)[..., None]
-    frames = (at_fire - at_prev * hp + (mx.array(prev_rem)[..., None] * h_prev) * hp
-              - mx.array(rem)[..., None] * h_fire)
-    return frames * mx.array(valid)[..., None]
 
 
 # --------------------------------------------------------------------------------------------
@@ -203,7 +121,7 @@ class MultiHeadedAttentionSANMDecoder(nn.Module):
         return (self.fsmn_block(x) + x) * m
 
 
-class MultiHeadedAttentionCrossAtt(nn.Module):
+class MultiHeadedAttentionCrossAtt(TunedAttention, nn.Module):
     def __init__(self, n_head: int, n_feat: int):
         super().__init__()
         self.h = n_head
@@ -214,7 +132,8 @@ class MultiHeadedAttentionCrossAtt(nn.Module):
     def __call__(self, x: mx.array, memory: mx.array, memory_mask: mx.array) -> mx.array:
         k, v = mx.split(self.linear_k_v(memory), 2, axis=-1)
         q = split_heads(self.linear_q(x), self.h)
-        out = attention(q, split_heads(k, self.h), split_heads(v, self.h), memory_mask)
+        out = attention(q, split_heads(k, self.h), split_heads(v, self.h), memory_mask,
+                        self.unfused)
         return self.linear_out(merge_heads(out))
 
 
@@ -307,6 +226,12 @@ class Model(nn.Module):
         self.encoder.compile(enable)
         self.decoder.compile(enable)
 
+    def cast(self, dtype: mx.Dtype) -> None:
+        """Network weights in `dtype`; CIF decides token counts, so the predictor stays float32."""
+        if dtype != mx.float32:
+            self.set_dtype(dtype)
+            self.predictor.set_dtype(mx.float32)
+
     def sanitize(self, weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Map official state-dict tensors onto this module tree."""
         out = {}
@@ -398,67 +323,162 @@ class DecodeRun:
 
 
 # --------------------------------------------------------------------------------------------
-# timestamps: ts_prediction_lfr6_standard as Paraformer.inference calls it
+# the recognizer
 # --------------------------------------------------------------------------------------------
-START_END_THRESHOLD = 5  # frames
-MAX_TOKEN_DURATION = 12  # frames
-FORCE_TIME_SHIFT = -1.5  # frames
-TIME_RATE = 10.0 * 6 / 1000 / 1  # seconds per LFR frame (10 ms x lfr_n 6, upsample_rate 1)
-FIRE_THRESHOLD = np.float32(1.0 - 1e-4)
+class ParaformerASR:
+    """Implements the runner's ASRModel protocol for Paraformer checkpoints."""
+
+    sample_rate = SAMPLE_RATE
+    punctuated = False  # Paraformer writes bare tokens: the runner may add a punctuation model
+    max_segment_s = 30.0  # the longest piece it is given (its windows and batches)
+
+    def __init__(self, model: Model, tokens: list[str], cmvn: np.ndarray | None,
+                 name: str = "paraformer", dtype: mx.Dtype = mx.float32,
+                 tuning: Tuning = Tuning()):
+        self.model = model
+        self.tuning = tuning  # the switches read at load (batchasr.models.blocks.tuning)
+        # batches are padded to a multiple of this many frames (~1 s): few distinct shapes
+        self.frame_bucket = tuning.frame_bucket
+        self.tokens = tokens
+        self.name = name
+        self.dtype = dtype
+        self.frontend_conf = FrontendConfig.from_dict(model.args.frontend_conf)
+        self.frontend = WavFrontend(self.frontend_conf, cmvn)
+        if tuning.compile:  # opt-in (BATCHASR_COMPILE=1), see batchasr.models.blocks.tuning
+            model.compile()
+        if len(tokens) != model.args.vocab_size:
+            raise ValueError(f"tokens.json has {len(tokens)} entries, the model's output layer "
+                             f"{model.args.vocab_size}")
+
+    def features(self, waveforms: Sequence[np.ndarray]) -> tuple[mx.array, mx.array]:
+        return self.frontend(waveforms)
+
+    def transcribe(self, waveforms: Sequence[np.ndarray], *,
+                   languages: Sequence[str | None] | None = None) -> list[Transcript]:
+        """16 kHz mono float32 waveforms -> one Transcript each, in order. `languages` is
+        accepted for the protocol; Paraformer checkpoints are single-language."""
+        return self.submit(waveforms, languages=languages).result()
+
+    def submit(self, waveforms: Sequence[np.ndarray], *,
+               languages: Sequence[str | None] | None = None) -> "PendingBatch":
+        """Start a batch: its features, encoder and predictor are queued on the device and
+        this returns at once. `result()` gives what `transcribe` gives. The runner submits
+        batch k+1 before it takes batch k's result, so that the host work of one batch
+        (CIF, timestamps, text) overlaps the device work of the next."""
+        waveforms = [np.asarray(w, dtype=np.float32) for w in waveforms]
+        return PendingBatch(self, waveforms)
+
+    def to_transcript(self, ids: list[int], times: list[list[int]]) -> Transcript:
+        pieces = [self.tokens[i] for i in ids]
+        text, _, _ = sentence_postprocess(pieces)
+        tokens = [Token(text=p, id=i) for p, i in zip(pieces, ids)]
+        for tok, (start, end) in zip(tokens, times):
+            tok.start_ms, tok.end_ms = start, end
+        segments = []
+        timed = [t for t in tokens if t.start_ms is not None]
+        if text and timed:
+            segments.append(Segment(max(0, timed[0].start_ms) / 1000.0,
+                                    timed[-1].end_ms / 1000.0, text))
+        return Transcript(text=text, tokens=tokens, segments=segments)
+
+    def word_timestamps(self, transcript: Transcript) -> tuple[list[str], list[list[int]]]:
+        """Words and their [start_ms, end_ms] as the official `timestamp` output groups them."""
+        pieces = [t.text for t in transcript.tokens]
+        times = [[t.start_ms, t.end_ms] for t in transcript.tokens if t.start_ms is not None]
+        _, words, word_times = sentence_postprocess(pieces, times)
+        return words, word_times
 
 
-def _sequential_cif(alphas: np.ndarray) -> np.ndarray:
-    """timestamp_tools.cif_wo_hidden: float32 integrate-and-fire subtracting the threshold."""
-    integrate = np.float32(0.0)
-    out = np.empty_like(alphas)
-    for t, a in enumerate(alphas):
-        integrate = np.float32(integrate + a)
-        out[t] = integrate
-        if integrate >= FIRE_THRESHOLD:
-            integrate = np.float32(integrate - FIRE_THRESHOLD)
-    return out
+class PendingBatch:
+    """A Paraformer batch on its way through the device (see ParaformerASR.submit)."""
+
+    def __init__(self, asr: ParaformerASR, waveforms: list[np.ndarray]):
+        self.asr = asr
+        self.n = len(waveforms)
+        self.results: list[Transcript | None] = [None] * self.n
+        feats, lengths = asr.features(waveforms)
+        lens = np.array(lengths)
+        self.live = [i for i in range(self.n) if lens[i] > 0]
+        for i in range(self.n):
+            if lens[i] == 0:  # shorter than one fbank window: nothing to recognise
+                self.results[i] = Transcript(text="")
+        self.run = None
+        if self.live:
+            if len(self.live) < self.n:
+                idx = mx.array(np.array(self.live, dtype=np.int32))
+                feats, lengths = feats[idx][:, : int(lens[self.live].max())], lengths[idx]
+            pad = -feats.shape[1] % asr.frame_bucket
+            if pad:
+                feats = mx.pad(feats, [(0, 0), (0, pad), (0, 0)])
+            self.run = DecodeRun(asr.model, feats.astype(asr.dtype), lengths)
+
+    def advance(self) -> None:
+        """Wait for the encoder, fire CIF and queue the decoder (result() does it too)."""
+        if self.run is not None:
+            self.run.launch_decoder()
+
+    def result(self) -> list[Transcript]:
+        if self.run is not None:
+            out = self.run.finish()
+            self.run = None
+            for row, i in enumerate(self.live):
+                self.results[i] = self.asr.to_transcript(out.token_ids[row],
+                                                         out.token_times_ms[row])
+        return self.results
 
 
-def token_timestamps(fires: np.ndarray, alphas: np.ndarray, n_tokens: int) -> list[list[int]]:
-    """[[start_ms, end_ms], ...] per token, as funasr 1.4.16 computes them.
+# --------------------------------------------------------------------------------------------
+# family hooks (batchasr.models.loader)
+# --------------------------------------------------------------------------------------------
+# The published paraformer-large config.yaml, to build full-size dummy models without a folder.
+DUMMY_CONFIG = {
+    "model": "Paraformer",
+    "encoder": "SANMEncoder",
+    "encoder_conf": {"output_size": 512, "attention_heads": 4, "linear_units": 2048,
+                     "num_blocks": 50, "input_layer": "pe", "normalize_before": True,
+                     "kernel_size": 11, "sanm_shfit": 0, "selfattention_layer_type": "sanm"},
+    "decoder": "ParaformerSANMDecoder",
+    "decoder_conf": {"attention_heads": 4, "linear_units": 2048, "num_blocks": 16,
+                     "att_layer_num": 16, "kernel_size": 11, "sanm_shfit": 0},
+    "predictor": "CifPredictorV2",
+    "predictor_conf": {"idim": 512, "threshold": 1.0, "l_order": 1, "r_order": 1,
+                       "tail_threshold": 0.45},
+    "frontend": "WavFrontend",
+    "frontend_conf": {"fs": 16000, "window": "hamming", "n_mels": 80, "frame_length": 25,
+                      "frame_shift": 10, "lfr_m": 7, "lfr_n": 6},
+    "tokenizer": "CharTokenizer",
+}
+DUMMY_VOCAB_SIZE = 8404
 
-    Paraformer.inference passes (fires, alphas) into ts_prediction_lfr6_standard's
-    (us_alphas, us_peaks): the fire test runs on the alphas, and when it does not find
-    n_tokens + 1 fires (the usual case), the fires curve is rescaled to sum to n_tokens + 1
-    and re-fired sequentially. Kept as the official code does it, argument order included.
-    """
-    if n_tokens == 0:
-        return []
-    curve = fires.astype(np.float32).copy()  # the official `alphas`
-    peaks = alphas.astype(np.float32)  # the official `peaks`
-    fire_place = np.flatnonzero(peaks >= FIRE_THRESHOLD) + FORCE_TIME_SHIFT
-    if len(fire_place) != n_tokens + 1:
-        total = np.float32(curve.sum(dtype=np.float32))
-        curve = (curve / np.float32(total / np.float32(n_tokens + 1))).astype(np.float32)
-        peaks = _sequential_cif(curve)
-        fire_place = np.flatnonzero(peaks >= FIRE_THRESHOLD) + FORCE_TIME_SHIFT
-    if len(fire_place) == 0:
-        return []
-    num_frames = peaks.shape[0]
-    spans: list[list[float]] = []
-    is_token: list[bool] = []
-    if fire_place[0] > START_END_THRESHOLD:
-        spans.append([0.0, fire_place[0] * TIME_RATE])
-        is_token.append(False)
-    for i in range(min(len(fire_place) - 1, n_tokens)):
-        is_token.append(True)
-        if fire_place[i + 1] - fire_place[i] <= MAX_TOKEN_DURATION:
-            spans.append([fire_place[i] * TIME_RATE, fire_place[i + 1] * TIME_RATE])
-        else:  # cut long tokens; the rest is silence
-            split = fire_place[i] + MAX_TOKEN_DURATION
-            spans.append([fire_place[i] * TIME_RATE, split * TIME_RATE])
-            spans.append([split * TIME_RATE, fire_place[i + 1] * TIME_RATE])
-            is_token.append(False)
-    if num_frames - fire_place[-1] > START_END_THRESHOLD:
-        end = (num_frames + fire_place[-1]) * 0.5
-        spans[-1][1] = end * TIME_RATE
-        spans.append([end * TIME_RATE, num_frames * TIME_RATE])
-        is_token.append(False)
-    elif spans:
-        spans[-1][1] = num_frames * TIME_RATE
-    return [[int(s * 1000), int(e * 1000)] for (s, e), tok in zip(spans, is_token) if tok]
+
+def read_assets(folder: Path | None, config: dict, *, dummy: bool,
+                vocab_size: int | None = None) -> dict:
+    """tokens.json / tokens.txt and am.mvn. A dummy model without a token list gets a
+    synthetic vocabulary of `vocab_size` entries."""
+    has_list = folder is not None and ((folder / "tokens.json").exists()
+                                       or (folder / "tokens.txt").exists())
+    if folder is not None and (has_list or not dummy):
+        tokens = read_tokens(folder, config)
+    else:
+        n = vocab_size or DUMMY_VOCAB_SIZE
+        tokens = ["<blank>", "<s>", "</s>"] + [chr(0x4E00 + i) for i in range(n - 4)] + ["<unk>"]
+    cmvn = None
+    if folder is not None and (folder / "am.mvn").exists():
+        cmvn = load_cmvn(folder / "am.mvn")
+    return {"tokens": tokens, "cmvn": cmvn}
+
+
+def wrap(model: Model, assets: dict, *, name: str, dtype, dummy: bool,
+         tuning: Tuning = Tuning()) -> ParaformerASR:
+    cmvn = assets["cmvn"]
+    if dummy:
+        # a CIF firing about 4 tokens per second, as real speech does
+        model.predictor.cif_output.bias = mx.full((1,), float(np.log(0.24 / 0.76)))
+        if cmvn is None:
+            rng = np.random.default_rng(0)
+            n = model.args.input_size
+            cmvn = np.stack([-rng.normal(11, 2, n), 1 / rng.uniform(2, 5, n)]).astype(np.float32)
+    return ParaformerASR(model, assets["tokens"], cmvn, name=name, dtype=dtype, tuning=tuning)
+
+
+RECOGNIZER = ParaformerASR

@@ -1,24 +1,37 @@
-"""Silero VAD (16 kHz) in MLX.
+"""Silero VAD (16 kHz): network, `get_speech_timestamps`, streaming driver, loading.
 
-The network of the `silero-vad` package (MIT, Silero Team; version 6.2.3 read): per 512-sample
-window, the previous 64 samples are prepended as context, the 576 samples are reflect-padded
-by 64 on the right, a 256-point STFT as a strided convolution (hop 128, 4 frames) gives 129
-magnitudes, four Conv1d+ReLU layers (strides 1, 2, 2, 1) reduce them to one 128-vector, an
-LSTMCell (128) carries state from window to window, and ReLU -> Conv1d(128, 1, 1) -> sigmoid
-gives the speech probability. Attribute names are the keys of the package's
-`silero_vad_16k.safetensors` layout (`stft_conv`, `conv1`..`conv4`, `lstm_cell`, `final_conv`).
+Exact to `silero_vad.get_speech_timestamps(audio, load_silero_vad())` of the `silero-vad`
+package (MIT, Silero Team; version 6.2.3 read, weights vendored in batchasr/models/data) with
+its defaults (threshold 0.5, neg_threshold 0.35, min speech 250 ms, min silence 100 ms, pad
+30 ms), times converted to ms as FunASR's SileroVad adapter does (`int(s * 1000 / sr)`).
 
-The convolutions of many windows run in one MLX call; the LSTM recurrence, 512x128 per
-window and inherently sequential, runs on the host in numpy float32 (faster than launching
-one device step per 32 ms window).
+Network: per 512-sample window, the previous 64 samples are prepended as context, the 576
+samples are reflect-padded by 64 on the right, a 256-point STFT as a strided convolution (hop
+128, 4 frames) gives 129 magnitudes, four Conv1d+ReLU layers (strides 1, 2, 2, 1) reduce them
+to one 128-vector, an LSTMCell (128) carries state from window to window, and ReLU ->
+Conv1d(128, 1, 1) -> sigmoid gives the speech probability. Attribute names are the keys of the
+package's `silero_vad_16k.safetensors` layout (`stft_conv`, `conv1`..`conv4`, `lstm_cell`,
+`final_conv`). The convolutions of many windows run in one MLX call; the LSTM recurrence,
+inherently sequential, runs on the host in numpy float32.
+
+Not a config.yaml family: batchasr.models.loader.load_vad builds it with `SileroVAD.load`.
 """
 from __future__ import annotations
 
+import hashlib
+import math
+import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
+
+from batchasr.audio.decode import SAMPLE_RATE
+from batchasr.errors import CheckpointError
+from batchasr.models.blocks.vad import VAD, SpeechSegment, VADStream
+from batchasr.models.weights import apply_weights
 
 WINDOW = 512  # samples per window at 16 kHz
 CONTEXT = 64  # samples carried over from the previous window
@@ -117,9 +130,251 @@ def load_model(path: str | Path) -> Model:
     """Build the model from a .safetensors file in the package's key layout."""
     from safetensors.numpy import load_file
 
-    from batchasr.models.loader import apply_weights
-
     model = Model()
     apply_weights(model, Model.sanitize(load_file(str(path))), what=str(path))
     model.eval()
     return model
+
+
+# ---------------------------------------------------------------------------------------------
+# get_speech_timestamps and the streaming driver
+# ---------------------------------------------------------------------------------------------
+DATA_DIR = Path(__file__).parent / "data"
+# The 16 kHz tensors of silero-vad 6.2.3's silero_vad.jit (byte-identical to those in its
+# ONNX files), extracted by `tools/make_reference_fixtures.py silero-weights`; MIT, see
+# data/LICENSE.silero-vad. The wheel's own silero_vad_16k.safetensors holds *other* weights
+# (up to 0.48 apart in probability on real speech) and is not what load_silero_vad() runs.
+SILERO_WEIGHTS = DATA_DIR / "silero_vad_16k_v6.safetensors"
+SILERO_SHA256 = "473239a04422b311b9d65d3ab594f9f6eb872b23a2e3b40d369c2e76b4aae40c"
+
+
+@dataclass(frozen=True)
+class SileroOptions:
+    """get_speech_timestamps' parameters and defaults (silero-vad 6.2.3)."""
+
+    threshold: float = 0.5
+    min_speech_duration_ms: int = 250
+    max_speech_duration_s: float = math.inf
+    min_silence_duration_ms: int = 100
+    speech_pad_ms: int = 30
+    neg_threshold: float | None = None
+    min_silence_at_max_speech: int = 98
+    use_max_poss_sil_at_max_speech: bool = True
+
+
+class SpeechTimestamps:
+    """`get_speech_timestamps_from_probs` (16 kHz), fed one window probability at a time.
+
+    `push(prob)` / `finish(audio_length_samples)` return speeches (dicts with sample
+    `start`/`end`, as the package's) once their padding is settled: a speech's end and the
+    next one's start are padded together, so each is released when the next one begins."""
+
+    def __init__(self, opts: SileroOptions = SileroOptions(), sampling_rate: int = SAMPLE_RATE):
+        o = opts
+        self.window = 512 if sampling_rate == 16000 else 256  # the package's 16 kHz / 8 kHz rule
+        self.threshold = o.threshold
+        self.neg_threshold = max(o.threshold - 0.15, 0.01) if o.neg_threshold is None \
+            else o.neg_threshold
+        self.min_speech_samples = sampling_rate * o.min_speech_duration_ms / 1000
+        self.speech_pad_samples = sampling_rate * o.speech_pad_ms / 1000
+        self.max_speech_samples = (sampling_rate * o.max_speech_duration_s - self.window
+                                   - 2 * self.speech_pad_samples)
+        self.min_silence_samples = sampling_rate * o.min_silence_duration_ms / 1000
+        self.min_silence_samples_at_max_speech = sampling_rate * o.min_silence_at_max_speech / 1000
+        self.use_max_poss = o.use_max_poss_sil_at_max_speech
+        self.i = 0
+        self.triggered = False
+        self.current: dict = {}
+        self.temp_end = 0
+        self.prev_end = self.next_start = 0
+        self.possible_ends: list[tuple[int, int]] = []
+        self.speeches: list[dict] = []  # appended, not yet released (at most 2)
+        self.n_released = 0
+
+    def push(self, speech_prob: float) -> list[dict]:
+        n_before = self.n_released + len(self.speeches)
+        self._step(speech_prob)
+        if self.n_released + len(self.speeches) > n_before:
+            return self._release(final=False)
+        return []
+
+    def finish(self, audio_length_samples: int) -> list[dict]:
+        cur = self.current
+        if cur and (audio_length_samples - cur["start"]) > self.min_speech_samples:
+            self.current["end"] = audio_length_samples
+            self.speeches.append(self.current)
+        self.current = {}
+        return self._release(final=True, audio_length_samples=audio_length_samples)
+
+    def _release(self, final: bool, audio_length_samples: int = 0) -> list[dict]:
+        pad = self.speech_pad_samples
+        out = []
+        while len(self.speeches) >= (1 if final else 2):
+            speech = self.speeches[0]
+            if self.n_released == 0:
+                speech["start"] = int(max(0, speech["start"] - pad))
+            if len(self.speeches) > 1:
+                nxt = self.speeches[1]
+                silence_duration = nxt["start"] - speech["end"]
+                if silence_duration < 2 * pad:
+                    speech["end"] += int(silence_duration // 2)
+                    nxt["start"] = int(max(0, nxt["start"] - silence_duration // 2))
+                else:  # end + pad < next start <= audio length: the official min() is a no-op
+                    speech["end"] = int(speech["end"] + pad)
+                    nxt["start"] = int(max(0, nxt["start"] - pad))
+            else:
+                speech["end"] = int(min(audio_length_samples, speech["end"] + pad))
+            out.append(self.speeches.pop(0))
+            self.n_released += 1
+        return out
+
+    def _step(self, speech_prob: float) -> None:  # one iteration of the official loop
+        cur_sample = self.window * self.i
+        self.i += 1
+        if speech_prob >= self.threshold and self.temp_end:
+            sil_dur = cur_sample - self.temp_end
+            if sil_dur > self.min_silence_samples_at_max_speech:
+                self.possible_ends.append((self.temp_end, sil_dur))
+            self.temp_end = 0
+            if self.next_start < self.prev_end:
+                self.next_start = cur_sample
+        if speech_prob >= self.threshold and not self.triggered:
+            self.triggered = True
+            self.current["start"] = cur_sample
+            return
+        if self.triggered and cur_sample - self.current["start"] > self.max_speech_samples:
+            if self.use_max_poss and self.possible_ends:
+                self.prev_end, dur = max(self.possible_ends, key=lambda x: x[1])
+                self.current["end"] = self.prev_end
+                self.speeches.append(self.current)
+                self.current = {}
+                self.next_start = self.prev_end + dur
+                if self.next_start < self.prev_end + cur_sample:
+                    self.current["start"] = self.next_start
+                else:
+                    self.triggered = False
+                self.prev_end = self.next_start = self.temp_end = 0
+                self.possible_ends = []
+            elif self.prev_end:
+                self.current["end"] = self.prev_end
+                self.speeches.append(self.current)
+                self.current = {}
+                if self.next_start < self.prev_end:
+                    self.triggered = False
+                else:
+                    self.current["start"] = self.next_start
+                self.prev_end = self.next_start = self.temp_end = 0
+                self.possible_ends = []
+            else:
+                self.current["end"] = cur_sample
+                self.speeches.append(self.current)
+                self.current = {}
+                self.prev_end = self.next_start = self.temp_end = 0
+                self.triggered = False
+                self.possible_ends = []
+                return
+        if speech_prob < self.neg_threshold and self.triggered:
+            if not self.temp_end:
+                self.temp_end = cur_sample
+            sil_dur_now = cur_sample - self.temp_end
+            if not self.use_max_poss and sil_dur_now > self.min_silence_samples_at_max_speech:
+                self.prev_end = self.temp_end
+            if sil_dur_now < self.min_silence_samples:
+                return
+            self.current["end"] = self.temp_end
+            if (self.current["end"] - self.current["start"]) > self.min_speech_samples:
+                self.speeches.append(self.current)
+            self.current = {}
+            self.prev_end = self.next_start = self.temp_end = 0
+            self.triggered = False
+            self.possible_ends = []
+
+
+def _samples_to_ms(speech: dict, sr: int) -> SpeechSegment:
+    return int(speech["start"] * 1000 / sr), int(speech["end"] * 1000 / sr)
+
+
+class SileroVADStream(VADStream):
+    """512-sample windows from sample 0 with the previous 64 samples as context (zeros before
+    the start), the LSTM state carried from window to window, the last window zero-padded."""
+
+    BLOCK = 512 * 1024  # windows scored per network call (bounded memory)
+
+    def __init__(self, vad: "SileroVAD", opts: SileroOptions, keep_probs: bool = False):
+        self.vad = vad
+        self.ts = SpeechTimestamps(opts, vad.sample_rate)
+        self.state = vad.model.initial_state()
+        self.context = np.zeros(vad.model.CONTEXT, np.float32)
+        self.rest = np.zeros(0, np.float32)
+        self.n_samples = 0
+        self.probs: list[np.ndarray] | None = [] if keep_probs else None
+        self.raw: list[dict] = []  # released speeches in samples (for tests)
+
+    def feed(self, samples: np.ndarray) -> list[SpeechSegment]:
+        samples = np.asarray(samples, np.float32)
+        self.n_samples += len(samples)
+        buf = np.concatenate([self.rest, samples]) if len(self.rest) else samples
+        W = self.vad.model.WINDOW
+        n = len(buf) // W
+        out = []
+        for b in range(0, n, self.BLOCK // W):
+            e = min(n, b + self.BLOCK // W)
+            out += self._score(buf[b * W : e * W])
+        self.rest = buf[n * W :].copy()
+        return out
+
+    def finish(self) -> list[SpeechSegment]:
+        out = []
+        if len(self.rest):
+            W = self.vad.model.WINDOW
+            out += self._score(np.pad(self.rest, (0, W - len(self.rest))))
+            self.rest = np.zeros(0, np.float32)
+        speeches = self.ts.finish(self.n_samples)
+        self.raw += speeches
+        return out + [_samples_to_ms(s, self.vad.sample_rate) for s in speeches]
+
+    def _score(self, audio: np.ndarray) -> list[SpeechSegment]:
+        probs, self.state, self.context = self.vad.model.probs(audio, self.context, self.state)
+        if self.probs is not None:
+            self.probs.append(probs)
+        out = []
+        for p in probs.tolist():
+            for s in self.ts.push(p):
+                self.raw.append(s)
+                out.append(_samples_to_ms(s, self.vad.sample_rate))
+        return out
+
+
+class SileroVAD(VAD):
+    """Silero VAD (16 kHz) with `get_speech_timestamps`' post-processing."""
+
+    name = "silero"
+
+    def __init__(self, model, options: SileroOptions = SileroOptions()):
+        self.model = model
+        self.options = options
+
+    @classmethod
+    def load(cls, path: str | os.PathLike | None = None, options: SileroOptions = SileroOptions()):
+        """The vendored weights, or a .safetensors file in the package's key layout."""
+        path = Path(path) if path is not None else SILERO_WEIGHTS
+        if not path.exists():
+            raise CheckpointError(f"{path}: silero weights not found")
+        if path == SILERO_WEIGHTS and \
+                hashlib.sha256(path.read_bytes()).hexdigest() != SILERO_SHA256:
+            raise CheckpointError(f"{path}: checksum mismatch (damaged install?)")
+        try:
+            model = load_model(path)
+        except (KeyError, ValueError) as e:
+            raise CheckpointError(f"{path}: not silero-vad 16 kHz weights: {e}") from e
+        return cls(model, options)
+
+    def stream(self, *, keep_probs: bool = False) -> SileroVADStream:
+        return SileroVADStream(self, self.options, keep_probs=keep_probs)
+
+    def speech_probs(self, waveform: np.ndarray) -> np.ndarray:
+        """One speech probability per 512-sample window (the package's model(chunk, 16000))."""
+        st = self.stream(keep_probs=True)
+        st.feed(waveform)
+        st.finish()
+        return np.concatenate(st.probs) if st.probs else np.zeros(0, np.float32)

@@ -67,7 +67,7 @@ DEFAULT_MAX_SEGMENT_S = 30.0  # Paraformer: the length its batches and the windo
 class CutOptions:
     """How files become pieces for the model (see the module docstring)."""
 
-    vad: Any = None  # a loaded batchasr.models.vad.VAD; None: equal windows of max_window_s
+    vad: Any = None  # a loaded batchasr.models.blocks.vad.VAD; None: equal windows of max_window_s
     max_segment_s: float = DEFAULT_MAX_SEGMENT_S
     max_window_s: float = 30.0
     # A file through the VAD is decoded and fed in windows of this length.
@@ -107,12 +107,12 @@ def model_punctuates(model: ASRModel) -> bool:
 
 
 def open_vad(vad: Any, *, download: bool = False):
-    """A VAD from a name or folder (``batchasr.models.vad.load_vad``); None or "none": no VAD; a
+    """A VAD from a name or folder (``batchasr.models.loader.load_vad``); None or "none": no VAD; a
     loaded VAD is returned as it is."""
     if vad is None or (isinstance(vad, str) and vad.lower() == "none"):
         return None
     if isinstance(vad, (str, os.PathLike)):
-        from batchasr.models.vad import load_vad
+        from batchasr.models.loader import load_vad
 
         return load_vad(vad, download=download)
     return vad
@@ -124,7 +124,7 @@ def open_punctuator(punc: Any, *, download: bool = False):
     if punc is None or (isinstance(punc, str) and punc.lower() == "none"):
         return None
     if isinstance(punc, (str, os.PathLike)):
-        from batchasr.models.punctuation import load_punctuator
+        from batchasr.models.loader import load_punctuator
 
         return load_punctuator(punc, download=download)
     return punc
@@ -247,7 +247,7 @@ class SegmentCutter:
         self.tail.spilled = 0
 
     def _cut(self, segments) -> list[Cut]:
-        from batchasr.models.vad import split_long_segments
+        from batchasr.models.blocks.vad import split_long_segments
 
         out = []
         for start_ms, end_ms in split_long_segments(segments, self.max_segment_ms):

@@ -99,7 +99,7 @@ def check_longform_models(vad: str, punc: str) -> None:
     """CheckpointError when the VAD or punctuation model named cannot be found (without
     loading them)."""
     from batchasr.models.loader import resolve
-    from batchasr.models.vad import SILERO_NAMES
+    from batchasr.models.loader import SILERO_NAMES
 
     if vad.lower() not in ("none", "auto") and vad not in SILERO_NAMES \
             and not (Path(vad).is_file() and Path(vad).suffix == ".safetensors"):

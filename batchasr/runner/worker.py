@@ -240,7 +240,7 @@ def run_job(
     recovery is then the run's business, and this worker keeps going until no item is
     pending or held by a sibling.
 
-    Long recordings: ``vad`` (a name or folder for ``batchasr.models.vad.load_vad``, or a loaded
+    Long recordings: ``vad`` (a name or folder for ``batchasr.models.loader.load_vad``, or a loaded
     VAD; None or "none": equal windows) cuts files longer than ``max_segment_s`` (default:
     the model's, see ``pipeline.default_max_segment_s``) into speech segments; ``punc`` (a
     name or folder for ``load_punctuator``, or a loaded punctuator) restores punctuation for

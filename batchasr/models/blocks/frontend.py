@@ -10,6 +10,9 @@ ceil(T/6) outputs) and CMVN `(x + shift) * scale` from am.mvn, after LFR.
 
 Every row of a batch equals its own unpadded computation: frames, LFR windows and lengths are
 computed per row from the row's true sample count, and padded frames are zeros.
+
+`OnlineFrontend` is WavFrontendOnline (fbank -> LFR m, n=1 -> CMVN) fed chunk by chunk, as
+fsmn-vad runs it.
 """
 from __future__ import annotations
 
@@ -22,9 +25,9 @@ from typing import Sequence
 import mlx.core as mx
 import numpy as np
 
+from batchasr.audio.decode import SAMPLE_RATE
 from batchasr.models.base import BaseModelArgs
 
-SAMPLE_RATE = 16000
 WAVEFORM_SCALE = float(1 << 15)  # FunASR's `upsacle_samples`: fbank sees int16-range samples
 LOG_FLOOR = float(np.finfo(np.float32).eps)  # Kaldi/torchaudio floor inside log()
 
@@ -33,7 +36,7 @@ LOG_FLOOR = float(np.finfo(np.float32).eps)  # Kaldi/torchaudio floor inside log
 class FrontendConfig(BaseModelArgs):
     """The `frontend_conf` block of config.yaml (WavFrontend keys, official names)."""
 
-    fs: int = 16000
+    fs: int = SAMPLE_RATE
     window: str = "hamming"
     n_mels: int = 80
     frame_length: float = 25.0  # ms
@@ -150,7 +153,7 @@ def fbank(waveforms: mx.array, lengths: Sequence[int], conf: FrontendConfig,
     x = waveforms.astype(mx.float32)
     if conf.upsacle_samples:
         x = x * WAVEFORM_SCALE
-    # (B, T, size) overlapping frames as a strided view: ~5x faster than a gather on CPUs
+    # (B, T, size) overlapping frames as a strided view: faster than a gather on CPUs
     frames = mx.as_strided(mx.contiguous(x), (B, T, size), (N, shift, 1))
     frames = frames - mx.mean(frames, axis=-1, keepdims=True)  # remove_dc_offset
     prev = mx.concatenate([frames[..., :1], frames[..., :-1]], axis=-1)
@@ -225,3 +228,59 @@ class WavFrontend:
             feats = (feats + self.cmvn[0, :dim]) * self.cmvn[1, :dim]
         mask = mx.arange(T_out)[None, :] < mx.array(out_lens)[:, None]
         return mx.where(mask[..., None], feats, 0.0)
+
+
+class OnlineFrontend:
+    """WavFrontendOnline (fbank -> LFR m, n=1 -> CMVN) fed in chunks, with the official
+    frame counts: a non-final chunk emits the LFR frames whose right context it has (all but
+    the last (m-1)//2), the final chunk emits the rest with the last frame repeated. Also
+    returns each emitted frame's 25 ms of waveform, from which the official decibels come."""
+
+    def __init__(self, conf, cmvn: np.ndarray | None):
+        if conf.lfr_n != 1:
+            raise ValueError(f"fsmn-vad frontend: lfr_n must be 1, got {conf.lfr_n}")
+        self.conf = conf
+        self.cmvn = None if cmvn is None else mx.array(cmvn[:, : conf.n_mels * conf.lfr_m])
+        self.frame_len = int(conf.fs * conf.frame_length / 1000)
+        self.shift = int(conf.fs * conf.frame_shift / 1000)
+        self.ctx = (conf.lfr_m - 1) // 2
+        self.tail = np.zeros(0, np.float32)  # samples from the next fbank frame's start
+        self.n_fbank = 0  # fbank frames so far
+        self.hist = None  # the last fbank frames (mx, (k, n_mels)), k <= lfr_m - 1
+        self.n_out = 0  # LFR frames emitted so far
+        self.wave = np.zeros(0, np.float32)  # samples from frame n_out's start on
+
+    def __call__(self, chunk: np.ndarray, is_final: bool):
+        """(LFR+CMVN features (T, n_mels * lfr_m) as mx or None, waveforms (T, frame_len))."""
+        buf = np.concatenate([self.tail, chunk]) if len(self.tail) else chunk
+        n_new = (len(buf) - self.frame_len) // self.shift + 1 if len(buf) >= self.frame_len else 0
+        frames = self.hist  # fbank frames [first, n_fbank) of the file
+        first = self.n_fbank - (0 if frames is None else frames.shape[0])
+        if n_new:
+            used = (n_new - 1) * self.shift + self.frame_len
+            fb = fbank(mx.array(buf[None, :used]), [used], self.conf)[0]
+            frames = fb if frames is None else mx.concatenate([frames, fb])
+            self.n_fbank += n_new
+        self.tail = buf[n_new * self.shift :]
+        self.wave = np.concatenate([self.wave, chunk]) if len(self.wave) else chunk
+        total = self.n_fbank
+        # WavFrontendOnline: a non-final call with new frames emits all but the last ctx
+        # (their right context is missing); the final call emits the rest
+        end = total if is_final else (max(total - self.ctx, self.n_out) if n_new else self.n_out)
+        feats = waves = None
+        if end > self.n_out:
+            m, D = self.conf.lfr_m, self.conf.n_mels
+            k = np.arange(self.n_out, end)
+            idx = np.clip(k[:, None] + np.arange(m)[None, :] - self.ctx, 0, total - 1) - first
+            feats = mx.take(frames, mx.array(idx.reshape(-1).astype(np.int32)), axis=0)
+            feats = feats.reshape(len(k), m * D)
+            if self.cmvn is not None:
+                feats = (feats + self.cmvn[0]) * self.cmvn[1]
+            rel = (k - self.n_out)[:, None] * self.shift + np.arange(self.frame_len)[None, :]
+            waves = self.wave[rel]
+            self.wave = self.wave[len(k) * self.shift :]
+            self.n_out = end
+        if frames is not None:  # the next call needs frames from n_out - ctx on
+            keep = total - max(self.n_out - self.ctx, 0)
+            self.hist = frames[frames.shape[0] - keep :] if keep > 0 else None
+        return feats, waves

@@ -10,7 +10,6 @@ Shapes: B batch, T frames, D model width. Masks are boolean (B, T), True on real
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -19,6 +18,7 @@ import mlx.nn as nn
 import numpy as np
 
 from batchasr.models.base import BaseModelArgs
+from batchasr.models.blocks.tuning import Tuning
 
 LAYER_NORM_EPS = 1e-12  # funasr.models.transformer.layer_norm.LayerNorm
 
@@ -28,7 +28,7 @@ def layer_norm(dims: int, eps: float = LAYER_NORM_EPS) -> nn.LayerNorm:
 
 
 def compiled_calls(layers) -> tuple:
-    """mx.compile each layer's forward (fuses its element-wise ops: ~15% faster on GPUs).
+    """mx.compile each layer's forward (fuses its element-wise ops; faster on GPUs).
     The parameters are declared as implicit inputs, so later weight updates are seen."""
     return tuple(mx.compile(layer.__call__, inputs=layer.state) for layer in layers)
 
@@ -58,19 +58,21 @@ def sinusoidal_position_encoding(length: int, depth: int) -> mx.array:
 class FSMNBlock(nn.Module):
     """Depthwise 1-D convolution over time with zero padding (the FSMN memory).
 
-    `weight` keeps the torch layout (channels, 1, kernel) of `fsmn_block.weight`. The default
-    is a sum of shifted, scaled copies (exact, fast on CPUs). A grouped-conv kernel is ~20%
-    faster on GPUs but a long run crashed MLX 0.32.4's CUDA backend with it (not yet
-    isolated), so it is opt-in: BATCHASR_FSMN=conv ("auto" picks it on GPUs).
+    `weight` keeps the torch layout (channels, 1, kernel) of `fsmn_block.weight`. `method`
+    (Tuning.fsmn, BATCHASR_FSMN): "shift", a sum of shifted, scaled copies (exact, the
+    default), "conv", a grouped convolution, or "auto" (conv on GPUs).
     """
 
-    method = os.environ.get("BATCHASR_FSMN", "shift")
+    method = Tuning.fsmn
 
     def __init__(self, channels: int, kernel_size: int, left_padding: int):
         super().__init__()
         self.weight = mx.zeros((channels, 1, kernel_size))
         self.kernel_size = kernel_size
         self.left_padding = left_padding
+
+    def tune(self, tuning: Tuning) -> None:
+        self.method = tuning.fsmn
 
     def __call__(self, x: mx.array) -> mx.array:
         """x: (B, T, C) -> (B, T, C)."""
@@ -95,24 +97,30 @@ def fsmn_padding(kernel_size: int, sanm_shfit: int) -> int:
     return left + sanm_shfit if sanm_shfit > 0 else left
 
 
-def attention(q: mx.array, k: mx.array, v: mx.array, key_mask: mx.array | None) -> mx.array:
+def attention(q: mx.array, k: mx.array, v: mx.array, key_mask: mx.array | None,
+              unfused: bool = False) -> mx.array:
     """Scaled dot-product attention, q/k/v (B, H, T, d); padded keys get no weight.
 
-    BATCHASR_ATTENTION=unfused computes it as two batched GEMMs around a float32 softmax
-    instead of MLX's fused kernel, which on NVIDIA GPUs sets up a cuDNN plan per new batch
-    shape. On an H200 (Paraformer-large bf16, benchmarks/shape_cost.py) the first batch of
-    40 x 7 s took 0.26 s unfused against 0.95 s fused; on a machine that had already built
-    its kernels whole jobs ran faster fused (in memory 4356 vs 3945 RTFx), on a fresh one a
-    12 h job ran 1692 RTFx unfused (with BATCHASR_CIF_CONV=matmul) and 1057 fused. Opt-in
-    until measured side by side on fresh machines."""
+    `unfused` (Tuning.attention "unfused", BATCHASR_ATTENTION) computes it as two batched
+    GEMMs around a float32 softmax instead of MLX's fused kernel, which on NVIDIA GPUs sets
+    up a cuDNN plan per new batch shape."""
     scale = q.shape[-1] ** -0.5
     mask = None if key_mask is None else key_mask[:, None, None, :]
-    if os.environ.get("BATCHASR_ATTENTION", "fast") == "unfused":
+    if unfused:
         scores = (q * scale) @ k.swapaxes(-1, -2)
         if mask is not None:
             scores = mx.where(mask, scores, mx.array(-float("inf"), scores.dtype))
         return mx.softmax(scores, axis=-1, precise=True) @ v
     return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
+
+
+class TunedAttention:
+    """Mixin of the modules that call `attention`: `unfused` comes from Tuning.attention."""
+
+    unfused = False
+
+    def tune(self, tuning: Tuning) -> None:
+        self.unfused = tuning.attention == "unfused"
 
 
 def split_heads(x: mx.array, heads: int) -> mx.array:
@@ -125,7 +133,7 @@ def merge_heads(x: mx.array) -> mx.array:
     return x.transpose(0, 2, 1, 3).reshape(B, T, H * d)
 
 
-class MultiHeadedAttentionSANM(nn.Module):
+class MultiHeadedAttentionSANM(TunedAttention, nn.Module):
     """Self-attention plus the FSMN memory of v (MultiHeadedAttentionSANM)."""
 
     def __init__(self, n_head: int, in_feat: int, n_feat: int, kernel_size: int,
@@ -147,7 +155,7 @@ class MultiHeadedAttentionSANM(nn.Module):
         if m is not None:
             memory = memory * m
         out = attention(split_heads(q, self.h), split_heads(k, self.h),
-                        split_heads(v, self.h), mask)
+                        split_heads(v, self.h), mask, self.unfused)
         return self.linear_out(merge_heads(out)) + memory
 
 

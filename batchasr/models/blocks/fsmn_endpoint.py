@@ -1,0 +1,317 @@
+"""The fsmn-vad endpoint state machine: per-10 ms-frame silence posteriors -> speech segments.
+
+A line-by-line port of funasr 1.4.16 `funasr/models/fsmn_vad_streaming/model.py`
+(WindowDetector, Stats and FsmnVADStreaming's Detect*/On* methods) with the waveform buffers
+reduced to the frame counters that decide times, and its options (`VADXOptions`, the
+`model_conf` of config.yaml). Sequential per frame, on the host in Python. History the
+official code would release is released, so a file of any length keeps a bounded state.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from batchasr.audio.decode import SAMPLE_RATE
+from batchasr.models.base import BaseModelArgs
+from batchasr.models.blocks.vad import SpeechSegment
+
+START_NOT_DETECTED, IN_SPEECH, END_DETECTED = 1, 2, 3  # VadStateMachine
+SIL, SPEECH = 0, 1  # FrameState
+SPEECH2SPEECH, SPEECH2SIL, SIL2SIL, SIL2SPEECH = 0, 1, 2, 3  # AudioChangeState
+
+
+@dataclass
+class FsmnVADOptions(BaseModelArgs):
+    """`model_conf` of config.yaml (VADXOptions), official names; times in ms."""
+
+    sample_rate: int = SAMPLE_RATE
+    detect_mode: int = 1  # 1: multiple utterances (0, single utterance, is not supported)
+    snr_mode: int = 0
+    max_end_silence_time: int = 800
+    max_start_silence_time: int = 3000
+    do_start_point_detection: bool = True
+    do_end_point_detection: bool = True
+    window_size_ms: int = 200
+    sil_to_speech_time_thres: int = 150
+    speech_to_sil_time_thres: int = 150
+    speech_2_noise_ratio: float = 1.0
+    do_extend: int = 1
+    lookback_time_start_point: int = 200
+    lookahead_time_end_point: int = 100
+    max_single_segment_time: int = 60000
+    snr_thres: float = -100.0
+    noise_frame_num_used_for_snr: int = 100
+    decibel_thres: float = -100.0
+    speech_noise_thres: float = 0.6
+    fe_prior_thres: float = 1e-4
+    silence_pdf_num: int = 1
+    sil_pdf_ids: Sequence[int] = (0,)
+    frame_in_ms: int = 10
+    frame_length_ms: int = 25
+
+    def __post_init__(self):
+        if self.detect_mode != 1:
+            raise ValueError("fsmn-vad: only detect_mode 1 (multiple utterances) is supported")
+        if len(self.sil_pdf_ids) != self.silence_pdf_num or not self.sil_pdf_ids:
+            raise ValueError("fsmn-vad: sil_pdf_ids must list silence_pdf_num (>= 1) classes")
+
+
+@dataclass
+class _SpeechBuf:  # E2EVadSpeechBufWithDoa, times only
+    start_ms: int = 0
+    end_ms: int = 0
+    contain_seg_start_point: bool = False
+    contain_seg_end_point: bool = False
+
+
+class Endpointer:
+    """The official per-frame endpoint detection (WindowDetector + Stats + FsmnVADStreaming's
+    Detect*/On* methods), with the waveform buffers reduced to the frame counters that decide
+    times. Frames are absolute indices; scores and decibels before `_drop` are released where
+    the official DropCachedFrames releases them, and reported segments are dropped too, so a
+    file of any length keeps a bounded state."""
+
+    def __init__(self, opts: FsmnVADOptions):
+        self.o = opts
+        fr = opts.frame_in_ms
+        # WindowDetector
+        self.win_size = int(opts.window_size_ms / fr)
+        self.sil_to_speech_frmcnt = int(opts.sil_to_speech_time_thres / fr)
+        self.speech_to_sil_frmcnt = int(opts.speech_to_sil_time_thres / fr)
+        self._reset_window()
+        # Stats
+        self.data_buf_start_frame = 0
+        self.frm_cnt = 0
+        self.latest_confirmed_speech_frame = 0
+        self.lastest_confirmed_silence_frame = -1
+        self.continous_silence_frame_count = 0
+        self.state = START_NOT_DETECTED
+        self.confirmed_start_frame = -1
+        self.confirmed_end_frame = -1
+        self.number_end_time_detected = 0
+        self.noise_average_decibel = -100.0
+        self.output: list[_SpeechBuf] = []
+        self.output_offset = 0
+        self.max_end_sil_frame_cnt_thresh = (opts.max_end_silence_time
+                                             - opts.speech_to_sil_time_thres)
+        self.speech_noise_thres = opts.speech_noise_thres
+        self.latency_start = self.win_size + (
+            int(opts.lookback_time_start_point / fr) if opts.do_extend else 0)
+        self.max_seg_frames = opts.max_single_segment_time / fr
+        self.scores: list[float] = []  # silence posterior per frame, absolute index
+        self.decibel: list[float] = []
+        self._drop = 0  # frames before this index are no longer needed
+
+    # ---- WindowDetector ----
+    def _reset_window(self):
+        self.win_state = [0] * self.win_size
+        self.win_sum = 0
+        self.cur_win_pos = 0
+        self.pre_frame_speech = False
+
+    def _window_detect(self, speech: bool) -> int:
+        s = 1 if speech else 0
+        self.win_sum += s - self.win_state[self.cur_win_pos]
+        self.win_state[self.cur_win_pos] = s
+        self.cur_win_pos = (self.cur_win_pos + 1) % self.win_size
+        if not self.pre_frame_speech and self.win_sum >= self.sil_to_speech_frmcnt:
+            self.pre_frame_speech = True
+            return SIL2SPEECH
+        if self.pre_frame_speech and self.win_sum <= self.speech_to_sil_frmcnt:
+            self.pre_frame_speech = False
+            return SPEECH2SIL
+        return SPEECH2SPEECH if self.pre_frame_speech else SIL2SIL
+
+    # ---- frame scoring ----
+    def add_frames(self, sil_probs: np.ndarray, decibels: np.ndarray) -> None:
+        """Posteriors of the silence classes (T, len(sil_pdf_ids)) and decibels (T,) of the
+        next frames (ComputeScores / ComputeDecibel)."""
+        self.scores.extend(sil_probs[:, 0].tolist() if sil_probs.shape[1] == 1
+                           else sil_probs.tolist())
+        self.decibel.extend(decibels.tolist())
+        self.frm_cnt += len(sil_probs)
+
+    def frame_state(self, t: int) -> int:
+        """GetFrameState: speech iff exp(log(1 - p_sil)) >= exp(log(p_sil)) + threshold.
+        (The official code raises on p_sil of exactly 0 or 1; here log(0) counts as -inf.)"""
+        o = self.o
+        i = t - self._drop
+        if i >= len(self.decibel):
+            return SIL
+        cur_decibel = self.decibel[i]
+        cur_snr = cur_decibel - self.noise_average_decibel
+        if cur_decibel < o.decibel_thres:
+            return SIL
+        sum_score = self.scores[i] if len(o.sil_pdf_ids) == 1 else sum(self.scores[i])
+        noise_prob = _log(sum_score) * o.speech_2_noise_ratio
+        speech_prob = _log(1.0 - sum_score)
+        if math.exp(speech_prob) >= math.exp(noise_prob) + self.speech_noise_thres:
+            if cur_snr >= o.snr_thres and cur_decibel >= o.decibel_thres:
+                return SPEECH
+            return SIL
+        if self.noise_average_decibel < -99.9:
+            self.noise_average_decibel = cur_decibel
+        else:
+            n = o.noise_frame_num_used_for_snr
+            self.noise_average_decibel = (cur_decibel + self.noise_average_decibel * (n - 1)) / n
+        return SIL
+
+    def detect(self, n_new: int, is_final: bool) -> None:
+        """DetectCommonFrames / DetectLastFrames over the last n_new frames, then release
+        the history the official DropCachedFrames releases."""
+        if self.state != END_DETECTED:
+            for i in range(n_new - 1, -1, -1):
+                t = self.frm_cnt - 1 - i
+                self._detect_one(self.frame_state(t), t, is_final and i == 0)
+        self._release(self.data_buf_start_frame)
+
+    def take_segments(self, is_final: bool) -> list[SpeechSegment]:
+        """Segments to report after a chunk (non-streaming input: complete ones, all at the end)."""
+        out = []
+        for i in range(self.output_offset, len(self.output)):
+            seg = self.output[i]
+            if not is_final and not (seg.contain_seg_start_point and seg.contain_seg_end_point):
+                continue
+            out.append((seg.start_ms, seg.end_ms))
+            self.output_offset += 1
+        done = min(self.output_offset, len(self.output) - 1)  # the last one stays: it is
+        if done > 0:  # what the next frames extend or compare with
+            del self.output[:done]
+            self.output_offset -= done
+        return out
+
+    def _release(self, frame: int) -> None:
+        if frame > self._drop:
+            del self.scores[: frame - self._drop]
+            del self.decibel[: frame - self._drop]
+            self._drop = frame
+
+    # ---- the state machine (FsmnVADStreaming.DetectOneFrame and its callbacks) ----
+    def _detect_one(self, cur_frm_state: int, cur_frm_idx: int, is_final_frame: bool) -> None:
+        o = self.o
+        speech = cur_frm_state == SPEECH and math.fabs(1.0) > o.fe_prior_thres
+        change = self._window_detect(speech)
+        fr = o.frame_in_ms
+        if change == SIL2SPEECH:
+            self.continous_silence_frame_count = 0
+            if self.state == START_NOT_DETECTED:
+                start_frame = max(self.data_buf_start_frame, cur_frm_idx - self.latency_start)
+                self._on_voice_start(start_frame)
+                self.state = IN_SPEECH
+                for t in range(start_frame + 1, cur_frm_idx + 1):
+                    self._on_voice_detected(t)
+            elif self.state == IN_SPEECH:
+                for t in range(self.latest_confirmed_speech_frame + 1, cur_frm_idx):
+                    self._on_voice_detected(t)
+                self._continue_speech(cur_frm_idx, is_final_frame)
+        elif change == SPEECH2SIL:
+            self.continous_silence_frame_count = 0
+            if self.state == IN_SPEECH:
+                self._continue_speech(cur_frm_idx, is_final_frame)
+        elif change == SPEECH2SPEECH:
+            self.continous_silence_frame_count = 0
+            if self.state == IN_SPEECH:
+                self._continue_speech(cur_frm_idx, is_final_frame)
+        elif change == SIL2SIL:
+            self.continous_silence_frame_count += 1
+            if self.state == START_NOT_DETECTED:
+                if is_final_frame and self.number_end_time_detected == 0:
+                    for t in range(self.lastest_confirmed_silence_frame + 1, cur_frm_idx):
+                        self._on_silence_detected(t)
+                    self._on_voice_start(0, fake_result=True)
+                    self._on_voice_end(0, fake_result=True, is_last_frame=False)
+                    self.state = END_DETECTED
+                elif cur_frm_idx >= self.latency_start:
+                    self._on_silence_detected(cur_frm_idx - self.latency_start)
+            elif self.state == IN_SPEECH:
+                if self.continous_silence_frame_count * fr >= self.max_end_sil_frame_cnt_thresh:
+                    lookback = int(self.max_end_sil_frame_cnt_thresh / fr)
+                    if o.do_extend:
+                        lookback -= int(o.lookahead_time_end_point / fr)
+                        lookback -= 1
+                        lookback = max(0, lookback)
+                    self._on_voice_end(cur_frm_idx - lookback, False, False)
+                    self.state = END_DETECTED
+                elif cur_frm_idx - self.confirmed_start_frame + 1 > self.max_seg_frames:
+                    self._on_voice_end(cur_frm_idx, False, False)
+                    self.state = END_DETECTED
+                elif o.do_extend and not is_final_frame:
+                    if self.continous_silence_frame_count <= int(o.lookahead_time_end_point / fr):
+                        self._on_voice_detected(cur_frm_idx)
+                else:
+                    self._maybe_end_if_last_frame(is_final_frame, cur_frm_idx)
+        if self.state == END_DETECTED:  # multiple-utterance mode: start over
+            self._reset_detection()
+
+    def _continue_speech(self, cur_frm_idx: int, is_final_frame: bool) -> None:
+        if cur_frm_idx - self.confirmed_start_frame + 1 > self.max_seg_frames:
+            self._on_voice_end(cur_frm_idx, False, False)
+            self.state = END_DETECTED
+        elif not is_final_frame:
+            self._on_voice_detected(cur_frm_idx)
+        else:
+            self._maybe_end_if_last_frame(is_final_frame, cur_frm_idx)
+
+    def _reset_detection(self) -> None:
+        self.continous_silence_frame_count = 0
+        self.latest_confirmed_speech_frame = 0
+        self.lastest_confirmed_silence_frame = -1
+        self.confirmed_start_frame = -1
+        self.confirmed_end_frame = -1
+        self.state = START_NOT_DETECTED
+        self._reset_window()
+        if self.output:
+            self._release(int(self.output[-1].end_ms / self.o.frame_in_ms))
+
+    def _pop_till(self, frame_idx: int) -> None:  # PopDataBufTillFrame
+        self.data_buf_start_frame = max(self.data_buf_start_frame, frame_idx)
+
+    def _pop_to_output(self, start_frm: int, first_is_start: bool, last_is_end: bool) -> None:
+        """PopDataToOutputBuf for one frame: open a segment or move the current one's end."""
+        self._pop_till(start_frm)
+        fr = self.o.frame_in_ms
+        if not self.output or first_is_start:
+            self.output.append(_SpeechBuf(start_frm * fr, start_frm * fr))
+        seg = self.output[-1]
+        self.data_buf_start_frame += 1
+        seg.end_ms = (start_frm + 1) * fr
+        if first_is_start:
+            seg.contain_seg_start_point = True
+        if last_is_end:
+            seg.contain_seg_end_point = True
+
+    def _on_silence_detected(self, valid_frame: int) -> None:
+        self.lastest_confirmed_silence_frame = valid_frame
+        if self.state == START_NOT_DETECTED:
+            self._pop_till(valid_frame)
+
+    def _on_voice_detected(self, valid_frame: int) -> None:
+        self.latest_confirmed_speech_frame = valid_frame
+        self._pop_to_output(valid_frame, False, False)
+
+    def _on_voice_start(self, start_frame: int, fake_result: bool = False) -> None:
+        if self.confirmed_start_frame == -1:
+            self.confirmed_start_frame = start_frame
+        if not fake_result and self.state == START_NOT_DETECTED:
+            self._pop_to_output(self.confirmed_start_frame, True, False)
+
+    def _on_voice_end(self, end_frame: int, fake_result: bool, is_last_frame: bool) -> None:
+        for t in range(self.latest_confirmed_speech_frame + 1, end_frame):
+            self._on_voice_detected(t)
+        if self.confirmed_end_frame == -1:
+            self.confirmed_end_frame = end_frame
+        if not fake_result:
+            self._pop_to_output(self.confirmed_end_frame, False, True)
+        self.number_end_time_detected += 1
+
+    def _maybe_end_if_last_frame(self, is_final_frame: bool, cur_frm_idx: int) -> None:
+        if is_final_frame:
+            self._on_voice_end(cur_frm_idx, False, True)
+            self.state = END_DETECTED
+
+
+def _log(x: float) -> float:
+    return math.log(x) if x > 0.0 else -math.inf
