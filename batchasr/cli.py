@@ -11,7 +11,9 @@ Exit codes (every command):
 Each command parses its options, calls the library (``batchasr.runner.job.run`` for `run`,
 ``batchasr.queue.status.job_status`` for `status`, ...), prints the result and maps errors to
 the exit codes above; option defaults come from the options dataclasses and
-``runner.settings.RUN_DEFAULTS``. The module is long only because of the options' help texts.
+``runner.settings.RUN_DEFAULTS``.
+
+Size: above 400 lines only because of the options' help texts.
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """CT-Transformer punctuation (FunASR `model: CTTransformer`, aliases ct-punc / ct-punc-c):
 network, the Punctuator, build.
 
-Network: port of funasr 1.4.16 `funasr/models/ct_transformer/model.py` (`punc_forward`): token
+Network: port of funasr 1.4.16 `funasr.models.ct_transformer.model` (`punc_forward`): token
 embedding -> SAN-M encoder (the shared one of batchasr.models.blocks.sanm: x * sqrt(D),
 sinusoidal positions from 1, encoders0 whose input width equals the model width so it keeps
 its attention residual, encoders, after_norm) -> linear `decoder` to the punctuation classes.

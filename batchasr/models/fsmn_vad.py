@@ -8,7 +8,7 @@ silence comes from `DEFAULT_SILENCE_SCHEDULE` (funasr's dynamic silence: 1,850 m
 outside speech, less the longer speech has lasted), unless a fixed `max_end_silence_time` is
 given. A stream holds at most one chunk of audio.
 
-Network: port of `funasr/models/fsmn_vad_streaming/encoder.py` (FSMN): in_linear1 ->
+Network: port of `funasr.models.fsmn_vad_streaming.encoder` (FSMN): in_linear1 ->
 in_linear2 -> ReLU -> fsmn_layers x [linear (no bias) -> causal FSMN memory (the branch adds
 its own input) -> affine -> ReLU] -> out_linear1 -> out_linear2 -> softmax. Module attributes
 follow the official state-dict keys (`encoder.fsmn.0.fsmn_block.conv_left.weight`, ...). The
@@ -38,7 +38,7 @@ from batchasr.models.blocks.fsmn_endpoint import IN_SPEECH, Endpointer, FsmnVADO
 from batchasr.models.blocks.vad import VAD, SpeechSegment, VADStream
 
 CHUNK_MS = 60000  # AutoModel.generate's default chunk_size for VAD
-# funasr/models/fsmn_vad_streaming/model.py: (accumulated speech ms, end silence ms)
+# funasr.models.fsmn_vad_streaming.model: (accumulated speech ms, end silence ms)
 DEFAULT_SILENCE_SCHEDULE = ((10000, 2000), (20000, 1000), (30000, 800), (40000, 600),
                             (50000, 400), (60000, 200), (math.inf, 100))
 DYNAMIC_SPEECH_NOISE_THRES = 0.5  # what the schedule forces, whatever the config says

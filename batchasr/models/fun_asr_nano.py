@@ -1,7 +1,7 @@
 """Fun-ASR-Nano (FunASR `model: FunASRNano`): network, prompt rules, recognizer, build.
 
-Network: port of funasr 1.4.16 `funasr/models/fun_asr_nano/model.py` (FunASRNano) with the
-pieces it builds: `SenseVoiceEncoderSmall` (`funasr/models/sense_voice/model.py`: the shared
+Network: port of funasr 1.4.16 `funasr.models.fun_asr_nano.model` (FunASRNano) with the
+pieces it builds: `SenseVoiceEncoderSmall` (`funasr.models.sense_voice.model`: the shared
 SAN-M encoder of batchasr.models.blocks.sanm with `tp_blocks`, LayerNorm eps 1e-5 because
 SenseVoice uses torch's default LayerNorm, always sinusoidal positions, always pre-norm), the
 `Transformer` adaptor (batchasr.models.blocks.adaptor), the same class again as `ctc_decoder`,
@@ -35,7 +35,8 @@ Without CTC the only time is the segment (0, duration).
 Family hooks for batchasr.models.loader: DUMMY_CONFIG, read_assets, ModelArgs.from_config,
 Model (sanitize, cast), wrap -> FunASRNanoASR.
 
-Above 400 lines because it holds one whole family (model, prompt rules, recognizer, build).
+Size: above 400 lines because it holds one whole family (model, prompt rules, recognizer,
+build hooks); its shared parts already live in blocks/.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Paraformer (non-autoregressive ASR, FunASR `model: Paraformer`): network, recognizer, build.
 
-Port of funasr 1.4.16 `funasr/models/paraformer/{model,decoder}.py`: SAN-M encoder
+Port of funasr 1.4.16 `funasr.models.paraformer.model` / `.decoder`: SAN-M encoder
 (batchasr.models.blocks.sanm), CIF predictor and timestamps (batchasr.models.blocks.cif), SAN-M
 decoder. Module attributes follow the official state-dict keys.
 
@@ -13,7 +13,8 @@ layer masks the padding.
 Family hooks for batchasr.models.loader: DUMMY_CONFIG, read_assets, ModelArgs.from_config,
 Model (sanitize, cast), wrap -> ParaformerASR.
 
-Above 400 lines because it holds one whole family (decoder, model, recognizer, build hooks).
+Size: above 400 lines because it holds one whole family (decoder, model, recognizer, build
+hooks); its shared parts already live in blocks/.
 """
 from __future__ import annotations
 

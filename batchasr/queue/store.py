@@ -24,8 +24,8 @@ ignores. Claims without an owner (the tests, old callers) have no lease and neve
 A connection belongs to the thread that opened it (sqlite3's default); the worker keeps the
 queue on its main thread. ``now`` parameters exist for tests (as in huey).
 
-This module is longer than most: it is one class over one schema, whose transactions together
-are the queue's state machine, and splitting them would scatter its invariants.
+Size: above 400 lines because it is one class over one schema whose transactions together are
+the queue's state machine; splitting them would scatter its invariants.
 """
 from __future__ import annotations
 

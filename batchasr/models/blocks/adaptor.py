@@ -1,4 +1,4 @@
-"""The `Transformer` adaptor of funasr's LLM-ASR models (`funasr/models/llm_asr/adaptor.py`):
+"""The `Transformer` adaptor of funasr's LLM-ASR models (`funasr.models.llm_asr.adaptor`):
 stack `downsample_rate` frames, linear-ReLU-linear, then `n_layer` pre-norm `EncoderLayer`s with
 `attention_heads` (default 8) heads, FFN width llm_dim // 4, LayerNorm eps 1e-12. Fun-ASR-Nano
 uses it as its audio adaptor and again as its CTC decoder. Attribute names follow the official

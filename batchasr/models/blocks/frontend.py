@@ -1,6 +1,6 @@
 """FunASR's WavFrontend in MLX: Kaldi fbank, LFR stacking and CMVN, batched over padded audio.
 
-Matches `funasr/frontends/wav_frontend.py` (WavFrontend.forward) with its Kaldi fbank backend
+Matches `funasr.frontends.wav_frontend` (WavFrontend.forward) with its Kaldi fbank backend
 (torchaudio.compliance.kaldi.fbank or kaldi-native-fbank): waveform x 32768, 25 ms Hamming
 window every 10 ms, snip_edges, DC removal, pre-emphasis 0.97 (first sample replicated),
 512-point power spectrum, 80 Kaldi mel bins from 20 Hz to Nyquist, log floored at float32 eps;

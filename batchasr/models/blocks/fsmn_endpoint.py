@@ -1,6 +1,6 @@
 """The fsmn-vad endpoint state machine: per-10 ms-frame silence posteriors -> speech segments.
 
-A line-by-line port of funasr 1.4.16 `funasr/models/fsmn_vad_streaming/model.py`
+A line-by-line port of funasr 1.4.16 `funasr.models.fsmn_vad_streaming.model`
 (WindowDetector, Stats and FsmnVADStreaming's Detect*/On* methods) with the waveform buffers
 reduced to the frame counters that decide times, and its options (`VADXOptions`, the
 `model_conf` of config.yaml). Sequential per frame, on the host in Python. History the

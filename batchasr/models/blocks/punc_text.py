@@ -1,6 +1,6 @@
 """The text side of CT-Transformer punctuation (`ct-punc`, `ct-punc-c`), exact to funasr 1.4.16.
 
-Port of `funasr/models/ct_transformer/{model,utils}.py` (`CTTransformer.inference`,
+Port of `funasr.models.ct_transformer.model` / `.utils` (`CTTransformer.inference`,
 `split_words`, `split_to_mini_sentence`), ported line by line because its quirks are the
 reference:
 

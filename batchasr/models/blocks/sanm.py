@@ -1,6 +1,6 @@
 """SAN-M blocks (self-attention with an FSMN memory branch), shared by every FunASR family here.
 
-Port of `funasr/models/sanm/{attention,encoder}.py` and `funasr/models/transformer/embedding.py`
+Port of `funasr.models.sanm.attention` / `.encoder` and `funasr.models.transformer.embedding`
 (SinusoidalPositionEncoder). Module attribute names follow the official state-dict keys
 (`encoders0.0.self_attn.linear_q_k_v`, `fsmn_block`, `norm1`, `feed_forward.w_1`, ...), so the
 checkpoint loads without a rename table.

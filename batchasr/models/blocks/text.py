@@ -1,6 +1,6 @@
 """Token strings -> text, as FunASR's CharTokenizer models do it.
 
-Port of `funasr/utils/postprocess_utils.py` (sentence_postprocess and abbr_dispose, funasr
+Port of `funasr.utils.postprocess_utils` (sentence_postprocess and abbr_dispose, funasr
 1.4.16), quirks included, because "same text as the official implementation" is the contract:
 specials (<s>, </s>, <unk>, <OOV>) are dropped; all-CJK token lists are concatenated; all-alpha
 lists glue '@@' pieces to the next piece and separate words with spaces; mixed lists glue CJK
