@@ -163,8 +163,10 @@ def transcribe(files, model, weights, dtype, device, download, batch_seconds, ba
       batchasr transcribe --model ./paraformer-zh --json clip1.wav clip2.flac
       batchasr transcribe --model ./paraformer-zh --punc ./ct-punc meeting.wav recordings/
     """
-    from batchasr.runner import pipeline
+    from batchasr.audio.cut import CutOptions
     from batchasr.runner.device import open_model
+    from batchasr.runner.options import default_max_segment_s, open_punctuator, open_vad
+    from batchasr.runner.transcribe import transcribe_files
     from batchasr.manifest.read import iter_audio_files
     from batchasr.transcript import to_record
 
@@ -176,10 +178,10 @@ def transcribe(files, model, weights, dtype, device, download, batch_seconds, ba
                                  ("no_guard", no_guard or None)) if v is not None}
     try:
         asr = open_model(model, weights, dtype, device, download, **options)
-        cut = pipeline.CutOptions(
-            vad=pipeline.open_vad(vad, download=download), max_window_s=max_window_s,
-            max_segment_s=max_segment_s or pipeline.default_max_segment_s(asr))
-        punctuator = pipeline.open_punctuator(punc, download=download)
+        cut = CutOptions(
+            vad=open_vad(vad, download=download), max_window_s=max_window_s,
+            max_segment_s=max_segment_s or default_max_segment_s(asr))
+        punctuator = open_punctuator(punc, download=download)
     except (BatchasrError, ValueError) as e:
         fail(str(e))
     entries: list[tuple[str, str | None]] = []  # (path, error), folders expanded
@@ -191,7 +193,7 @@ def transcribe(files, model, weights, dtype, device, download, batch_seconds, ba
         else:
             entries.append((arg, None))
     single = len(files) == 1 and not Path(files[0]).is_dir()
-    results = pipeline.transcribe_files(
+    results = transcribe_files(
         asr, ((p, language) for p, err in entries if err is None), cut,
         batch_seconds=batch_seconds, max_items=batch_size, punctuator=punctuator)
     failures = 0
@@ -306,14 +308,16 @@ def run(source, model, weights, dtype, device, download, job_dir, batch_seconds,
 
         batch_seconds = default_batch_seconds(device)
     from batchasr.audio import decode as audio
-    from batchasr.runner import pipeline
+    from batchasr.batches.assemble import model_punctuates
+    from batchasr.runner.options import open_punctuator, open_vad
     from batchasr.manifest.read import open_manifest, scan_folder
     from batchasr.queue.store import JobLock, JobQueue
     from batchasr.manifest.shard import ShardedManifest, parse_shard
     from batchasr.queue.disk import check_local_disk
     from batchasr.runner.processes import plan_devices
     from batchasr.runner.device import open_model
-    from batchasr.runner.worker import run_job, stop_line, sweep_checkpoints
+    from batchasr.runner.local import run_job, sweep_checkpoints
+    from batchasr.runner.options import stop_line
 
     given = {"model": model, "weights": weights, "dtype": dtype, "vad": vad,
              "max_segment_s": max_segment_s, "punc": punc, "max_new_tokens": max_new_tokens,
@@ -370,9 +374,9 @@ def run(source, model, weights, dtype, device, download, job_dir, batch_seconds,
         if devices == [None]:  # one worker, in this process: load everything now
             click.echo(f"loading model {model} ...", err=True)
             asr = open_model(model, weights, dtype, device, download, **options)
-            loaded = {"vad": pipeline.open_vad(longform["vad"]),
-                      "punc": longform["punc"] if pipeline.model_punctuates(asr)
-                      else pipeline.open_punctuator(longform["punc"])}
+            loaded = {"vad": open_vad(longform["vad"]),
+                      "punc": longform["punc"] if model_punctuates(asr)
+                      else open_punctuator(longform["punc"])}
         else:  # the workers load them; a name that cannot be found fails here, first
             check_longform_models(longform["vad"], longform["punc"])
         job.mkdir(parents=True, exist_ok=True)

@@ -27,6 +27,7 @@ import soxr
 from batchasr.errors import AudioError
 
 SAMPLE_RATE = 16000  # what every FunASR model consumes
+SAMPLES_PER_MS = SAMPLE_RATE // 1000
 RESAMPLE_QUALITY = "HQ"  # librosa's "soxr_hq", the official FunASR path
 
 # Extensions scan_folder() treats as audio: the containers libsndfile decodes.
