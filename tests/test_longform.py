@@ -285,7 +285,7 @@ def test_punctuation_gives_punctuated_text_and_sentence_segments(longform):
 def test_kill_mid_file_then_resume_keeps_finished_segments(longform, tmp_path):
     job = tmp_path / "job"
     args = ["run", longform["manifest"], "--job-dir", job, *longform["common"], "--punc", PUNC]
-    crashed = batchasr(*args, env={"BATCHASR_TEST_CRASH_AT": "after_checkpoint:1"})
+    crashed = batchasr(*args, env={"BATCHASR_TEST_CRASH_AT": "after_segment_cache:1"})
     assert crashed.returncode == -9, crashed.stderr  # SIGKILLed, mid-file
     saved = [r for p in (job / "checkpoints").rglob("seg-*.parquet")
              for r in pq.read_table(p).to_pylist()]

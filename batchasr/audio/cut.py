@@ -54,7 +54,7 @@ def window_seconds(n_samples: int, max_window_s: float) -> float:
     return math.ceil(n_samples / math.ceil(n_samples / max_n)) / SR
 
 
-DEFAULT_MAX_SEGMENT_S = 30.0  # Paraformer: the length its batches and the windows always had
+DEFAULT_MAX_SEGMENT_S = 30.0  # a model that declares no max_segment_s (Paraformer's length)
 DEFAULT_MAX_WINDOW_S = 30.0
 
 

@@ -16,8 +16,8 @@ CRASH_ENV = "BATCHASR_TEST_CRASH_AT"
 CRASH_ONCE_ENV = "BATCHASR_TEST_CRASH_ONCE"
 # decode: a reader has decoded the n-th piece; batch: just before the n-th model call;
 # after_part: the n-th part is written, its items not yet done; after_complete: committed;
-# after_checkpoint: the n-th segment checkpoint of a long file is written.
-CRASH_POINTS = ("decode", "batch", "after_part", "after_complete", "after_checkpoint")
+# after_segment_cache: the n-th batch of finished segments of a long file is saved.
+CRASH_POINTS = ("decode", "batch", "after_part", "after_complete", "after_segment_cache")
 # BATCHASR_TEST_SLOW_BATCH=<seconds>: before each model call, the main thread writes
 # "batchasr-test: slow batch" on stderr and sleeps that long in C code with SIGINT and SIGTERM
 # blocked for it: a long model call that does not return to Python for signal handlers.

@@ -45,7 +45,8 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from batchasr.audio.cut import DEFAULT_MAX_SEGMENT_S, DEFAULT_MAX_WINDOW_S, CutOptions, decode_pieces
+from batchasr.audio.cut import (DEFAULT_MAX_SEGMENT_S, DEFAULT_MAX_WINDOW_S, CutOptions,
+                                decode_pieces)
 from batchasr.batches.assemble import model_punctuates
 from batchasr.errors import JobError, ManifestError
 from batchasr.outputs import results

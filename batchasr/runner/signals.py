@@ -1,4 +1,5 @@
-"""Ctrl-C and SIGTERM for a local run: the first stops after the batch in flight, the second at once.
+"""Ctrl-C and SIGTERM for a local run: the first stops after the batch in flight, the
+second at once.
 
 Invariants: active on the main thread only; the handlers never log (the logging lock can
 deadlock in a handler), they os.write; each signal is counted once. A hard stop hands this

@@ -56,8 +56,7 @@ class _ItemsSink:
         self.errors[p.work] = model_error(e)
 
     def record(self, p: Piece, out: Transcript) -> None:
-        self.got[p.work][p.index] = PieceResult(p.offset_s,
-                                                p.offset_s + len(p.audio) / SAMPLE_RATE, out)
+        self.got[p.work][p.index] = p.result(out)
 
     def flush(self) -> None:
         pass
@@ -136,8 +135,7 @@ class _FilesSink:
         self.pool.drop(p.work)
 
     def record(self, p: Piece, out: Transcript) -> None:
-        p.work.pieces[p.index] = PieceResult(p.offset_s,
-                                             p.offset_s + len(p.audio) / SAMPLE_RATE, out)
+        p.work.pieces[p.index] = p.result(out)
 
     def flush(self) -> None:
         pass

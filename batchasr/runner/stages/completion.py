@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from batchasr.batches.assemble import PieceResult, assemble
-from batchasr.audio.decode import SAMPLE_RATE
 from batchasr.errors import is_disk_full
 from batchasr.files import fsync_dir
 from batchasr.outputs import results
@@ -99,12 +98,11 @@ class Completion:
 
     def record(self, p: Piece, out: Transcript) -> None:
         w = p.work
-        seconds = len(p.audio) / SAMPLE_RATE
-        w.pieces[p.index] = PieceResult(p.offset_s, p.offset_s + seconds, out)
-        self.progress.advance(w, seconds)
+        w.pieces[p.index] = p.result(out)
+        self.progress.advance(w, p.seconds)
         if p.span is not None and self.opts.checkpoint_s:
             w.unsaved.append((p.index, *p.span, out))
-            w.unsaved_s += seconds
+            w.unsaved_s += p.seconds
         if w.complete:
             self.ready.append(w)
 
@@ -126,7 +124,7 @@ class Completion:
         for w in self.works.values():
             if w.unsaved and w.unsaved_s >= self.opts.checkpoint_s and not w.failed \
                     and not w.complete:
-                self.writer.submit(("checkpoint", w, w.unsaved))
+                self.writer.submit(("segments", w, w.unsaved))
                 w.unsaved, w.unsaved_s = [], 0.0
 
     def write_ready(self) -> None:
@@ -208,7 +206,7 @@ class Writer:
         self.thread.start()
 
     def submit(self, msg: tuple) -> None:
-        """``("items", works, transcripts)`` or ``("checkpoint", work, segments)``."""
+        """``("items", works, transcripts)`` or ``("segments", work, segments)``."""
         while self.error is None:
             try:
                 return self.inbox.put(msg, timeout=0.1)
@@ -232,8 +230,8 @@ class Writer:
             with JobQueue(self.job_dir) as queue:
                 while (msg := self.inbox.get()) is not None:
                     t = time.perf_counter()
-                    if msg[0] == "checkpoint":
-                        self._checkpoint(*msg[1:])
+                    if msg[0] == "segments":
+                        self._save_segments(*msg[1:])
                     else:
                         committed = self._write(queue, *msg[1:])
                         self.done.put((msg[1], committed))
@@ -241,13 +239,13 @@ class Writer:
         except BaseException as e:  # reported to the main thread, which stops the run
             self.error = e
 
-    def _checkpoint(self, w: Work, segments: list) -> None:
+    def _save_segments(self, w: Work, segments: list) -> None:
         try:
             results.write_segment_checkpoint(self.job_dir, w.item.id, w.source, segments)
         except Exception as e:  # a cache: losing one costs time, never results
             logger.warning("could not save %d finished segment(s) of %s: %s", len(segments),
                            w.item.id, e, exc_info=not is_disk_full(e))
-        self.crash("after_checkpoint")
+        self.crash("after_segment_cache")
 
     def _write(self, queue: JobQueue, works: list[Work], transcripts: list[Transcript]) -> int:
         transcripts = {w.item.id: t for w, t in zip(works, transcripts)}
@@ -262,7 +260,7 @@ class Writer:
             logger.warning("%d of %d item(s) were taken over by another worker after this "
                            "one's lease ran out; their results in %s are ignored",
                            len(works) - committed, len(works), part)
-        else:  # done: their segment checkpoints are no use any more
+        else:  # done: their saved segments are no use any more
             for w in works:
                 if w.vad:
                     results.drop_segment_checkpoints(self.job_dir, w.item.id)

@@ -16,7 +16,8 @@ from batchasr.runner.stages.work import Piece
 
 
 def batch_plan(lengths: Sequence[int], *, batch_seconds: float,
-               padded_seconds: float | None = None, max_items: int | None = None) -> list[list[int]]:
+               padded_seconds: float | None = None,
+               max_items: int | None = None) -> list[list[int]]:
     """Length-sorted batches of pieces (lengths in samples) under the run's budgets."""
     return plan_batches(lengths, max_total=int(batch_seconds * SAMPLE_RATE),
                         max_padded=int((padded_seconds or batch_seconds) * SAMPLE_RATE),

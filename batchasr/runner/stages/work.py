@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from batchasr.audio.decode import SAMPLE_RATE
 from batchasr.batches.assemble import PieceResult
 from batchasr.queue.store import Item
 from batchasr.transcript import Transcript
@@ -58,6 +59,14 @@ class Piece:
     language: str | None
     arrival: int  # order of arrival, so the oldest piece is never starved
     span: tuple[int, int] | None = None  # a VAD segment's (start_ms, end_ms)
+
+    @property
+    def seconds(self) -> float:
+        return len(self.audio) / SAMPLE_RATE
+
+    def result(self, transcript: Transcript) -> PieceResult:
+        """The piece's transcript with where the piece lies in its file."""
+        return PieceResult(self.offset_s, self.offset_s + self.seconds, transcript)
 
 
 def fingerprint(path: str) -> str:
