@@ -90,6 +90,14 @@ def plan_file(n_samples: int, cut: CutOptions) -> tuple[bool, float]:
     return False, window_seconds(n_samples, cut.max_window_s)
 
 
+def planned_windows(f: audio.AudioFile, cut: CutOptions
+                    ) -> tuple[bool, Iterator[tuple[float, np.ndarray]]]:
+    """An open file read as :func:`plan_file` plans it (from its header's length estimate):
+    ``(through_vad, windows)``, the windows ``(offset_s, waveform)`` in file order."""
+    through_vad, window_s = plan_file(f.info.n_samples(SR), cut)
+    return through_vad, f.windows(window_s)
+
+
 class AudioTail:
     """The samples of one file from ``start`` on, appended in order: what segments not cut
     yet may still need. The newest ``memory_samples`` stay in memory; older ones go to an
@@ -230,11 +238,11 @@ def iter_pieces(path: str, cut: CutOptions, read: dict | None = None
     AudioError; a VAD failure raises ``VADFailed`` from it. Holds one window and the
     cutter's tail, never the whole file."""
     with audio.open_audio(path) as f:
-        through_vad, window_s = plan_file(f.info.n_samples(SR), cut)
+        through_vad, windows = planned_windows(f, cut)
         cutter = SegmentCutter(cut.vad, cut) if through_vad else None
         n = samples = 0
         try:
-            for offset_s, wave in f.windows(window_s):
+            for offset_s, wave in windows:
                 samples += len(wave)
                 if cutter is None:
                     yield n, offset_s, wave

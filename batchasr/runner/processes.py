@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from batchasr.errors import JobError
+from batchasr.runner.options import RunOptions, RunSummary
 
 logger = logging.getLogger("batchasr.runner.processes")
 
@@ -80,7 +81,7 @@ class _Child:
 
 def run_workers(job_dir: str | os.PathLike, lock, *, devices: list[str | None],
                 model_args: dict[str, Any], run_args: dict[str, Any],
-                progress: bool = True, lease_s: float = 60.0):
+                progress: bool = True, lease_s: float = RunOptions.lease_s):
     """Run ``len(devices)`` worker processes on the job (already enqueued and recovered by
     the caller, which holds ``lock``) until they are all done; return the run's summary
     (``options.RunSummary``, figures summed over the workers, wall time of the whole run).
@@ -92,7 +93,6 @@ def run_workers(job_dir: str | os.PathLike, lock, *, devices: list[str | None],
     """
     from batchasr.queue.store import JobQueue
     from batchasr.runner.local import worker_id
-    from batchasr.runner.options import RunSummary
 
     job_dir = Path(job_dir)
     n = len(devices)

@@ -22,18 +22,17 @@ from pathlib import Path
 import numpy as np
 
 from batchasr.audio import decode as audio
-from batchasr.audio.cut import CutOptions, SegmentCutter, plan_file
+from batchasr.audio.cut import CutOptions, SegmentCutter, planned_windows
 from batchasr.audio.decode import SAMPLE_RATE
-from batchasr.errors import AudioError
+from batchasr.errors import AudioError, is_disk_full
 from batchasr.outputs import results
 from batchasr.queue.store import Item, JobQueue
 from batchasr.runner.hooks import CrashHook
 from batchasr.runner.options import RunOptions, RunSummary
 from batchasr.runner.stages.completion import Completion
 from batchasr.runner.stages.pool import Pool
-from batchasr.runner.threads import Prefetch
 from batchasr.runner.stages.work import Work, fingerprint
-from batchasr.errors import is_disk_full
+from batchasr.runner.threads import Prefetch
 
 logger = logging.getLogger("batchasr.runner.worker")
 
@@ -156,8 +155,8 @@ class Feed:
         n = samples = 0
         try:
             with audio.open_audio(w.item.path) as f:
-                # n_samples from the header: exact for PCM and FLAC, else an estimate
-                through_vad, window_s = plan_file(f.info.n_samples(SAMPLE_RATE), self.cut)
+                # the length from the header: exact for PCM and FLAC, else an estimate
+                through_vad, windows = planned_windows(f, self.cut)
                 if through_vad:  # the main thread feeds the windows to the VAD
                     w.source = fingerprint(w.item.path)
                     if self.opts.checkpoint_s:
@@ -165,7 +164,7 @@ class Feed:
                                                                    w.source)
                     w.vad = True
                 kind = "window" if through_vad else "piece"
-                for offset_s, wave in f.windows(window_s):
+                for offset_s, wave in windows:
                     busy += time.perf_counter() - t
                     self.crash("decode")
                     ok = self.buffer.put((kind, w, n, offset_s, wave), len(wave),
