@@ -21,6 +21,7 @@ kill the process at named points (``batchasr.runner.hooks``).
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 import socket
@@ -185,7 +186,7 @@ class Runner:
         works: dict = {}  # handed to a reader, not yet done/failed
         self.pool = Pool(batch_seconds=opts.batch_seconds, padded_seconds=opts.padded_seconds,
                          max_items=opts.max_batch_items, target=opts.pool_samples)
-        budget = float("inf") if limit is None else max(0, limit)
+        budget = math.inf if limit is None else max(0, limit)  # items it may claim
         self.progress = Progress(job_dir, queue, owner, self.summary, budget, progress)
         self.completion = Completion(job_dir, queue, model, opts, self.summary, self.progress,
                                      self.pool, works, crash, owner)
@@ -193,7 +194,7 @@ class Runner:
                                 max_failures_in_a_row=opts.max_model_failures_in_a_row,
                                 crash=crash, slow_s=slow_batch_s())
         self.feed = Feed(job_dir, queue, opts, opts.cut(model, spill_dir=str(job_dir)),
-                         self.summary, self.pool, self.completion, works, crash, owner, limit)
+                         self.summary, self.pool, self.completion, works, crash, owner, budget)
 
     def run(self) -> RunSummary:
         t0 = time.perf_counter()

@@ -12,7 +12,6 @@ an unreadable file or a VAD failure fails its item only.
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections import deque
@@ -45,11 +44,12 @@ class Feed:
 
     def __init__(self, job_dir: Path, queue: JobQueue, opts: RunOptions, cut: CutOptions,
                  summary: RunSummary, pool: Pool, completion: Completion,
-                 works: dict[str, Work], crash: CrashHook, owner: str, limit: int | None):
+                 works: dict[str, Work], crash: CrashHook, owner: str,
+                 claim_budget: float):
         self.job_dir, self.queue, self.opts, self.cut = job_dir, queue, opts, cut
         self.summary, self.pool, self.completion, self.works = summary, pool, completion, works
         self.crash, self.owner = crash, owner
-        self.claim_budget = math.inf if limit is None else max(0, limit)
+        self.claim_budget = claim_budget  # items this run may still claim
         self.exhausted = False  # the last claim found the queue empty
         self.claimed: deque[Item] = deque()  # claimed, not yet handed to a reader
         self.buffer = Prefetch(opts.prefetch_samples)
