@@ -29,9 +29,9 @@ import click
 from batchasr._version import __version__
 from batchasr.errors import BatchasrError
 from batchasr.runner import job as jobs
-from batchasr.runner.pipeline import CutOptions
+from batchasr.audio.cut import CutOptions
 from batchasr.runner.settings import RUN_DEFAULTS
-from batchasr.runner.worker import RunOptions
+from batchasr.runner.options import RunOptions
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_FAILED_ITEMS = 0, 1, 2, 3
 # Option defaults live in the options dataclasses and the job's settings; read them once here.
@@ -171,8 +171,10 @@ def transcribe(files, model, weights, dtype, device, download, batch_seconds, ba
       batchasr transcribe --model ./paraformer-zh --json clip1.wav clip2.flac
       batchasr transcribe --model ./paraformer-zh --punc ./ct-punc meeting.wav recordings/
     """
-    from batchasr.runner import pipeline
+    from batchasr.audio.cut import CutOptions
     from batchasr.runner.device import open_model
+    from batchasr.runner.options import default_max_segment_s, open_punctuator, open_vad
+    from batchasr.runner.transcribe import transcribe_files
     from batchasr.manifest.scan import iter_audio_files
     from batchasr.transcript import to_record
 
@@ -184,10 +186,10 @@ def transcribe(files, model, weights, dtype, device, download, batch_seconds, ba
                                  ("no_guard", no_guard or None)) if v is not None}
     try:
         asr = open_model(model, weights, dtype, device, download, **options)
-        cut = pipeline.CutOptions(
-            vad=pipeline.open_vad(vad, download=download), max_window_s=max_window_s,
-            max_segment_s=max_segment_s or pipeline.default_max_segment_s(asr))
-        punctuator = pipeline.open_punctuator(punc, download=download)
+        cut = CutOptions(
+            vad=open_vad(vad, download=download), max_window_s=max_window_s,
+            max_segment_s=max_segment_s or default_max_segment_s(asr))
+        punctuator = open_punctuator(punc, download=download)
     except (BatchasrError, ValueError) as e:
         fail(str(e))
     entries: list[tuple[str, str | None]] = []  # (path, error), folders expanded
@@ -199,7 +201,7 @@ def transcribe(files, model, weights, dtype, device, download, batch_seconds, ba
         else:
             entries.append((arg, None))
     single = len(files) == 1 and not Path(files[0]).is_dir()
-    results = pipeline.transcribe_files(
+    results = transcribe_files(
         asr, ((p, language) for p, err in entries if err is None), cut,
         batch_seconds=batch_seconds, max_items=batch_size, punctuator=punctuator)
     failures = 0

@@ -107,7 +107,7 @@ def timed_job(asr, manifest: Path, args, tag: str):
     the second is timed."""
     from batchasr.manifest.read import open_manifest
     from batchasr.queue.store import JobQueue
-    from batchasr.runner.worker import run_job
+    from batchasr.runner.local import run_job
 
     for attempt in ("warmup", "timed"):
         job = Path(args.workdir) / f"job-{tag}-{attempt}"

@@ -12,7 +12,7 @@ from benchmarks.bench import speechlike
 
 variant = sys.argv[1]
 if "imports" in variant:  # what the runner brings into the process
-    import batchasr.runner.worker  # noqa: F401
+    import batchasr.runner.local  # noqa: F401
     import pyarrow.parquet  # noqa: F401,F811
 if "files" in variant:
     from batchasr.audio.decode import load

@@ -17,7 +17,7 @@ from batchasr.outputs import parquet
 from batchasr.outputs import writers
 from batchasr.errors import DiskFullError, is_disk_full
 from batchasr.queue.store import JobQueue
-from batchasr.runner.worker import run_job
+from batchasr.runner.local import run_job
 
 from conftest import done_count
 from test_worker import DURATIONS, check_done_exactly_once, make_job

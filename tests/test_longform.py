@@ -22,7 +22,8 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 
-from batchasr.runner import pipeline
+from batchasr.audio import cut as audio_cut
+from batchasr.runner import transcribe
 from batchasr.outputs.parquet import results_table
 from batchasr.outputs.rows import PART_SCHEMA, row_to_transcript, transcript_to_row
 from batchasr.audio.decode import load
@@ -89,7 +90,7 @@ def test_sentences_take_spaced_words_not_the_drifting_join():
 def test_audio_tail_spills_to_disk_and_reads_back_exactly(tmp_path):
     rng = np.random.default_rng(0)
     wave = rng.standard_normal(100_000).astype(np.float32)
-    tail = pipeline.AudioTail(memory_samples=20_000, spill_dir=str(tmp_path))
+    tail = audio_cut.AudioTail(memory_samples=20_000, spill_dir=str(tmp_path))
     for i in range(0, len(wave), 7_000):
         tail.append(wave[i : i + 7_000])
         held = sum(len(c) for c in tail.chunks)
@@ -143,9 +144,9 @@ def test_segment_cutter_gives_the_vads_segments_in_bounded_memory(tmp_path):
 
     vad = load_vad("silero")
     wave, _ = recording(150, quiet_every=40, quiet_s=30)  # silero holds a segment ~30 s back
-    cut = pipeline.CutOptions(vad=vad, max_segment_s=8.0, memory_s=20.0,
+    cut = audio_cut.CutOptions(vad=vad, max_segment_s=8.0, memory_s=20.0,
                               spill_dir=str(tmp_path))
-    cutter = pipeline.SegmentCutter(vad, cut)
+    cutter = audio_cut.SegmentCutter(vad, cut)
     cuts, peak = [], 0
     for i in range(0, len(wave), 3 * SR + 17):
         cuts += cutter.feed(wave[i : i + 3 * SR + 17])
@@ -286,7 +287,7 @@ def test_punctuation_gives_punctuated_text_and_sentence_segments(longform):
 def test_kill_mid_file_then_resume_keeps_finished_segments(longform, tmp_path):
     job = tmp_path / "job"
     args = ["run", longform["manifest"], "--job-dir", job, *longform["common"], "--punc", PUNC]
-    crashed = batchasr(*args, env={"BATCHASR_TEST_CRASH_AT": "after_checkpoint:1"})
+    crashed = batchasr(*args, env={"BATCHASR_TEST_CRASH_AT": "after_segment_cache:1"})
     assert crashed.returncode == -9, crashed.stderr  # SIGKILLed, mid-file
     saved = [r for p in (job / "checkpoints").rglob("seg-*.parquet")
              for r in pq.read_table(p).to_pylist()]
@@ -327,13 +328,13 @@ def test_ray_engine_steps_give_the_worker_results(longform):
     from batchasr.models.loader import load_vad
 
     model = load_model(MODEL)
-    cut = pipeline.CutOptions(vad=load_vad("silero"), max_segment_s=30.0)
+    cut = audio_cut.CutOptions(vad=load_vad("silero"), max_segment_s=30.0)
     items = []
     for item_id, path in (("meeting", longform["base"] / "meeting.wav"),
                           ("clip", AUDIO / "zh_22k.ogg")):
-        pieces, duration = pipeline.decode_pieces(str(path), cut)
-        items.append(pipeline.DecodedItem({"id": item_id, "path": str(path)}, pieces, duration))
-    rows = pipeline.transcribe_items(model, items, batch_seconds=37.0,
+        pieces, duration = audio_cut.decode_pieces(str(path), cut)
+        items.append(transcribe.DecodedItem({"id": item_id, "path": str(path)}, pieces, duration))
+    rows = transcribe.transcribe_items(model, items, batch_seconds=37.0,
                                      punctuator=load_punctuator(PUNC))
     expected = rows_of(longform["runs"]["punc"])
     for row in rows:

@@ -205,7 +205,7 @@ WORKER = textwrap.dedent("""
     import json, sys
     sys.path.insert(0, sys.argv[2])
     from conftest import FakeModel
-    from batchasr.runner.worker import run_job
+    from batchasr.runner.local import run_job
     model = FakeModel(delay_s=float(sys.argv[4]), on_call=lambda m: print("BATCH", flush=True))
     s = run_job(sys.argv[1], model, batch_seconds=2.0, progress=False, readers=1, claim_size=2,
                 pool_seconds=2.0, lock_fd=int(sys.argv[3]), owner=sys.argv[5],

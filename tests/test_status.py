@@ -161,19 +161,20 @@ def test_progress_bar_is_labelled_and_logs_print_above_it(tmp_path):
 
 
 def test_bar_total_is_the_probed_audio_and_only_moves_forward(tmp_path, monkeypatch):
-    from batchasr.runner import worker
+    from batchasr.runner import local
+    from batchasr.runner.stages import progress as progress_stage
     from batchasr.manifest.read import open_manifest
     from batchasr.queue.store import JobQueue
 
     seen: list = []
 
-    class Recording(worker._AudioBar):
+    class Recording(progress_stage.AudioBar):
         def update(self, n=1):
             out = super().update(n)
             seen.append((self.n, self.total, self.initial))
             return out
 
-    monkeypatch.setattr(worker, "_AudioBar", Recording)
+    monkeypatch.setattr(progress_stage, "AudioBar", Recording)
     lengths = [3.0, 1.0, 2.5, 4.0, 0.5, 6.0]
     with open(tmp_path / "m.csv", "w") as f:
         f.write("path\n")
@@ -185,13 +186,13 @@ def test_bar_total_is_the_probed_audio_and_only_moves_forward(tmp_path, monkeypa
         q.enqueue(open_manifest(tmp_path / "m.csv"))
         assert q.probe_durations(lambda p: audio.probe(p)[0], threads=3) == len(lengths)
         assert sorted(i.duration_s for i in q.items()) == sorted(lengths)
-    worker.run_job(job, FakeModel(), batch_seconds=4, limit=3, progress=True)
+    local.run_job(job, FakeModel(), batch_seconds=4, limit=3, progress=True)
     first = sum(lengths[:3])
     assert seen and all(t == pytest.approx(first) for _, t, _ in seen)  # known from the start
     ns = [n for n, _, _ in seen]
     assert ns == sorted(ns) and ns[-1] == pytest.approx(first)
     seen.clear()
-    worker.run_job(job, FakeModel(), batch_seconds=4, progress=True)
+    local.run_job(job, FakeModel(), batch_seconds=4, progress=True)
     assert all(t == pytest.approx(sum(lengths)) and i == pytest.approx(first)
                for _, t, i in seen)  # the whole job, its done part as the initial value
     ns = [n for n, _, _ in seen]

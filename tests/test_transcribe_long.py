@@ -20,7 +20,8 @@ import pytest
 import soundfile as sf
 
 from batchasr.audio import decode as audio
-from batchasr.runner import pipeline
+from batchasr.audio import cut as audio_cut
+from batchasr.runner import transcribe
 from batchasr.manifest.scan import iter_audio_files
 from batchasr.queue.store import JobQueue
 from test_longform import write_recording
@@ -173,10 +174,10 @@ def test_a_long_file_is_never_decoded_whole(folder, tmp_path, monkeypatch):
     monkeypatch.setattr(audio.AudioFile, "read", whole)
     monkeypatch.setattr(audio, "load", whole)
     model = load_model(MODEL)
-    cut = pipeline.CutOptions(vad=load_vad("silero"), max_segment_s=30.0)
+    cut = audio_cut.CutOptions(vad=load_vad("silero"), max_segment_s=30.0)
     stats: dict = {}
     files = [(long_file, None), (rec / "day2" / "clip.ogg", None)]
-    out = list(pipeline.transcribe_files(model, files, cut, batch_seconds=20.0, stats=stats))
+    out = list(transcribe.transcribe_files(model, files, cut, batch_seconds=20.0, stats=stats))
     assert [r.path for r in out] == [str(p) for p, _ in files] and not any(r.error for r in out)
     assert out[0].duration_s == pytest.approx(600.0) and len(out[0].transcript.segments) > 50
     # the pool (4 batches of 20 s) plus one 30 s window of VAD segments, not 600 s

@@ -16,7 +16,8 @@ from batchasr.outputs import parquet
 from batchasr.errors import JobError
 from batchasr.manifest.read import open_manifest
 from batchasr.queue.store import JobQueue
-from batchasr.runner.worker import RunOptions, run_job
+from batchasr.runner.local import run_job
+from batchasr.runner.options import RunOptions
 
 from conftest import FakeModel, PipelinedFakeModel, write_marked_wav
 
@@ -206,7 +207,7 @@ RUNNER = textwrap.dedent("""
     import sys, logging
     sys.path.insert(0, sys.argv[2])
     from conftest import FakeModel
-    from batchasr.runner.worker import run_job
+    from batchasr.runner.local import run_job
     model = FakeModel(delay_s=float(sys.argv[3]), on_call=lambda m: print("BATCH", flush=True))
     s = run_job(sys.argv[1], model, batch_seconds=2.0,
                 progress=False, readers=2, claim_size=4, pool_seconds=4.0)
@@ -337,16 +338,16 @@ def test_a_subtitle_problem_does_not_fail_the_item(tmp_path, fake_model, monkeyp
 def test_bounded_prefetch_with_many_long_files(tmp_path, monkeypatch):
     # 4 files of 40 s in 5 s windows, a 10 s buffer and a slow model: readers must wait for
     # the model instead of decoding everything up front; every window arrives in order.
-    from batchasr.runner import worker
+    from batchasr.runner import threads
     peak = [0]
-    real_put = worker._Prefetch.put
+    real_put = threads.Prefetch.put
 
     def put(self, msg, samples=0, abandon=lambda: False):
         ok = real_put(self, msg, samples, abandon)
         peak[0] = max(peak[0], self._samples)
         return ok
 
-    monkeypatch.setattr(worker._Prefetch, "put", put)
+    monkeypatch.setattr(threads.Prefetch, "put", put)
     model = FakeModel(delay_s=0.01)
     job = make_job(tmp_path, [40.0] * 4)
     s = run_job(job, model, batch_seconds=10.0, max_window_s=5.0, progress=False,

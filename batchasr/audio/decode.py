@@ -28,6 +28,7 @@ from batchasr.errors import AudioError
 from batchasr.manifest.scan import AUDIO_EXTENSIONS  # noqa: F401  (what scan_folder gives this stage)
 
 SAMPLE_RATE = 16000  # what every FunASR model consumes
+SAMPLES_PER_MS = SAMPLE_RATE // 1000
 RESAMPLE_QUALITY = "HQ"  # librosa's "soxr_hq", the official FunASR path
 
 # Common audio containers libsndfile cannot decode: a clearer message than "not audio".

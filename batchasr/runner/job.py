@@ -27,11 +27,11 @@ from typing import Any, Callable
 
 from batchasr.errors import BatchasrError, DiskFullError, JobError, disk_full, is_disk_full
 from batchasr.queue.status import RUNS_FILE
-from batchasr.runner.pipeline import CutOptions
+from batchasr.audio.cut import CutOptions
 from batchasr.runner.settings import (DECODING_OPTIONS, check_longform_models, check_settings,
                                       job_settings, record_settings, recorded_settings,
                                       resolve_job_model)
-from batchasr.runner.worker import RunOptions
+from batchasr.runner.options import RunOptions
 
 MAX_WARNINGS = 1000  # skipped manifest rows said by `run` (all are in `status --failed`)
 _RUN = {f.name: f.default for f in dataclasses.fields(RunOptions)}
@@ -47,7 +47,7 @@ class RunOutcome:
     """How a run ended, for the caller's exit code."""
 
     job: str  # the job folder (or --engine ray's output location)
-    summary: Any = None  # worker.RunSummary (None: nothing was run)
+    summary: Any = None  # options.RunSummary (None: nothing was run)
     stopped_by: int = 0  # the signal that stopped the run with items left (0: not stopped)
     incomplete: bool = False  # items failed or manifest rows were skipped
 
@@ -86,7 +86,8 @@ def prepare_job(source: str | None, job: Path, given: dict[str, Any], *, device:
     """Check the job folder and the settings, and load the models; writes nothing."""
     from batchasr.queue.disk import check_local_disk
     from batchasr.queue.lock import JobLock
-    from batchasr.runner import pipeline
+    from batchasr.batches.assemble import model_punctuates
+    from batchasr.runner.options import open_punctuator, open_vad
     from batchasr.runner.device import open_model
 
     if (job / "job.json").exists() and not (job / "queue.db").exists():
@@ -114,9 +115,9 @@ def prepare_job(source: str | None, job: Path, given: dict[str, Any], *, device:
     if devices == [None]:  # one worker, in this process: load everything now
         say(f"loading model {model} ...")
         prepared.asr = open_model(model, weights, dtype, device, download, **options)
-        prepared.vad = pipeline.open_vad(longform["vad"])
-        prepared.punc = (longform["punc"] if pipeline.model_punctuates(prepared.asr)
-                         else pipeline.open_punctuator(longform["punc"]))
+        prepared.vad = open_vad(longform["vad"])
+        prepared.punc = (longform["punc"] if model_punctuates(prepared.asr)
+                         else open_punctuator(longform["punc"]))
     else:  # the workers load them; a name that cannot be found fails here, first
         check_longform_models(longform["vad"], longform["punc"])
     return prepared
@@ -134,7 +135,7 @@ def run_prepared(prepared: PreparedJob, source: str | None, *, batch_seconds: fl
     from batchasr.manifest.shard import ShardedManifest
     from batchasr.queue.lock import JobLock
     from batchasr.queue.store import JobQueue
-    from batchasr.runner.worker import run_job
+    from batchasr.runner.local import run_job
 
     job, settings, longform = prepared.job, prepared.settings, prepared.longform
     skipped, summary = 0, None
@@ -216,7 +217,7 @@ def run(source: str | None = None, *, job_dir: str | None = None, model: str | N
     from batchasr.manifest.shard import parse_shard
     from batchasr.queue.store import JobQueue
     from batchasr.runner.processes import plan_devices
-    from batchasr.runner.worker import stop_line
+    from batchasr.runner.options import stop_line
 
     if batch_seconds is None:
         from batchasr.runner.device import default_batch_seconds

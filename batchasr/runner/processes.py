@@ -4,7 +4,7 @@ check that the queue is on a local disk.
 ``batchasr run --workers N`` (``run_workers``): the ``run`` process takes the job lock,
 recovers items a dead run left running, then starts N worker processes
 (``python -m batchasr.runner.processes worker SPEC``), each loading the model once and running
-``worker.run_job`` on the same queue. The lock's descriptor is passed down to them
+``local.run_job`` on the same queue. The lock's descriptor is passed down to them
 (``JobLock.adopt``), so the lock lives as long as any process of this run does: a second
 ``batchasr run`` on the job is refused, and nothing is left behind when they all die.
 Workers claim items under leases renewed by a heartbeat; when one dies, ``run`` ends its
@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from batchasr.errors import JobError
+from batchasr.runner.options import RunOptions, RunSummary
 
 logger = logging.getLogger("batchasr.runner.processes")
 
@@ -80,18 +81,18 @@ class _Child:
 
 def run_workers(job_dir: str | os.PathLike, lock, *, devices: list[str | None],
                 model_args: dict[str, Any], run_args: dict[str, Any],
-                progress: bool = True, lease_s: float = 60.0):
+                progress: bool = True, lease_s: float = RunOptions.lease_s):
     """Run ``len(devices)`` worker processes on the job (already enqueued and recovered by
     the caller, which holds ``lock``) until they are all done; return the run's summary
-    (``worker.RunSummary``, figures summed over the workers, wall time of the whole run).
+    (``options.RunSummary``, figures summed over the workers, wall time of the whole run).
 
-    ``model_args``: ``device.open_model`` arguments; ``run_args``: ``worker.run_job`` keyword
+    ``model_args``: ``device.open_model`` arguments; ``run_args``: ``local.run_job`` keyword
     arguments (``limit`` is shared out). Ctrl-C (SIGINT) and SIGTERM are passed on to the
     workers (they stop after their current batch; twice: at once); the summary's ``signal``
     is the first one received.
     """
     from batchasr.queue.store import JobQueue
-    from batchasr.runner.worker import RunSummary, worker_id
+    from batchasr.runner.local import worker_id
 
     job_dir = Path(job_dir)
     n = len(devices)
@@ -270,7 +271,7 @@ def _worker_main(spec_json: str) -> int:
 
     from batchasr.runner.device import open_model
     from batchasr.errors import BatchasrError
-    from batchasr.runner.worker import run_job
+    from batchasr.runner.local import run_job
 
     spec = json.loads(spec_json)
     _die_with_parent(spec["parent"])

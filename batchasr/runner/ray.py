@@ -6,11 +6,11 @@ checks as the queue), records the job's settings in ``job.json``, and builds::
 
     read_parquet(manifest)                      Ray Data reads the items
       -> map_batches(skip done ids)             ids with a done row in <out>/parts/
-      -> map_batches(decode, CPU tasks)         pipeline.decode_pieces per file: windows,
+      -> map_batches(decode, CPU tasks)         audio.cut.decode_pieces per file: windows,
                                                 or the VAD's speech segments of a long file
       -> map_batches(Transcriber, actor pool)   one actor per accelerator, model (and
                                                 punctuation model) loaded once;
-                                                pipeline.transcribe_items (the worker's
+                                                runner.transcribe.transcribe_items (the worker's
                                                 batching, retry, reassembly and
                                                 punctuation), then one Parquet part per
                                                 call, named by its ids
@@ -45,10 +45,15 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from batchasr.runner import pipeline
+from batchasr.audio.cut import (DEFAULT_MAX_SEGMENT_S, DEFAULT_MAX_WINDOW_S, CutOptions,
+                                decode_pieces)
+from batchasr.batches.assemble import model_punctuates
 from batchasr.outputs import parquet
 from batchasr.outputs.rows import PART_SCHEMA
 from batchasr.errors import JobError, ManifestError
+from batchasr.runner.hooks import crash_hook_from_env
+from batchasr.runner.options import DEFAULT_MAX_FAILURES_IN_A_ROW, open_punctuator, open_vad
+from batchasr.runner.transcribe import DecodedItem, transcribe_items
 
 logger = logging.getLogger("batchasr.runner.ray")
 
@@ -226,23 +231,23 @@ def _task_vad(name: str | None):
         import mlx.core as mx
 
         mx.set_default_device(mx.cpu)
-        _VADS[name] = pipeline.open_vad(name)
+        _VADS[name] = open_vad(name)
     return _VADS[name]
 
 
 def decode_batch(batch: pa.Table, max_window_s: float, vad: str | None = None,
-                 max_segment_s: float = pipeline.DEFAULT_MAX_SEGMENT_S) -> pa.Table:
-    """CPU task: each file decoded into pieces (pipeline.decode_pieces: windows, or the VAD's
+                 max_segment_s: float = DEFAULT_MAX_SEGMENT_S) -> pa.Table:
+    """CPU task: each file decoded into pieces (audio.cut.decode_pieces: windows, or the VAD's
     speech segments of a file longer than max_segment_s), or its error."""
     from batchasr.errors import AudioError
 
-    cut = pipeline.CutOptions(vad=_task_vad(vad), max_segment_s=max_segment_s,
+    cut = CutOptions(vad=_task_vad(vad), max_segment_s=max_segment_s,
                               max_window_s=max_window_s)
     out = {name: batch[name].to_pylist() for name in MANIFEST_SCHEMA.names}
     out.update(duration_s=[], error=[], offsets=[], audio=[])
     for path in out["path"]:
         try:
-            windows, duration = pipeline.decode_pieces(path, cut)
+            windows, duration = decode_pieces(path, cut)
             error = None
         except AudioError as e:
             windows, duration, error = [], None, str(e)
@@ -258,26 +263,25 @@ def decode_batch(batch: pa.Table, max_window_s: float, vad: str | None = None,
 class Transcriber:
     """The actor: loads the model (and punctuation model) once (``device.open_model``, as a
     worker process does), then per call transcribes a block of decoded items with
-    ``pipeline.transcribe_items`` and writes their rows as one part."""
+    ``runner.transcribe.transcribe_items`` and writes their rows as one part."""
 
     def __init__(self, model_args: dict, out: str, batch_seconds: float,
-                 max_failures_in_a_row: int = 20, punc: str | None = None):
+                 max_failures_in_a_row: int = DEFAULT_MAX_FAILURES_IN_A_ROW,
+                 punc: str | None = None):
         from batchasr.runner.device import open_model
-        from batchasr.runner.worker import CRASH_ENV, CRASH_ONCE_ENV, _CrashHook
 
         self.model = open_model(**model_args)
-        self.punctuator = None if pipeline.model_punctuates(self.model) \
-            else pipeline.open_punctuator(punc)
+        self.punctuator = None if model_punctuates(self.model) else open_punctuator(punc)
         self.fs, self.root = parquet.open_location(out)
         self.local = isinstance(self.fs, pafs.LocalFileSystem)
         self.batch_seconds = batch_seconds
         self.max_failures = max_failures_in_a_row
-        self.crash = _CrashHook(os.environ.get(CRASH_ENV), os.environ.get(CRASH_ONCE_ENV))
+        self.crash = crash_hook_from_env()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         cols = {name: batch[name].to_pylist() for name in DECODED_SCHEMA.names}
         items = [
-            pipeline.DecodedItem(
+            DecodedItem(
                 item={"id": cols["id"][k], "path": cols["path"][k],
                       "language": cols["language"][k], "extra": cols["extra"][k]},
                 windows=[(o, np.frombuffer(a, np.float32))
@@ -286,7 +290,7 @@ class Transcriber:
             for k in range(batch.num_rows)
         ]
         self.crash("batch")
-        rows = pipeline.transcribe_items(self.model, items, batch_seconds=self.batch_seconds,
+        rows = transcribe_items(self.model, items, batch_seconds=self.batch_seconds,
                                          max_failures_in_a_row=self.max_failures,
                                          punctuator=self.punctuator)
         name = part_name([r["id"] for r in rows])
@@ -315,11 +319,12 @@ def _default_max_segment_s(model_args: dict[str, Any]) -> float:
     try:
         return recognizer_traits(model_args.get("model", ""))["max_segment_s"]
     except Exception:
-        return pipeline.DEFAULT_MAX_SEGMENT_S
+        return DEFAULT_MAX_SEGMENT_S
 
 
 def run_ray(manifest, out: str, *, model_args: dict[str, Any], settings: dict[str, Any],
-            batch_seconds: float, max_window_s: float = 30.0, vad: str | None = "silero",
+            batch_seconds: float, max_window_s: float = DEFAULT_MAX_WINDOW_S,
+            vad: str | None = "silero",
             max_segment_s: float | None = None, punc: str | None = None,
             address: str | None = None, actors: int | None = None, actor_cpus: float = 0.5,
             actor_gpus: float | None = None, items_per_call: int | None = None,

@@ -1,0 +1,187 @@
+"""The run's options, each default once, and what a run reports.
+
+:class:`RunOptions` holds every setting of a local run (batching, cutting, pipeline depth,
+robustness, leases, outputs) with its one default; the cutting defaults are
+``batchasr.audio.cut``'s (``DEFAULT_MAX_WINDOW_S``, ``DEFAULT_MAX_SEGMENT_S``) and the
+sample rate is ``batchasr.audio.decode.SAMPLE_RATE``. :func:`open_vad` and
+:func:`open_punctuator` turn the ``vad``/``punc`` option (a name, a folder, a loaded model,
+or none) into the loaded model the stages are handed. :class:`RunSummary` is what one run
+did and where its time went.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from batchasr.audio.cut import DEFAULT_MAX_SEGMENT_S, DEFAULT_MAX_WINDOW_S, CutOptions
+from batchasr.audio.decode import SAMPLE_RATE as SR
+from batchasr.transcript import ASRModel
+
+DEFAULT_MAX_FAILURES_IN_A_ROW = 20
+DEFAULT_MAX_ATTEMPTS = 5
+PREFETCH_BATCHES = 2  # decoded audio buffered ahead of the model, in batches
+POOL_BATCHES = 4  # decoded pieces sorted into batches at once, in batches
+
+
+def pool_samples(pool_seconds: float | None, batch_seconds: float) -> int:
+    """The sorting pool's size in samples (default: POOL_BATCHES batches)."""
+    return int((pool_seconds or POOL_BATCHES * batch_seconds) * SR)
+
+
+def default_max_segment_s(model: ASRModel) -> float:
+    """The longest piece that suits the model, as it declares (``max_segment_s``)."""
+    return float(getattr(model, "max_segment_s", DEFAULT_MAX_SEGMENT_S))
+
+
+def open_vad(vad: Any, *, download: bool = False):
+    """A VAD from a name or folder (``batchasr.models.vad.load_vad``); None or "none": no VAD; a
+    loaded VAD is returned as it is."""
+    if vad is None or (isinstance(vad, str) and vad.lower() == "none"):
+        return None
+    if isinstance(vad, (str, os.PathLike)):
+        from batchasr.models.vad import load_vad
+
+        return load_vad(vad, download=download)
+    return vad
+
+
+def open_punctuator(punc: Any, *, download: bool = False):
+    """A punctuation model from a name or folder (``load_punctuator``); None or "none": none;
+    a loaded one is returned as it is."""
+    if punc is None or (isinstance(punc, str) and punc.lower() == "none"):
+        return None
+    if isinstance(punc, (str, os.PathLike)):
+        from batchasr.models.punctuation import load_punctuator
+
+        return load_punctuator(punc, download=download)
+    return punc
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    # Batching. A batch holds at most batch_seconds of audio, and at most
+    # max_padded_seconds once padded to its longest piece (default: batch_seconds).
+    batch_seconds: float
+    max_padded_seconds: float | None = None
+    max_batch_items: int | None = None
+    # Longer files are cut into windows of at most this length (equal lengths per file).
+    max_window_s: float = DEFAULT_MAX_WINDOW_S
+    # Long recordings. vad: a loaded VAD (open_vad), or None for the windows above;
+    # files longer than max_segment_s (None: the model's default, 30 s; 15 s for Nano) are
+    # then cut into its speech segments of at most that length. punctuator: a punctuation
+    # model for models whose text has none (open_punctuator). A long file's
+    # finished segments are saved every checkpoint_s seconds of audio (None: never).
+    vad: Any = None
+    max_segment_s: float | None = None
+    punctuator: Any = None
+    checkpoint_s: float | None = 120.0
+    # Pipeline. Readers decode ahead into a buffer of prefetch_seconds (default 2 batches);
+    # the main thread sorts a pool of pool_seconds (default 4 batches) into batches.
+    readers: int = 2
+    prefetch_seconds: float | None = None
+    pool_seconds: float | None = None
+    claim_size: int = 64  # items claimed per queue transaction
+    # Robustness. An item claimed max_attempts times by runs that died is failed at start;
+    # this many items failing in the model in a row means the model, not the items, is
+    # broken: the run stops instead of failing the whole job.
+    max_attempts: int | None = DEFAULT_MAX_ATTEMPTS
+    max_model_failures_in_a_row: int = DEFAULT_MAX_FAILURES_IN_A_ROW
+    # Leases: a claimed item is this worker's for lease_s seconds, renewed every
+    # heartbeat_s (default lease_s / 4) while the process lives; after a worker dies, the
+    # others take its items over when the lease runs out (at once when the coordinating
+    # run sees it die).
+    lease_s: float = 60.0
+    heartbeat_s: float | None = None
+    # Outputs written next to each part (besides the Parquet rows): subtitles per item.
+    subtitle_formats: tuple[str, ...] = ("srt",)
+    subtitle_options: Any = None  # outputs.cues.SubtitleOptions
+
+    def __post_init__(self):
+        if self.batch_seconds <= 0 or self.max_window_s <= 0:
+            raise ValueError("batch_seconds and max_window_s must be positive")
+        if self.max_segment_s is not None and self.max_segment_s <= 0:
+            raise ValueError("max_segment_s must be positive")
+        if self.readers < 1 or self.claim_size < 1:
+            raise ValueError("readers and claim_size must be at least 1")
+        if self.lease_s <= 0 or (self.heartbeat_s is not None
+                                 and not 0 < self.heartbeat_s < self.lease_s):
+            raise ValueError("lease_s must be positive and heartbeat_s below it")
+
+    @property
+    def padded_seconds(self) -> float:
+        return self.max_padded_seconds or self.batch_seconds
+
+    @property
+    def prefetch_samples(self) -> int:
+        return int((self.prefetch_seconds or PREFETCH_BATCHES * self.batch_seconds) * SR)
+
+    @property
+    def pool_samples(self) -> int:
+        return pool_samples(self.pool_seconds, self.batch_seconds)
+
+    def cut(self, model: ASRModel, spill_dir: str | None = None) -> CutOptions:
+        """How this run cuts files for ``model`` (its own segment length when none is set)."""
+        return CutOptions(vad=self.vad, max_window_s=self.max_window_s, spill_dir=spill_dir,
+                          max_segment_s=self.max_segment_s or default_max_segment_s(model))
+
+
+@dataclass
+class RunSummary:
+    """What one run did, and where its time went (seconds)."""
+
+    done: int = 0
+    failed: int = 0
+    audio_s: float = 0.0  # audio of the items completed
+    wall_s: float = 0.0
+    decode_s: float = 0.0  # reader threads decoding + resampling (summed over threads)
+    wait_s: float = 0.0  # the main thread waiting for decoded audio: the model idle on I/O
+    model_s: float = 0.0
+    write_s: float = 0.0  # parts, subtitles, queue commits (on the writer thread)
+    batches: int = 0
+    padding: float = 0.0  # share of the batches' padded size that was padding
+    vad_s: float = 0.0  # the main thread in the VAD
+    punc_s: float = 0.0  # the main thread putting items together and punctuating them
+    segments_reused: int = 0  # segments of long files found saved by an earlier run
+    model_audio_s: float = 0.0  # audio sent to the model (VAD segments or windows)
+    requeued: int = 0  # items a previous run left running, put back at start
+    taken_over: int = 0  # items finished here but committed by another worker (lease lost)
+    workers: int = 1  # worker processes (the figures above are their sums)
+    stopped: bool = False  # stopped early (Ctrl-C / stop_event), not out of work
+    signal: int = 0  # the signal that stopped it (SIGINT, SIGTERM), 0 if none
+    remaining: dict[str, int] = field(default_factory=dict)  # queue counts at the end
+
+    @property
+    def items(self) -> int:
+        return self.done + self.failed
+
+    @property
+    def speed(self) -> float:
+        """Audio seconds per wall second (= audio hours per hour)."""
+        return self.audio_s / self.wall_s if self.wall_s else 0.0
+
+    @property
+    def overhead_per_item_s(self) -> float:
+        """Wall time not spent in the model, per item."""
+        return (self.wall_s - self.model_s) / self.items if self.items else 0.0
+
+    def __str__(self) -> str:
+        head = (f"{self.done} done, {self.failed} failed, {self.audio_s / 3600:.2f} h of audio "
+                f"in {self.wall_s:.1f} s ({self.speed:.1f}x real time)")
+        extra = "".join(f", {name} {value:.1f} s" for name, value in
+                        (("VAD", self.vad_s), ("punctuation", self.punc_s)) if value)
+        times = (f"model {self.model_s:.1f} s{extra}, waiting for audio {self.wait_s:.1f} s; "
+                 f"on other threads: decoding {self.decode_s:.1f} s, writing "
+                 f"{self.write_s:.1f} s; {self.batches} batches, {self.padding:.0%} padding")
+        if self.segments_reused:
+            times += f"; {self.segments_reused} saved segment(s) reused"
+        left = self.remaining.get("pending", 0) + self.remaining.get("running", 0)
+        stop = f"\n{stop_line(left)}" if self.stopped and left else ""
+        if self.workers > 1:
+            return f"{head} on {self.workers} workers; summed over them: {times}{stop}"
+        return f"{head}; {times}; {self.overhead_per_item_s * 1000:.1f} ms overhead/item{stop}"
+
+
+def stop_line(left: int) -> str:
+    """What a run stopped with items left says (the summary's last line)."""
+    return f"stopped: {left} item(s) left, run the same command to continue"

@@ -1,0 +1,238 @@
+"""The Model stage: a batch of pieces through the recognizer, its one-by-one retry and the
+failure streak. Every engine runs its batches through :class:`ModelStage`.
+
+A recognizer with ``submit`` (pipelined: ``submit(waves) -> pending``, ``pending.advance()``,
+``pending.result()``) keeps one batch in flight: the next batch is started on the device,
+then the previous one is finished on the host while the device works. Any other is called
+with ``transcribe``. Invariants: when a batch fails in the model, each of its pieces is run
+alone (:func:`each_alone`), so only the pieces the model fails on even alone fail; a piece
+whose item has already failed is dropped, not counted; ``max_failures_in_a_row`` failed
+pieces in a row mean the model is broken and raise JobError.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Callable, Protocol, Sequence
+
+import numpy as np
+
+from batchasr.audio.decode import SAMPLE_RATE
+from batchasr.errors import JobError
+from batchasr.runner.hooks import slow_batch
+from batchasr.runner.options import DEFAULT_MAX_FAILURES_IN_A_ROW
+from batchasr.transcript import ASRModel, Transcript
+
+logger = logging.getLogger("batchasr.runner.worker")
+
+# A function that transcribes one batch: (waveforms, languages) -> one Transcript each.
+RunBatch = Callable[[list[np.ndarray], list[str | None]], list[Transcript]]
+
+
+def model_languages(languages: list[str | None]) -> list[str | None] | None:
+    """The `languages` argument of a model call: None when no piece names one."""
+    return languages if any(languages) else None
+
+
+def checked(outs, n: int) -> list[Transcript]:
+    """A model's outputs for n inputs, the zip guarded (as whisper's DecodingTask.run does)."""
+    outs = list(outs)
+    if len(outs) != n:
+        raise ValueError(f"model returned {len(outs)} transcripts for {n} inputs")
+    return outs
+
+
+def run_model(model: ASRModel, waves: list[np.ndarray],
+              languages: list[str | None]) -> list[Transcript]:
+    """One model call on a batch."""
+    return checked(model.transcribe(waves, languages=model_languages(languages)), len(waves))
+
+
+def each_alone(run: RunBatch, waves: list[np.ndarray], languages: list[str | None],
+               error: Exception) -> list[Transcript | Exception]:
+    """After a batch failed with ``error``: each piece run alone (a batch of one fails with
+    ``error`` itself). One Transcript or the exception per piece, in order."""
+    if len(waves) == 1:
+        return [error]
+    logger.warning("batch of %d failed in the model (%s: %s); retrying one by one",
+                   len(waves), type(error).__name__, error)
+    outs: list[Transcript | Exception] = []
+    for wave, lang in zip(waves, languages):
+        try:
+            [out] = run([wave], [lang])
+        except Exception as e1:
+            outs.append(e1)
+        else:
+            outs.append(out)
+    return outs
+
+
+def run_or_each(run: RunBatch, waves: list[np.ndarray],
+                languages: list[str | None]) -> list[Transcript | Exception]:
+    """Run a batch; if the call raises, run each piece alone (:func:`each_alone`)."""
+    try:
+        return list(run(waves, languages))
+    except Exception as e:
+        return each_alone(run, waves, languages, e)
+
+
+def model_error(e: Exception) -> str:
+    """The error recorded for an item the model failed on."""
+    return f"model error: {type(e).__name__}: {e}"
+
+
+class FailureStreak:
+    """Counts model failures in a row: that many means the model, not the items, is
+    broken, so the run stops (JobError) instead of failing the whole job."""
+
+    def __init__(self, limit: int):
+        self.limit, self.n = limit, 0
+
+    def ok(self) -> None:
+        self.n = 0
+
+    def failed(self, e: Exception) -> None:
+        self.n += 1
+        if self.n >= self.limit:
+            raise JobError(
+                f"the model failed on {self.n} items in a row, last with {type(e).__name__}: "
+                f"{e}. Stopping; the items not reached stay pending (retry failed ones with "
+                "retry_failed)."
+            ) from e
+
+
+class ResultSink(Protocol):
+    """Where a ModelStage's results go (pieces have ``audio`` and ``language``)."""
+
+    def is_failed(self, piece: Any) -> bool: ...  # its item failed: drop the piece
+
+    def model_failed(self, piece: Any, error: Exception) -> None: ...
+
+    def record(self, piece: Any, transcript: Transcript) -> None: ...
+
+    def flush(self) -> None: ...  # after the results of a batch in flight were recorded
+
+
+class ModelStage:
+    """The batch in flight. ``step(batch)`` runs a batch (pipelined: starts it, finishes the
+    previous one); ``shutdown()`` finishes the batch in flight. Results go to ``sink``.
+    ``run`` replaces the plain model call; ``pipelined`` (default: the model has
+    ``submit``) keeps one batch in flight. Times and counts: ``model_s``, ``batches``,
+    ``transcribed_s``, ``padding``."""
+
+    def __init__(self, model: ASRModel, sink: ResultSink, *,
+                 max_failures_in_a_row: int = DEFAULT_MAX_FAILURES_IN_A_ROW,
+                 run: RunBatch | None = None, pipelined: bool | None = None,
+                 crash: Callable[[str], None] | None = None, slow_s: float = 0.0):
+        self.model, self.sink = model, sink
+        self.run = run or (lambda waves, langs: run_model(model, waves, langs))
+        self.pipelined = (callable(getattr(model, "submit", None)) if pipelined is None
+                          else pipelined)
+        self.streak = FailureStreak(max_failures_in_a_row)
+        self.crash = crash or (lambda point: None)
+        self.slow_s = slow_s
+        self.inflight: tuple[list, Any] | None = None  # (pieces, pending or its exception)
+        self.current: list = []  # the batch being started or run on the main thread
+        self.model_s = 0.0
+        self.batches = 0
+        self.transcribed_s = 0.0
+        self.padded = self.useful = 0  # samples in batches once padded / of real audio
+
+    @property
+    def padding(self) -> float:
+        """Share of the batches' padded size that was padding."""
+        return 1.0 - self.useful / self.padded if self.padded else 0.0
+
+    def step(self, batch: Sequence) -> None:
+        batch = [p for p in batch if not self.sink.is_failed(p)]
+        if not batch:
+            return
+        self.crash("batch")
+        waves, langs = [p.audio for p in batch], [p.language for p in batch]
+        self.current = batch
+        if self.slow_s:
+            slow_batch(self.slow_s)
+        if not self.pipelined:
+            try:
+                self._apply(batch, run_or_each(self._transcribe, waves, langs))
+            finally:
+                self.current = []
+            return
+        # Keep one batch in flight: start this one on the device, then finish the previous
+        # one on the host while the device works (see ParaformerASR.submit).
+        t = time.perf_counter()
+        try:
+            pending = self.model.submit(waves, languages=model_languages(langs))
+        except Exception as e:  # the pieces are retried one by one by shutdown()
+            pending = e
+        self.model_s += time.perf_counter() - t
+        self.shutdown()
+        t = time.perf_counter()
+        if not isinstance(pending, Exception):
+            try:
+                pending.advance()
+            except Exception as e:
+                pending = e
+        self.model_s += time.perf_counter() - t
+        self.inflight = (batch, pending)
+        self.current = []
+
+    def shutdown(self) -> None:
+        """Results of the batch in flight (if any) to the sink; if the batch failed, each
+        piece alone."""
+        if self.inflight is None:
+            return
+        batch, pending = self.inflight
+        self.inflight = None
+        waves, langs = [p.audio for p in batch], [p.language for p in batch]
+        t = time.perf_counter()
+        outs: list | None = None
+        if not isinstance(pending, Exception):
+            try:
+                outs = checked(pending.result(), len(batch))
+            except Exception as e:
+                pending = e
+        self.model_s += time.perf_counter() - t
+        if outs is None:
+            outs = each_alone(self._timed, waves, langs, pending)
+        self._count(waves)
+        self._apply(batch, outs)
+        self.sink.flush()
+
+    def expected_wait(self) -> tuple[float, float | None]:
+        """(audio seconds in the model now, the model seconds they should take at this run's
+        speed so far, None before any is measured): what a stop after the batch in flight
+        waits for. Read from another thread (the signal watcher)."""
+        pieces = list(self.current) + (list(self.inflight[0]) if self.inflight else [])
+        audio_s = sum(len(p.audio) for p in pieces) / SAMPLE_RATE
+        per_s = self.model_s / self.transcribed_s if self.transcribed_s else None
+        return audio_s, None if per_s is None else audio_s * per_s
+
+    def _apply(self, batch: list, outs: list) -> None:
+        for p, out in zip(batch, outs):
+            if self.sink.is_failed(p):  # an earlier piece of the same item failed
+                continue
+            if isinstance(out, Exception):
+                self.sink.model_failed(p, out)
+                self.streak.failed(out)  # raises JobError when the model looks broken
+            else:
+                self.streak.ok()
+                self.sink.record(p, out)
+
+    def _timed(self, waves: list[np.ndarray], langs: list[str | None]) -> list[Transcript]:
+        t = time.perf_counter()
+        try:
+            return self.run(waves, langs)
+        finally:
+            self.model_s += time.perf_counter() - t
+
+    def _transcribe(self, waves: list[np.ndarray], langs: list[str | None]) -> list[Transcript]:
+        outs = self._timed(waves, langs)
+        self._count(waves)
+        return outs
+
+    def _count(self, waves: list[np.ndarray]) -> None:
+        self.batches += 1
+        self.padded += max(len(w) for w in waves) * len(waves)
+        self.useful += sum(len(w) for w in waves)
+        self.transcribed_s += sum(len(w) for w in waves) / SAMPLE_RATE

@@ -1,0 +1,229 @@
+"""Transcribing without a job folder: decoded items (the Ray actors) and files streamed in
+order (``batchasr transcribe``).
+
+Both run their batches through the same :class:`~batchasr.runner.stages.model.ModelStage`
+as the local worker (one model call per batch, the one-by-one retry, the failure streak)
+and put items back together with the same ``assemble_finished`` / ``result_row``, so a
+file is cut, batched, retried and reassembled in exactly one way whichever engine runs.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Mapping, NamedTuple, Sequence
+
+import numpy as np
+
+from batchasr.audio.cut import CutOptions, VADFailed, iter_pieces
+from batchasr.audio.decode import SAMPLE_RATE
+from batchasr.batches.assemble import PieceResult
+from batchasr.errors import AudioError
+from batchasr.runner.options import DEFAULT_MAX_FAILURES_IN_A_ROW, pool_samples
+from batchasr.runner.stages.completion import assemble_finished, result_row
+from batchasr.runner.stages.model import ModelStage, RunBatch, model_error
+from batchasr.runner.stages.pool import Pool, batch_plan
+from batchasr.runner.stages.work import Piece
+from batchasr.transcript import ASRModel, Transcript
+
+logger = logging.getLogger("batchasr.runner.transcribe")
+
+
+@dataclass
+class DecodedItem:
+    """An item with its whole audio decoded into pieces (``audio.cut.decode_pieces``), or
+    the error that stopped it. ``item`` has the queue/manifest fields ``id, path, language,
+    extra`` (see ``results.transcript_to_row``)."""
+
+    item: Mapping[str, Any]
+    windows: list[tuple[float, np.ndarray]] = field(default_factory=list)  # (offset_s, audio)
+    duration_s: float | None = None
+    error: str | None = None
+
+
+class _ItemsSink:
+    """ModelStage results of :func:`transcribe_items`: per item, its pieces or its error."""
+
+    def __init__(self, items: Sequence[DecodedItem]):
+        self.items = items
+        self.got: list[dict[int, PieceResult]] = [{} for _ in items]
+        self.errors = [it.error for it in items]
+
+    def is_failed(self, p: Piece) -> bool:
+        return self.errors[p.work] is not None
+
+    def model_failed(self, p: Piece, e: Exception) -> None:
+        logger.error("model failed on %s: %s", self.items[p.work].item["id"], e, exc_info=e)
+        self.errors[p.work] = model_error(e)
+
+    def record(self, p: Piece, out: Transcript) -> None:
+        self.got[p.work][p.index] = p.result(out)
+
+    def flush(self) -> None:
+        pass
+
+
+def transcribe_items(model: ASRModel, items: Sequence[DecodedItem], *, batch_seconds: float,
+                     padded_seconds: float | None = None, max_items: int | None = None,
+                     max_failures_in_a_row: int = DEFAULT_MAX_FAILURES_IN_A_ROW,
+                     run: RunBatch | None = None, punctuator=None) -> list[dict]:
+    """Transcribe decoded items as length-sorted batches of their pieces and return one
+    result row per item (``results.PART_SCHEMA``): ``done`` with the reassembled (and,
+    with ``punctuator``, punctuated) transcript, or ``failed`` with the decode, model or
+    punctuation error. Rows in input order.
+
+    ``run`` replaces the plain model call (e.g. to time it). Raises JobError when the model
+    fails on ``max_failures_in_a_row`` pieces in a row.
+    """
+    sink = _ItemsSink(items)
+    stage = ModelStage(model, sink, max_failures_in_a_row=max_failures_in_a_row, run=run,
+                       pipelined=False)
+    pieces = [Piece(k, j, *it.windows[j], it.item.get("language"), 0)
+              for k, it in enumerate(items) if it.error is None for j in range(len(it.windows))]
+    for batch in batch_plan([len(p.audio) for p in pieces], batch_seconds=batch_seconds,
+                            padded_seconds=padded_seconds, max_items=max_items):
+        stage.step([pieces[i] for i in batch])
+    done = [k for k in range(len(items)) if sink.errors[k] is None]
+    outs = dict(zip(done, assemble_finished(model, [list(sink.got[k].values()) for k in done],
+                                            punctuator)))
+    return [result_row({**it.item, "duration_s": it.duration_s},
+                       sink.errors[k] if sink.errors[k] is not None else outs[k], model.name)
+            for k, it in enumerate(items)]
+
+
+# ---- files streamed in order (``batchasr transcribe``) ------------------------------------------
+
+
+class FileResult(NamedTuple):
+    """One input file of :func:`transcribe_files`: its transcript (in file time) and duration,
+    or the error that stopped it."""
+
+    path: str
+    transcript: Transcript | None
+    duration_s: float | None
+    error: str | None = None
+
+
+@dataclass
+class _StreamedFile:
+    index: int
+    path: str
+    language: str | None
+    pieces: dict[int, PieceResult] = field(default_factory=dict)
+    n_pieces: int | None = None  # known once the file is read to its end
+    duration_s: float | None = None
+    error: str | None = None
+    transcript: Transcript | None = None  # once assembled
+
+    @property
+    def complete(self) -> bool:
+        return self.error is not None or (self.n_pieces is not None
+                                          and len(self.pieces) == self.n_pieces)
+
+
+class _FilesSink:
+    """ModelStage results of :func:`transcribe_files`: a failed file leaves the pool."""
+
+    def __init__(self, pool: Pool):
+        self.pool = pool
+
+    def is_failed(self, p: Piece) -> bool:
+        return p.work.error is not None
+
+    def model_failed(self, p: Piece, e: Exception) -> None:
+        logger.error("model failed on %s: %s", p.work.path, e, exc_info=e)
+        p.work.error = model_error(e)
+        self.pool.drop(p.work)
+
+    def record(self, p: Piece, out: Transcript) -> None:
+        p.work.pieces[p.index] = p.result(out)
+
+    def flush(self) -> None:
+        pass
+
+
+def transcribe_files(model: ASRModel, files, cut: CutOptions, *, batch_seconds: float,
+                     punctuator=None, pool_seconds: float | None = None,
+                     max_items: int | None = None,
+                     max_failures_in_a_row: int = DEFAULT_MAX_FAILURES_IN_A_ROW,
+                     run: RunBatch | None = None, stats: dict | None = None):
+    """Transcribe ``files`` (``(path, language)`` pairs, any iterable) as the runner does and
+    yield one :class:`FileResult` per file, in input order, in bounded memory.
+
+    Each file is cut as the worker cuts it (``audio.cut.iter_pieces``: whole, equal
+    windows, or VAD segments streamed a window at a time); the pieces of consecutive files
+    share length-sorted batches taken from a pool of ``pool_seconds`` (default: the
+    worker's) of decoded audio, the batch holding the oldest piece first; each file is put
+    back together (and punctuated) by ``assemble_finished``. A file is never decoded
+    whole: audio held is the pool, one window and the cutter's tail. Decode, VAD, model and
+    punctuation failures fail their file only (``FileResult.error``); JobError after
+    ``max_failures_in_a_row`` model failures in a row. ``stats`` (a dict), when given,
+    gets ``peak_pool_samples``, ``batches`` and ``model_audio_s``."""
+    pool = Pool(batch_seconds=batch_seconds, max_items=max_items, arrival_order=True,
+                target=pool_samples(pool_seconds, batch_seconds))
+    stage = ModelStage(model, _FilesSink(pool), max_failures_in_a_row=max_failures_in_a_row,
+                       run=run, pipelined=False)
+    pending: dict[int, _StreamedFile] = {}  # read or being read, not yet yielded
+    state = {"next": 0}
+    if stats is not None:
+        stats.update(peak_pool_samples=0, batches=0, model_audio_s=0.0)
+
+    def run_batch() -> None:
+        batch = pool.next_batch()
+        stage.step(batch)
+        if stats is not None:
+            stats["batches"] += 1
+            stats["model_audio_s"] += sum(len(p.audio) for p in batch) / SAMPLE_RATE
+
+    def finished():
+        """The files at the head of the input order that are complete, assembled."""
+        ready = []
+        while state["next"] in pending and pending[state["next"]].complete:
+            ready.append(pending.pop(state["next"]))
+            state["next"] += 1
+        done = [f for f in ready if f.error is None]
+        if done:
+            for f, out in zip(done, assemble_finished(
+                    model, [list(f.pieces.values()) for f in done], punctuator)):
+                if isinstance(out, str):
+                    f.error = out
+                else:
+                    f.transcript = out
+        for f in ready:
+            if f.error is not None:
+                yield FileResult(f.path, None, f.duration_s, f.error)
+            else:
+                yield FileResult(f.path, f.transcript, f.duration_s)
+
+    for k, (path, language) in enumerate(files):
+        f = _StreamedFile(k, str(path), language)
+        pending[k] = f
+        read: dict = {}
+        pieces = iter_pieces(f.path, cut, read)
+        try:
+            for index, offset_s, wave in pieces:
+                pool.add(f, index, offset_s, wave, f.language)
+                if stats is not None:
+                    stats["peak_pool_samples"] = max(stats["peak_pool_samples"], pool.samples)
+                while pool.full and f.error is None:
+                    run_batch()
+                if f.error is not None:  # the model failed on one of its pieces
+                    break
+            else:
+                f.duration_s, f.n_pieces = read["duration_s"], read["n_pieces"]
+        except VADFailed as e:
+            logger.error("VAD failed on %s", f.path, exc_info=e.__cause__)
+            f.error = f"VAD error: {type(e.__cause__).__name__}: {e.__cause__}"
+        except AudioError as e:
+            f.error = str(e)
+        except Exception as e:  # a decoder bug fails the file, not the others
+            logger.exception("unexpected error decoding %s", f.path)
+            f.error = f"{type(e).__name__}: {e}"
+        finally:
+            pieces.close()  # a file left early: its decoder and VAD tail are closed now
+        if f.error is not None:
+            pool.drop(f)
+        yield from finished()
+    while pool:
+        run_batch()
+        yield from finished()
+    yield from finished()
