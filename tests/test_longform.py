@@ -139,7 +139,7 @@ def write_recording(path, seconds: float, seed: int = 0):
 
 
 def test_segment_cutter_gives_the_vads_segments_in_bounded_memory(tmp_path):
-    from batchasr.models.blocks.vad import split_long_segments
+    from batchasr.audio.cut import split_long_segments
     from batchasr.models.loader import load_vad
 
     vad = load_vad("silero")

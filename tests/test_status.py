@@ -154,7 +154,7 @@ def test_progress_bar_is_labelled_and_logs_print_above_it(tmp_path):
     assert "resuming: " in again.stderr and "done before" in again.stderr
     # the failure's log line is printed above the bar (cleared first), not glued onto it
     [line] = [x for x in again.stderr.split("\n") if "bad failed:" in x]
-    assert line.split("\r")[-1].startswith("WARNING batchasr.runner.worker: bad failed:"), repr(line)
+    assert line.split("\r")[-1].startswith("WARNING batchasr.worker: bad failed:"), repr(line)
 
 
 # ---- the bar, on the runner ----------------------------------------------------------------

@@ -16,7 +16,7 @@ import soundfile as sf
 from click.testing import CliRunner
 
 from batchasr.cli import cli
-from batchasr.models.blocks.vad import split_long_segments
+from batchasr.audio.cut import split_long_segments
 from batchasr.models.fsmn_vad import FsmnVAD
 from batchasr.models.loader import load_vad
 from batchasr.models.silero_vad import SileroOptions, SileroVAD, SpeechTimestamps

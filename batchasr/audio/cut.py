@@ -30,7 +30,7 @@ import numpy as np
 from batchasr.audio import decode as audio
 from batchasr.audio.decode import SAMPLE_RATE as SR, SAMPLES_PER_MS
 
-logger = logging.getLogger("batchasr.audio.cut")
+logger = logging.getLogger("batchasr.pipeline")  # the name log lines show (stable)
 
 
 def split_long_segments(segments: Iterable[tuple[int, int]],

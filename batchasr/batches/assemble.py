@@ -18,7 +18,7 @@ from batchasr.batches.plan import stitch
 from batchasr.batches.sentences import join_vad_texts, timestamp_sentence, vad_segment_sentences
 from batchasr.transcript import ASRModel, Segment, Transcript
 
-logger = logging.getLogger("batchasr.batches.assemble")
+logger = logging.getLogger("batchasr.pipeline")  # the name log lines show (stable)
 
 
 def model_punctuates(model: ASRModel) -> bool:

@@ -7,7 +7,7 @@ import re
 from typing import Any, Iterator
 
 
-logger = logging.getLogger("batchasr.runner.processes")
+logger = logging.getLogger("batchasr.scale")  # the name log lines show (stable)
 
 # ---- static shards ---------------------------------------------------------------------------
 

@@ -44,7 +44,7 @@ from batchasr.models.blocks.punc_text import (
 from batchasr.models.blocks.sanm import SANMEncoder, SANMEncoderArgs
 from batchasr.models.weights import read_tokens
 
-logger = logging.getLogger("batchasr.models.ct_punc")
+logger = logging.getLogger("batchasr.punctuation")  # the name log lines show (stable)
 
 JIEBA_USER_DICT = "jieba_usr_dict"
 

@@ -69,7 +69,7 @@ from batchasr.models.blocks.tokenizer import (
 from batchasr.models.blocks.tuning import Tuning
 from batchasr.transcript import Segment, Token, Transcript
 
-logger = logging.getLogger("batchasr.models.fun_asr_nano")
+logger = logging.getLogger("batchasr.nano")  # the name log lines show (stable)
 
 SENSEVOICE_LAYER_NORM_EPS = 1e-5  # sense_voice/model.py LayerNorm = torch.nn.LayerNorm default
 

@@ -21,7 +21,7 @@ from mlx.utils import tree_flatten, tree_unflatten
 
 from batchasr.errors import CheckpointError
 
-logger = logging.getLogger("batchasr.models.weights")
+logger = logging.getLogger("batchasr.checkpoints")  # the name log lines show (stable)
 
 
 def cache_dir() -> Path:

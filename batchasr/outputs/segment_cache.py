@@ -27,7 +27,7 @@ from batchasr.outputs.names import safe_name
 from batchasr.outputs.rows import SEGMENT, TOKEN, row_to_transcript, transcript_to_row
 from batchasr.transcript import Transcript
 
-logger = logging.getLogger("batchasr.outputs.segment_cache")
+logger = logging.getLogger("batchasr.results")  # the name log lines show (stable)
 
 __all__ = ["CACHE_DIR", "cache_folder", "save_segments", "load_segments", "drop_segments",
            "cached_items"]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from batchasr.errors import JobError
 
-logger = logging.getLogger("batchasr.queue.disk")
+logger = logging.getLogger("batchasr.scale")  # the name log lines show (stable)
 
 # Filesystem types (Linux /proc/mounts, BSD/macOS `mount`) on which SQLite's locks and WAL
 # shared memory are not reliable, or that another host may write to.

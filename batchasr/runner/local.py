@@ -52,7 +52,7 @@ from batchasr.runner.threads import Heartbeat
 from batchasr.batches.assemble import model_punctuates
 from batchasr.transcript import ASRModel
 
-logger = logging.getLogger("batchasr.runner.worker")
+logger = logging.getLogger("batchasr.worker")  # the name log lines show (stable)
 
 
 def run_job(

@@ -35,12 +35,12 @@ def default_max_segment_s(model: ASRModel) -> float:
 
 
 def open_vad(vad: Any, *, download: bool = False):
-    """A VAD from a name or folder (``batchasr.models.vad.load_vad``); None or "none": no VAD; a
+    """A VAD from a name or folder (``batchasr.models.loader.load_vad``); None or "none": no VAD; a
     loaded VAD is returned as it is."""
     if vad is None or (isinstance(vad, str) and vad.lower() == "none"):
         return None
     if isinstance(vad, (str, os.PathLike)):
-        from batchasr.models.vad import load_vad
+        from batchasr.models.loader import load_vad
 
         return load_vad(vad, download=download)
     return vad
@@ -52,7 +52,7 @@ def open_punctuator(punc: Any, *, download: bool = False):
     if punc is None or (isinstance(punc, str) and punc.lower() == "none"):
         return None
     if isinstance(punc, (str, os.PathLike)):
-        from batchasr.models.punctuation import load_punctuator
+        from batchasr.models.loader import load_punctuator
 
         return load_punctuator(punc, download=download)
     return punc

@@ -36,7 +36,7 @@ from typing import Any
 from batchasr.errors import JobError
 from batchasr.runner.options import RunOptions, RunSummary
 
-logger = logging.getLogger("batchasr.runner.processes")
+logger = logging.getLogger("batchasr.scale")  # the name log lines show (stable)
 
 # ---- N worker processes on one queue ---------------------------------------------------------
 

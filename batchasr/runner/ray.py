@@ -55,7 +55,7 @@ from batchasr.runner.hooks import crash_hook_from_env
 from batchasr.runner.options import DEFAULT_MAX_FAILURES_IN_A_ROW, open_punctuator, open_vad
 from batchasr.runner.transcribe import DecodedItem, transcribe_items
 
-logger = logging.getLogger("batchasr.runner.ray")
+logger = logging.getLogger("batchasr.ray_engine")  # the name log lines show (stable)
 
 JOB_FILE = "job.json"
 MANIFEST_SCHEMA = pa.schema([("id", pa.string()), ("seq", pa.int64()), ("path", pa.string()),

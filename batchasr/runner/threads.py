@@ -14,7 +14,7 @@ from pathlib import Path
 from batchasr.errors import is_disk_full
 from batchasr.queue.store import JobQueue
 
-logger = logging.getLogger("batchasr.runner.worker")
+logger = logging.getLogger("batchasr.worker")  # the name log lines show (stable)
 
 
 class Prefetch:

@@ -25,7 +25,7 @@ from batchasr.runner.stages.pool import Pool, batch_plan
 from batchasr.runner.stages.work import Piece
 from batchasr.transcript import ASRModel, Transcript
 
-logger = logging.getLogger("batchasr.runner.transcribe")
+logger = logging.getLogger("batchasr.pipeline")  # the name log lines show (stable)
 
 
 @dataclass

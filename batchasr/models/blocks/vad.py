@@ -12,21 +12,10 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
+from batchasr.audio.cut import split_long_segments
 from batchasr.audio.decode import SAMPLE_RATE, iter_windows
 
 SpeechSegment = tuple[int, int]  # (start_ms, end_ms)
-
-
-def split_long_segments(segments: Iterable[SpeechSegment],
-                        max_segment_ms: int | None) -> list[SpeechSegment]:
-    """Cut each segment longer than max_segment_ms into the fewest equal parts that fit."""
-    out = []
-    for start, end in segments:
-        n = 1 if not max_segment_ms or end - start <= max_segment_ms else \
-            -(-(end - start) // max_segment_ms)
-        bounds = [start + (end - start) * i // n for i in range(n)] + [end]
-        out.extend(zip(bounds[:-1], bounds[1:]))
-    return out
 
 
 class VADStream:

@@ -33,7 +33,7 @@ from batchasr.runner.stages.progress import Progress
 from batchasr.runner.stages.work import Piece, Work
 from batchasr.transcript import ASRModel, Transcript
 
-logger = logging.getLogger("batchasr.runner.worker")
+logger = logging.getLogger("batchasr.worker")  # the name log lines show (stable)
 
 
 def assemble_finished(model: ASRModel, items: Sequence[Sequence[PieceResult]],

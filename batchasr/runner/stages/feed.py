@@ -33,7 +33,7 @@ from batchasr.runner.stages.pool import Pool
 from batchasr.runner.stages.work import Work, fingerprint
 from batchasr.runner.threads import Prefetch
 
-logger = logging.getLogger("batchasr.runner.worker")
+logger = logging.getLogger("batchasr.worker")  # the name log lines show (stable)
 
 
 class Feed:

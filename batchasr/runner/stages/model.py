@@ -23,7 +23,7 @@ from batchasr.runner.hooks import slow_batch
 from batchasr.runner.options import DEFAULT_MAX_FAILURES_IN_A_ROW
 from batchasr.transcript import ASRModel, Transcript
 
-logger = logging.getLogger("batchasr.runner.worker")
+logger = logging.getLogger("batchasr.worker")  # the name log lines show (stable)
 
 # A function that transcribes one batch: (waveforms, languages) -> one Transcript each.
 RunBatch = Callable[[list[np.ndarray], list[str | None]], list[Transcript]]

@@ -23,7 +23,7 @@ from batchasr.queue.store import JobQueue
 from batchasr.runner.options import RunSummary
 from batchasr.runner.stages.work import Work
 
-logger = logging.getLogger("batchasr.runner.worker")
+logger = logging.getLogger("batchasr.worker")  # the name log lines show (stable)
 
 PROGRESS_EVERY_S = 2.0  # the progress file for `status`: at most this often from the loop
 
