@@ -171,11 +171,7 @@ def transcribe(files, model, weights, dtype, device, download, batch_seconds, ba
       batchasr transcribe --model ./paraformer-zh --json clip1.wav clip2.flac
       batchasr transcribe --model ./paraformer-zh --punc ./ct-punc meeting.wav recordings/
     """
-    from batchasr.audio.cut import CutOptions
-    from batchasr.runner.device import open_model
-    from batchasr.runner.options import default_max_segment_s, open_punctuator, open_vad
-    from batchasr.runner.transcribe import transcribe_files
-    from batchasr.manifest.scan import iter_audio_files
+    from batchasr.runner.transcribe import open_for_files, transcribe_paths
     from batchasr.transcript import to_record
 
     if batch_seconds is None:
@@ -185,41 +181,26 @@ def transcribe(files, model, weights, dtype, device, download, batch_seconds, ba
     options = {k: v for k, v in (("max_new_tokens", max_new_tokens), ("hotwords", hotwords),
                                  ("no_guard", no_guard or None)) if v is not None}
     try:
-        asr = open_model(model, weights, dtype, device, download, **options)
-        cut = CutOptions(
-            vad=open_vad(vad, download=download), max_window_s=max_window_s,
-            max_segment_s=max_segment_s or default_max_segment_s(asr))
-        punctuator = open_punctuator(punc, download=download)
+        asr, cut, punctuator = open_for_files(
+            model, weights, dtype, device, download, vad=vad, punc=punc,
+            max_segment_s=max_segment_s, max_window_s=max_window_s, **options)
     except (BatchasrError, ValueError) as e:
         fail(str(e))
-    entries: list[tuple[str, str | None]] = []  # (path, error), folders expanded
-    for arg in files:
-        if Path(arg).is_dir():
-            found = [str(p) for p in iter_audio_files(arg)]
-            entries += [(p, None) for p in found] or [(arg, f"{arg}: no audio files in the "
-                                                            "folder")]
-        else:
-            entries.append((arg, None))
     single = len(files) == 1 and not Path(files[0]).is_dir()
-    results = transcribe_files(
-        asr, ((p, language) for p, err in entries if err is None), cut,
-        batch_seconds=batch_seconds, max_items=batch_size, punctuator=punctuator)
     failures = 0
     try:
-        for path, error in entries:  # in input order
-            if error is None:
-                r = next(results)
-                error, path = r.error, r.path
-            if error is not None:
+        for r in transcribe_paths(asr, files, cut, language=language, batch_seconds=batch_seconds,
+                                  max_items=batch_size, punctuator=punctuator):  # input order
+            if r.error is not None:
                 failures += 1
-                click.echo(f"Error: {error}", err=True)
+                click.echo(f"Error: {r.error}", err=True)
                 if as_json:
-                    click.echo(json.dumps({"path": path, "error": error}, ensure_ascii=False))
+                    click.echo(json.dumps({"path": r.path, "error": r.error}, ensure_ascii=False))
             elif as_json:
-                record = to_record(r.transcript, path=path, duration_s=r.duration_s, asr=asr)
+                record = to_record(r.transcript, path=r.path, duration_s=r.duration_s, asr=asr)
                 click.echo(json.dumps(record, ensure_ascii=False))
             else:
-                click.echo(r.transcript.text if single else f"{path}\t{r.transcript.text}")
+                click.echo(r.transcript.text if single else f"{r.path}\t{r.transcript.text}")
     except (BatchasrError, ValueError) as e:
         fail(str(e))
     sys.exit(EXIT_FAILED_ITEMS if failures else EXIT_OK)
@@ -401,16 +382,12 @@ def export(job_dirs, fmt, output):
       batchasr export --job-dir 'jobs/archive.shard-*' -o archive.parquet
       batchasr export --job-dir jobs/archive --format jsonl -o - | head
     """
-    import glob
+    from batchasr.outputs.export import expand_job_dirs, export_results
 
-    from batchasr.outputs.export import export_results
-
-    sources = []
-    for pattern in job_dirs:
-        found = sorted(glob.glob(pattern), key=_natural) if glob.has_magic(pattern) else []
-        if glob.has_magic(pattern) and not found:
-            fail(f"--job-dir {pattern}: no folder matches")
-        sources += found or [pattern]
+    try:
+        sources = expand_job_dirs(job_dirs)
+    except BatchasrError as e:
+        fail(str(e))
     if output == "-" and fmt in ("srt", "vtt"):
         raise click.UsageError(f"-o - (stdout) needs --format parquet, jsonl or txt: {fmt} "
                                f"writes one file per item, so -o must be a folder")
@@ -420,13 +397,6 @@ def export(job_dirs, fmt, output):
         fail(str(e))
     if output != "-":  # stdout holds the export itself
         click.echo(str(path))
-
-
-def _natural(text: str) -> list:
-    """Sort key putting shard-2 before shard-10."""
-    import re
-
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text)]
 
 
 @cli.command("retry-failed")

@@ -8,6 +8,7 @@ written atomically.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -15,6 +16,7 @@ from typing import Sequence
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from batchasr.errors import JobError
 from batchasr.files import atomic_write, fsync_dir
 from batchasr.outputs.cues import SubtitleOptions
 from batchasr.outputs.names import default_folder
@@ -92,3 +94,22 @@ def _export_items(table: pa.Table, fmt: str, folder: Path, options) -> Path:
                              fmt=fmt, folder=folder, sync_dir=False)
     fsync_dir(folder)  # once for the whole folder, not once per file
     return folder
+
+
+def expand_job_dirs(patterns: Sequence[str]) -> list[str]:
+    """``--job-dir`` values with shell patterns expanded (``jobs/archive.shard-*``), each in
+    natural order (shard-2 before shard-10); JobError when a pattern matches nothing."""
+    import glob
+
+    sources = []
+    for pattern in patterns:
+        found = sorted(glob.glob(pattern), key=_natural) if glob.has_magic(pattern) else []
+        if glob.has_magic(pattern) and not found:
+            raise JobError(f"--job-dir {pattern}: no folder matches")
+        sources += found or [pattern]
+    return sources
+
+
+def _natural(text: str) -> list:
+    """Sort key putting shard-2 before shard-10."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text)]

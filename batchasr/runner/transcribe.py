@@ -227,3 +227,40 @@ def transcribe_files(model: ASRModel, files, cut: CutOptions, *, batch_seconds: 
         run_batch()
         yield from finished()
     yield from finished()
+
+
+def open_for_files(model, weights, dtype, device, download, *, vad, punc,
+                   max_segment_s: float | None, max_window_s: float, **decoding):
+    """What ``batchasr transcribe`` runs with: the recognizer (``device.open_model``), how its
+    files are cut (the VAD opened, ``max_segment_s`` defaulting to the model's) and the
+    punctuation model (None for none). Raises as the loaders do."""
+    from batchasr.runner.device import open_model
+    from batchasr.runner.options import default_max_segment_s, open_punctuator, open_vad
+
+    asr = open_model(model, weights, dtype, device, download, **decoding)
+    cut = CutOptions(vad=open_vad(vad, download=download), max_window_s=max_window_s,
+                     max_segment_s=max_segment_s or default_max_segment_s(asr))
+    return asr, cut, open_punctuator(punc, download=download)
+
+
+def transcribe_paths(model: ASRModel, paths: Sequence[str], cut: CutOptions, *,
+                     language: str | None = None, **options):
+    """:func:`transcribe_files` over files and folders (scanned for audio files as ``run``
+    scans them), one :class:`FileResult` per file in input order; a folder without audio
+    files gives one error result. ``options`` go to :func:`transcribe_files`."""
+    from pathlib import Path
+
+    from batchasr.manifest.scan import iter_audio_files
+
+    entries: list[tuple[str, str | None]] = []  # (path, error), folders expanded
+    for arg in paths:
+        if Path(arg).is_dir():
+            found = [str(p) for p in iter_audio_files(arg)]
+            entries += [(p, None) for p in found] or [(arg, f"{arg}: no audio files in the "
+                                                            "folder")]
+        else:
+            entries.append((arg, None))
+    results = transcribe_files(model, ((p, language) for p, err in entries if err is None), cut,
+                               **options)
+    for path, error in entries:
+        yield next(results) if error is None else FileResult(path, None, None, error)
