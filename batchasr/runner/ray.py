@@ -1,7 +1,7 @@
 """Many hosts: ``batchasr run --engine ray``, a Ray Data pipeline around the worker's code.
 
 The driver (the ``batchasr run`` process) writes the validated manifest once into the output
-location as ``manifest.parquet`` (``id, seq, path, language, extra``: the same parsing and
+location (``batchasr.outputs.location``) as ``manifest.parquet`` (``id, seq, path, language, extra``: the same parsing and
 checks as the queue), records the job's settings in ``job.json``, and builds::
 
     read_parquet(manifest)                      Ray Data reads the items
@@ -16,7 +16,7 @@ checks as the queue), records the job's settings in ``job.json``, and builds::
                                                 call, named by its ids
 
 The output location is a local path or any URI pyarrow opens (``s3://...``); ``batchasr
-export --job-dir <out> -o results.parquet`` consolidates it (``results`` module docstring).
+export --job-dir <out> -o results.parquet`` consolidates it (``batchasr.outputs.parquet``).
 
 Exactly once, and what it means here: Ray restarts a dead actor and retries its task, so an
 item can be *transcribed* twice, but a retried call writes the same part name again
@@ -31,8 +31,6 @@ and the audio files at the same paths (a shared mount), and the output location.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import time
@@ -49,17 +47,16 @@ from batchasr.audio.cut import (DEFAULT_MAX_SEGMENT_S, DEFAULT_MAX_WINDOW_S, Cut
                                 decode_pieces)
 from batchasr.batches.assemble import model_punctuates
 from batchasr.outputs import parquet
+from batchasr.outputs.location import (MANIFEST_SCHEMA, done_ids, ensure_settings, part_name,
+                                       write_manifest)
 from batchasr.outputs.rows import PART_SCHEMA
-from batchasr.errors import JobError, ManifestError
+from batchasr.errors import JobError
 from batchasr.runner.hooks import crash_hook_from_env
 from batchasr.runner.options import DEFAULT_MAX_FAILURES_IN_A_ROW, open_punctuator, open_vad
 from batchasr.runner.transcribe import DecodedItem, transcribe_items
 
 logger = logging.getLogger("batchasr.ray_engine")  # the name log lines show (stable)
 
-JOB_FILE = "job.json"
-MANIFEST_SCHEMA = pa.schema([("id", pa.string()), ("seq", pa.int64()), ("path", pa.string()),
-                             ("language", pa.string()), ("extra", pa.string())])
 DECODED_SCHEMA = MANIFEST_SCHEMA.append(pa.field("duration_s", pa.float64())).append(
     pa.field("error", pa.string())).append(pa.field("offsets", pa.list_(pa.float64()))).append(
     pa.field("audio", pa.list_(pa.large_binary())))
@@ -93,101 +90,6 @@ def _import_ray():
         raise JobError("--engine ray needs Ray Data: pip install 'batchasr[ray]' "
                        f"(on every node of the cluster) ({e})") from None
     return ray
-
-
-def part_name(ids: list[str]) -> str:
-    """The part of one transcriber call: named by its item ids, so a retried call (same
-    items) replaces its own part instead of adding a copy."""
-    digest = hashlib.sha256("\0".join(sorted(ids)).encode("utf-8")).hexdigest()[:24]
-    return f"part-r{digest}.parquet"
-
-
-# ---- the output location's records -------------------------------------------------------------
-
-
-def _read_json(fs: pafs.FileSystem, path: str) -> dict | None:
-    try:
-        with fs.open_input_stream(path) as f:
-            return json.loads(f.read().decode("utf-8"))
-    except FileNotFoundError:
-        return None
-
-
-def _write_bytes(fs: pafs.FileSystem, path: str, data: bytes) -> None:
-    if isinstance(fs, pafs.LocalFileSystem):
-        from batchasr.files import atomic_write
-
-        atomic_write(path, data)
-    else:
-        with fs.open_output_stream(path) as f:  # object stores: the whole object or none
-            f.write(data)
-
-
-def ensure_settings(fs: pafs.FileSystem, root: str, settings: dict[str, Any]) -> None:
-    """Record the settings in ``job.json``; on resume, refuse different values (as the
-    queue's ``ensure_meta`` does)."""
-    path = f"{root}/{JOB_FILE}"
-    recorded = _read_json(fs, path) or {}
-    diffs = [(k, recorded[k], v) for k, v in settings.items() if k in recorded and recorded[k] != v]
-    if diffs:
-        said = "; ".join(f"{k}={old!r} (now {new!r})" for k, old, new in diffs)
-        raise JobError(f"{root} was started with different settings: {said}. Resume it with the "
-                       "same settings or choose another --job-dir.")
-    if any(k not in recorded for k in settings):
-        _write_bytes(fs, path, json.dumps({**recorded, **settings}, indent=1).encode())
-
-
-def write_manifest(fs: pafs.FileSystem, root: str, manifest, *, strict: bool,
-                   chunk: int = 10_000) -> tuple[int, list[tuple[int, str]]]:
-    """Stream a manifest's rows into ``<root>/manifest.parquet``; returns (rows, skipped
-    problems). Raises ManifestError for duplicate ids (and for bad rows when ``strict``), and
-    JobError when an id recorded by an earlier run now names another file."""
-    old = {}
-    if fs.get_file_info(f"{root}/{parquet.MANIFEST_TABLE}").type == pafs.FileType.File:
-        t = pq.read_table(f"{root}/{parquet.MANIFEST_TABLE}", filesystem=fs, columns=["id", "path"])
-        old = dict(zip(t["id"].to_pylist(), t["path"].to_pylist()))
-    sink = pa.BufferOutputStream()
-    seen: dict[str, int] = {}
-    dups, moved, n = [], [], 0
-    with pq.ParquetWriter(sink, MANIFEST_SCHEMA, compression="zstd") as writer:
-        rows: list[dict] = []
-        for r in manifest:
-            if r.id in seen:
-                dups.append((r.line, f"duplicate id {r.id!r} (first used on line {seen[r.id]})"))
-                continue
-            seen[r.id] = r.line
-            if old.get(r.id, r.path) != r.path:
-                moved.append(f"  line {r.line}: id {r.id!r} was {old[r.id]}, now {r.path}")
-            rows.append({"id": r.id, "seq": n, "path": r.path, "language": r.language,
-                         "extra": json.dumps(r.extra, ensure_ascii=False)})
-            n += 1
-            if len(rows) >= chunk:
-                writer.write_table(pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA))
-                rows = []
-        if rows:
-            writer.write_table(pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA))
-    problems = list(getattr(manifest, "problems", []))
-    if dups or (strict and problems):
-        raise ManifestError(getattr(manifest, "path", "manifest"),
-                            (problems if strict else []) + dups[:1000])
-    if moved:
-        raise JobError(f"{len(moved)} manifest row(s) reuse an id of this job for a different "
-                       "file:\n" + "\n".join(moved[:20]) + "\nGive those rows their own ids, or "
-                       "choose another --job-dir.")
-    _write_bytes(fs, f"{root}/{parquet.MANIFEST_TABLE}", sink.getvalue().to_pybytes())
-    return n, [] if strict else problems
-
-
-def done_ids(fs: pafs.FileSystem, root: str) -> pa.Array:
-    """Ids with a ``done`` row in the output location's parts."""
-    selector = pafs.FileSelector(f"{root}/{parquet.PARTS}", allow_not_found=True)
-    found = []
-    for info in fs.get_file_info(selector):
-        if info.type == pafs.FileType.File and info.base_name.startswith("part-") \
-                and info.base_name.endswith(".parquet"):
-            t = pq.read_table(info.path, filesystem=fs, columns=["id", "status"])
-            found += t.filter(pc.equal(t["status"], "done"))["id"].chunks
-    return pc.unique(pa.chunked_array(found, pa.string()))
 
 
 def estimate_items_per_call(fs: pafs.FileSystem, root: str, batch_seconds: float, *,
