@@ -1,4 +1,5 @@
-"""Pick the MLX device for a run."""
+"""The device side of a run: which MLX device, how much audio per batch, GPU memory shared
+between workers, and opening a recognizer on the chosen device."""
 from __future__ import annotations
 
 import os
@@ -27,10 +28,8 @@ def gpu_available() -> bool:
 
 
 def default_batch_seconds(device: str = "auto") -> float:
-    """Audio seconds per batch: large on GPUs (fewer, fuller launches: Paraformer-large bf16
-    on an H200 ran 4418 RTFx per stage with 1000 s against 3394 with 300 s, peak 10 GB),
-    small on CPUs (less padding; a 20-30 s budget ran ~30% faster than 160 s on a 2-core
-    machine)."""
+    """Audio seconds per batch: large on GPUs (fewer, fuller launches), small on CPUs (less
+    padding). benchmarks/README.md has the measurements behind both values."""
     on_gpu = device == "gpu" or (device == "auto" and gpu_available())
     return 1000.0 if on_gpu else 30.0
 
@@ -56,8 +55,8 @@ def gpu_memory_bytes() -> int | None:
 
 def share_gpu_memory(workers: int) -> int | None:
     """Bound this process's device memory when `workers` processes share one GPU: MLX's
-    buffer cache otherwise grows towards the whole device in each of them, and two workers
-    on one H200 ran out of memory (cudaMallocAsync) within seconds. Returns the limit set."""
+    buffer cache otherwise grows towards the whole device in each of them, until they run out
+    of memory. Returns the limit set."""
     if workers <= 1 or not gpu_available():
         return None
     total = gpu_memory_bytes()
