@@ -1,4 +1,6 @@
-"""Static shards: a stable hash of the item id picks the items of shard i/N."""
+"""Static shards (``--shard i/N``): a stable hash of the item id picks the items of shard
+``i``, so the N slices cover a manifest exactly, whatever its row order, and each can run as
+its own job (a Slurm array task) to be merged by ``batchasr export``."""
 from __future__ import annotations
 
 import hashlib

@@ -1,0 +1,2 @@
+"""Stage 7, running jobs: options, the worker's stages, job preparation, and the engines (one
+process, N processes, Ray)."""

@@ -1,5 +1,4 @@
-"""Scaling out on one host: N worker processes on one job's queue, static shards, and the
-check that the queue is on a local disk.
+"""Scaling out on one host: N worker processes on one job's queue.
 
 ``batchasr run --workers N`` (``run_workers``): the ``run`` process takes the job lock,
 recovers items a dead run left running, then starts N worker processes
@@ -14,9 +13,8 @@ anyway once the lease ran out). Each worker dies with the ``run`` process (Linux
 the next run resumes. With ``--gpus``, each worker sees one GPU (``CUDA_VISIBLE_DEVICES``,
 set before MLX starts in the worker).
 
-``--shard i/N`` (:func:`shard_of`): a stable hash of the item id picks the items of shard
-``i``, so the N slices cover a manifest exactly, whatever its row order, and each can run
-as its own job (a Slurm array task) to be merged by ``batchasr export``.
+Static shards (``--shard i/N``) are ``batchasr.manifest.shard``; the local-disk check of the
+job folder is ``batchasr.queue.disk``.
 """
 from __future__ import annotations
 
