@@ -391,3 +391,15 @@ def test_a_second_ctrl_c_stops_at_once_inside_a_long_model_call(tmp_path):
     assert time.monotonic() - sent < 5
     assert "stopping now" in err.text
     check_stopped_then_resume(job, args, err.text, 24)
+
+
+def test_export_job_dir_patterns_expand_in_natural_order_or_fail_clearly(tmp_path):
+    from batchasr.outputs.export import expand_job_dirs
+
+    for n in (10, 2, 1):
+        (tmp_path / f"m.shard-{n}").mkdir()
+    assert expand_job_dirs([str(tmp_path / "m.shard-*"), "plain"]) == \
+        [str(tmp_path / f"m.shard-{n}") for n in (1, 2, 10)] + ["plain"]
+    result = CliRunner().invoke(cli, ["export", "--job-dir", str(tmp_path / "none-*")])
+    assert result.exit_code == 1
+    assert f"Error: --job-dir {tmp_path / 'none-*'}: no folder matches" in result.output
