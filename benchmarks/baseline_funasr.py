@@ -152,6 +152,41 @@ def run_paraformer(model_dir: Path, audio_dir: Path, batch_size_s: int, device: 
     }
 
 
+def run_longform(model_dir: Path, manifest: Path, vad_dir: Path, batch_size_s: int, device: str,
+                 ncpu: int) -> dict:
+    """AutoModel(model, vad_model=fsmn-vad).generate(list of long files): the official
+    long-recording path (VAD segments packed by batch_size_s), after a warm-up on one file."""
+    import resource
+
+    import soundfile as sf
+    import torch
+    from funasr import AutoModel
+
+    cuda = device.startswith("cuda")
+    paths = [line.split(",", 1)[1] for line in manifest.read_text().splitlines()[1:]]
+    audio_s = sum(sf.info(p).frames / sf.info(p).samplerate for p in paths)
+    am = AutoModel(model=str(model_dir), vad_model=str(vad_dir), device=device, ncpu=ncpu,
+                   disable_update=True, disable_pbar=True, disable_log=True, log_level="ERROR")
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    with torch.inference_mode():
+        am.generate(input=paths[:1], batch_size_s=batch_size_s)  # warm-up
+        sync()
+        t = time.perf_counter()
+        out = am.generate(input=paths, batch_size_s=batch_size_s)
+        sync()
+        wall = time.perf_counter() - t
+    return {
+        "implementation": "funasr 1.4.16 (PyTorch " + torch.__version__ + ")",
+        "path": f"AutoModel(model, vad_model=fsmn-vad).generate(<{len(paths)} files>, "
+                f"batch_size_s={batch_size_s})",
+        "device": device, "ncpu": ncpu, "audio_s": round(audio_s, 3), "files": len(paths),
+        "wall_s": round(wall, 3), "rtfx": round(audio_s / wall, 2),
+        "peak_gpu_memory_gb": round(torch.cuda.max_memory_allocated() / 1e9, 3) if cuda else None,
+        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 3),
+        "chars": sum(len("".join(str(r.get("text", "")).split())) for r in out),
+    }
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -166,9 +201,22 @@ def main(argv=None):
     rp.add_argument("--repeats", type=int, default=3)
     rp.add_argument("--ncpu", type=int, default=4)
     rp.add_argument("--path", choices=["vad", "list"], default="vad")
+    lf = sub.add_parser("run-longform")
+    lf.add_argument("model_dir", type=Path)
+    lf.add_argument("manifest", type=Path)
+    lf.add_argument("--vad-model", type=Path, required=True)
+    lf.add_argument("--batch-size-s", type=int, default=300)
+    lf.add_argument("--device", default="cuda:0")
+    lf.add_argument("--ncpu", type=int, default=4)
     args = ap.parse_args(argv)
     if args.cmd == "make-paraformer":
         make_paraformer(args.model_dir, args.tokens_per_s)
+    elif args.cmd == "run-longform":
+        import torch
+
+        device = args.device if torch.cuda.is_available() or args.device == "cpu" else "cpu"
+        print(json.dumps(run_longform(args.model_dir, args.manifest, args.vad_model,
+                                      args.batch_size_s, device, args.ncpu)))
     else:
         device = args.device
         import torch
