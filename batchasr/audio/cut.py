@@ -226,6 +226,34 @@ class SegmentCutter:
         return out
 
 
+class KnownSegments:
+    """A VAD whose segments (ms) are already known (found by a VAD process): its stream
+    releases each segment once the audio fed reaches its end, and the rest at ``finish``,
+    so :class:`SegmentCutter` cuts exactly the pieces it cuts with the VAD itself."""
+
+    def __init__(self, segments):
+        self.segments = [tuple(s) for s in segments]
+
+    def stream(self) -> "KnownSegments._Stream":
+        return KnownSegments._Stream(self.segments)
+
+    class _Stream:
+        def __init__(self, segments):
+            self.pending = deque(segments)
+            self.fed = 0
+
+        def feed(self, wave: np.ndarray) -> list[tuple[int, int]]:
+            self.fed += len(wave)
+            out = []
+            while self.pending and self.pending[0][1] * SAMPLES_PER_MS <= self.fed:
+                out.append(self.pending.popleft())
+            return out
+
+        def finish(self) -> list[tuple[int, int]]:
+            out, self.pending = list(self.pending), deque()
+            return out
+
+
 class VADFailed(Exception):
     """The VAD raised (its exception is the cause) while :func:`iter_pieces` cut a file."""
 

@@ -235,22 +235,28 @@ def load_vad(name_or_dir: str | os.PathLike = "auto", *, download: bool = False)
 
     name = str(name_or_dir)
     if name in SILERO_NAMES:
-        return SileroVAD.load()
+        return _with_spec(SileroVAD.load(), "silero")
     if name == "auto":
         try:
             resolve("fsmn-vad")
         except CheckpointError:  # no fsmn-vad checkpoint in the local caches
-            return SileroVAD.load()
+            return _with_spec(SileroVAD.load(), "silero")
         return load_vad("fsmn-vad")
     p = Path(name).expanduser()
     if p.is_file() and p.suffix == ".safetensors":
-        return SileroVAD.load(p)
+        return _with_spec(SileroVAD.load(p), str(p.resolve()))
     folder = resolve(name_or_dir, download=download)
     family = read_config(folder).get("model")
     if family != "FsmnVADStreaming":
         raise CheckpointError(f"{folder}: not a VAD model (config.yaml says model: {family}; "
                               f"FsmnVADStreaming expected), or use silero")
-    return load_model(folder)
+    return _with_spec(load_model(folder), os.path.realpath(folder))
+
+
+def _with_spec(vad, spec: str):
+    """A VAD that says how to load it again (``spec``), so another process can."""
+    vad.spec = spec
+    return vad
 
 
 def load_punctuator(path_or_name, *, dtype=mx.float32, weights: str = "checkpoint",

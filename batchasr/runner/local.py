@@ -49,6 +49,7 @@ from batchasr.runner.stages.model import ModelStage
 from batchasr.runner.stages.pool import Pool
 from batchasr.runner.stages.progress import Progress
 from batchasr.runner.threads import Heartbeat
+from batchasr.runner.vad_pool import VADPool, default_processes
 from batchasr.batches.assemble import model_punctuates
 from batchasr.transcript import ASRModel
 
@@ -174,6 +175,16 @@ def worker_id(tag: str = "") -> str:
                                 uuid.uuid4().hex[:8]) if x)
 
 
+def _vad_pool(opts: RunOptions, cut) -> VADPool | None:
+    """VAD processes for the long files of this run, when the VAD can be spawned (it was
+    loaded by name or folder) and ``opts.vad_processes`` does not say 0."""
+    spec = getattr(cut.vad, "spec", None)
+    n = default_processes(opts.readers) if opts.vad_processes is None else opts.vad_processes
+    if cut.vad is None or spec is None or n <= 0:
+        return None
+    return VADPool(spec, n, cut.vad_window_s)
+
+
 class Runner:
     """The job loop of one worker: the stages, and ``step()`` deciding what runs next."""
 
@@ -194,8 +205,10 @@ class Runner:
         self.model = ModelStage(model, self.completion,
                                 max_failures_in_a_row=opts.max_model_failures_in_a_row,
                                 crash=crash, slow_s=slow_batch_s())
-        self.feed = Feed(job_dir, queue, opts, opts.cut(model, spill_dir=str(job_dir)),
-                         self.summary, self.pool, self.completion, works, crash, owner, budget)
+        cut = opts.cut(model, spill_dir=str(job_dir))
+        self.vad_pool = _vad_pool(opts, cut)
+        self.feed = Feed(job_dir, queue, opts, cut, self.summary, self.pool, self.completion,
+                         works, crash, owner, budget, vad_pool=self.vad_pool)
 
     def run(self) -> RunSummary:
         t0 = time.perf_counter()
@@ -223,6 +236,7 @@ class Runner:
             s.decode_s = self.feed.decode_s
             s.write_s = self.completion.writer.write_s
             s.model_s, s.batches = m.model_s, m.batches
+            s.vad_processes_s = self.vad_pool.busy_s if self.vad_pool is not None else 0.0
             s.model_audio_s = m.transcribed_s
             s.padding = m.padding
         if self.completion.writer.error is not None:  # failed on the last batch, after the loop

@@ -73,6 +73,9 @@ class RunOptions:
     # model for models whose text has none (open_punctuator). A long file's
     # finished segments are saved every checkpoint_s seconds of audio (None: never).
     vad: Any = None
+    # VAD processes for long files (None: one per reader, a core left to the model; 0: the
+    # VAD runs in this process). Only a VAD loaded by name or folder (``spec``) can be spawned.
+    vad_processes: int | None = None
     max_segment_s: float | None = None
     punctuator: Any = None
     checkpoint_s: float | None = 120.0
@@ -141,6 +144,7 @@ class RunSummary:
     batches: int = 0
     padding: float = 0.0  # share of the batches' padded size that was padding
     vad_s: float = 0.0  # the main thread in the VAD
+    vad_processes_s: float = 0.0  # CPU seconds of the VAD processes (summed)
     punc_s: float = 0.0  # the main thread putting items together and punctuating them
     segments_reused: int = 0  # segments of long files found saved by an earlier run
     model_audio_s: float = 0.0  # audio sent to the model (VAD segments or windows)
@@ -170,9 +174,12 @@ class RunSummary:
                 f"in {self.wall_s:.1f} s ({self.speed:.1f}x real time)")
         extra = "".join(f", {name} {value:.1f} s" for name, value in
                         (("VAD", self.vad_s), ("punctuation", self.punc_s)) if value)
+        vad_processes = (f", VAD processes {self.vad_processes_s:.1f} s"
+                         if self.vad_processes_s else "")
         times = (f"model {self.model_s:.1f} s{extra}, waiting for audio {self.wait_s:.1f} s; "
                  f"on other threads: decoding {self.decode_s:.1f} s, writing "
-                 f"{self.write_s:.1f} s; {self.batches} batches, {self.padding:.0%} padding")
+                 f"{self.write_s:.1f} s{vad_processes}; {self.batches} batches, "
+                 f"{self.padding:.0%} padding")
         if self.segments_reused:
             times += f"; {self.segments_reused} saved segment(s) reused"
         left = self.remaining.get("pending", 0) + self.remaining.get("running", 0)

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from batchasr.errors import JobError
+from batchasr.runner.parent import die_with_parent
 from batchasr.runner.options import RunOptions, RunSummary
 
 logger = logging.getLogger("batchasr.scale")  # the name log lines show (stable)
@@ -246,24 +247,6 @@ def _supervise(job_dir: Path, children: list[_Child], progress: bool,
 # ---- the worker process ----------------------------------------------------------------------
 
 
-def _die_with_parent(parent: int) -> None:
-    """Be killed when the ``run`` process that started us dies, however it dies."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    else:
-        def watch():
-            while os.getppid() == parent:
-                time.sleep(1.0)
-            os.kill(os.getpid(), signal.SIGKILL)
-
-        threading.Thread(target=watch, name="batchasr-parent-watch", daemon=True).start()
-    if os.getppid() != parent:  # it died before we could ask
-        os._exit(1)
-
-
 def _worker_main(spec_json: str) -> int:
     import logging as _logging
 
@@ -272,7 +255,7 @@ def _worker_main(spec_json: str) -> int:
     from batchasr.runner.local import run_job
 
     spec = json.loads(spec_json)
-    _die_with_parent(spec["parent"])
+    die_with_parent(spec["parent"])
     _logging.basicConfig(level=_logging.WARNING,
                          format=f"%(levelname)s %(name)s[{spec['owner']}]: %(message)s")
     try:

@@ -262,7 +262,7 @@ class Writer:
                            len(works) - committed, len(works), part)
         else:  # done: their saved segments are no use any more
             for w in works:
-                if w.vad:
+                if w.segmented:
                     segment_cache.drop_segments(self.job_dir, w.item.id)
         self.crash("after_complete")
         return committed

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from batchasr.audio import decode as audio
-from batchasr.audio.cut import CutOptions, SegmentCutter, planned_windows
+from batchasr.audio.cut import CutOptions, KnownSegments, SegmentCutter, planned_windows
 from batchasr.audio.decode import SAMPLE_RATE
 from batchasr.errors import AudioError, is_disk_full
 from batchasr.outputs import segment_cache
@@ -32,6 +32,7 @@ from batchasr.runner.stages.completion import Completion
 from batchasr.runner.stages.pool import Pool
 from batchasr.runner.stages.work import Work, fingerprint
 from batchasr.runner.threads import Prefetch
+from batchasr.runner.vad_pool import Cancelled, PoolBroken, VADError, VADPool
 
 logger = logging.getLogger("batchasr.worker")  # the name log lines show (stable)
 
@@ -45,7 +46,7 @@ class Feed:
     def __init__(self, job_dir: Path, queue: JobQueue, opts: RunOptions, cut: CutOptions,
                  summary: RunSummary, pool: Pool, completion: Completion,
                  works: dict[str, Work], crash: CrashHook, owner: str,
-                 claim_budget: float):
+                 claim_budget: float, vad_pool: VADPool | None = None):
         self.job_dir, self.queue, self.opts, self.cut = job_dir, queue, opts, cut
         self.summary, self.pool, self.completion, self.works = summary, pool, completion, works
         self.crash, self.owner = crash, owner
@@ -56,6 +57,7 @@ class Feed:
         self.readers: ThreadPoolExecutor | None = None
         self.decode_s = 0.0
         self._decode_lock = threading.Lock()
+        self.vad_pool = vad_pool  # long files' segments from VAD processes (None: in-process)
 
     def initialize(self) -> None:
         self.readers = ThreadPoolExecutor(self.opts.readers, thread_name_prefix="batchasr-reader")
@@ -78,6 +80,8 @@ class Feed:
 
     def shutdown(self) -> None:
         self.buffer.cancel()
+        if self.vad_pool is not None:
+            self.vad_pool.close()
         self.readers.shutdown(wait=True, cancel_futures=True)
 
     def more_coming(self) -> bool:
@@ -157,28 +161,54 @@ class Feed:
             with audio.open_audio(w.item.path) as f:
                 # the length from the header: exact for PCM and FLAC, else an estimate
                 through_vad, windows = planned_windows(f, self.cut)
-                if through_vad:  # the main thread feeds the windows to the VAD
+                cutter = None
+                if through_vad:
+                    w.segmented = True
                     w.source = fingerprint(w.item.path)
                     if self.opts.checkpoint_s:
                         w.saved = segment_cache.load_segments(self.job_dir, w.item.id,
-                                                                   w.source)
-                    w.vad = True
-                kind = "window" if through_vad else "piece"
-                for offset_s, wave in windows:
+                                                              w.source)
                     busy += time.perf_counter() - t
-                    self.crash("decode")
-                    ok = self.buffer.put((kind, w, n, offset_s, wave), len(wave),
-                                         abandon=lambda: w.failed)
-                    t = time.perf_counter()
-                    if not ok:
-                        break
-                    n += 1
-                    samples += len(wave)
+                    cutter = self.known_cutter(w)  # None: the main thread feeds the VAD
+                    t = time.perf_counter()  # waiting for the VAD process is not decoding
+                    w.vad = cutter is None
+                kind = "window" if w.vad else "piece"
+                ok = True
+                try:
+                    for offset_s, wave in windows:
+                        busy += time.perf_counter() - t
+                        self.crash("decode")
+                        if cutter is not None:  # cut here, with the VAD process's segments
+                            ok = all(self.buffer.put(("cut", w, c), len(c.audio),
+                                                     abandon=lambda: w.failed)
+                                     for c in cutter.feed(wave))
+                        else:
+                            ok = self.buffer.put((kind, w, n, offset_s, wave), len(wave),
+                                                 abandon=lambda: w.failed)
+                        t = time.perf_counter()
+                        if not ok:
+                            break
+                        n += 1
+                        samples += len(wave)
+                    if cutter is not None and ok:
+                        for c in cutter.finish():
+                            self.buffer.put(("cut", w, c), len(c.audio),
+                                            abandon=lambda: w.failed)
+                        n = cutter.count
+                finally:
+                    if cutter is not None:
+                        cutter.close()
             busy += time.perf_counter() - t
             self.buffer.put(("end", w, n, samples / SAMPLE_RATE))
         except AudioError as e:
             busy += time.perf_counter() - t
             self.buffer.put(("error", w, str(e)))
+        except VADError as e:
+            busy += time.perf_counter() - t
+            logger.error("VAD failed on %s: %s", w.item.id, e)
+            self.buffer.put(("error", w, f"VAD error: {e}"))
+        except Cancelled:
+            pass  # stopping: the item goes back to pending
         except Exception as e:  # a decoder bug must fail the item, not hang the run
             busy += time.perf_counter() - t
             logger.exception("unexpected error decoding %s", w.item.path)
@@ -186,6 +216,18 @@ class Feed:
         finally:
             with self._decode_lock:
                 self.decode_s += busy
+
+    def known_cutter(self, w: Work) -> SegmentCutter | None:
+        """Reader thread: a cutter over the segments a VAD process found for ``w``'s file
+        (raises AudioError / VADError as the VAD process met them); None when the VAD runs
+        in this process (no pool, or the pool broke)."""
+        if self.vad_pool is None:
+            return None
+        try:
+            segments = self.vad_pool.segments(w.item.path)
+        except PoolBroken:
+            return None
+        return SegmentCutter(KnownSegments(segments), self.cut)
 
     def handle(self, msg: tuple) -> None:
         kind, w = msg[0], msg[1]
@@ -197,6 +239,10 @@ class Feed:
         if kind == "window":
             if not w.failed:
                 self.feed_vad(w, msg[4])
+            return
+        if kind == "cut":
+            if not w.failed:
+                self.add_cuts(w, [msg[2]])
             return
         w.reading = False
         if kind == "error":
@@ -225,6 +271,11 @@ class Feed:
             return
         finally:
             self.summary.vad_s += time.perf_counter() - t
+        self.add_cuts(w, cuts)
+
+    def add_cuts(self, w: Work, cuts) -> None:
+        """A long file's segments: to the pool, or straight to the item when the segment
+        cache has them."""
         for c in cuts:
             saved = w.saved.pop((c.start_ms, c.end_ms), None)
             if saved is not None:

@@ -24,7 +24,9 @@ class Work:
     duration_s: float | None = None
     pieces: dict[int, PieceResult] = field(default_factory=dict)
     failed: bool = False  # also tells the reader to stop
-    # A long file through the VAD (set by the reader before its first message):
+    # A long file through the VAD (set by the reader before its first message): segmented;
+    # vad when the main thread feeds its VAD (else a VAD process found its segments)
+    segmented: bool = False
     vad: bool = False
     source: str = ""  # the audio file's size and mtime, stored with its saved segments
     saved: dict[tuple[int, int], Transcript] = field(default_factory=dict)  # segment cache

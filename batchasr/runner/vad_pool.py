@@ -1,0 +1,150 @@
+"""The VAD in worker processes: the speech segments of whole files, many files at once, off
+the threads of the process that runs the model.
+
+A reader thread that meets a long file asks the pool for the file's segments
+(:meth:`VADPool.segments`) and then cuts the file itself as it reads it
+(``audio.cut.SegmentCutter`` over ``audio.cut.KnownSegments``), so no waveform crosses a
+process boundary: a VAD process decodes the file on its own, window by window (bounded
+memory), and sends back only ``(start_ms, end_ms)`` pairs. The segments are the VAD's own
+(the same streaming code as in-process), so the pieces are identical to cutting with the
+VAD in the model's process.
+
+The processes are spawned on first use, load the VAD once (``load_vad(spec)``), ignore
+Ctrl-C (the run's process decides when to stop) and die with the process that started them,
+however it dies (``kill -9`` included). A file the VAD process cannot decode fails as it
+would in-process (``AudioError``); an error of the VAD itself is a ``VADError``. When a VAD
+process dies, the pool is broken: :meth:`segments` raises ``PoolBroken`` and the caller falls
+back to the in-process VAD for the rest of the run.
+"""
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor, TimeoutError as FutureTimeout
+from concurrent.futures.process import BrokenProcessPool
+
+from batchasr.errors import AudioError
+
+logger = logging.getLogger("batchasr.worker")  # the name log lines show (stable)
+
+
+class VADError(Exception):
+    """The VAD raised on a file (in its process); the message names the exception."""
+
+
+class PoolBroken(Exception):
+    """A VAD process died: this pool answers no more."""
+
+
+class Cancelled(Exception):
+    """The pool was closed while a file was waiting for its segments."""
+
+
+def default_processes(readers: int) -> int:
+    """One VAD process per reader (each reader thread waits for its file's segments), leaving
+    two cores to the model's process; none on machines of fewer than four cores, where the
+    model, not the VAD, is the bound and a process's start costs more than it saves."""
+    cores = os.cpu_count() or 1
+    return 0 if cores < 4 else max(1, min(readers, cores - 2))
+
+
+class VADPool:
+    """``processes`` VAD processes for the VAD ``spec`` (what ``load_vad`` takes), reading
+    files in windows of ``window_s`` seconds."""
+
+    def __init__(self, spec: str, processes: int, window_s: float):
+        self.spec, self.processes, self.window_s = spec, processes, window_s
+        self._executor: ProcessPoolExecutor | None = None
+        self._lock = threading.Lock()
+        self.closed = False
+        self.broken = False
+        self.busy_s = 0.0  # seconds the VAD processes spent, summed
+
+    def _pool(self) -> ProcessPoolExecutor:
+        with self._lock:
+            if self._executor is None:
+                self._executor = ProcessPoolExecutor(
+                    self.processes, mp_context=multiprocessing.get_context("spawn"),
+                    initializer=_start, initargs=(self.spec, os.getpid()))
+            return self._executor
+
+    def segments(self, path: str) -> list[tuple[int, int]]:
+        """The speech segments (ms) of a whole file; blocks the calling (reader) thread.
+        Raises AudioError, VADError, PoolBroken or Cancelled."""
+        if self.closed:
+            raise Cancelled()
+        if self.broken:
+            raise PoolBroken()
+        try:
+            future = self._pool().submit(_file_segments, path, self.window_s)
+        except (BrokenProcessPool, RuntimeError) as e:  # broken, or shut down meanwhile
+            self.broken = not self.closed
+            raise (Cancelled() if self.closed else PoolBroken()) from e
+        while True:
+            try:
+                kind, value, busy = future.result(timeout=0.2)
+                break
+            except FutureTimeout:
+                if self.closed:
+                    future.cancel()
+                    raise Cancelled() from None
+            except BrokenProcessPool as e:
+                if not self.broken and not self.closed:
+                    logger.warning("a VAD process died; the VAD runs in this process from now on")
+                self.broken = True
+                raise (Cancelled() if self.closed else PoolBroken()) from e
+        with self._lock:
+            self.busy_s += busy
+        if kind == "audio":
+            raise AudioError(*value)
+        if kind == "vad":
+            raise VADError(value)
+        return [tuple(s) for s in value]
+
+    def close(self) -> None:
+        """Stop at once: waiting files get Cancelled, the processes are killed."""
+        self.closed = True
+        with self._lock:
+            executor, self._executor = self._executor, None
+        if executor is None:
+            return
+        processes = list(getattr(executor, "_processes", {}).values())
+        executor.shutdown(wait=False, cancel_futures=True)
+        for p in processes:  # a VAD of a 3 h file is not worth waiting for
+            try:
+                p.kill()
+            except Exception:
+                pass
+        for p in processes:
+            p.join(timeout=5)
+
+
+# ---- in the VAD process ------------------------------------------------------------------------
+
+_VAD = None
+
+
+def _start(spec: str, parent: int) -> None:
+    from batchasr.runner.parent import die_with_parent
+
+    die_with_parent(parent)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the terminal's Ctrl-C is the parent's to handle
+    global _VAD
+    from batchasr.models.loader import load_vad
+
+    _VAD = load_vad(spec)
+
+
+def _file_segments(path: str, window_s: float):
+    t = time.process_time()
+    try:
+        value = ("ok", [list(s) for s in _VAD.segment_file(path, window_s=window_s)])
+    except AudioError as e:
+        value = ("audio", (e.path, e.reason, e.detail))
+    except Exception as e:
+        value = ("vad", f"{type(e).__name__}: {e}")
+    return (*value, time.process_time() - t)
