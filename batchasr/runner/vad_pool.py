@@ -133,6 +133,10 @@ def _start(spec: str, parent: int) -> None:
 
     die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the terminal's Ctrl-C is the parent's to handle
+    import mlx.core as mx
+
+    # A CPU stage: the accelerator (its memory above all) belongs to the model's process.
+    mx.set_default_device(mx.cpu)
     global _VAD
     from batchasr.models.loader import load_vad
 
