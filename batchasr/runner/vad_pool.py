@@ -126,6 +126,8 @@ class VADPool:
 # ---- in the VAD process ------------------------------------------------------------------------
 
 _VAD = None
+VAD_DEVICE_MEMORY = 2 << 30  # bytes of device memory a VAD process may hold
+VAD_DEVICE_CACHE = 128 << 20  # and of MLX's buffer cache
 
 
 def _start(spec: str, parent: int) -> None:
@@ -135,8 +137,11 @@ def _start(spec: str, parent: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the terminal's Ctrl-C is the parent's to handle
     import mlx.core as mx
 
-    # A CPU stage: the accelerator (its memory above all) belongs to the model's process.
-    mx.set_default_device(mx.cpu)
+    if mx.default_device() == mx.gpu:
+        # The VAD's small networks still run best on the device, but its memory belongs to
+        # the model's process: each VAD process keeps a small share and almost no cache.
+        mx.set_memory_limit(VAD_DEVICE_MEMORY)
+        mx.set_cache_limit(VAD_DEVICE_CACHE)
     global _VAD
     from batchasr.models.loader import load_vad
 
