@@ -229,6 +229,11 @@ def job_option(required: bool = True):
 @cutting_options(from_job=True)
 @click.option("--readers", default=_RUN["readers"], show_default=True, type=click.IntRange(1),
               help="Threads decoding and resampling audio ahead of the model.")
+@click.option("--vad-processes", default=_RUN["vad_processes"], show_default=True,
+              type=click.IntRange(0),
+              help="Processes running the VAD of long files, several files at once, off the "
+                   "model's process (0: the VAD runs on the model's thread). Up to --readers "
+                   "files are cut at a time, so give as many readers.")
 @click.option("--strict-manifest", is_flag=True,
               help="Refuse the whole manifest when any row is bad (default: report bad rows "
                    "with their line numbers, enqueue the rest, exit 3).")

@@ -49,7 +49,7 @@ from batchasr.runner.stages.model import ModelStage
 from batchasr.runner.stages.pool import Pool
 from batchasr.runner.stages.progress import Progress
 from batchasr.runner.threads import Heartbeat
-from batchasr.runner.vad_pool import VADPool, default_processes
+from batchasr.runner.vad_pool import VADPool
 from batchasr.batches.assemble import model_punctuates
 from batchasr.transcript import ASRModel
 
@@ -179,10 +179,9 @@ def _vad_pool(opts: RunOptions, cut) -> VADPool | None:
     """VAD processes for the long files of this run, when the VAD can be spawned (it was
     loaded by name or folder) and ``opts.vad_processes`` does not say 0."""
     spec = getattr(cut.vad, "spec", None)
-    n = default_processes(opts.readers) if opts.vad_processes is None else opts.vad_processes
-    if cut.vad is None or spec is None or n <= 0:
+    if cut.vad is None or spec is None or opts.vad_processes <= 0:
         return None
-    return VADPool(spec, n, cut.vad_window_s)
+    return VADPool(spec, opts.vad_processes, cut.vad_window_s)
 
 
 class Runner:

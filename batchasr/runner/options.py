@@ -73,9 +73,9 @@ class RunOptions:
     # model for models whose text has none (open_punctuator). A long file's
     # finished segments are saved every checkpoint_s seconds of audio (None: never).
     vad: Any = None
-    # VAD processes for long files (None: one per reader, a core left to the model; 0: the
-    # VAD runs in this process). Only a VAD loaded by name or folder (``spec``) can be spawned.
-    vad_processes: int | None = None
+    # VAD processes for long files (0: the VAD runs in this process, on the main thread).
+    # Only a VAD loaded by name or folder (it has a ``spec``) can be spawned.
+    vad_processes: int = 0
     max_segment_s: float | None = None
     punctuator: Any = None
     checkpoint_s: float | None = 120.0

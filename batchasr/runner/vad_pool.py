@@ -44,14 +44,6 @@ class Cancelled(Exception):
     """The pool was closed while a file was waiting for its segments."""
 
 
-def default_processes(readers: int) -> int:
-    """One VAD process per reader (each reader thread waits for its file's segments), leaving
-    two cores to the model's process; none on machines of fewer than four cores, where the
-    model, not the VAD, is the bound and a process's start costs more than it saves."""
-    cores = os.cpu_count() or 1
-    return 0 if cores < 4 else max(1, min(readers, cores - 2))
-
-
 class VADPool:
     """``processes`` VAD processes for the VAD ``spec`` (what ``load_vad`` takes), reading
     files in windows of ``window_s`` seconds."""
@@ -126,8 +118,6 @@ class VADPool:
 # ---- in the VAD process ------------------------------------------------------------------------
 
 _VAD = None
-VAD_DEVICE_MEMORY = 2 << 30  # bytes of device memory a VAD process may hold
-VAD_DEVICE_CACHE = 128 << 20  # and of MLX's buffer cache
 
 
 def _start(spec: str, parent: int) -> None:
@@ -137,11 +127,9 @@ def _start(spec: str, parent: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the terminal's Ctrl-C is the parent's to handle
     import mlx.core as mx
 
-    if mx.default_device() == mx.gpu:
-        # The VAD's small networks still run best on the device, but its memory belongs to
-        # the model's process: each VAD process keeps a small share and almost no cache.
-        mx.set_memory_limit(VAD_DEVICE_MEMORY)
-        mx.set_cache_limit(VAD_DEVICE_CACHE)
+    # A CPU stage: the accelerator, its memory above all, belongs to the model's process
+    # (VAD processes on an H200 ran it out of memory, memory limits or not).
+    mx.set_default_device(mx.cpu)
     global _VAD
     from batchasr.models.loader import load_vad
 
