@@ -91,7 +91,7 @@ def run_batchasr(asr, manifest: Path, vad: str, args) -> dict:
             q.enqueue(open_manifest(source))
         mx.reset_peak_memory()
         s = run_job(job, asr, batch_seconds=args.batch_seconds, progress=False,
-                    readers=args.readers, vad=vad)
+                    readers=args.readers, vad=vad, vad_processes=args.vad_processes)
     return dict(value=round(s.audio_s / s.wall_s, 2), wall_s=round(s.wall_s, 3),
                 audio_s=round(s.audio_s, 2), done=s.done, failed=s.failed,
                 stages_s=dict(vad=round(s.vad_s, 3), model=round(s.model_s, 3),
@@ -130,6 +130,7 @@ def main(argv=None):
     ap.add_argument("--official-batch-s", type=float, default=300.0,
                     help="the official batch_size_s (AutoModel's VAD path packs segments by it)")
     ap.add_argument("--readers", type=int, default=8)
+    ap.add_argument("--vad-processes", type=int, default=0, help="VAD processes (run --vad-processes)")
     ap.add_argument("--workdir", default="/tmp/batchasr-longform")
     ap.add_argument("--baseline", action="store_true", help="also time the official funasr")
     ap.add_argument("--baseline-python", default=sys.executable)
@@ -167,6 +168,7 @@ def main(argv=None):
         r.update(metric=f"rtfx_longform_{vad}", date=date, machine=machine(),
                  model="paraformer-large (random weights)", dtype=args.dtype,
                  batch_seconds=args.batch_seconds, readers=args.readers, command=command,
+                 vad_processes=args.vad_processes,
                  files=args.files, minutes=args.minutes)
         if official:
             r["official"] = official
