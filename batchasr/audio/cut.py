@@ -62,7 +62,7 @@ DEFAULT_MAX_WINDOW_S = 30.0
 class CutOptions:
     """How files become pieces for the model (see the module docstring)."""
 
-    vad: Any = None  # a loaded batchasr.models.vad.VAD; None: equal windows of max_window_s
+    vad: Any = None  # a loaded batchasr.models.blocks.vad.VAD; None: equal windows of max_window_s
     max_segment_s: float = DEFAULT_MAX_SEGMENT_S
     max_window_s: float = DEFAULT_MAX_WINDOW_S
     # A file through the VAD is decoded and fed in windows of this length.

@@ -88,7 +88,7 @@ def run_job(
     recovery is then the run's business, and this worker keeps going until no item is
     pending or held by a sibling.
 
-    Long recordings: ``vad`` (a name or folder for ``batchasr.models.vad.load_vad``, or a
+    Long recordings: ``vad`` (a name or folder for ``batchasr.models.loader.load_vad``, or a
     loaded VAD; None or "none": equal windows) cuts files longer than ``max_segment_s``
     (default: the model's, see ``options.default_max_segment_s``) into speech segments;
     ``punc`` (a name or folder for ``load_punctuator``, or a loaded punctuator) restores
@@ -148,18 +148,18 @@ def recover(job_dir: str | os.PathLike, queue: JobQueue,
     ``max_attempts`` times (None: ``RunOptions.max_attempts``) are failed instead
     (``queue.reset_running``); one info line says so when there were any; then the segment
     caches of items that are done or no longer queued are removed
-    (:func:`sweep_checkpoints`). Returns ``(requeued, poisoned)``."""
+    (:func:`sweep_segment_cache`). Returns ``(requeued, poisoned)``."""
     if max_attempts is None:
         max_attempts = RunOptions.max_attempts
     requeued, poisoned = queue.reset_running(max_attempts=max_attempts)
     if requeued or poisoned:
         logger.info("%d item(s) left running by a previous run requeued, %d failed after "
                     "%s attempts", requeued, poisoned, max_attempts)
-    sweep_checkpoints(job_dir, queue)
+    sweep_segment_cache(job_dir, queue)
     return requeued, poisoned
 
 
-def sweep_checkpoints(job_dir: str | os.PathLike, queue: JobQueue) -> None:
+def sweep_segment_cache(job_dir: str | os.PathLike, queue: JobQueue) -> None:
     """Remove the segment caches of items that are done (or no longer queued): a run killed
     between an item's commit and the removal of its saved segments leaves them. For the
     process that holds the job's lock, before its workers start."""

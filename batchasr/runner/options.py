@@ -71,14 +71,14 @@ class RunOptions:
     # files longer than max_segment_s (None: the model's default, 30 s; 15 s for Nano) are
     # then cut into its speech segments of at most that length. punctuator: a punctuation
     # model for models whose text has none (open_punctuator). A long file's
-    # finished segments are saved every checkpoint_s seconds of audio (None: never).
+    # finished segments are saved every segment_cache_s seconds of audio (None: never).
     vad: Any = None
     # VAD processes for long files (0: the VAD runs in this process, on the main thread).
     # Only a VAD loaded by name or folder (it has a ``spec``) can be spawned.
     vad_processes: int = 0
     max_segment_s: float | None = None
     punctuator: Any = None
-    checkpoint_s: float | None = 120.0
+    segment_cache_s: float | None = 120.0
     # Pipeline. Readers decode ahead into a buffer of prefetch_seconds (default 2 batches);
     # the main thread sorts a pool of pool_seconds (default 4 batches) into batches.
     readers: int = 2

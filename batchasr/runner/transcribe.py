@@ -32,7 +32,7 @@ logger = logging.getLogger("batchasr.pipeline")  # the name log lines show (stab
 class DecodedItem:
     """An item with its whole audio decoded into pieces (``audio.cut.decode_pieces``), or
     the error that stopped it. ``item`` has the queue/manifest fields ``id, path, language,
-    extra`` (see ``results.transcript_to_row``)."""
+    extra`` (see ``outputs.rows.transcript_to_row``)."""
 
     item: Mapping[str, Any]
     windows: list[tuple[float, np.ndarray]] = field(default_factory=list)  # (offset_s, audio)
@@ -67,7 +67,7 @@ def transcribe_items(model: ASRModel, items: Sequence[DecodedItem], *, batch_sec
                      max_failures_in_a_row: int = DEFAULT_MAX_FAILURES_IN_A_ROW,
                      run: RunBatch | None = None, punctuator=None) -> list[dict]:
     """Transcribe decoded items as length-sorted batches of their pieces and return one
-    result row per item (``results.PART_SCHEMA``): ``done`` with the reassembled (and,
+    result row per item (``outputs.rows.PART_SCHEMA``): ``done`` with the reassembled (and,
     with ``punctuator``, punctuated) transcript, or ``failed`` with the decode, model or
     punctuation error. Rows in input order.
 

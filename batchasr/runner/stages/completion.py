@@ -7,7 +7,7 @@ every piece is transcribed to the :class:`Writer` thread (so the model does not 
 disk), which writes them in this order: Parquet part (atomic) -> subtitles ->
 ``queue.complete(ids, part)`` (one transaction). So a kill at any instant leaves each item
 either done with its part on disk, or pending/running, to be redone by the next run.
-Every ``checkpoint_s`` seconds of a long file's audio through the model, its finished
+Every ``segment_cache_s`` seconds of a long file's audio through the model, its finished
 segments are saved (the segment cache, a cache, never a result: removed after the commit).
 """
 from __future__ import annotations
@@ -100,7 +100,7 @@ class Completion:
         w = p.work
         w.pieces[p.index] = p.result(out)
         self.progress.advance(w, p.seconds)
-        if p.span is not None and self.opts.checkpoint_s:
+        if p.span is not None and self.opts.segment_cache_s:
             w.unsaved.append((p.index, *p.span, out))
             w.unsaved_s += p.seconds
         if w.complete:
@@ -120,9 +120,9 @@ class Completion:
 
     def save_segments(self) -> None:
         """Hand the writer the finished segments of long files still in progress, once a
-        file has ``checkpoint_s`` seconds of them not saved yet."""
+        file has ``segment_cache_s`` seconds of them not saved yet."""
         for w in self.works.values():
-            if w.unsaved and w.unsaved_s >= self.opts.checkpoint_s and not w.failed \
+            if w.unsaved and w.unsaved_s >= self.opts.segment_cache_s and not w.failed \
                     and not w.complete:
                 self.writer.submit(("segments", w, w.unsaved))
                 w.unsaved, w.unsaved_s = [], 0.0

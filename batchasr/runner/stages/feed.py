@@ -165,7 +165,7 @@ class Feed:
                 if through_vad:
                     w.segmented = True
                     w.source = fingerprint(w.item.path)
-                    if self.opts.checkpoint_s:
+                    if self.opts.segment_cache_s:
                         w.saved = segment_cache.load_segments(self.job_dir, w.item.id,
                                                               w.source)
                     busy += time.perf_counter() - t
