@@ -25,7 +25,6 @@ import soundfile as sf
 import soxr
 
 from batchasr.errors import AudioError
-from batchasr.manifest.scan import AUDIO_EXTENSIONS  # noqa: F401  (what scan_folder gives this stage)
 
 SAMPLE_RATE = 16000  # what every FunASR model consumes
 SAMPLES_PER_MS = SAMPLE_RATE // 1000

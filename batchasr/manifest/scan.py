@@ -1,6 +1,6 @@
 """Scan a folder for audio files and write them as a manifest the rest of the pipeline reads.
 
-:data:`AUDIO_EXTENSIONS` is the one list of what counts as audio (the audio stage imports it).
+:data:`AUDIO_EXTENSIONS` is the one list of what counts as audio.
 Invariant: the order and the ids depend only on the folder's contents (sorted, depth-first,
 paths relative to the folder), so scanning the same folder again gives the same ids.
 """
