@@ -152,9 +152,13 @@ def cli(verbose):
 @click.option("--language", default=None, help="LLM models: language named in the prompt.")
 @click.option("--hotwords", default=None,
               help="LLM models: comma-separated words to favour, as the official prompt does.")
+@click.option("--vad-processes", default=_RUN["vad_processes"], show_default=True,
+              type=click.IntRange(0),
+              help="Processes running the VAD of the next long files while earlier ones are "
+                   "transcribed (0: the VAD runs here, file by file).")
 def transcribe(files, model, weights, dtype, device, download, batch_seconds, batch_size, vad,
                max_segment_s, max_window_s, punc, as_json, max_new_tokens, no_guard, language,
-               hotwords):
+               hotwords, vad_processes):
     """Transcribe audio files or folders and print the text (or JSON lines).
 
     Files are cut, batched and put back together as `batchasr run` does (same VAD,
@@ -190,7 +194,8 @@ def transcribe(files, model, weights, dtype, device, download, batch_seconds, ba
     failures = 0
     try:
         for r in transcribe_paths(asr, files, cut, language=language, batch_seconds=batch_seconds,
-                                  max_items=batch_size, punctuator=punctuator):  # input order
+                                  max_items=batch_size, punctuator=punctuator,
+                                  vad_processes=vad_processes):  # input order
             if r.error is not None:
                 failures += 1
                 click.echo(f"Error: {r.error}", err=True)

@@ -164,3 +164,20 @@ def test_ctrl_c_to_the_process_group_stops_the_run_and_its_vad_processes(tmp_pat
     assert resumed.returncode in (0, 3), resumed.stderr
     ids = [r["id"] for r in results_table(job).to_pylist()]
     assert sorted(ids) == sorted(set(ids)) and len(ids) == 6
+
+
+@pytest.mark.parametrize("vad", ["silero", str(FSMN)])
+def test_transcribe_with_vad_processes_prints_what_it_prints_without(tmp_path, vad):
+    manifest = long_files(tmp_path / "audio")
+    paths = [line.split(",", 1)[1] for line in manifest.read_text().splitlines()[1:]]
+    out = {}
+    for n in (0, 2):
+        proc = subprocess.run([sys.executable, "-m", "batchasr.cli", "transcribe", "--model",
+                               str(MODEL), "--json", "--vad", vad, "--max-segment-s", "10",
+                               "--vad-processes", str(n), *paths, str(tmp_path / "missing.wav")],
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 3, proc.stderr  # the missing file (and maybe the cut-off one)
+        out[n] = proc.stdout.splitlines()
+    assert out[2] == out[0]
+    assert len(out[0]) == len(paths) + 1 and '"error"' in out[0][-1]
+    assert sum('"segments": [[' in line for line in out[0]) >= 3  # the talks were cut

@@ -258,16 +258,24 @@ class VADFailed(Exception):
     """The VAD raised (its exception is the cause) while :func:`iter_pieces` cut a file."""
 
 
-def iter_pieces(path: str, cut: CutOptions, read: dict | None = None
+def iter_pieces(path: str, cut: CutOptions, read: dict | None = None, known=None
                 ) -> Iterator[tuple[int, float, np.ndarray]]:
     """A file's pieces in file order, streamed a window at a time: ``(index, offset_s,
     waveform)`` (speech segments through the VAD, or windows; see :func:`plan_file`). Once
     the last is yielded, ``read`` (a dict) gets ``duration_s`` and ``n_pieces``. Raises
     AudioError; a VAD failure raises ``VADFailed`` from it. Holds one window and the
-    cutter's tail, never the whole file."""
+    cutter's tail, never the whole file.
+
+    ``known``: a function giving the segments of a file that goes through the VAD, found
+    elsewhere (a VAD process; what it raises propagates), or None to run ``cut.vad`` here;
+    called only for such a file. The pieces are the same either way."""
     with audio.open_audio(path) as f:
         through_vad, windows = planned_windows(f, cut)
-        cutter = SegmentCutter(cut.vad, cut) if through_vad else None
+        cutter = None
+        if through_vad:
+            segments = known() if known is not None else None
+            cutter = SegmentCutter(cut.vad if segments is None else KnownSegments(segments),
+                                   cut)
         n = samples = 0
         try:
             for offset_s, wave in windows:

@@ -9,13 +9,14 @@ file is cut, batched, retried and reassembled in exactly one way whichever engin
 from __future__ import annotations
 
 import logging
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
 from batchasr.audio.cut import CutOptions, VADFailed, iter_pieces
-from batchasr.audio.decode import SAMPLE_RATE
+from batchasr.audio.decode import SAMPLE_RATE, probe
 from batchasr.batches.assemble import PieceResult
 from batchasr.errors import AudioError
 from batchasr.runner.options import DEFAULT_MAX_FAILURES_IN_A_ROW, pool_samples
@@ -23,6 +24,7 @@ from batchasr.runner.stages.completion import assemble_finished, result_row
 from batchasr.runner.stages.model import ModelStage, RunBatch, model_error
 from batchasr.runner.stages.pool import Pool, batch_plan
 from batchasr.runner.stages.work import Piece
+from batchasr.runner.vad_pool import Cancelled, PoolBroken, VADError, VADPool
 from batchasr.transcript import ASRModel, Transcript
 
 logger = logging.getLogger("batchasr.pipeline")  # the name log lines show (stable)
@@ -145,7 +147,8 @@ def transcribe_files(model: ASRModel, files, cut: CutOptions, *, batch_seconds: 
                      punctuator=None, pool_seconds: float | None = None,
                      max_items: int | None = None,
                      max_failures_in_a_row: int = DEFAULT_MAX_FAILURES_IN_A_ROW,
-                     run: RunBatch | None = None, stats: dict | None = None):
+                     run: RunBatch | None = None, stats: dict | None = None,
+                     vad_processes: int = 0):
     """Transcribe ``files`` (``(path, language)`` pairs, any iterable) as the runner does and
     yield one :class:`FileResult` per file, in input order, in bounded memory.
 
@@ -157,7 +160,66 @@ def transcribe_files(model: ASRModel, files, cut: CutOptions, *, batch_seconds: 
     whole: audio held is the pool, one window and the cutter's tail. Decode, VAD, model and
     punctuation failures fail their file only (``FileResult.error``); JobError after
     ``max_failures_in_a_row`` model failures in a row. ``stats`` (a dict), when given,
-    gets ``peak_pool_samples``, ``batches`` and ``model_audio_s``."""
+    gets ``peak_pool_samples``, ``batches`` and ``model_audio_s``. ``vad_processes``: the
+    VAD of the next long files runs in that many processes (``runner.vad_pool``) while
+    earlier files are transcribed; same pieces, so the same results."""
+    spec = getattr(cut.vad, "spec", None)
+    vad_pool = VADPool(spec, vad_processes, cut.vad_window_s) \
+        if vad_processes > 0 and spec is not None else None
+    try:
+        yield from _transcribe_files(model, files, cut, batch_seconds=batch_seconds,
+                                     punctuator=punctuator, pool_seconds=pool_seconds,
+                                     max_items=max_items,
+                                     max_failures_in_a_row=max_failures_in_a_row, run=run,
+                                     stats=stats, vad_pool=vad_pool)
+    finally:
+        if vad_pool is not None:
+            vad_pool.close()
+
+
+def _segments_ahead(files, cut: CutOptions, vad_pool: VADPool | None):
+    """``(path, language, known)`` for each of ``files``, with the VAD of the next long
+    files already started in ``vad_pool`` (as many as it has processes); ``known`` is
+    ``iter_pieces``'s, None to run the VAD here."""
+    files = iter(files)
+    ahead: deque = deque()
+    max_n = int(cut.max_segment_s * SAMPLE_RATE)
+
+    def start(path: str):
+        if vad_pool is None or cut.vad is None:
+            return None
+        try:
+            if probe(path)[0] * SAMPLE_RATE <= max_n:
+                return None  # a file sent whole: no VAD
+            return vad_pool.submit(path)
+        except (AudioError, PoolBroken, Cancelled):  # the reading itself will say what is wrong
+            return None
+
+    def known(future):
+        def segments():
+            try:
+                return vad_pool.wait(future)
+            except PoolBroken:
+                return None  # the VAD runs here after all
+        return segments
+
+    while True:
+        while len(ahead) < (vad_pool.processes if vad_pool is not None else 1):
+            nxt = next(files, None)
+            if nxt is None:
+                break
+            path, language = nxt
+            ahead.append((str(path), language, start(str(path))))
+        if not ahead:
+            return
+        path, language, future = ahead.popleft()
+        yield path, language, None if future is None else known(future)
+
+
+def _transcribe_files(model: ASRModel, files, cut: CutOptions, *, batch_seconds: float,
+                      punctuator, pool_seconds: float | None, max_items: int | None,
+                      max_failures_in_a_row: int, run: RunBatch | None, stats: dict | None,
+                      vad_pool: VADPool | None):
     pool = Pool(batch_seconds=batch_seconds, max_items=max_items, arrival_order=True,
                 target=pool_samples(pool_seconds, batch_seconds))
     stage = ModelStage(model, _FilesSink(pool), max_failures_in_a_row=max_failures_in_a_row,
@@ -194,11 +256,11 @@ def transcribe_files(model: ASRModel, files, cut: CutOptions, *, batch_seconds: 
             else:
                 yield FileResult(f.path, f.transcript, f.duration_s)
 
-    for k, (path, language) in enumerate(files):
+    for k, (path, language, known) in enumerate(_segments_ahead(files, cut, vad_pool)):
         f = _StreamedFile(k, str(path), language)
         pending[k] = f
         read: dict = {}
-        pieces = iter_pieces(f.path, cut, read)
+        pieces = iter_pieces(f.path, cut, read, known)
         try:
             for index, offset_s, wave in pieces:
                 pool.add(f, index, offset_s, wave, f.language)
@@ -215,6 +277,9 @@ def transcribe_files(model: ASRModel, files, cut: CutOptions, *, batch_seconds: 
             f.error = f"VAD error: {type(e.__cause__).__name__}: {e.__cause__}"
         except AudioError as e:
             f.error = str(e)
+        except VADError as e:  # in a VAD process
+            logger.error("VAD failed on %s: %s", f.path, e)
+            f.error = f"VAD error: {e}"
         except Exception as e:  # a decoder bug fails the file, not the others
             logger.exception("unexpected error decoding %s", f.path)
             f.error = f"{type(e).__name__}: {e}"

@@ -67,15 +67,23 @@ class VADPool:
     def segments(self, path: str) -> list[tuple[int, int]]:
         """The speech segments (ms) of a whole file; blocks the calling (reader) thread.
         Raises AudioError, VADError, PoolBroken or Cancelled."""
+        return self.wait(self.submit(path))
+
+    def submit(self, path: str):
+        """Start finding a file's segments; :meth:`wait` gives them. Raises PoolBroken or
+        Cancelled."""
         if self.closed:
             raise Cancelled()
         if self.broken:
             raise PoolBroken()
         try:
-            future = self._pool().submit(_file_segments, path, self.window_s)
+            return self._pool().submit(_file_segments, path, self.window_s)
         except (BrokenProcessPool, RuntimeError) as e:  # broken, or shut down meanwhile
             self.broken = not self.closed
             raise (Cancelled() if self.closed else PoolBroken()) from e
+
+    def wait(self, future) -> list[tuple[int, int]]:
+        """The segments of a :meth:`submit`; raises as :meth:`segments` does."""
         while True:
             try:
                 kind, value, busy = future.result(timeout=0.2)
