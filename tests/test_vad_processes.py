@@ -102,28 +102,41 @@ def _marked_processes(mark: str) -> list[int]:
     return found
 
 
-@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs /proc")
-def test_kill_9_with_vad_processes_leaves_none_behind_and_resumes_exactly_once(tmp_path):
+def start_run(tmp_path, **popen):
+    """`batchasr run --vad-processes 2` on four long files, slowed down (2 s per batch), once
+    its two VAD processes are up: (process, args, env, mark, job). ``mark`` is an environment
+    entry every process of the run carries, to find them in /proc."""
     manifest = long_files(tmp_path / "audio", n=4)
     job = tmp_path / "job"
-    mark = f"BATCHASR_TEST_MARK={uuid.uuid4().hex}"
-    env = {**os.environ, mark.split("=")[0]: mark.split("=")[1],
-           "BATCHASR_TEST_SLOW_BATCH": "2"}
+    key, value = "BATCHASR_TEST_MARK", uuid.uuid4().hex
+    env = {**os.environ, key: value, "BATCHASR_TEST_SLOW_BATCH": "2"}
     args = [sys.executable, "-m", "batchasr.cli", "run", str(manifest), "--model", str(MODEL),
             "--job-dir", str(job), "--vad", "silero", "--max-segment-s", "10", "--readers", "2",
             "--vad-processes", "2", "--batch-seconds", "20", "--no-progress"]
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, **popen)
+    mark = f"{key}={value}"
     deadline = time.monotonic() + 120
     while len(_marked_processes(mark)) < 3 and time.monotonic() < deadline:  # run + 2 VADs
         time.sleep(0.2)
     assert len(_marked_processes(mark)) >= 3, "the VAD processes never started"
+    return proc, args, env, mark, job
+
+
+def gone(mark: str, within_s: float = 15.0) -> bool:
+    deadline = time.monotonic() + within_s
+    while _marked_processes(mark) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return not _marked_processes(mark)
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs /proc")
+def test_kill_9_with_vad_processes_leaves_none_behind_and_resumes_exactly_once(tmp_path):
+    proc, args, env, mark, job = start_run(tmp_path)
     time.sleep(1.0)
     proc.kill()
     proc.wait(timeout=30)
-    deadline = time.monotonic() + 15
-    while _marked_processes(mark) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert _marked_processes(mark) == [], "VAD processes outlived the run"
+    assert gone(mark), "VAD processes outlived the run"
     env.pop("BATCHASR_TEST_SLOW_BATCH")
     resumed = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode in (0, 3), resumed.stderr
@@ -137,28 +150,12 @@ def test_kill_9_with_vad_processes_leaves_none_behind_and_resumes_exactly_once(t
 def test_ctrl_c_to_the_process_group_stops_the_run_and_its_vad_processes(tmp_path):
     """A terminal's Ctrl-C reaches every process of the group: the VAD processes ignore it,
     the run stops after its batch (exit 130) and takes them down; the next run finishes."""
-    manifest = long_files(tmp_path / "audio", n=4)
-    job = tmp_path / "job"
-    mark = f"BATCHASR_TEST_MARK={uuid.uuid4().hex}"
-    env = {**os.environ, mark.split("=")[0]: mark.split("=")[1],
-           "BATCHASR_TEST_SLOW_BATCH": "2"}
-    args = [sys.executable, "-m", "batchasr.cli", "run", str(manifest), "--model", str(MODEL),
-            "--job-dir", str(job), "--vad", "silero", "--max-segment-s", "10", "--readers", "2",
-            "--vad-processes", "2", "--batch-seconds", "20", "--no-progress"]
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
-    deadline = time.monotonic() + 120
-    while len(_marked_processes(mark)) < 3 and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert len(_marked_processes(mark)) >= 3, "the VAD processes never started"
+    proc, args, env, mark, job = start_run(tmp_path, start_new_session=True)
     os.killpg(proc.pid, signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "stopped:" in err
-    deadline = time.monotonic() + 15
-    while _marked_processes(mark) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert _marked_processes(mark) == []
+    assert gone(mark), "VAD processes outlived the run"
     env.pop("BATCHASR_TEST_SLOW_BATCH")
     resumed = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode in (0, 3), resumed.stderr

@@ -17,12 +17,13 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 import soundfile as sf
 
 from batchasr.models.fsmn_vad import FsmnVAD
 from batchasr.models.loader import load_vad
+
+from test_vad import assemble
 
 FIXTURES = Path(__file__).parent / "fixtures" / "vad"
 EXPECTED = json.loads((FIXTURES / "fsmn_published_expected.json").read_text())
@@ -69,11 +70,6 @@ def published():
 @pytest.fixture(scope="module")
 def store():
     return sf.read(FIXTURES / "speech.flac", dtype="int16")[0]
-
-
-def assemble(pieces, store):
-    return np.concatenate([np.zeros(p[1], np.int16) if p[0] == "zeros" else store[p[1]:p[2]]
-                           for p in pieces]).astype(np.float32) / 32768
 
 
 @pytest.mark.parametrize("clip", sorted(EXPECTED["clips"]))
