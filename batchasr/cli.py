@@ -238,7 +238,13 @@ def job_option(required: bool = True):
               type=click.IntRange(0),
               help="Processes running the VAD of long files, several files at once, off the "
                    "model's process (0: the VAD runs on the model's thread). Up to --readers "
-                   "files are cut at a time, so give as many readers.")
+                   "files are cut at a time, so give as many readers. Not needed with "
+                   "--reader-processes, which run the VAD themselves.")
+@click.option("--reader-processes", type=click.IntRange(0), default=None,
+              help="Processes decoding, resampling, running the VAD and cutting files into "
+                   "pieces, many files at once, their audio handed to the model's process "
+                   "through shared memory (0: reader threads in the model's process). Default: "
+                   "on a GPU, the spare cores up to 8 per worker; on a CPU, 0.")
 @click.option("--strict-manifest", is_flag=True,
               help="Refuse the whole manifest when any row is bad (default: report bad rows "
                    "with their line numbers, enqueue the rest, exit 3).")

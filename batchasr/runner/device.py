@@ -34,6 +34,17 @@ def default_batch_seconds(device: str = "auto") -> float:
     return 1000.0 if on_gpu else 30.0
 
 
+def default_reader_processes(device: str = "auto", workers: int = 1) -> int:
+    """Reader processes per worker by default: on a GPU, the cores left over by the workers'
+    own processes, at most 8 each (enough to keep one GPU fed; benchmarks/README.md); on a
+    CPU none, since the model needs the cores itself."""
+    on_gpu = device == "gpu" or (device == "auto" and mx.default_device() == mx.gpu)
+    if not on_gpu:
+        return 0
+    spare = (os.cpu_count() or 1) - 2 * max(1, workers)
+    return max(1, min(8, spare // max(1, workers)))
+
+
 def gpu_memory_bytes() -> int | None:
     """Memory of the GPU this process uses (None when unknown or no GPU)."""
     try:

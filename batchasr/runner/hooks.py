@@ -4,6 +4,8 @@
 reached (see ``CRASH_POINTS``); with ``BATCHASR_TEST_CRASH_ONCE=<file>`` only the first
 process to create that file dies. ``BATCHASR_TEST_SLOW_BATCH=<seconds>`` makes each model
 call a long one that does not return to Python for signal handlers.
+``BATCHASR_TEST_READER_DIES_ON=<text>`` SIGKILLs a reader process when it opens a file whose
+name contains the text (a decoder that crashes on a hostile file).
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ CRASH_POINTS = ("decode", "batch", "after_part", "after_complete", "after_segmen
 # "batchasr-test: slow batch" on stderr and sleeps that long in C code with SIGINT and SIGTERM
 # blocked for it: a long model call that does not return to Python for signal handlers.
 SLOW_ENV = "BATCHASR_TEST_SLOW_BATCH"
+READER_DIES_ENV = "BATCHASR_TEST_READER_DIES_ON"
 
 
 class CrashHook:
@@ -74,3 +77,10 @@ def crash_hook_from_env() -> CrashHook:
 def slow_batch_s() -> float:
     """Seconds of BATCHASR_TEST_SLOW_BATCH (0: none)."""
     return float(os.environ.get(SLOW_ENV) or 0)
+
+
+def reader_dies_on(path: str) -> None:
+    """The BATCHASR_TEST_READER_DIES_ON hook, in a reader process (see READER_DIES_ENV)."""
+    text = os.environ.get(READER_DIES_ENV)
+    if text and text in os.path.basename(path):
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -126,6 +126,7 @@ def prepare_job(source: str | None, job: Path, given: dict[str, Any], *, device:
 def run_prepared(prepared: PreparedJob, source: str | None, *, batch_seconds: float,
                  limit: int | None, max_window_s: float, readers: int, strict_manifest: bool,
                  vad_processes: int = _RUN["vad_processes"],
+                 reader_processes: int | None = _RUN["reader_processes"],
                  progress: bool, shard_i: int | None = None, shard_n: int | None = None,
                  say: Callable[[str], None] = _stderr) -> RunOutcome:
     """Lock, enqueue ``source`` (a manifest or folder; None: the job's queue as it is),
@@ -166,13 +167,18 @@ def run_prepared(prepared: PreparedJob, source: str | None, *, batch_seconds: fl
         elif prepared.devices == [None]:
             summary = run_job(job, prepared.asr, batch_seconds=batch_seconds, limit=limit,
                               max_window_s=max_window_s, progress=progress, readers=readers,
-                              vad_processes=vad_processes, meta=settings, vad=prepared.vad, punc=prepared.punc,
+                              vad_processes=vad_processes, reader_processes=reader_processes,
+                              meta=settings, vad=prepared.vad, punc=prepared.punc,
                               max_segment_s=longform["max_segment_s"])
             record_run(job, summary)
             say(f"{job}: {summary}")
         else:
+            from batchasr.runner.device import default_reader_processes
             from batchasr.runner.local import recover
             from batchasr.runner.processes import run_workers
+
+            if reader_processes is None:  # the cores shared between the workers
+                reader_processes = default_reader_processes(workers=len(prepared.devices))
 
             with JobQueue(job) as queue:  # we hold the lock: whatever runs is orphaned
                 requeued, _ = recover(job, queue)
@@ -181,7 +187,8 @@ def run_prepared(prepared: PreparedJob, source: str | None, *, batch_seconds: fl
                 progress=progress,
                 run_args={"batch_seconds": batch_seconds, "limit": limit,
                           "max_window_s": max_window_s, "readers": readers,
-                          "vad_processes": vad_processes, "meta": settings, **longform})
+                          "vad_processes": vad_processes,
+                          "reader_processes": reader_processes, "meta": settings, **longform})
             summary.requeued = requeued
             record_run(job, summary)
             say(f"{job}: {summary}")
@@ -204,6 +211,7 @@ def run(source: str | None = None, *, job_dir: str | None = None, model: str | N
         max_window_s: float = _CUT["max_window_s"], vad: str | None = None,
         max_segment_s: float | None = None, punc: str | None = None,
         readers: int = _RUN["readers"], vad_processes: int = _RUN["vad_processes"],
+        reader_processes: int | None = _RUN["reader_processes"],
         strict_manifest: bool = False, progress: bool = True,
         max_new_tokens: int | None = None, hotwords: str | None = None, no_guard: bool = False,
         workers: int | None = None, gpus: str | None = None, shard: str | None = None,
@@ -257,7 +265,7 @@ def run(source: str | None = None, *, job_dir: str | None = None, model: str | N
                                say=say)
         return run_prepared(prepared, source, batch_seconds=batch_seconds, limit=limit,
                             max_window_s=max_window_s, readers=readers,
-                            vad_processes=vad_processes,
+                            vad_processes=vad_processes, reader_processes=reader_processes,
                             strict_manifest=strict_manifest, progress=progress,
                             shard_i=shard_i, shard_n=shard_n, say=say)
     except (BatchasrError, ValueError, OSError, sqlite3.OperationalError) as e:

@@ -39,9 +39,11 @@ from batchasr.errors import disk_full, is_disk_full
 from batchasr.outputs import segment_cache
 from batchasr.queue.lock import JobLock
 from batchasr.queue.store import JobQueue
+from batchasr.runner.device import default_reader_processes
 from batchasr.runner.hooks import crash_hook_from_env, slow_batch_s
 from batchasr.runner.options import (RunOptions, RunSummary, default_max_segment_s, open_punctuator,
                                      open_vad)
+from batchasr.runner.read_processes import ReadProcesses
 from batchasr.runner.signals import StopOnCtrlC
 from batchasr.runner.stages.completion import Completion
 from batchasr.runner.stages.feed import Feed
@@ -184,6 +186,22 @@ def _vad_pool(opts: RunOptions, cut) -> VADPool | None:
     return VADPool(spec, opts.vad_processes, cut.vad_window_s)
 
 
+def _read_processes(opts: RunOptions, cut) -> ReadProcesses | None:
+    """Reader processes for this run (``opts.reader_processes``; None: the device's default),
+    unless a VAD is given that cannot be spawned (loaded by the caller, not by name or
+    folder): the reader threads then cut with it here."""
+    n = opts.reader_processes
+    if n is None:
+        n = default_reader_processes()
+    if n <= 0:
+        return None
+    spec = getattr(cut.vad, "spec", None)
+    if cut.vad is not None and spec is None:
+        logger.info("the VAD was loaded by the caller: files are read in this process")
+        return None
+    return ReadProcesses(n, cut, spec)
+
+
 class Runner:
     """The job loop of one worker: the stages, and ``step()`` deciding what runs next."""
 
@@ -205,9 +223,11 @@ class Runner:
                                 max_failures_in_a_row=opts.max_model_failures_in_a_row,
                                 crash=crash, slow_s=slow_batch_s())
         cut = opts.cut(model, spill_dir=str(job_dir))
-        self.vad_pool = _vad_pool(opts, cut)
+        self.read_processes = _read_processes(opts, cut)
+        self.vad_pool = None if self.read_processes is not None else _vad_pool(opts, cut)
         self.feed = Feed(job_dir, queue, opts, cut, self.summary, self.pool, self.completion,
-                         works, crash, owner, budget, vad_pool=self.vad_pool)
+                         works, crash, owner, budget, vad_pool=self.vad_pool,
+                         read_processes=self.read_processes)
 
     def run(self) -> RunSummary:
         t0 = time.perf_counter()
@@ -233,6 +253,9 @@ class Runner:
             s, m = self.summary, self.model
             s.wall_s = time.perf_counter() - t0
             s.decode_s = self.feed.decode_s
+            if self.read_processes is not None:
+                s.decode_s += self.read_processes.busy_s
+                s.reader_processes = self.read_processes.processes
             s.write_s = self.completion.writer.write_s
             s.model_s, s.batches = m.model_s, m.batches
             s.vad_processes_s = self.vad_pool.busy_s if self.vad_pool is not None else 0.0

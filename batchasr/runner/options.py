@@ -79,6 +79,10 @@ class RunOptions:
     max_segment_s: float | None = None
     punctuator: Any = None
     segment_cache_s: float | None = 120.0
+    # Reader processes decoding, resampling, running the VAD and cutting files into pieces,
+    # many files at once, off this process (runner.read_processes); 0: the reader threads
+    # below do it here; None: the default for the device (runner.device).
+    reader_processes: int | None = None
     # Pipeline. Readers decode ahead into a buffer of prefetch_seconds (default 2 batches);
     # the main thread sorts a pool of pool_seconds (default 4 batches) into batches.
     readers: int = 2
@@ -105,6 +109,8 @@ class RunOptions:
             raise ValueError("batch_seconds and max_window_s must be positive")
         if self.max_segment_s is not None and self.max_segment_s <= 0:
             raise ValueError("max_segment_s must be positive")
+        if self.reader_processes is not None and self.reader_processes < 0:
+            raise ValueError("reader_processes must not be negative")
         if self.readers < 1 or self.claim_size < 1:
             raise ValueError("readers and claim_size must be at least 1")
         if self.lease_s <= 0 or (self.heartbeat_s is not None
@@ -137,7 +143,8 @@ class RunSummary:
     failed: int = 0
     audio_s: float = 0.0  # audio of the items completed
     wall_s: float = 0.0
-    decode_s: float = 0.0  # reader threads decoding + resampling (summed over threads)
+    decode_s: float = 0.0  # reader threads (or processes) decoding, resampling (VAD), summed
+    reader_processes: int = 0  # reader processes that did the decoding (0: threads)
     wait_s: float = 0.0  # the main thread waiting for decoded audio: the model idle on I/O
     model_s: float = 0.0
     write_s: float = 0.0  # parts, subtitles, queue commits (on the writer thread)
@@ -176,8 +183,10 @@ class RunSummary:
                         (("VAD", self.vad_s), ("punctuation", self.punc_s)) if value)
         vad_processes = (f", VAD processes {self.vad_processes_s:.1f} s"
                          if self.vad_processes_s else "")
+        where = (f"in {self.reader_processes} reader processes (VAD included) and on other "
+                 f"threads" if self.reader_processes else "on other threads")
         times = (f"model {self.model_s:.1f} s{extra}, waiting for audio {self.wait_s:.1f} s; "
-                 f"on other threads: decoding {self.decode_s:.1f} s, writing "
+                 f"{where}: decoding {self.decode_s:.1f} s, writing "
                  f"{self.write_s:.1f} s{vad_processes}; {self.batches} batches, "
                  f"{self.padding:.0%} padding")
         if self.segments_reused:

@@ -28,6 +28,8 @@ from batchasr.outputs import segment_cache
 from batchasr.queue.store import Item, JobQueue
 from batchasr.runner.hooks import CrashHook
 from batchasr.runner.options import RunOptions, RunSummary
+from batchasr.runner.read_processes import (Cancelled as ReadCancelled, End, Plan,
+                                            ReaderDied, ReadProcesses, VADFailedRemote, Window)
 from batchasr.runner.stages.completion import Completion
 from batchasr.runner.stages.pool import Pool
 from batchasr.runner.stages.work import Work, fingerprint
@@ -46,7 +48,8 @@ class Feed:
     def __init__(self, job_dir: Path, queue: JobQueue, opts: RunOptions, cut: CutOptions,
                  summary: RunSummary, pool: Pool, completion: Completion,
                  works: dict[str, Work], crash: CrashHook, owner: str,
-                 claim_budget: float, vad_pool: VADPool | None = None):
+                 claim_budget: float, vad_pool: VADPool | None = None,
+                 read_processes: ReadProcesses | None = None):
         self.job_dir, self.queue, self.opts, self.cut = job_dir, queue, opts, cut
         self.summary, self.pool, self.completion, self.works = summary, pool, completion, works
         self.crash, self.owner = crash, owner
@@ -58,9 +61,13 @@ class Feed:
         self.decode_s = 0.0
         self._decode_lock = threading.Lock()
         self.vad_pool = vad_pool  # long files' segments from VAD processes (None: in-process)
+        # Decoding, the VAD and cutting in reader processes (None: in the reader threads);
+        # each reader thread then forwards one process's file.
+        self.read_processes = read_processes
+        self.n_readers = max(opts.readers, read_processes.processes if read_processes else 0)
 
     def initialize(self) -> None:
-        self.readers = ThreadPoolExecutor(self.opts.readers, thread_name_prefix="batchasr-reader")
+        self.readers = ThreadPoolExecutor(self.n_readers, thread_name_prefix="batchasr-reader")
 
     def step(self) -> None:
         self.feed_readers()
@@ -82,6 +89,8 @@ class Feed:
         self.buffer.cancel()
         if self.vad_pool is not None:
             self.vad_pool.close()
+        if self.read_processes is not None:
+            self.read_processes.close()
         self.readers.shutdown(wait=True, cancel_futures=True)
 
     def more_coming(self) -> bool:
@@ -142,7 +151,7 @@ class Feed:
         for the main thread (a hand-over per file would cost a GIL switch each). Queued
         files hold no audio; the prefetch buffer bounds what is decoded."""
         reading = sum(w.reading for w in self.works.values())
-        while reading < max(2 * self.opts.readers, self.opts.claim_size):
+        while reading < max(2 * self.n_readers, self.opts.claim_size):
             if not self.claimed and (self.claim_budget <= 0 or self.exhausted
                                      or not self.claim()):
                 return
@@ -154,6 +163,8 @@ class Feed:
     def read(self, w: Work) -> None:
         """Reader thread: decode one file into pieces; always ends with one 'end' or
         'error' message (unless the run is cancelled)."""
+        if self.read_processes is not None:
+            return self.forward(w)
         busy = 0.0
         t = time.perf_counter()
         n = samples = 0
@@ -216,6 +227,45 @@ class Feed:
         finally:
             with self._decode_lock:
                 self.decode_s += busy
+
+    def forward(self, w: Work) -> None:
+        """Reader thread: one file read by a reader process, its pieces forwarded as the
+        thread would send them; always ends with one 'end' or 'error' message (unless the run
+        is cancelled)."""
+        def abandon() -> bool:
+            return w.failed
+
+        try:
+            for ev in self.read_processes.read(w.item.path, abandon=abandon):
+                if isinstance(ev, Plan):
+                    if ev.through_vad:
+                        w.segmented = True
+                        w.source = fingerprint(w.item.path)
+                        if self.opts.segment_cache_s:
+                            w.saved = segment_cache.load_segments(self.job_dir, w.item.id,
+                                                                  w.source)
+                    continue
+                if isinstance(ev, End):
+                    self.buffer.put(("end", w, ev.n_pieces, ev.duration_s))
+                    return
+                self.crash("decode")
+                msg = ("piece", w, ev.index, ev.offset_s, ev.audio) \
+                    if isinstance(ev, Window) else ("cut", w, ev)
+                if not self.buffer.put(msg, len(ev.audio), abandon=abandon):
+                    return
+        except AudioError as e:
+            self.buffer.put(("error", w, str(e)))
+        except VADFailedRemote as e:
+            logger.error("VAD failed on %s: %s", w.item.id, e)
+            self.buffer.put(("error", w, f"VAD error: {e}"))
+        except ReaderDied as e:
+            logger.error("%s: %s", w.item.id, e)
+            self.buffer.put(("error", w, str(e)))
+        except ReadCancelled:
+            pass  # stopping: the item goes back to pending
+        except Exception as e:  # a bug must fail the item, not hang the run
+            logger.exception("unexpected error reading %s", w.item.path)
+            self.buffer.put(("error", w, f"{type(e).__name__}: {e}"))
 
     def known_cutter(self, w: Work) -> SegmentCutter | None:
         """Reader thread: a cutter over the segments a VAD process found for ``w``'s file

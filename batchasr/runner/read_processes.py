@@ -1,0 +1,462 @@
+"""Reader processes: decoding, resampling, the VAD and the cutting into pieces, many files at
+once, off the process that runs the model.
+
+The model's process keeps only what needs the model. A reader thread there leases one reader
+process per file (:meth:`ReadProcesses.read`) and forwards what it sends to the Feed stage;
+the process opens the file, plans it (``audio.cut.planned_windows``), decodes it window by
+window, runs it through the VAD when it is long (the same streaming ``SegmentCutter`` as in
+the model's process, so the pieces are identical) and hands each piece over.
+
+Waveforms never cross the boundary as pickles: each process owns a ring of shared memory
+(created and unlinked by the model's process) into which it writes a piece's samples; only
+``(index, offset, span, where in the ring)`` travels through the pipe, and the reader thread
+copies the samples out and frees their room. The ring is bounded (its size in audio seconds
+is the process's whole buffer), and a process whose ring is full waits, so memory stays flat
+whatever the length of the files; the Feed's prefetch buffer bounds the rest.
+
+Failures stay local: a file the process cannot decode fails its item as it would in the
+model's process (``AudioError``), a VAD error is a ``VADError``. A reader process that dies
+(``kill -9``, a decoder crash on a hostile file) is replaced and the file read again from the
+start, its pieces already forwarded skipped (cutting is deterministic); a file on which a
+process dies twice fails with a clear error instead of crashing the run. The processes are
+spawned on first use, load the VAD once, run MLX on the CPU (the accelerator belongs to the
+model), ignore Ctrl-C (the run decides when to stop) and die with the run, however it dies.
+
+Size: above 400 lines because both sides of one protocol (the model's process and the
+reader process, the ring and its pipe messages) belong together to be checked together.
+"""
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import queue as queue_mod
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from multiprocessing import shared_memory
+from typing import Callable, Iterator
+
+import numpy as np
+
+from batchasr.audio.cut import CutOptions, Cut, SegmentCutter, planned_windows
+from batchasr.audio.decode import SAMPLE_RATE
+from batchasr.errors import AudioError
+from batchasr.runner.hooks import reader_dies_on
+
+logger = logging.getLogger("batchasr.worker")  # the name log lines show (stable)
+
+MIN_RING_S = 1000.0  # audio seconds a process may hand over before the model's side frees them
+DEATHS_PER_FILE = 2  # a file on which this many processes died fails
+
+
+class Cancelled(Exception):
+    """The processes were closed while a file was being read."""
+
+
+class ReaderDied(Exception):
+    """The reader process died while reading a file (the message says how often)."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """First event of a file: whether it goes through the VAD (its pieces are then ``Cut``s
+    with their spans)."""
+
+    through_vad: bool
+
+
+@dataclass(frozen=True)
+class Window:
+    """A piece of a file read whole or in equal windows."""
+
+    index: int
+    offset_s: float
+    audio: np.ndarray
+
+
+@dataclass(frozen=True)
+class End:
+    """Last event of a file read to its end."""
+
+    n_pieces: int
+    duration_s: float
+
+
+class VADFailedRemote(Exception):
+    """The VAD raised in a reader process; the message names the exception."""
+
+
+def ring_samples(cut: CutOptions) -> int:
+    """A ring holds at least two of the longest pieces ``cut`` can make, and MIN_RING_S."""
+    longest = max(cut.max_segment_s, cut.max_window_s, cut.vad_window_s)
+    return int(max(MIN_RING_S, 2 * longest + 1) * SAMPLE_RATE)
+
+
+class _Slot:
+    """One reader process, its pipe and its ring (owned by the model's process)."""
+
+    def __init__(self, ctx, vad_spec: str | None, cut_fields: dict, n_samples: int):
+        self.shm = shared_memory.SharedMemory(create=True, size=n_samples * 4)
+        self.ring = np.ndarray((n_samples,), np.float32, self.shm.buf)
+        self.conn, child = ctx.Pipe(duplex=True)
+        self.proc = ctx.Process(target=_reader_main, name="batchasr-reader-process",
+                                args=(child, self.shm.name, n_samples, vad_spec, cut_fields,
+                                      os.getpid()), daemon=True)
+        self.proc.start()
+        child.close()  # ours is closed: the pipe ends when the process dies
+
+    def close(self) -> None:
+        try:
+            self.proc.kill()
+        except Exception:
+            pass
+        self.proc.join(timeout=5)
+        self.conn.close()
+        del self.ring
+        try:
+            self.shm.close()
+            self.shm.unlink()
+        except Exception:  # already gone
+            pass
+
+
+class ReadProcesses:
+    """``processes`` reader processes cutting files as ``cut`` says; the VAD, when ``cut``
+    has one, is loaded in each process from ``vad_spec`` (a name or folder)."""
+
+    def __init__(self, processes: int, cut: CutOptions, vad_spec: str | None = None):
+        if processes < 1:
+            raise ValueError("processes must be at least 1")
+        if cut.vad is not None and vad_spec is None:
+            raise ValueError("a VAD for reader processes must be given by name or folder")
+        self.processes = processes
+        self.vad_spec = vad_spec if cut.vad is not None else None
+        self.cut_fields = {"max_segment_s": cut.max_segment_s, "max_window_s": cut.max_window_s,
+                           "vad_window_s": cut.vad_window_s, "memory_s": cut.memory_s,
+                           "spill_dir": cut.spill_dir}
+        self.n_samples = ring_samples(cut)
+        self._ctx = multiprocessing.get_context("spawn")
+        self._free: queue_mod.Queue[_Slot] = queue_mod.Queue()
+        self._slots: list[_Slot] = []
+        self._lock = threading.Lock()
+        self.started = 0  # processes started (replacements included)
+        self.closed = False
+        self.busy_s = 0.0  # CPU seconds the processes spent reading, summed
+
+    # ---- leasing processes ----------------------------------------------------------------
+
+    def _new_slot(self) -> _Slot:
+        slot = _Slot(self._ctx, self.vad_spec, self.cut_fields, self.n_samples)
+        with self._lock:
+            if self.closed:
+                slot.close()
+                raise Cancelled()
+            self._slots.append(slot)
+            self.started += 1
+        return slot
+
+    def _lease(self) -> _Slot:
+        with self._lock:
+            grow = len(self._slots) < self.processes and self._free.empty()
+        if grow:
+            return self._new_slot()
+        while True:
+            if self.closed:
+                raise Cancelled()
+            try:
+                return self._free.get(timeout=0.2)
+            except queue_mod.Empty:
+                pass
+
+    def _give_back(self, slot: _Slot) -> None:
+        with self._lock:
+            alive = slot in self._slots  # not replaced meanwhile
+        if alive:
+            self._free.put(slot)
+
+    def _replace(self, slot: _Slot) -> None:
+        with self._lock:
+            if slot in self._slots:
+                self._slots.remove(slot)
+        slot.close()
+
+    def pids(self) -> list[int]:
+        """The live reader processes (for tests and diagnostics)."""
+        with self._lock:
+            return [s.proc.pid for s in self._slots if s.proc.is_alive()]
+
+    def close(self) -> None:
+        """Stop at once: reading files end with Cancelled, the processes are killed and
+        their shared memory unlinked."""
+        with self._lock:
+            self.closed = True
+            slots, self._slots = self._slots, []
+        for slot in slots:
+            slot.close()
+
+    # ---- reading a file -------------------------------------------------------------------
+
+    def read(self, path: str, abandon: Callable[[], bool] = lambda: False
+             ) -> Iterator[Plan | Window | Cut | End]:
+        """A file's events in order: one :class:`Plan`, its pieces (``Window`` or, through
+        the VAD, ``audio.cut.Cut``), then one :class:`End`. Raises AudioError,
+        VADFailedRemote, ReaderDied or Cancelled. Stop iterating (or let ``abandon()``
+        become true) to drop the rest of the file."""
+        forwarded = 0  # pieces already given to the caller: a retry skips them
+        deaths = 0
+        planned = False
+        while True:
+            slot = self._lease()
+            events = self._read_once(slot, path, forwarded)
+            try:
+                for ev in events:
+                    if isinstance(ev, Plan):
+                        if planned:
+                            continue
+                        planned = True
+                    elif isinstance(ev, (Window, Cut)):
+                        forwarded += 1
+                    yield ev
+                    if abandon():
+                        return
+                return
+            except _Died:
+                deaths += 1
+                self._replace(slot)
+                slot = None
+                if self.closed:
+                    raise Cancelled() from None
+                if deaths >= DEATHS_PER_FILE:
+                    raise ReaderDied(f"the reader process died {deaths} times on this file "
+                                     f"(last: {self._last_exit})") from None
+                logger.warning("a reader process died (%s) reading %s; reading it again in "
+                               "a new one", self._last_exit, path)
+            finally:
+                events.close()
+                if slot is not None:
+                    self._give_back(slot)
+
+    _last_exit = ""
+
+    def _read_once(self, slot: _Slot, path: str, skip: int):
+        """One process's reading of a file; raises _Died when the process dies. On an early
+        close (the caller stopped), tells the process to drop the file and waits for it."""
+        conn = slot.conn
+        finished = False
+        try:
+            try:
+                conn.send(("file", path, skip))
+            except (OSError, EOFError):
+                raise self._died(slot) from None
+            while True:
+                try:
+                    msg = conn.recv()
+                except (OSError, EOFError):
+                    raise self._died(slot) from None
+                kind = msg[0]
+                if kind == "plan":
+                    yield Plan(msg[1])
+                elif kind == "piece":
+                    _, index, offset_s, span, at, n, used = msg
+                    audio = self._take(slot, at, n, used)
+                    if span is None:
+                        yield Window(index, offset_s, audio)
+                    else:
+                        yield Cut(index, span[0], span[1], audio)
+                elif kind == "end":
+                    finished = True
+                    self._account(msg[3])
+                    yield End(msg[1], msg[2])
+                    return
+                elif kind == "error":
+                    finished = True
+                    _, what, value, busy = msg
+                    self._account(busy)
+                    if what == "audio":
+                        raise AudioError(*value)
+                    if what == "vad":
+                        raise VADFailedRemote(value)
+                    raise RuntimeError(value)
+        finally:
+            if not finished and slot.proc.is_alive():
+                self._drop(slot)
+
+    def _take(self, slot: _Slot, at: int, n: int, used: int) -> np.ndarray:
+        audio = slot.ring[at : at + n].copy()
+        try:
+            slot.conn.send(("free", used))
+        except (OSError, EOFError):
+            pass  # it died: the next recv says so
+        return audio
+
+    def _drop(self, slot: _Slot) -> None:
+        """Make the process drop its file; its remaining pieces are freed unread."""
+        try:
+            slot.conn.send(("cancel",))
+            while True:
+                msg = slot.conn.recv()
+                if msg[0] == "piece":
+                    slot.conn.send(("free", msg[6]))
+                elif msg[0] in ("end", "error", "cancelled"):
+                    if msg[0] != "cancelled":
+                        self._account(msg[-1])
+                    return
+        except (OSError, EOFError):
+            self._replace(slot)
+
+    def _died(self, slot: _Slot) -> "_Died":
+        slot.proc.join(timeout=5)
+        code = slot.proc.exitcode
+        self._last_exit = (f"killed by signal {-code}" if code is not None and code < 0
+                           else f"exit code {code}")
+        return _Died()
+
+    def _account(self, busy: float) -> None:
+        with self._lock:
+            self.busy_s += busy
+
+
+class _Died(Exception):
+    pass
+
+
+# ---- in the reader process ---------------------------------------------------------------------
+
+
+class _Ring:
+    """The process's side of its ring: where the next piece goes, and waiting for room."""
+
+    def __init__(self, conn, buf: np.ndarray):
+        self.conn, self.buf = conn, buf
+        self.size = len(buf)
+        self.head = 0  # where the next piece starts
+        self.in_use = 0  # samples handed over and not freed yet (wasted ends included)
+        self.cancelled = False
+
+    def control(self, block: bool) -> None:
+        """Handle the model's side's messages: frees, a cancel (of the current file)."""
+        while block or self.conn.poll():
+            block = False
+            msg = self.conn.recv()
+            if msg[0] == "free":
+                self.in_use -= msg[1]
+            elif msg[0] == "cancel":
+                self.cancelled = True
+
+    def put(self, index: int, offset_s: float, span, wave: np.ndarray) -> bool:
+        """Hand one piece over; False when the file was cancelled meanwhile."""
+        n = len(wave)
+        used = n
+        at = self.head
+        if at + n > self.size:  # the end of the ring is too short: start again at 0
+            used += self.size - at
+            at = 0
+        self.control(block=False)
+        while not self.cancelled and self.in_use + used > self.size:
+            self.control(block=True)
+        if self.cancelled:
+            return False
+        self.buf[at : at + n] = wave
+        self.head = at + n
+        self.in_use += used
+        self.conn.send(("piece", index, offset_s, span, at, n, used))
+        return True
+
+
+def _reader_main(conn, shm_name: str, n_samples: int, vad_spec: str | None, cut_fields: dict,
+                 parent: int) -> None:
+    from batchasr.runner.parent import die_with_parent
+
+    die_with_parent(parent)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the terminal's Ctrl-C is the run's to handle
+    vad = None
+    if vad_spec is not None:
+        import mlx.core as mx
+
+        # A CPU stage: the accelerator, its memory above all, belongs to the model's process.
+        mx.set_default_device(mx.cpu)
+        from batchasr.models.loader import load_vad
+
+        vad = load_vad(vad_spec)
+    cut = CutOptions(vad=vad, **cut_fields)
+    shm = shared_memory.SharedMemory(name=shm_name)
+    ring = _Ring(conn, np.ndarray((n_samples,), np.float32, shm.buf))
+    try:
+        while True:
+            try:
+                msg = conn.recv()
+            except (EOFError, OSError):
+                return
+            if msg[0] == "file":
+                ring.cancelled = False
+                _read_file(conn, ring, cut, msg[1], msg[2])
+            elif msg[0] == "free":
+                ring.in_use -= msg[1]
+            # a "cancel" between files has nothing to cancel
+    finally:
+        del ring
+        shm.close()
+
+
+def _read_file(conn, ring: _Ring, cut: CutOptions, path: str, skip: int) -> None:
+    """Read one file, sending its events; ends with one "end", "error" or "cancelled"."""
+    from batchasr.audio import decode as audio
+
+    t = time.process_time()
+    n = samples = 0
+    reader_dies_on(path)  # a no-op outside fault-injection tests
+    try:
+        with audio.open_audio(path) as f:
+            through_vad, windows = planned_windows(f, cut)
+            conn.send(("plan", through_vad))
+            cutter = SegmentCutter(cut.vad, cut) if through_vad else None
+            try:
+                for offset_s, wave in windows:
+                    samples += len(wave)
+                    if cutter is None:
+                        if n >= skip and not ring.put(n, offset_s, None, wave):
+                            conn.send(("cancelled",))
+                            return
+                        n += 1
+                        continue
+                    try:
+                        cuts = cutter.feed(wave)
+                    except Exception as e:
+                        raise _VADRaised(e) from e
+                    if not _send_cuts(ring, cuts, skip):
+                        conn.send(("cancelled",))
+                        return
+                if cutter is not None:
+                    try:
+                        cuts = cutter.finish()
+                    except Exception as e:
+                        raise _VADRaised(e) from e
+                    if not _send_cuts(ring, cuts, skip):
+                        conn.send(("cancelled",))
+                        return
+                    n = cutter.count
+            finally:
+                if cutter is not None:
+                    cutter.close()
+        conn.send(("end", n, samples / SAMPLE_RATE, time.process_time() - t))
+    except AudioError as e:
+        conn.send(("error", "audio", (e.path, e.reason, e.detail), time.process_time() - t))
+    except _VADRaised as e:
+        inner = e.args[0]
+        conn.send(("error", "vad", f"{type(inner).__name__}: {inner}", time.process_time() - t))
+    except Exception as e:  # a decoder bug fails the file, not the process
+        conn.send(("error", "other", f"{type(e).__name__}: {e}", time.process_time() - t))
+
+
+class _VADRaised(Exception):
+    pass
+
+
+def _send_cuts(ring: _Ring, cuts: list[Cut], skip: int) -> bool:
+    for c in cuts:
+        if c.index >= skip and not ring.put(c.index, c.start_s, (c.start_ms, c.end_ms),
+                                            c.audio):
+            return False
+    return True
