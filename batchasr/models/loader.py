@@ -43,6 +43,8 @@ KNOWN_MODELS = {
     "paraformer-en": ("funasr/paraformer-en",
                       "iic/speech_paraformer-large-vad-punc_asr_nat-en-16k-common-vocab10020"),
     "fun-asr-nano": ("FunAudioLLM/Fun-ASR-Nano-2512", "FunAudioLLM/Fun-ASR-Nano-2512"),
+    # 31 languages; the Nano architecture and folder layout (models/fun_asr_nano.py, is_mlt)
+    "fun-asr-mlt-nano": ("FunAudioLLM/Fun-ASR-MLT-Nano-2512", "FunAudioLLM/Fun-ASR-MLT-Nano-2512"),
     "ct-punc": ("funasr/ct-punc", "iic/punc_ct-transformer_cn-en-common-vocab471067-large"),
     "ct-punc-c": ("iic/punc_ct-transformer_zh-cn-common-vocab272727-pytorch",
                   "iic/punc_ct-transformer_zh-cn-common-vocab272727-pytorch"),
@@ -51,7 +53,8 @@ KNOWN_MODELS = {
 # known names that build without a folder for weights="dummy": name -> (model type, vocabulary)
 DUMMY_MODELS = {"paraformer-zh": ("Paraformer", 8404), "paraformer": ("Paraformer", 8404),
                 "paraformer-en": ("Paraformer", 10020),
-                "fun-asr-nano": ("FunASRNano", 151936)}
+                "fun-asr-nano": ("FunASRNano", 151936),
+                "fun-asr-mlt-nano": ("FunASRNano", 151936)}
 DUMMY_VOCAB = {name: vocab for name, (_, vocab) in DUMMY_MODELS.items()}
 
 # config.yaml `model:` -> (family module, what its errors call it)
