@@ -117,7 +117,7 @@ def timed_job(asr, manifest: Path, args, tag: str):
             q.enqueue(open_manifest(manifest))
         mx.reset_peak_memory()
         summary = run_job(job, asr, batch_seconds=args.batch_seconds, progress=False,
-                          readers=args.readers)
+                          readers=args.readers, reader_processes=args.reader_processes)
     return summary
 
 
@@ -171,6 +171,7 @@ def bench_paraformer(args, model_dir: Path | None, manifest: Path, dtype: str) -
                         model=round(s.model_s, 3), waiting_for_audio=round(s.wait_s, 3),
                         decode_threads=round(s.decode_s, 3), write_thread=round(s.write_s, 3)),
                     batches=s.batches, padding=round(s.padding, 3), done=s.done,
+                    reader_processes=s.reader_processes,
                     peak_memory_gb=round(mx.get_peak_memory() / 1e9, 3),
                     peak_rss_gb=round(peak_rss_gb(), 3)))
     for r in out:
@@ -285,6 +286,8 @@ def main(argv=None):
     ap.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--readers", type=int, default=4)
+    ap.add_argument("--reader-processes", type=int, default=None,
+                    help="run --reader-processes (default: the runner's default for the device)")
     ap.add_argument("--workdir", default="/tmp/batchasr-bench")
     ap.add_argument("--baseline", action="store_true",
                     help="also time the official funasr on the same folder and audio")

@@ -91,14 +91,17 @@ def run_batchasr(asr, manifest: Path, vad: str, args) -> dict:
             q.enqueue(open_manifest(source))
         mx.reset_peak_memory()
         s = run_job(job, asr, batch_seconds=args.batch_seconds, progress=False,
-                    readers=args.readers, vad=vad, vad_processes=args.vad_processes)
+                    readers=args.readers, vad=vad, vad_processes=args.vad_processes,
+                    reader_processes=args.reader_processes)
     return dict(value=round(s.audio_s / s.wall_s, 2), wall_s=round(s.wall_s, 3),
                 audio_s=round(s.audio_s, 2), done=s.done, failed=s.failed,
                 stages_s=dict(vad=round(s.vad_s, 3), model=round(s.model_s, 3),
                               waiting_for_audio=round(s.wait_s, 3),
                               decode_threads=round(s.decode_s, 3),
+                              vad_processes=round(s.vad_processes_s, 3),
                               write_thread=round(s.write_s, 3)),
                 batches=s.batches, padding=round(s.padding, 3),
+                reader_processes=s.reader_processes,
                 peak_memory_gb=round(mx.get_peak_memory() / 1e9, 3),
                 peak_rss_gb=round(peak_rss_gb(), 3))
 
@@ -131,6 +134,8 @@ def main(argv=None):
                     help="the official batch_size_s (AutoModel's VAD path packs segments by it)")
     ap.add_argument("--readers", type=int, default=8)
     ap.add_argument("--vad-processes", type=int, default=0, help="VAD processes (run --vad-processes)")
+    ap.add_argument("--reader-processes", type=int, default=None,
+                    help="run --reader-processes (default: the runner's default for the device)")
     ap.add_argument("--workdir", default="/tmp/batchasr-longform")
     ap.add_argument("--baseline", action="store_true", help="also time the official funasr")
     ap.add_argument("--baseline-python", default=sys.executable)
