@@ -104,7 +104,7 @@ class _Slot:
         self.proc = ctx.Process(target=_reader_main, name="batchasr-reader-process",
                                 args=(child, self.shm.name, n_samples, vad_spec, cut_fields,
                                       os.getpid()), daemon=True)
-        self.proc.start()
+        _start_without_main(self.proc)
         child.close()  # ours is closed: the pipe ends when the process dies
 
     def close(self) -> None:
@@ -120,6 +120,31 @@ class _Slot:
             self.shm.unlink()
         except Exception:  # already gone
             pass
+
+
+_SPAWN_LOCK = threading.Lock()
+
+
+def _start_without_main(proc) -> None:
+    """Start a spawned process without re-importing the parent's ``__main__`` first (what
+    spawn does by default): a reader needs none of it, and a script's main module may import
+    MLX and reach for the GPU (a benchmark's does), seconds of start-up per process."""
+    from multiprocessing import spawn
+
+    with _SPAWN_LOCK:
+        original = spawn.get_preparation_data
+
+        def preparation_data(name):
+            data = original(name)
+            data.pop("init_main_from_name", None)
+            data.pop("init_main_from_path", None)
+            return data
+
+        spawn.get_preparation_data = preparation_data
+        try:
+            proc.start()
+        finally:
+            spawn.get_preparation_data = original
 
 
 class ReadProcesses:
@@ -144,6 +169,14 @@ class ReadProcesses:
         self.started = 0  # processes started (replacements included)
         self.closed = False
         self.busy_s = 0.0  # CPU seconds the processes spent reading, summed
+
+    def start(self) -> None:
+        """Start every process now (each boots while the run gets ready, and a file's first
+        piece waits for no start-up); leasing starts any missing later."""
+        with self._lock:
+            missing = self.processes - len(self._slots)
+        for _ in range(max(0, missing)):
+            self._free.put(self._new_slot())
 
     # ---- leasing processes ----------------------------------------------------------------
 

@@ -68,6 +68,8 @@ class Feed:
 
     def initialize(self) -> None:
         self.readers = ThreadPoolExecutor(self.n_readers, thread_name_prefix="batchasr-reader")
+        if self.read_processes is not None:
+            self.read_processes.start()
 
     def step(self) -> None:
         self.feed_readers()
