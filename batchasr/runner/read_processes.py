@@ -123,6 +123,10 @@ class _Slot:
 
 
 _SPAWN_LOCK = threading.Lock()
+# Threads of the BLAS/OpenMP libraries in a reader process: many processes share the cores,
+# and the VAD's operations are small.
+READER_THREADS = int(os.environ.get("BATCHASR_READER_THREADS", "1"))
+_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def _start_without_main(proc) -> None:
@@ -141,10 +145,17 @@ def _start_without_main(proc) -> None:
             return data
 
         spawn.get_preparation_data = preparation_data
+        saved = {k: os.environ.get(k) for k in _THREAD_VARIABLES}
+        os.environ.update({k: str(READER_THREADS) for k in _THREAD_VARIABLES})
         try:
             proc.start()
         finally:
             spawn.get_preparation_data = original
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
 
 
 class ReadProcesses:
