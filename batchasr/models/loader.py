@@ -58,10 +58,12 @@ DUMMY_VOCAB = {name: vocab for name, (_, vocab) in DUMMY_MODELS.items()}
 FAMILIES = {
     "Paraformer": ("batchasr.models.paraformer", "Paraformer"),
     "FunASRNano": ("batchasr.models.fun_asr_nano", "Fun-ASR-Nano"),
+    "SeacoParaformer": ("batchasr.models.seaco_paraformer", "SeACo-Paraformer"),
     "CTTransformer": ("batchasr.models.ct_punc", "CTTransformer"),
     "FsmnVADStreaming": ("batchasr.models.fsmn_vad", "fsmn-vad"),  # a VAD: load_vad
 }
-RECOGNIZERS = ("Paraformer", "FunASRNano")  # families whose module has a RECOGNIZER
+RECOGNIZERS = ("Paraformer", "FunASRNano",  # families whose module has a RECOGNIZER
+               "SeacoParaformer")
 SILERO_NAMES = ("silero", "silero-vad", "silero_vad")
 DUMMY_SUFFIX = " (dummy weights)"  # load_model's label for a model built with weights="dummy"
 
