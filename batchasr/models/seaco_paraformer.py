@@ -64,6 +64,7 @@ from batchasr.models.paraformer import (
 )
 from batchasr.models.paraformer import read_assets as paraformer_assets
 from batchasr.models.paraformer import wrap as paraformer_wrap
+from batchasr.models.blocks.text import sentence_postprocess
 from batchasr.models.blocks.tuning import Tuning
 from batchasr.transcript import Transcript
 
@@ -528,6 +529,16 @@ class SeacoParaformerASR(ParaformerASR):
                 pieces = seg_tokenize(pieces, self.seg_dict)
             out.append([self.token_ids.get(p, self.unk_id) for p in pieces] or [self.unk_id])
         return out + [[SOS_ID]]
+
+    def to_transcript(self, ids: list[int], times: list[list[int]]) -> Transcript:
+        """As Paraformer's, but the text is sentence_postprocess(tokens, timestamps)'s, as
+        SeACo's inference always computes times (words of a CJK run spaced apart)."""
+        t = super().to_transcript(ids, times)
+        if t.tokens and times:
+            t.text = sentence_postprocess([k.text for k in t.tokens], times)[0]
+            for seg in t.segments:
+                seg.text = t.text
+        return t
 
     def transcribe(self, waveforms: Sequence[np.ndarray], *,
                    languages: Sequence[str | None] | None = None,
