@@ -204,3 +204,25 @@ def test_run_with_a_manifest_hotwords_column(tmp_path):
         exp = CLIPS[clip][label or "file"]
         assert got[i]["text"] == exp["text"], (i, clip, label)
         assert [t["text"] for t in got[i]["tokens"]] == exp["tokens"], (i, clip, label)
+
+
+def test_each_hubs_paraformer_zh_alias(tmp_path, monkeypatch):
+    """`paraformer-zh` is SeACo in a ModelScope cache and plain Paraformer in a Hugging Face
+    cache (the HF one first); `paraformer-zh-seaco` only the ModelScope SeACo folder."""
+    from batchasr.models.loader import SEACO_MS, CheckpointError, recognizer_traits, resolve
+
+    plain = Path(__file__).parent / "fixtures" / "paraformer" / "zh_mixed"
+    monkeypatch.setenv("MODELSCOPE_CACHE", str(tmp_path / "ms"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    with pytest.raises(CheckpointError, match="ModelScope"):
+        resolve("paraformer-zh-seaco", download=True)  # not on Hugging Face
+    ms = tmp_path / "ms" / "hub" / "models" / SEACO_MS
+    ms.parent.mkdir(parents=True)
+    ms.symlink_to(FIXTURE)
+    assert resolve("paraformer-zh") == ms and resolve("paraformer-zh-seaco") == ms
+    assert recognizer_traits("paraformer-zh")["max_segment_s"] == 30.0
+    assert type(load_model("paraformer-zh")).__name__ == "SeacoParaformerASR"
+    snap = tmp_path / "hf" / "models--funasr--paraformer-zh" / "snapshots" / "abc"
+    snap.parent.mkdir(parents=True)
+    snap.symlink_to(plain)
+    assert resolve("paraformer-zh") == snap and resolve("paraformer-zh-seaco") == ms
