@@ -151,7 +151,8 @@ def cli(verbose):
                    "official ones up to --max-new-tokens.")
 @click.option("--language", default=None, help="LLM models: language named in the prompt.")
 @click.option("--hotwords", default=None,
-              help="LLM models: comma-separated words to favour, as the official prompt does.")
+              help="Fun-ASR-Nano and SeACo-Paraformer: words to favour, a comma list or (SeACo) "
+                   "a file of one hotword a line.")
 @click.option("--vad-processes", default=_RUN["vad_processes"], show_default=True,
               type=click.IntRange(0),
               help="Processes running the VAD of the next long files while earlier ones are "
@@ -251,7 +252,9 @@ def job_option(required: bool = True):
 @click.option("--progress/--no-progress", default=True, help="Show the progress bar.")
 @click.option("--max-new-tokens", type=click.IntRange(1), default=None,
               help="LLM models: generation cap, counting the stop token.")
-@click.option("--hotwords", default=None, help="LLM models: comma-separated hotwords.")
+@click.option("--hotwords", default=None,
+              help="Fun-ASR-Nano and SeACo-Paraformer: a comma list of hotwords or (SeACo) a "
+                   "file of one a line; for SeACo a manifest `hotwords` column wins per row.")
 @click.option("--no-guard", is_flag=True,
               help="LLM models: turn the runaway guard off (token ceiling per second of audio, "
                    "repetition-loop cut): the generated ids are exactly the official ones up "

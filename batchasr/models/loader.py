@@ -34,10 +34,14 @@ from batchasr.models.weights import (  # noqa: F401 (public API of the loader)
     read_weights,
 )
 
-# name -> (Hugging Face repo, ModelScope repo)
+# name -> (Hugging Face repo, ModelScope repo); None: not on that hub. Each hub's folder is
+# what that hub's alias means: funasr's `paraformer-zh` is the plain Paraformer on Hugging Face
+# and SeACo-Paraformer on ModelScope (funasr/download/name_maps_from_hub.py), so the name finds
+# either, the Hugging Face one first; `paraformer-zh-seaco` is SeACo only, `paraformer` plain.
+SEACO_MS = "iic/speech_seaco_paraformer_large_asr_nat-zh-cn-16k-common-vocab8404-pytorch"
 KNOWN_MODELS = {
-    "paraformer-zh": ("funasr/paraformer-zh",
-                      "iic/speech_paraformer-large_asr_nat-zh-cn-16k-common-vocab8404-pytorch"),
+    "paraformer-zh": ("funasr/paraformer-zh", SEACO_MS),
+    "paraformer-zh-seaco": (None, SEACO_MS),
     "paraformer": ("funasr/paraformer-zh",
                    "iic/speech_paraformer-large_asr_nat-zh-cn-16k-common-vocab8404-pytorch"),
     "paraformer-en": ("funasr/paraformer-en",
@@ -53,6 +57,7 @@ KNOWN_MODELS = {
 # known names that build without a folder for weights="dummy": name -> (model type, vocabulary)
 DUMMY_MODELS = {"paraformer-zh": ("Paraformer", 8404), "paraformer": ("Paraformer", 8404),
                 "paraformer-en": ("Paraformer", 10020),
+                "paraformer-zh-seaco": ("SeacoParaformer", 8404),
                 "fun-asr-nano": ("FunASRNano", 151936),
                 "fun-asr-mlt-nano": ("FunASRNano", 151936)}
 DUMMY_VOCAB = {name: vocab for name, (_, vocab) in DUMMY_MODELS.items()}
@@ -61,10 +66,12 @@ DUMMY_VOCAB = {name: vocab for name, (_, vocab) in DUMMY_MODELS.items()}
 FAMILIES = {
     "Paraformer": ("batchasr.models.paraformer", "Paraformer"),
     "FunASRNano": ("batchasr.models.fun_asr_nano", "Fun-ASR-Nano"),
+    "SeacoParaformer": ("batchasr.models.seaco_paraformer", "SeACo-Paraformer"),
     "CTTransformer": ("batchasr.models.ct_punc", "CTTransformer"),
     "FsmnVADStreaming": ("batchasr.models.fsmn_vad", "fsmn-vad"),  # a VAD: load_vad
 }
-RECOGNIZERS = ("Paraformer", "FunASRNano")  # families whose module has a RECOGNIZER
+RECOGNIZERS = ("Paraformer", "FunASRNano",  # families whose module has a RECOGNIZER
+               "SeacoParaformer")
 SILERO_NAMES = ("silero", "silero-vad", "silero_vad")
 DUMMY_SUFFIX = " (dummy weights)"  # load_model's label for a model built with weights="dummy"
 
@@ -84,7 +91,12 @@ def resolve(path_or_name: str | os.PathLike, *, download: bool = False) -> Path:
     for candidate in _cache_candidates(hf_repo, ms_repo):
         if (candidate / "config.yaml").exists():
             return candidate
-    if not download:
+    if not download or hf_repo is None:
+        if hf_repo is None:
+            raise CheckpointError(
+                f"{name}: not found in the local ModelScope cache, and it is not on Hugging "
+                f"Face: download {ms_repo} from ModelScope once (`modelscope download "
+                f"--model {ms_repo}`), or pass the folder of an official checkpoint.")
         raise CheckpointError(
             f"{name}: not found in the local Hugging Face or ModelScope caches. Download it once "
             f"with --download (needs network and `pip install huggingface_hub`), or pass the "
@@ -131,8 +143,8 @@ def same_model(recorded: str, identity: str, *, weights: str = "checkpoint") -> 
 def _cache_candidates(hf_repo: str, ms_repo: str):
     hf_home = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface"))
     hub = Path(os.environ.get("HF_HUB_CACHE", hf_home / "hub"))
-    snaps = hub / f"models--{hf_repo.replace('/', '--')}" / "snapshots"
-    if snaps.is_dir():
+    snaps = hub / f"models--{(hf_repo or '').replace('/', '--')}" / "snapshots"
+    if hf_repo and snaps.is_dir():
         yield from sorted(snaps.iterdir(), key=lambda d: d.stat().st_mtime, reverse=True)
     ms = Path(os.environ.get("MODELSCOPE_CACHE", Path.home() / ".cache" / "modelscope"))
     yield ms / "hub" / "models" / ms_repo

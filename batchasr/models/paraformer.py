@@ -175,7 +175,9 @@ class DecoderLayerSANM(nn.Module):
 
 
 class ParaformerSANMDecoder(nn.Module):
-    def __init__(self, vocab_size: int, size: int, args: DecoderArgs):
+    """`output_layer=False`: no output layer (`use_output_layer: false`, SeACo's decoder)."""
+
+    def __init__(self, vocab_size: int, size: int, args: DecoderArgs, output_layer: bool = True):
         super().__init__()
         self.decoders = [DecoderLayerSANM(size, args, True, True, args.sanm_shfit)
                          for _ in range(args.att_layer_num)]
@@ -184,18 +186,26 @@ class ParaformerSANMDecoder(nn.Module):
                           for _ in range(args.num_blocks - args.att_layer_num)]
         self.decoders3 = [DecoderLayerSANM(size, args, False, False, 0)]
         self.after_norm = layer_norm(size)
-        self.output_layer = nn.Linear(size, vocab_size)
+        if output_layer:
+            self.output_layer = nn.Linear(size, vocab_size)
 
     def compile(self, enable: bool = True) -> None:
         use_compiled(self, enable, self.decoders + self.decoders2 + self.decoders3)
 
-    def __call__(self, memory, memory_mask, embeds, token_mask) -> mx.array:
-        """memory (B, T, D), embeds (B, N, D) -> log-probabilities (B, N, vocab)."""
+    def hidden(self, memory, memory_mask, embeds, token_mask) -> mx.array:
+        """The normed output before the output layer (official `return_hidden=True`)."""
         x = embeds
         for call in getattr(self, "_calls", None) or self.decoders + self.decoders2 + self.decoders3:
             x = call(x, token_mask, memory, memory_mask)
-        logits = self.output_layer(self.after_norm(x))
+        return self.after_norm(x)
+
+    def log_probs(self, hidden: mx.array) -> mx.array:
+        logits = self.output_layer(hidden)
         return logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+
+    def __call__(self, memory, memory_mask, embeds, token_mask) -> mx.array:
+        """memory (B, T, D), embeds (B, N, D) -> log-probabilities (B, N, vocab)."""
+        return self.log_probs(self.hidden(memory, memory_mask, embeds, token_mask))
 
 
 # --------------------------------------------------------------------------------------------
@@ -411,7 +421,11 @@ class PendingBatch:
             pad = -feats.shape[1] % asr.frame_bucket
             if pad:
                 feats = mx.pad(feats, [(0, 0), (0, pad), (0, 0)])
-            self.run = DecodeRun(asr.model, feats.astype(asr.dtype), lengths)
+            self.run = self.start(feats.astype(asr.dtype), lengths)
+
+    def start(self, feats: mx.array, lengths: mx.array):
+        """The batch's run through the network (a family variant may start its own)."""
+        return DecodeRun(self.asr.model, feats, lengths)
 
     def advance(self) -> None:
         """Wait for the encoder, fire CIF and queue the decoder (result() does it too)."""
@@ -470,7 +484,8 @@ def read_assets(folder: Path | None, config: dict, *, dummy: bool,
 
 
 def wrap(model: Model, assets: dict, *, name: str, dtype, dummy: bool,
-         tuning: Tuning = Tuning()) -> ParaformerASR:
+         tuning: Tuning = Tuning(), recognizer=None, **options) -> ParaformerASR:
+    """`recognizer` (default ParaformerASR) and `options`: a family variant's own class."""
     cmvn = assets["cmvn"]
     if dummy:
         # a CIF firing about 4 tokens per second, as real speech does
@@ -479,7 +494,8 @@ def wrap(model: Model, assets: dict, *, name: str, dtype, dummy: bool,
             rng = np.random.default_rng(0)
             n = model.args.input_size
             cmvn = np.stack([-rng.normal(11, 2, n), 1 / rng.uniform(2, 5, n)]).astype(np.float32)
-    return ParaformerASR(model, assets["tokens"], cmvn, name=name, dtype=dtype, tuning=tuning)
+    return (recognizer or ParaformerASR)(model, assets["tokens"], cmvn, name=name, dtype=dtype,
+                                         tuning=tuning, **options)
 
 
 RECOGNIZER = ParaformerASR

@@ -214,7 +214,8 @@ class Runner:
         crash = crash_hook_from_env()
         works: dict = {}  # handed to a reader, not yet done/failed
         self.pool = Pool(batch_seconds=opts.batch_seconds, padded_seconds=opts.padded_seconds,
-                         max_items=opts.max_batch_items, target=opts.pool_samples)
+                         max_items=opts.max_batch_items, target=opts.pool_samples,
+                         item_options=getattr(model, "item_options", ()))
         budget = math.inf if limit is None else max(0, limit)  # items it may claim
         self.progress = Progress(job_dir, queue, owner, self.summary, budget, progress)
         self.completion = Completion(job_dir, queue, model, opts, self.summary, self.progress,

@@ -22,7 +22,7 @@ from batchasr.errors import AudioError
 from batchasr.runner.options import DEFAULT_MAX_FAILURES_IN_A_ROW, pool_samples
 from batchasr.runner.stages.completion import assemble_finished, result_row
 from batchasr.runner.stages.model import ModelStage, RunBatch, model_error
-from batchasr.runner.stages.pool import Pool, batch_plan
+from batchasr.runner.stages.pool import Pool, batch_plan, item_options
 from batchasr.runner.stages.work import Piece
 from batchasr.runner.vad_pool import Cancelled, PoolBroken, VADError, VADPool
 from batchasr.transcript import ASRModel, Transcript
@@ -79,11 +79,15 @@ def transcribe_items(model: ASRModel, items: Sequence[DecodedItem], *, batch_sec
     sink = _ItemsSink(items)
     stage = ModelStage(model, sink, max_failures_in_a_row=max_failures_in_a_row, run=run,
                        pipelined=False)
-    pieces = [Piece(k, j, *it.windows[j], it.item.get("language"), 0)
+    names = getattr(model, "item_options", ())
+    pieces = [Piece(k, j, *it.windows[j], it.item.get("language"), 0, None,
+                    item_options(names, it.item.get("extra")))
               for k, it in enumerate(items) if it.error is None for j in range(len(it.windows))]
-    for batch in batch_plan([len(p.audio) for p in pieces], batch_seconds=batch_seconds,
-                            padded_seconds=padded_seconds, max_items=max_items):
-        stage.step([pieces[i] for i in batch])
+    for options in dict.fromkeys(p.options for p in pieces):  # one batch, one set of options
+        alike = [p for p in pieces if p.options == options]
+        for batch in batch_plan([len(p.audio) for p in alike], batch_seconds=batch_seconds,
+                                padded_seconds=padded_seconds, max_items=max_items):
+            stage.step([alike[i] for i in batch])
     done = [k for k in range(len(items)) if sink.errors[k] is None]
     outs = dict(zip(done, assemble_finished(model, [list(sink.got[k].values()) for k in done],
                                             punctuator)))

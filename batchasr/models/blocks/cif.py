@@ -159,14 +159,17 @@ def _sequential_cif(alphas: np.ndarray) -> np.ndarray:
     return out
 
 
-def token_timestamps(fires: np.ndarray, alphas: np.ndarray, n_tokens: int) -> list[list[int]]:
+def token_timestamps(fires: np.ndarray, alphas: np.ndarray, n_tokens: int,
+                     time_rate: float = TIME_RATE) -> list[list[int]]:
     """[[start_ms, end_ms], ...] per token, as funasr 1.4.16 computes them.
 
     Paraformer.inference passes (fires, alphas) into ts_prediction_lfr6_standard's
     (us_alphas, us_peaks): the fire test runs on the alphas, and when it does not find
     n_tokens + 1 fires (the usual case), the fires curve is rescaled to sum to n_tokens + 1
     and re-fired sequentially. Kept as the official code does it, argument order included.
+    ``time_rate``: seconds per frame of the curve (SeACo's 3x upsampled curve: TIME_RATE / 3).
     """
+    TIME_RATE = time_rate  # noqa: N806 (the official name)
     if n_tokens == 0:
         return []
     curve = fires.astype(np.float32).copy()  # the official `alphas`

@@ -286,7 +286,8 @@ class Feed:
         if kind == "piece":
             if not w.failed:
                 _, _, index, offset_s, wave = msg
-                self.pool.add(w, index, offset_s, wave, w.item.language)
+                self.pool.add(w, index, offset_s, wave, w.item.language,
+                              options=self.pool.options_of(w.item.extra))
             return
         if kind == "window":
             if not w.failed:
@@ -334,4 +335,4 @@ class Feed:
                 self.completion.reuse(w, c.index, c.start_s, len(c.audio) / SAMPLE_RATE, saved)
             else:
                 self.pool.add(w, c.index, c.start_s, c.audio, w.item.language,
-                              (c.start_ms, c.end_ms))
+                              (c.start_ms, c.end_ms), self.pool.options_of(w.item.extra))

@@ -43,9 +43,10 @@ def checked(outs, n: int) -> list[Transcript]:
 
 
 def run_model(model: ASRModel, waves: list[np.ndarray],
-              languages: list[str | None]) -> list[Transcript]:
-    """One model call on a batch."""
-    return checked(model.transcribe(waves, languages=model_languages(languages)), len(waves))
+              languages: list[str | None], **options) -> list[Transcript]:
+    """One model call on a batch (``options``: the batch's item options, see Piece)."""
+    return checked(model.transcribe(waves, languages=model_languages(languages), **options),
+                   len(waves))
 
 
 def each_alone(run: RunBatch, waves: list[np.ndarray], languages: list[str | None],
@@ -125,7 +126,8 @@ class ModelStage:
                  run: RunBatch | None = None, pipelined: bool | None = None,
                  crash: Callable[[str], None] | None = None, slow_s: float = 0.0):
         self.model, self.sink = model, sink
-        self.run = run or (lambda waves, langs: run_model(model, waves, langs))
+        self.options: dict = {}  # the item options of the batch being run (Piece.options)
+        self.run = run or (lambda waves, langs: run_model(model, waves, langs, **self.options))
         self.pipelined = (callable(getattr(model, "submit", None)) if pipelined is None
                           else pipelined)
         self.streak = FailureStreak(max_failures_in_a_row)
@@ -149,6 +151,8 @@ class ModelStage:
             return
         self.crash("batch")
         waves, langs = [p.audio for p in batch], [p.language for p in batch]
+        options = dict(getattr(batch[0], "options", ()))  # a batch's pieces share them
+        self.options = options
         self.current = batch
         if self.slow_s:
             slow_batch(self.slow_s)
@@ -162,11 +166,12 @@ class ModelStage:
         # one on the host while the device works (see ParaformerASR.submit).
         t = time.perf_counter()
         try:
-            pending = self.model.submit(waves, languages=model_languages(langs))
+            pending = self.model.submit(waves, languages=model_languages(langs), **options)
         except Exception as e:  # the pieces are retried one by one by shutdown()
             pending = e
         self.model_s += time.perf_counter() - t
         self.shutdown()
+        self.options = options
         t = time.perf_counter()
         if not isinstance(pending, Exception):
             try:
@@ -174,7 +179,7 @@ class ModelStage:
             except Exception as e:
                 pending = e
         self.model_s += time.perf_counter() - t
-        self.inflight = (batch, pending)
+        self.inflight = (batch, pending, options)
         self.current = []
 
     def shutdown(self) -> None:
@@ -182,7 +187,7 @@ class ModelStage:
         piece alone."""
         if self.inflight is None:
             return
-        batch, pending = self.inflight
+        batch, pending, self.options = self.inflight
         self.inflight = None
         waves, langs = [p.audio for p in batch], [p.language for p in batch]
         t = time.perf_counter()

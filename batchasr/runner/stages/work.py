@@ -61,6 +61,9 @@ class Piece:
     language: str | None
     arrival: int  # order of arrival, so the oldest piece is never starved
     span: tuple[int, int] | None = None  # a VAD segment's (start_ms, end_ms)
+    # the item's own model options (the recognizer's ``item_options`` found in its manifest
+    # columns), as (name, value) pairs: only pieces with the same options share a batch
+    options: tuple = ()
 
     @property
     def seconds(self) -> float:
