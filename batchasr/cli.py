@@ -245,7 +245,7 @@ def job_option(required: bool = True):
               help="Processes decoding, resampling, running the VAD and cutting files into "
                    "pieces, many files at once, their audio handed to the model's process "
                    "through shared memory (0: reader threads in the model's process). Default: "
-                   "on a GPU, the spare cores up to 8 per worker; on a CPU, 0.")
+                   "on a GPU, the cores the workers leave over; on a CPU, 0.")
 @click.option("--strict-manifest", is_flag=True,
               help="Refuse the whole manifest when any row is bad (default: report bad rows "
                    "with their line numbers, enqueue the rest, exit 3).")
