@@ -149,7 +149,12 @@ def cli(verbose):
               help="LLM models: turn the runaway guard off (the token ceiling per second of "
                    "audio and the repetition-loop cut), so the generated ids are exactly the "
                    "official ones up to --max-new-tokens.")
-@click.option("--language", default=None, help="LLM models: language named in the prompt.")
+@click.option("--language", default=None,
+              help="LLM models: language named in the prompt. SenseVoice: auto (default), zh, "
+                   "en, yue, ja, ko (nospeech).")
+@click.option("--itn/--no-itn", default=None,
+              help="Inverse text normalisation (SenseVoice: official use_itn, default off; "
+                   "Fun-ASR-Nano: itn, default on).")
 @click.option("--hotwords", default=None,
               help="LLM models: comma-separated words to favour, as the official prompt does.")
 @click.option("--vad-processes", default=_RUN["vad_processes"], show_default=True,
@@ -158,7 +163,7 @@ def cli(verbose):
                    "transcribed (0: the VAD runs here, file by file).")
 def transcribe(files, model, weights, dtype, device, download, batch_seconds, batch_size, vad,
                max_segment_s, max_window_s, punc, as_json, max_new_tokens, no_guard, language,
-               hotwords, vad_processes):
+               itn, hotwords, vad_processes):
     """Transcribe audio files or folders and print the text (or JSON lines).
 
     Files are cut, batched and put back together as `batchasr run` does (same VAD,
@@ -183,7 +188,7 @@ def transcribe(files, model, weights, dtype, device, download, batch_seconds, ba
 
         batch_seconds = default_batch_seconds(device)
     options = {k: v for k, v in (("max_new_tokens", max_new_tokens), ("hotwords", hotwords),
-                                 ("no_guard", no_guard or None)) if v is not None}
+                                 ("no_guard", no_guard or None), ("itn", itn)) if v is not None}
     try:
         asr, cut, punctuator = open_for_files(
             model, weights, dtype, device, download, vad=vad, punc=punc,
@@ -246,6 +251,12 @@ def job_option(required: bool = True):
 @click.option("--max-new-tokens", type=click.IntRange(1), default=None,
               help="LLM models: generation cap, counting the stop token.")
 @click.option("--hotwords", default=None, help="LLM models: comma-separated hotwords.")
+@click.option("--language", default=None,
+              help="SenseVoice: language of the rows whose manifest gives none: auto "
+                   "(default), zh, en, yue, ja, ko (a manifest `language` column wins per row).")
+@click.option("--itn/--no-itn", default=None,
+              help="Inverse text normalisation (SenseVoice: official use_itn, default off; "
+                   "Fun-ASR-Nano: itn, default on).")
 @click.option("--no-guard", is_flag=True,
               help="LLM models: turn the runaway guard off (token ceiling per second of audio, "
                    "repetition-loop cut): the generated ids are exactly the official ones up "

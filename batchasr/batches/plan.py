@@ -107,7 +107,7 @@ def stitch(pieces: Sequence[tuple[float, Transcript]]) -> Transcript:
     tokens: list[Token] = []
     segments: list[Segment] = []
     flags: list[str] = []
-    language = None
+    language = emotion = event = raw = None
     for offset, t in ordered:
         t = shift(t, offset)
         text = _join(text, t.text)
@@ -115,7 +115,11 @@ def stitch(pieces: Sequence[tuple[float, Transcript]]) -> Transcript:
         segments += t.segments
         flags += [f for f in t.flags if f not in flags]
         language = language or t.language
-    return Transcript(text=text, tokens=tokens, segments=segments, language=language, flags=flags)
+        emotion, event = emotion or t.emotion, event or t.event  # SenseVoice: the first too
+        if t.raw_text is not None:  # SenseVoice's tagged texts, joined as the texts are
+            raw = _join(raw or "", t.raw_text)
+    return Transcript(text=text, tokens=tokens, segments=segments, language=language, flags=flags,
+                      raw_text=raw, emotion=emotion, event=event)
 
 
 def _join(a: str, b: str) -> str:

@@ -44,6 +44,10 @@ RESULT_SCHEMA = pa.schema(
         ("tokens", pa.list_(TOKEN)),
         ("model", pa.string()),
         ("flags", pa.list_(pa.string())),
+        # SenseVoice: the emotion and audio event its tags report (null for other models; the
+        # language column holds its detected language, raw_text its tagged text)
+        ("emotion", pa.string()),
+        ("event", pa.string()),
     ]
 )
 # Part files also keep the item's carried manifest columns (JSON), so a part is self-describing;
@@ -82,6 +86,8 @@ def transcript_to_row(item: Mapping | Any, transcript: Transcript, *, model_name
         ],
         "model": model_name,
         "flags": list(transcript.flags),
+        "emotion": transcript.emotion,
+        "event": transcript.event,
         "extra": extra,
     }
 
@@ -104,4 +110,6 @@ def row_to_transcript(row: dict) -> Transcript:
         language=row.get("language"),
         flags=list(row.get("flags") or []),
         raw_text=row.get("raw_text"),
+        emotion=row.get("emotion"),
+        event=row.get("event"),
     )

@@ -1,0 +1,215 @@
+"""SenseVoice-Small parity with the official FunASR 1.4.16 on a committed fixture
+(tools/make_reference_fixtures.py sensevoice): a tiny random SenseVoiceSmall in the official
+layout with a tiny sentencepiece BPE model carrying the SenseVoice tags.
+
+The official raw (tagged) text, clean text (rich_transcription_postprocess), words and
+timestamps for language auto and given, use_itn off and on, batch sizes 1 and 3; the token ids;
+the features, encoder output and CTC log-probabilities within float tolerance; a padded batch
+equal to each clip alone; the sentencepiece reader against sentencepiece's own outputs; the
+full-size configuration and the dummy builder; `transcribe --json`.
+"""
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from click.testing import CliRunner
+from mlx.utils import tree_flatten
+
+from batchasr.models import sense_voice as sv
+from batchasr.models.blocks.rich_text import rich_transcription_postprocess
+from batchasr.models.blocks.sentencepiece import SentencePieceBPE
+from batchasr.models.loader import load_model
+
+FIXTURES = Path(__file__).parent / "fixtures" / "sense_voice"
+MODEL = FIXTURES / "tiny"
+EXPECTED = json.loads((MODEL / "expected.json").read_text(encoding="utf-8"))
+
+
+def audio(clip):
+    return sf.read(MODEL / EXPECTED["clips"][clip], dtype="float32")[0]
+
+
+@pytest.fixture(scope="module")
+def asr():
+    return load_model(MODEL)
+
+
+def first_tag(raw, names):
+    return next((t for t in re.findall(r"<\|([^|]*)\|>", raw) if t in names), None)
+
+
+@pytest.mark.parametrize("run", sorted(EXPECTED["runs"]))
+def test_official_outputs(asr, run):
+    rec = EXPECTED["runs"][run]
+    asr.itn = rec["options"]["use_itn"]
+    asr.timestamps = rec["options"].get("output_timestamp", False)
+    rows = rec["results"]
+    lang = rec["options"]["language"]
+    waves = [audio(r["clip"]) for r in rows]
+    if rec["batch_size"] == 1:
+        outs = [asr.transcribe([w], languages=[lang])[0] for w in waves]
+    else:
+        outs = asr.transcribe(waves, languages=[lang] * len(waves))
+    for r, t in zip(rows, outs):
+        timed = [k for k in t.tokens if k.start_ms is not None]
+        if "error" in r:  # the official raised: no timestamps here
+            assert not timed, (run, r["clip"])
+            continue
+        assert t.raw_text == r["raw_text"], (run, r["clip"])
+        assert t.text == r["text"] == rich_transcription_postprocess(r["raw_text"])
+        assert t.language == first_tag(r["raw_text"], sv.LID)
+        assert t.emotion == first_tag(r["raw_text"], ("HAPPY", "SAD", "ANGRY", "NEUTRAL",
+                                                      "FEARFUL", "DISGUSTED", "SURPRISED",
+                                                      "EMO_UNKNOWN"))
+        assert t.event == first_tag(r["raw_text"], ("BGM", "Speech", "Applause", "Laughter",
+                                                    "Cry", "Sneeze", "Breath", "Cough", "Sing",
+                                                    "Speech_Noise", "Event_UNK", "GBG"))
+        if "timestamp" in r:
+            words, times = asr.word_timestamps(t)
+            assert (words, times) == (r["words"], r["timestamp"]), (run, r["clip"])
+            assert timed
+        else:
+            assert not timed
+    asr.itn, asr.timestamps = False, True
+
+
+def test_fixture_exercises_the_branches():
+    runs = EXPECTED["runs"]
+    raws = [r.get("raw_text", "") for run in runs.values() for r in run["results"]]
+    assert any(r.count("<|") >= 3 for r in raws)  # tags inside the text (several languages)
+    assert any(r["raw_text"] != s["raw_text"] for r, s in zip(runs["auto_bs1"]["results"],
+                                                              runs["zh_bs1"]["results"]))
+    assert any(r["raw_text"] != s["raw_text"] for r, s in zip(runs["auto_bs1"]["results"],
+                                                              runs["en_itn_bs1"]["results"]))
+    words = [w for r in runs["ts_auto_bs1"]["results"] for w in r.get("words", [])]
+    assert len(words) > 100 and any(w.isascii() and len(w) > 3 for w in words)  # merged
+
+
+def test_token_ids(asr):
+    for clip, ids in EXPECTED["token_ids_auto_woitn"].items():
+        t = asr.transcribe([audio(clip)])[0]
+        assert [k.id for k in t.tokens[:sv.N_QUERIES]] == ids[:sv.N_QUERIES], clip
+        if not any(k.start_ms is not None for k in t.tokens):
+            assert [k.id for k in t.tokens] == ids, clip
+    asr.timestamps = False
+    for clip, ids in EXPECTED["token_ids_auto_woitn"].items():
+        assert [k.id for k in asr.transcribe([audio(clip)])[0].tokens] == ids, clip
+    asr.timestamps = True
+
+
+def rel_err(a, b):
+    b = np.asarray(b)
+    return float(np.abs(np.asarray(a) - b).max() / max(np.abs(b).max(), 1e-12))
+
+
+def test_layer_outputs_within_tolerance(asr):
+    for npz in sorted((MODEL / "tensors").glob("*.npz")):
+        ref = np.load(npz)
+        feats, lens = asr.features([audio(npz.stem)])
+        enc, logp, olens = asr.forward(feats, lens, ["auto"])
+        n = int(olens[0].item())
+        assert rel_err(feats[0], ref["features"]) < 1e-4, npz.stem
+        assert rel_err(enc[0, :n], ref["encoder_out"]) < 1e-4, npz.stem
+        assert np.abs(np.array(logp[0, :n]) - ref["ctc_logp"]).max() < 1e-3, npz.stem
+
+
+def test_batched_equals_alone(asr):
+    clips = list(EXPECTED["clips"])
+    waves = [audio(c) for c in clips]
+    for itn, lang in ((False, None), (True, "ko")):
+        asr.itn = itn
+        batch = asr.transcribe(waves, languages=[lang] * len(waves))
+        for w, t in zip(waves, batch):
+            alone = asr.transcribe([w], languages=[lang])[0]
+            assert (alone.raw_text, alone.text, alone.tokens) == (t.raw_text, t.text, t.tokens)
+    asr.itn = False
+
+
+def test_language_option(asr):
+    w = audio("utt_2s")
+    asr.language = "zh"
+    assert asr.transcribe([w])[0].raw_text == asr.transcribe([w], languages=["zh"])[0].raw_text
+    assert asr.transcribe([w], languages=["auto"])[0].raw_text == \
+        EXPECTED["runs"]["auto_bs1"]["results"][0]["raw_text"]
+    asr.language = None
+    assert asr.language == "auto"
+    with pytest.raises(ValueError, match="unknown language 'fr'"):
+        asr.transcribe([w], languages=["fr"])
+    with pytest.raises(ValueError, match="unknown language"):
+        asr.language = "English"
+
+
+def test_itn_declares_punctuation(asr):
+    asr.itn = True
+    assert asr.punctuated
+    asr.itn = False
+    assert not asr.punctuated
+
+
+def test_sentencepiece_reader():
+    sp = SentencePieceBPE.from_file(MODEL / sv.BPE_MODEL)
+    cases = json.loads((FIXTURES / "sentencepiece.json").read_text(encoding="utf-8"))
+    assert len(sp) == cases["vocab_size"]
+    assert not sp.add_dummy_prefix and sp.byte_fallback and sp.normalizer.array is not None
+    for c in cases["decode"]:
+        assert sp.decode(c["ids"]) == c["text"], c["ids"]
+    for c in cases["encode"]:
+        assert sp.encode_pieces(c["text"]) == c["pieces"], c["text"]
+        assert sp.encode_ids(c["text"]) == c["ids"], c["text"]
+
+
+def test_full_size_config():
+    conf = sv.DUMMY_CONFIG["encoder_conf"]
+    assert (conf["output_size"], conf["attention_heads"], conf["linear_units"],
+            conf["num_blocks"], conf["tp_blocks"]) == (512, 4, 2048, 50, 20)
+    args = sv.ModelArgs.from_config(sv.DUMMY_CONFIG,
+                                    {"tokenizer": sv.SyntheticTokenizer(sv.DUMMY_VOCAB_SIZE)})
+    shapes = {k: v.shape for k, v in tree_flatten(sv.Model(args).parameters())}  # lazy, small
+    assert shapes["embed.weight"] == (16, 560)
+    assert shapes["encoder.encoders0.0.self_attn.linear_q_k_v.weight"] == (1536, 560)
+    assert shapes["ctc.ctc_lo.weight"] == (25055, 512)
+    assert len({k.split(".")[2] for k in shapes if k.startswith("encoder.encoders.")}) == 49
+    assert len({k.split(".")[2] for k in shapes if k.startswith("encoder.tp_encoders.")}) == 20
+
+
+def test_dummy_builder(monkeypatch):
+    small = {**sv.DUMMY_CONFIG, "encoder_conf": {**sv.DUMMY_CONFIG["encoder_conf"],
+                                                 "output_size": 16, "linear_units": 32,
+                                                 "num_blocks": 2, "tp_blocks": 1}}
+    monkeypatch.setattr(sv, "DUMMY_CONFIG", small)
+    from batchasr.models import loader
+
+    monkeypatch.setattr(loader, "_cache_candidates", lambda *a: iter(()))
+    asr = load_model("sensevoice-small", weights="dummy")
+    assert asr.model.args.vocab_size == 25055 and asr.name.endswith(loader.DUMMY_SUFFIX)
+    out = asr.transcribe([np.random.default_rng(0).standard_normal(16000).astype(np.float32)
+                          * 0.1])
+    assert out[0].raw_text is not None
+
+
+def test_transcribe_json(tmp_path):
+    from batchasr.cli import cli
+
+    files = [str(MODEL / EXPECTED["clips"][c]) for c in ("utt_4s", "utt_2s")]
+    res = CliRunner().invoke(cli, ["transcribe", "--model", str(MODEL), "--json",
+                                   "--language", "auto", "--vad", "none", *files])
+    assert res.exit_code == 0, res.output
+    lines = [json.loads(x) for x in res.output.splitlines() if x.startswith("{")]
+    official = {r["clip"]: r for r in EXPECTED["runs"]["ts_auto_bs1"]["results"]}
+    for line, clip in zip(lines, ("utt_4s", "utt_2s")):
+        assert line["raw_text"] == official[clip]["raw_text"]
+        assert line["text"] == official[clip]["text"]
+        assert line["words"] == official[clip]["words"]
+        assert line["word_timestamps"] == official[clip]["timestamp"]
+        assert line.get("language") == first_tag(official[clip]["raw_text"], sv.LID)
+        assert {"emotion", "event", "tokens", "token_ids", "timestamps"} <= set(line)
+    res = CliRunner().invoke(cli, ["transcribe", "--model", str(MODEL), "--json", "--itn",
+                                   "--language", "en", "--vad", "none", files[1]])
+    assert json.loads(res.output.splitlines()[-1])["raw_text"] == \
+        EXPECTED["runs"]["en_itn_bs1"]["results"][0]["raw_text"]
+    res = CliRunner().invoke(cli, ["transcribe", "--model", str(MODEL), "--language", "fr",
+                                   "--vad", "none", files[1]])
+    assert res.exit_code != 0 and "unknown language 'fr'" in res.output
