@@ -213,3 +213,28 @@ def test_transcribe_json(tmp_path):
     res = CliRunner().invoke(cli, ["transcribe", "--model", str(MODEL), "--language", "fr",
                                    "--vad", "none", files[1]])
     assert res.exit_code != 0 and "unknown language 'fr'" in res.output
+
+
+def test_run_job_columns(tmp_path):
+    """`run`: the manifest language wins per row over --language; the export has the
+    official raw_text/text and the emotion/event columns."""
+    import pyarrow.parquet as pq
+
+    from batchasr.cli import cli
+
+    clip = MODEL / EXPECTED["clips"]["utt_2s"]
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"id,path,language\na,{clip},zh\nb,{clip},\n", encoding="utf-8")
+    job = tmp_path / "job"
+    res = CliRunner().invoke(cli, ["run", str(manifest), "--model", str(MODEL), "--job-dir",
+                                   str(job), "--language", "en", "--itn", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(cli, ["export", "--job-dir", str(job), "--format", "parquet"])
+    rows = {r["id"]: r for r in pq.read_table(job / "results.parquet").to_pylist()}
+    asr = load_model(MODEL)
+    asr.itn = True
+    for key, lang in (("a", "zh"), ("b", "en")):
+        t = asr.transcribe([audio("utt_2s")], languages=[lang])[0]
+        assert (rows[key]["raw_text"], rows[key]["text"]) == (t.raw_text, t.text), key
+        assert (rows[key]["emotion"], rows[key]["event"]) == (t.emotion, t.event), key
+    assert rows["a"]["raw_text"] != rows["b"]["raw_text"]
