@@ -179,22 +179,34 @@ def run_official(model_dir: Path, clips: dict):
                            "text": rich_transcription_postprocess(r["text"]),
                            **({"timestamp": r["timestamp"], "words": r["words"]}
                               if "timestamp" in r else {})}
+    # the decoded CTC ids of every result, as inference hands them to tokenizer.decode
+    # (on the class: generate() runs with a copy of the tokenizer made when AutoModel starts)
+    tokenizer, decoded = type(am.kwargs["tokenizer"]), []
+    sp_decode = tokenizer.decode
+    tokenizer.decode = lambda self, ids, **kw: (  # noqa: E731
+        decoded.append([int(i) for i in ids]), sp_decode(self, ids, **kw))[1]
     for name, opts in OPTIONS.items():
         # the official timestamps raise an IndexError when the re-encoded pieces give more
         # ids than pieces (byte pieces re-encoded as text): such clips are recorded alone
         ok, rows = [], []
         for clip, path in clips.items():
+            decoded.clear()
             try:
                 rows.append(row(clip, am.generate(input=str(path), **opts)[0]))
                 ok.append(clip)
             except IndexError as e:
                 rows.append({"clip": clip, "error": f"IndexError: {e}"})
+            assert len(decoded) == 1
+            rows[-1]["token_ids"] = decoded[0]
         expected["runs"][f"{name}_bs1"] = {"options": opts, "batch_size": 1, "results": rows}
+        decoded.clear()
         res = am.generate(input=[str(clips[c]) for c in ok], batch_size=3, **opts)
-        expected["runs"][f"{name}_bs3"] = {"options": opts, "batch_size": 3,
-                                           "results": [row(c, r) for c, r in zip(ok, res)]}
+        assert len(decoded) == len(res) == len(ok)
+        expected["runs"][f"{name}_bs3"] = {"options": opts, "batch_size": 3, "results": [
+            {**row(c, r), "token_ids": ids} for c, r, ids in zip(ok, res, decoded)]}
         print(f"  {name}: {len(ok)} ok, {[r.get('raw_text', '')[:60] for r in rows[:3]]}",
               flush=True)
+    tokenizer.decode = sp_decode
     # token ids and intermediate tensors of the one-clip inference (language auto, woitn)
     tdir = model_dir / "tensors"
     tdir.mkdir(exist_ok=True)
