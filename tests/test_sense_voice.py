@@ -19,9 +19,10 @@ from click.testing import CliRunner
 from mlx.utils import tree_flatten
 
 from batchasr.models import sense_voice as sv
-from batchasr.models.blocks.rich_text import rich_transcription_postprocess
+from batchasr.models.blocks.rich_text import EMOTIONS, rich_transcription_postprocess
 from batchasr.models.blocks.sentencepiece import SentencePieceBPE
 from batchasr.models.loader import load_model
+from batchasr.transcript import to_record
 
 FIXTURES = Path(__file__).parent / "fixtures" / "sense_voice"
 MODEL = FIXTURES / "tiny"
@@ -54,9 +55,14 @@ def test_official_outputs(asr, run):
     else:
         outs = asr.transcribe(waves, languages=[lang] * len(waves))
     for r, t in zip(rows, outs):
-        timed = [k for k in t.tokens if k.start_ms is not None]
+        # the decoded CTC ids exactly as the official decodes them, timestamps on or off
+        assert [k.id for k in t.tokens] == r["token_ids"], (run, r["clip"])
+        assert [k.text for k in t.tokens] == [asr.tokenizer.pieces[i] for i in r["token_ids"]]
+        record = to_record(t, path=r["clip"], asr=asr)
+        assert record["token_ids"] == r["token_ids"], (run, r["clip"])
+        timed = t.aligned_pieces
         if "error" in r:  # the official raised: no timestamps here
-            assert not timed, (run, r["clip"])
+            assert not timed and "words" not in record, (run, r["clip"])
             continue
         assert t.raw_text == r["raw_text"], (run, r["clip"])
         assert t.text == r["text"] == rich_transcription_postprocess(r["raw_text"])
@@ -71,8 +77,13 @@ def test_official_outputs(asr, run):
             words, times = asr.word_timestamps(t)
             assert (words, times) == (r["words"], r["timestamp"]), (run, r["clip"])
             assert timed
+            assert (record["words"], record["word_timestamps"], record["timestamps"]) == \
+                (r["words"], r["timestamp"], r["timestamp"]), (run, r["clip"])
+            if t.text:  # the segment spans the official piece times
+                assert [t.segments[0].start_s, t.segments[-1].end_s] == \
+                    [timed[0].start_ms / 1000, timed[-1].end_ms / 1000]
         else:
-            assert not timed
+            assert not timed and "words" not in record and record["timestamps"] == []
     asr.itn, asr.timestamps = False, True
 
 
@@ -84,20 +95,45 @@ def test_fixture_exercises_the_branches():
                                                               runs["zh_bs1"]["results"]))
     assert any(r["raw_text"] != s["raw_text"] for r, s in zip(runs["auto_bs1"]["results"],
                                                               runs["en_itn_bs1"]["results"]))
+    # the official timestamp pieces (the text re-encoded, the 4 tags dropped) are not always
+    # the decoded pieces after the 4 tags
+    sp = SentencePieceBPE.from_file(MODEL / sv.BPE_MODEL)
+    ts_rows = [r for name, run in runs.items() if run["options"].get("output_timestamp")
+               for r in run["results"] if "timestamp" in r]
+    assert any(sp.encode_ids(r["raw_text"])[sv.N_QUERIES:] != r["token_ids"][sv.N_QUERIES:]
+               for r in ts_rows)
+    assert all("token_ids" in r for run in runs.values() for r in run["results"])
     words = [w for r in runs["ts_auto_bs1"]["results"] for w in r.get("words", [])]
     assert len(words) > 100 and any(w.isascii() and len(w) > 3 for w in words)  # merged
 
 
 def test_token_ids(asr):
-    for clip, ids in EXPECTED["token_ids_auto_woitn"].items():
-        t = asr.transcribe([audio(clip)])[0]
-        assert [k.id for k in t.tokens[:sv.N_QUERIES]] == ids[:sv.N_QUERIES], clip
-        if not any(k.start_ms is not None for k in t.tokens):
-            assert [k.id for k in t.tokens] == ids, clip
-    asr.timestamps = False
-    for clip, ids in EXPECTED["token_ids_auto_woitn"].items():
-        assert [k.id for k in asr.transcribe([audio(clip)])[0].tokens] == ids, clip
+    for timestamps in (True, False):  # the decoded ids, untimed, timestamps on or off
+        asr.timestamps = timestamps
+        for clip, ids in EXPECTED["token_ids_auto_woitn"].items():
+            t = asr.transcribe([audio(clip)])[0]
+            assert [k.id for k in t.tokens] == ids, (clip, timestamps)
+            assert all(k.start_ms is None for k in t.tokens)
+            assert timestamps or not t.aligned_pieces
     asr.timestamps = True
+
+
+def test_aligned_pieces_kept(asr):
+    """Stitching shifts the timestamp pieces as the tokens; a result row keeps them."""
+    from batchasr.batches.plan import stitch
+    from batchasr.outputs.rows import row_to_transcript, transcript_to_row
+
+    a, b = asr.transcribe([audio("utt_2s"), audio("utt_short")])
+    assert a.aligned_pieces and b.aligned_pieces
+    t = stitch([(0.0, a), (5.0, b)])
+    assert [k.id for k in t.tokens] == [k.id for k in a.tokens + b.tokens]
+    assert [(k.text, k.start_ms, k.end_ms) for k in t.aligned_pieces] == \
+        [(k.text, k.start_ms, k.end_ms) for k in a.aligned_pieces] + \
+        [(k.text, k.start_ms + 5000, k.end_ms + 5000) for k in b.aligned_pieces]
+    assert to_record(t, path="x", asr=asr)["words"] == \
+        [w for w, _ in zip(*asr.word_timestamps(t))]
+    back = row_to_transcript(transcript_to_row({"id": "x"}, t, model_name="m"))
+    assert (back.tokens, back.aligned_pieces) == (t.tokens, t.aligned_pieces)
 
 
 def rel_err(a, b):
@@ -124,7 +160,8 @@ def test_batched_equals_alone(asr):
         batch = asr.transcribe(waves, languages=[lang] * len(waves))
         for w, t in zip(waves, batch):
             alone = asr.transcribe([w], languages=[lang])[0]
-            assert (alone.raw_text, alone.text, alone.tokens) == (t.raw_text, t.text, t.tokens)
+            assert (alone.raw_text, alone.text, alone.tokens, alone.aligned_pieces) == \
+                (t.raw_text, t.text, t.tokens, t.aligned_pieces)
     asr.itn = False
 
 
@@ -193,19 +230,25 @@ def test_dummy_builder(monkeypatch):
 def test_transcribe_json(tmp_path):
     from batchasr.cli import cli
 
-    files = [str(MODEL / EXPECTED["clips"][c]) for c in ("utt_4s", "utt_2s")]
+    clips = ("utt_4s", "utt_2s", "utt_short")  # utt_short: timestamp pieces != decoded ones
+    asr_pieces = SentencePieceBPE.from_file(MODEL / sv.BPE_MODEL).pieces
+    files = [str(MODEL / EXPECTED["clips"][c]) for c in clips]
     res = CliRunner().invoke(cli, ["transcribe", "--model", str(MODEL), "--json",
                                    "--language", "auto", "--vad", "none", *files])
     assert res.exit_code == 0, res.output
     lines = [json.loads(x) for x in res.output.splitlines() if x.startswith("{")]
     official = {r["clip"]: r for r in EXPECTED["runs"]["ts_auto_bs1"]["results"]}
-    for line, clip in zip(lines, ("utt_4s", "utt_2s")):
+    assert len(lines) == len(clips)
+    for line, clip in zip(lines, clips):
         assert line["raw_text"] == official[clip]["raw_text"]
         assert line["text"] == official[clip]["text"]
         assert line["words"] == official[clip]["words"]
-        assert line["word_timestamps"] == official[clip]["timestamp"]
+        assert line["word_timestamps"] == line["timestamps"] == official[clip]["timestamp"]
+        assert line["token_ids"] == official[clip]["token_ids"]
+        assert line["tokens"] == [asr_pieces[i] for i in line["token_ids"]]
         assert line.get("language") == first_tag(official[clip]["raw_text"], sv.LID)
-        assert {"emotion", "event", "tokens", "token_ids", "timestamps"} <= set(line)
+        assert {"tokens", "token_ids", "timestamps"} <= set(line)
+        assert line.get("emotion") == first_tag(official[clip]["raw_text"], EMOTIONS)
     res = CliRunner().invoke(cli, ["transcribe", "--model", str(MODEL), "--json", "--itn",
                                    "--language", "en", "--vad", "none", files[1]])
     assert json.loads(res.output.splitlines()[-1])["raw_text"] == \

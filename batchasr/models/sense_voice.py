@@ -19,7 +19,10 @@ Port of funasr 1.4.16 `funasr.models.sense_voice.model.SenseVoiceSmall.inference
   their ids force-aligned (`ctc_forced_align` of sense_voice/utils, ported in `forced_align`)
   to the log-probabilities after the 4 query frames, with blank's log-probability set to 0 on
   frames whose argmax is blank; each aligned piece spans [start*60-30, end*60-30] ms (clamped),
-  and `post()` groups the pieces into the official `words` / `timestamp`.
+  and `post()` groups the pieces into the official `words` / `timestamp`. The timed pieces
+  are `Transcript.aligned_pieces`; they need not be the decoded pieces after the 4 tags
+  (CTC may emit another split of the same text), so `Transcript.tokens` are always the
+  decoded ids, untimed, as the official decodes them (timestamps on or off).
 
 A padded batch gives each row exactly what it gives alone: queries are prepended per row,
 every layer masks the padding, decoding reads each row up to its own length. Batches are
@@ -331,13 +334,13 @@ class SenseVoiceASR:
         """One row's log-probabilities (its own length, query frames included) -> Transcript."""
         ids = greedy_ids(log_probs, self.model.args.blank_id)
         raw = self.tokenizer.decode(ids)
-        tokens = [Token(text=self.tokenizer.pieces[i], id=i) for i in ids]
+        tokens = [Token(text=self.tokenizer.pieces[i], id=i) for i in ids]  # never timed
+        timed = []  # the official timestamp pieces with their times
         if self.timestamps:
             times = official_timestamps(self.tokenizer, raw, log_probs, self.model.args.blank_id)
-            if times:
-                tokens = self._timed_tokens(tokens, times)
+            timed = [Token(text=p, id=self.tokenizer.piece_to_id(p), start_ms=start, end_ms=end)
+                     for p, start, end in times or []]
         text = rich_transcription_postprocess(raw) if raw else ""
-        timed = [t for t in tokens if t.start_ms is not None]
         segments = []
         if timed and text:
             segments.append(Segment(timed[0].start_ms / 1000, timed[-1].end_ms / 1000, text))
@@ -345,24 +348,13 @@ class SenseVoiceASR:
             segments.append(Segment(0.0, n_samples / self.sample_rate, text))
         tags = parse_tags(raw)
         return Transcript(text=text, tokens=tokens, segments=segments, language=tags["language"],
-                          raw_text=raw, emotion=tags["emotion"], event=tags["event"])
-
-    def _timed_tokens(self, tokens: list[Token], times: list[list]) -> list[Token]:
-        """The decoded tokens with the official piece times when the aligned pieces are the
-        decoded pieces after the 4 tags (the usual case); else the 4 tags followed by the
-        aligned pieces themselves (the decoded ids re-tokenized as the official aligns them)."""
-        head, rest = tokens[:N_QUERIES], tokens[N_QUERIES:]
-        if [t.text for t in rest] != [p for p, _, _ in times]:
-            rest = [Token(text=p, id=self.tokenizer.piece_to_id(p)) for p, _, _ in times]
-        for tok, (_, start, end) in zip(rest, times):
-            tok.start_ms, tok.end_ms = start, end
-        return head + rest
+                          raw_text=raw, emotion=tags["emotion"], event=tags["event"],
+                          aligned_pieces=timed)
 
     def word_timestamps(self, transcript: Transcript) -> tuple[list[str], list[list[int]]]:
-        """The official `words` and `timestamp` (SenseVoiceSmall.post of the piece times)."""
-        timed = [[t.text, t.start_ms, t.end_ms] for t in transcript.tokens
-                 if t.start_ms is not None]
-        times, words = post(timed)
+        """The official `words` and `timestamp` (SenseVoiceSmall.post of the times of the
+        transcript's `aligned_pieces`)."""
+        times, words = post([[t.text, t.start_ms, t.end_ms] for t in transcript.aligned_pieces])
         return words, times
 
 
