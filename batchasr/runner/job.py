@@ -214,6 +214,7 @@ def run(source: str | None = None, *, job_dir: str | None = None, model: str | N
         reader_processes: int | None = _RUN["reader_processes"],
         strict_manifest: bool = False, progress: bool = True,
         max_new_tokens: int | None = None, hotwords: str | None = None, no_guard: bool = False,
+        language: str | None = None, itn: bool | None = None,
         workers: int | None = None, gpus: str | None = None, shard: str | None = None,
         engine: str = "local", address: str | None = None, allow_network_fs: bool = False,
         say: Callable[[str], None] = _stderr) -> RunOutcome:
@@ -235,7 +236,8 @@ def run(source: str | None = None, *, job_dir: str | None = None, model: str | N
         batch_seconds = default_batch_seconds(device)
     given = {"model": model, "weights": weights, "dtype": dtype, "vad": vad,
              "max_segment_s": max_segment_s, "punc": punc, "max_new_tokens": max_new_tokens,
-             "hotwords": hotwords, "no_guard": no_guard or None}
+             "hotwords": hotwords, "no_guard": no_guard or None, "language": language,
+             "itn": itn}
     try:
         shard_i, shard_n = parse_shard(shard) if shard else (None, None)
         devices = plan_devices(workers, gpus) if engine == "local" else []

@@ -16,8 +16,10 @@ from batchasr.errors import JobError
 # `batchasr run`'s job settings when neither the command line nor the job's record has one
 RUN_DEFAULTS = {"model": "paraformer-zh", "weights": "checkpoint", "dtype": "float32",
                 "vad": "silero", "max_segment_s": None, "punc": "none"}
-# LLM decoding options of `run`: recorded with the job's settings, passed to every worker
-DECODING_OPTIONS = ("max_new_tokens", "hotwords", "no_guard")
+# decoding options of `run`: recorded with the job's settings, passed to every worker
+# (LLM models: max_new_tokens, hotwords, no_guard; SenseVoice: language, the default of rows
+# without one, and itn; Fun-ASR-Nano: itn)
+DECODING_OPTIONS = ("max_new_tokens", "hotwords", "no_guard", "language", "itn")
 
 
 def recorded_settings(job: Path) -> dict:
