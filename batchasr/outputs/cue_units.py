@@ -10,6 +10,7 @@ space becomes the ``sep`` of the next unit); :mod:`batchasr.outputs.cues` groups
 """
 from __future__ import annotations
 
+import functools
 import unicodedata
 from dataclasses import dataclass
 from typing import Sequence
@@ -31,11 +32,13 @@ OPENING = set("“‘([{「『《（〈【")  # ASCII quotes are ambiguous and s
 CJK_LANGUAGES = {"zh", "ja", "ko", "yue", "cmn", "wuu"}
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def _wide(ch: str) -> bool:
     """Full-width: CJK ideographs, kana, hangul, CJK punctuation. Never separated by spaces."""
     return unicodedata.east_asian_width(ch) in ("W", "F")
 
 
+@functools.lru_cache(maxsize=1 << 16)  # called for every unit of every cue layout
 def display_width(text: str, cjk: bool) -> float:
     """Display width: in CJK mode full-width chars count 1 and half-width 0.5, else 1 per char."""
     if not cjk:

@@ -270,14 +270,18 @@ def _layout(group: list[Unit], ctx: _Ctx) -> str:
     best[0][0] = (0.0, -1)
     for j in range(1, n + 1):
         no_punct = 0 if j == n or strength(group[j - 1].text) else 0.2 * line_w * line_w
-        for i in range(j):
+        # Lines ending at j, the longest last: a line's width only grows as it starts
+        # earlier, so the first too wide ends the search. Among equal costs the earliest
+        # start wins (visited last, hence <=), as in a scan from the left.
+        for i in range(j - 1, -1, -1):
             w = pre[j] - pre[i] - group[i].sep_w
             if w > line_w and j - i > 1:
-                continue
+                break
             cost = max(0.0, line_w - w) ** 2 + no_punct
             for l in range(1, ctx.lines + 1):
-                if best[i][l - 1][0] + cost < best[j][l][0]:
-                    best[j][l] = (best[i][l - 1][0] + cost, i)
+                prev = best[i][l - 1][0]
+                if prev < inf and prev + cost <= best[j][l][0]:
+                    best[j][l] = (prev + cost, i)
     used = next((l for l in range(1, ctx.lines + 1) if best[n][l][0] < inf), None)
     if used is None:  # only for a group _group would not make; keep all the text anyway
         return _join(group)

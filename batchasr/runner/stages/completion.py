@@ -16,6 +16,7 @@ import logging
 import queue as stdqueue
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -189,6 +190,9 @@ class Completion:
             self.works.pop(w.item.id, None)
 
 
+SUBTITLE_WRITERS = 8
+
+
 class Writer:
     """The writer thread: for each batch of finished items, part -> subtitles -> complete,
     in hand-over order, on a queue connection of its own. ``done`` hands each committed
@@ -202,6 +206,8 @@ class Writer:
         self.done: stdqueue.Queue = stdqueue.Queue()
         self.error: BaseException | None = None
         self.write_s = 0.0
+        # subtitle files written (and fsynced) several at once
+        self._syncs = ThreadPoolExecutor(SUBTITLE_WRITERS, thread_name_prefix="batchasr-subtitles")
         self.thread = threading.Thread(target=self._loop, name="batchasr-writer", daemon=True)
         self.thread.start()
 
@@ -224,6 +230,7 @@ class Writer:
                 except stdqueue.Full:
                     pass
             self.thread.join()
+        self._syncs.shutdown(wait=True)
 
     def _loop(self) -> None:
         try:
@@ -269,21 +276,32 @@ class Writer:
 
     def _write_subtitles(self, works: Sequence[Work], transcripts: dict[str, Transcript]) -> None:
         # Subtitles are a convenience copy (the export renders them from the parts), so a
-        # problem with one is logged and does not fail its item. One folder fsync per batch.
+        # problem with one is logged and does not fail its item. Files are written (each
+        # atomically, fsynced) several at once: an fsync waits on the disk, not on the
+        # interpreter, and the journal commits concurrent ones together. One folder fsync
+        # per batch.
         folders = set()
         for fmt in self.opts.subtitle_formats:
             folder = names.default_folder(self.job_dir, fmt)
-            for w in works:
+
+            def write(w: Work) -> BaseException | None:
                 try:
                     writers.write_item_subtitles(
                         self.job_dir, w.item.id, transcripts[w.item.id],
                         self.opts.subtitle_options, duration_s=w.duration_s, fmt=fmt,
                         folder=folder, sync_dir=False,
                     )
-                    folders.add(folder)
+                    return None
                 except Exception as e:
-                    if is_disk_full(e):  # stops the run as a part would: the item is not done
-                        raise
-                    logger.exception("could not write %s subtitles for %s", fmt, w.item.id)
+                    return e
+
+            for w, error in zip(works, self._syncs.map(write, works)):
+                if error is None:
+                    folders.add(folder)
+                elif is_disk_full(error):  # stops the run as a part would: not done
+                    raise error
+                else:
+                    logger.error("could not write %s subtitles for %s", fmt, w.item.id,
+                                 exc_info=error)
         for folder in folders:
             fsync_dir(folder)
