@@ -320,6 +320,31 @@ def test_kill_before_any_checkpoint_then_resume_exactly_once(longform, tmp_path)
         [(r["id"], r["status"], r["text"], r["tokens"]) for r in expected.values()]
 
 
+def test_resumed_sense_voice_file_gives_the_uninterrupted_rows(longform, tmp_path):
+    """SenseVoice's own Transcript fields (raw_text, emotion, event, aligned_pieces) come
+    back from the segment cache: a long file resumed after a save gives every column of the
+    rows of a run never interrupted."""
+    sense_voice = ROOT / "tests" / "fixtures" / "sense_voice" / "tiny"
+    common = ["--model", sense_voice, "--vad", "silero", "--batch-seconds", "20",
+              "--no-progress"]
+    whole = tmp_path / "whole"
+    batchasr("run", longform["manifest"], "--job-dir", whole, *common, check=0)
+    job = tmp_path / "job"
+    args = ["run", longform["manifest"], "--job-dir", job, *common]
+    crashed = batchasr(*args, env={"BATCHASR_TEST_CRASH_AT": "after_segment_cache:1"})
+    assert crashed.returncode == -9, crashed.stderr  # SIGKILLed, mid-file
+    assert list((job / "checkpoints").rglob("seg-*.parquet"))
+    batchasr(*args, check=0)
+    assert last_run(job)["segments_reused"] > 0
+    rows, expected = rows_of(job), rows_of(whole)
+    meeting = expected["meeting"]
+    assert meeting["raw_text"] and meeting["emotion"] and meeting["event"]
+    assert meeting["aligned_pieces"]
+    assert list(rows) == list(expected)
+    for item_id, row in rows.items():
+        assert row == expected[item_id], item_id
+
+
 def test_ray_engine_steps_give_the_worker_results(longform):
     """The Ray actors' path (decode_pieces in a task, transcribe_items with the punctuator
     in an actor) gives exactly the local worker's rows."""
@@ -400,6 +425,33 @@ def test_parts_written_before_raw_text_still_export(tmp_path):
         q.complete(["a"], "part-old.parquet", owner="me")
     out = results_table(job).to_pylist()
     assert out[0]["text"] == "hi" and out[0]["raw_text"] is None
+
+
+def test_segment_cache_keeps_every_transcript_field(tmp_path):
+    """A saved segment reads back as the Transcript that was saved, whatever fields the
+    dataclass has (each one set here to a value other than its default); a file saved
+    before a field had its column still loads, with that field at its default."""
+    from dataclasses import fields
+
+    from batchasr.outputs import segment_cache
+
+    t = Transcript(text="好的", tokens=[Token("好", 7, 0, 90), Token("的", 8, 100, 190)],
+                   segments=[Segment(0.0, 0.19, "好的")], language="zh",
+                   flags=["token_cap"], raw_text="<|zh|><|HAPPY|><|Speech|><|woitn|>好的",
+                   emotion="HAPPY", event="Speech", aligned_pieces=[Token("▁好的", 9, 30, 150)])
+    default = Transcript(text="")
+    unset = [f.name for f in fields(Transcript) if getattr(t, f.name) == getattr(default, f.name)]
+    assert not unset, f"give these fields a value in this test: {unset}"
+    segment_cache.save_segments(tmp_path, "a", "src", [(3, 1000, 1190, t)])
+    assert segment_cache.load_segments(tmp_path, "a", "src") == {(1000, 1190): t}
+    # an older file: only the columns of the first version
+    [path] = segment_cache.cache_folder(tmp_path, "a").glob("seg-*.parquet")
+    old = pq.read_table(path).select(["id", "source", "index", "start_ms", "end_ms", "text",
+                                      "tokens", "segments", "language", "flags"])
+    pq.write_table(old, path)
+    back = segment_cache.load_segments(tmp_path, "a", "src")[(1000, 1190)]
+    assert back == Transcript(text=t.text, tokens=t.tokens, segments=t.segments,
+                              language=t.language, flags=t.flags)
 
 
 def test_cues_start_at_sentences_of_a_punctuated_transcript():

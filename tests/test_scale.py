@@ -547,6 +547,48 @@ def test_ray_actor_killed_mid_run_still_exactly_once(tmp_path, ray_cluster, monk
     assert sorted(ids) == sorted(set(ids)) and len(ids) == 16
 
 
+def test_ray_per_row_hotwords_equal_the_local_engine(tmp_path, ray_cluster):
+    """SeACo with a manifest `hotwords` column through --engine ray: rows with their own list
+    (a comma list, a file next to the manifest), rows with none (the run's --hotwords),
+    several lists in one actor call; each row as the local engine and the official give it."""
+    from batchasr.runner.ray import run_ray
+
+    seaco = TESTS / "fixtures" / "seaco" / "zh"
+    official = json.loads((seaco / "expected.json").read_text(encoding="utf-8"))
+    (tmp_path / "lists").mkdir()
+    (tmp_path / "lists" / "hw.txt").write_bytes((seaco / official["hotwords"]["file"])
+                                                .read_bytes())
+    comma_list = official["hotwords"]["list"].replace(" ", ",")
+    # (id, clip, cell, the official run it equals); utt_7s tells the file from the list
+    rows = [("a", "utt_7s", comma_list, "list"), ("b", "utt_7s", "lists/hw.txt", "file"),
+            ("c", "utt_7s", "", "list"), ("d", "utt_2s", "lists/hw.txt", "file"),
+            ("e", "utt_4s", "", "list"), ("f", "utt_11s", comma_list, "list")]
+    manifest = tmp_path / "m.csv"
+    with open(manifest, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "path", "hotwords"])
+        for i, clip, cell, _ in rows:
+            w.writerow([i, AUDIO / f"{clip}.wav", cell])
+    out = tmp_path / "out"
+    model_args = {"model": str(seaco), "weights": "checkpoint", "dtype": "float32",
+                  "device": "cpu", "download": False, "hotwords": comma_list}
+    summary, problems = run_ray(open_manifest(manifest), str(out), model_args=model_args,
+                                settings={"model": str(seaco), "hotwords": comma_list},
+                                batch_seconds=30.0, vad=None, items_per_call=6,
+                                progress=False)
+    assert (summary.done, summary.failed, problems) == (6, 0, [])
+    got = export_rows(out, out=tmp_path / "ray.parquet")
+    local = tmp_path / "local"
+    batchasr("run", manifest, "--model", seaco, "--job-dir", local, "--no-progress",
+             "--vad", "none", "--batch-seconds", "30", "--hotwords", comma_list, check=0)
+    expected = export_rows(local, out=tmp_path / "local.parquet")
+    assert [r["id"] for r in got] == [r["id"] for r in expected] == [r[0] for r in rows]
+    for r, e, (i, clip, _, label) in zip(got, expected, rows):
+        for key in ("status", "text", "tokens", "segments", "hotwords"):
+            assert r[key] == e[key], (i, key)
+        assert r["text"] == official["clips"][clip][label]["text"], i
+
+
 def test_workers_sharing_a_gpu_bound_their_memory(monkeypatch):
     """Two workers on one GPU each take under half of it (MLX's cache would otherwise grow
     towards the whole device in both: out of memory on an H200)."""

@@ -206,6 +206,40 @@ def test_run_with_a_manifest_hotwords_column(tmp_path):
         assert [t["text"] for t in got[i]["tokens"]] == exp["tokens"], (i, clip, label)
 
 
+def test_manifest_hotword_file_is_found_from_the_manifests_folder(tmp_path, asr):
+    """A hotwords cell naming a file relative to the manifest's folder (not the current
+    directory) reads that file, as a relative audio path is; a comma list and an absolute
+    file still work."""
+    folder = tmp_path / "manifests"
+    (folder / "lists").mkdir(parents=True)
+    (folder / "lists" / "hw.txt").write_bytes((FIXTURE / EXPECTED["hotwords"]["file"])
+                                              .read_bytes())
+    comma_list = EXPECTED["hotwords"]["list"].replace(" ", ",")
+    # utt_7s: the clip whose result tells the file's hotwords from other lists
+    rows = [("rel", "utt_7s", "lists/hw.txt", "file"), ("dot", "utt_7s", "./lists/hw.txt", "file"),
+            ("abs", "utt_7s", str(folder / "lists" / "hw.txt"), "file"),
+            ("comma", "utt_7s", comma_list, "list")]
+    manifest = folder / "m.csv"
+    with open(manifest, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "path", "hotwords"])
+        for i, clip, cell, _ in rows:
+            w.writerow([i, AUDIO / f"{clip}.wav", cell])
+    assert not (Path.cwd() / "lists" / "hw.txt").exists()  # only the manifest's folder has it
+    job = tmp_path / "job"
+    proc = cli("run", manifest, "--model", FIXTURE, "--job-dir", job, "--no-progress",
+               "--vad", "none")
+    assert proc.returncode == 0, proc.stderr
+    assert cli("export", "--job-dir", job, "--format", "parquet").returncode == 0
+    got = {r["id"]: r for r in pq.read_table(job / "results.parquet").to_pylist()}
+    for i, clip, cell, label in rows:
+        exp = CLIPS[clip][label]
+        # the cell's text taken as a hotword would give another result
+        assert asr.transcribe([wave(clip)], hotwords=[cell])[0].text != exp["text"], i
+        assert got[i]["text"] == exp["text"], (i, clip, label)
+        assert [t["text"] for t in got[i]["tokens"]] == exp["tokens"], (i, clip, label)
+
+
 def test_each_hubs_paraformer_zh_alias(tmp_path, monkeypatch):
     """`paraformer-zh` is SeACo in a ModelScope cache and plain Paraformer in a Hugging Face
     cache (the HF one first); `paraformer-zh-seaco` only the ModelScope SeACo folder."""

@@ -186,6 +186,21 @@ def test_itn_declares_punctuation(asr):
     assert not asr.punctuated
 
 
+@pytest.mark.parametrize("itn", [False, True])
+def test_config_only_traits_agree_with_the_loaded_model(itn):
+    """recognizer_traits (the Ray driver's view, no weights) with the run's options declares
+    what the model loaded with them does: --itn makes SenseVoice punctuated."""
+    from batchasr.models.loader import recognizer_traits
+    from batchasr.runner.device import open_model
+
+    loaded = open_model(str(MODEL), "checkpoint", "float32", "auto", False, itn=itn)
+    assert loaded.punctuated is itn
+    assert recognizer_traits(MODEL, itn=itn) == {"punctuated": loaded.punctuated,
+                                                 "max_segment_s": loaded.max_segment_s}
+    if not itn:  # the default, as a model loaded without options
+        assert recognizer_traits(MODEL) == recognizer_traits(MODEL, itn=False)
+
+
 def test_sentencepiece_reader():
     sp = SentencePieceBPE.from_file(MODEL / sv.BPE_MODEL)
     cases = json.loads((FIXTURES / "sentencepiece.json").read_text(encoding="utf-8"))

@@ -7,7 +7,11 @@ A manifest lists audio files, one per row:
   ``a/b.wav``); an absolute path inside the manifest's folder is made relative to it. The id
   is what results are keyed on, so it must stay the same when a job is resumed.
 - ``language`` (optional): passed to the model; empty means "let the model decide".
-- every other column is carried through as ``extra`` (a dict of strings).
+- every other column is carried through as ``extra`` (a dict of strings). A cell of a column
+  that may name a file (``FILE_COLUMNS``: SeACo's ``hotwords``, a file of one hotword a line
+  or the hotwords themselves) is resolved as ``path`` is when it names an existing file
+  relative to the manifest's folder (or absolute, or under ``~``): ``extra`` then holds the
+  absolute path; any other cell (a comma list) is kept as written.
 
 Rows stream: a million-row manifest is never held in memory. Problems with single rows
 (empty path, wrong field count, invalid JSON, bytes that are not UTF-8) are collected with
@@ -31,6 +35,7 @@ from typing import Iterator
 from batchasr.errors import ManifestError
 
 RESERVED = ("path", "id", "language")
+FILE_COLUMNS = ("hotwords",)  # carried columns whose cell may name a file (see above)
 MAX_PROBLEMS_KEPT = 1000  # beyond this only the count grows, so memory stays bounded
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl",
            ".ndjson": "jsonl", ".json": "jsonl"}
@@ -196,7 +201,8 @@ class Manifest:
             return None
         item_id = (fields.pop("id", None) or "").strip() or default_id(written, self.base_dir)
         language = (fields.pop("language", None) or "").strip() or None
-        extra = {k: v for k, v in fields.items() if v is not None}
+        extra = {k: resolve_file_cell(v, self.base_dir) if k in FILE_COLUMNS else v
+                 for k, v in fields.items() if v is not None}
         return ManifestRow(line, item_id, resolve_path(written, self.base_dir), language, extra,
                            raw.rstrip("\r\n"))
 
@@ -209,6 +215,19 @@ def open_manifest(path: str | os.PathLike, *, format: str | None = None) -> Mani
 def resolve_path(written: str, base_dir: str | os.PathLike) -> str:
     """The absolute, normalised path of a manifest entry (relative = to ``base_dir``)."""
     return os.path.normpath(os.path.join(base_dir, os.path.expanduser(written)))
+
+
+def resolve_file_cell(cell: str, base_dir: str | os.PathLike) -> str:
+    """A ``FILE_COLUMNS`` cell: the absolute path of the file it names (relative = to
+    ``base_dir``, as :func:`resolve_path`) when that file exists, else the cell as written."""
+    text = cell.strip()
+    if not text or "\n" in text:
+        return cell
+    resolved = resolve_path(text, base_dir)
+    try:
+        return resolved if os.path.isfile(resolved) else cell
+    except (OSError, ValueError):  # e.g. a name too long for a path, a NUL byte
+        return cell
 
 
 def default_id(written: str, base_dir: str | os.PathLike) -> str:

@@ -186,9 +186,12 @@ def build(folder: Path | None, config: dict, *, name: str, dummy: bool = False,
                        **options)
 
 
-def recognizer_traits(path_or_name) -> dict:
+def recognizer_traits(path_or_name, **options) -> dict:
     """What the recognizer of a model folder or known name declares (``punctuated``,
-    ``max_segment_s``), from its config alone: for a driver that loads no weights."""
+    ``max_segment_s``), from its config alone: for a driver that loads no weights.
+    ``options``: the decoding options the model is loaded with (``itn``, ...; as
+    ``runner.device.open_model`` sets them); a recognizer whose traits depend on them says
+    how in ``declared_traits(**options)``, the others ignore them."""
     name = str(path_or_name)
     try:
         kind = read_config(resolve(path_or_name)).get("model")
@@ -200,6 +203,8 @@ def recognizer_traits(path_or_name) -> dict:
         raise CheckpointError(f"{name}: model type {kind!r} is not a recognizer "
                               f"(recognizers: {', '.join(RECOGNIZERS)})")
     cls = _family(kind, name)[0].RECOGNIZER
+    if hasattr(cls, "declared_traits"):
+        return cls.declared_traits(**options)
     return {"punctuated": cls.punctuated, "max_segment_s": cls.max_segment_s}
 
 

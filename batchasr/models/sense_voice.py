@@ -277,6 +277,12 @@ class SenseVoiceASR:
             raise ValueError(f"the sentencepiece model has {len(tokenizer)} pieces, the CTC "
                              f"layer {model.args.vocab_size}")
 
+    @classmethod
+    def declared_traits(cls, *, itn: bool = False, **options) -> dict:
+        """What an instance with these options declares (``loader.recognizer_traits``, from
+        the config alone): ITN text is punctuated, so no punctuation model is added."""
+        return {"punctuated": bool(itn), "max_segment_s": cls.max_segment_s}
+
     @property
     def itn(self) -> bool:
         return self._itn
@@ -284,7 +290,7 @@ class SenseVoiceASR:
     @itn.setter
     def itn(self, value) -> None:
         self._itn = bool(value)
-        self.punctuated = self._itn  # ITN text is punctuated: no punctuation model is added
+        self.punctuated = self.declared_traits(itn=self._itn)["punctuated"]
 
     @property
     def language(self) -> str:

@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import uuid
+from dataclasses import fields
 from pathlib import Path
 from typing import Sequence
 
@@ -24,7 +25,7 @@ import pyarrow.parquet as pq
 from batchasr.errors import JobError
 from batchasr.files import atomic_write
 from batchasr.outputs.names import safe_name
-from batchasr.outputs.rows import SEGMENT, TOKEN, row_to_transcript, transcript_to_row
+from batchasr.outputs.rows import RESULT_SCHEMA, row_to_transcript, transcript_to_row
 from batchasr.transcript import Transcript
 
 logger = logging.getLogger("batchasr.results")  # the name log lines show (stable)
@@ -33,6 +34,9 @@ __all__ = ["CACHE_DIR", "cache_folder", "save_segments", "load_segments", "drop_
            "cached_items"]
 
 CACHE_DIR = "checkpoints"  # the on-disk name; kept so that older jobs resume
+# Every Transcript field, in its result-row column (rows.py): a segment read back is the
+# transcript that was saved. Files saved before a field had its column read it as null.
+TRANSCRIPT_COLUMNS = tuple(f.name for f in fields(Transcript))
 SEGMENT_CACHE_SCHEMA = pa.schema(
     [
         ("id", pa.string()),
@@ -40,12 +44,7 @@ SEGMENT_CACHE_SCHEMA = pa.schema(
         ("index", pa.int64()),
         ("start_ms", pa.int64()),
         ("end_ms", pa.int64()),
-        ("text", pa.string()),
-        ("tokens", pa.list_(TOKEN)),
-        ("segments", pa.list_(SEGMENT)),
-        ("language", pa.string()),
-        ("flags", pa.list_(pa.string())),
-        ("aligned_pieces", pa.list_(TOKEN)),  # SenseVoice's timestamp pieces (rows.py)
+        *(RESULT_SCHEMA.field(name) for name in TRANSCRIPT_COLUMNS),
     ]
 )
 
@@ -65,9 +64,7 @@ def save_segments(job_dir: str | os.PathLike, item_id: str, source: str,
     for index, start_ms, end_ms, t in pieces:
         row = transcript_to_row({"id": item_id}, t, model_name="")
         rows.append({"id": str(item_id), "source": source, "index": index, "start_ms": start_ms,
-                     "end_ms": end_ms, **{k: row[k] for k in
-                                          ("text", "tokens", "segments", "language", "flags",
-                                           "aligned_pieces")}})
+                     "end_ms": end_ms, **{k: row[k] for k in TRANSCRIPT_COLUMNS}})
     table = pa.Table.from_pylist(rows, schema=SEGMENT_CACHE_SCHEMA)
     path = folder / f"seg-{uuid.uuid4().hex[:16]}.parquet"
     try:

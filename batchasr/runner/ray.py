@@ -217,9 +217,11 @@ def _default_max_segment_s(model_args: dict[str, Any]) -> float:
     """The model's default segment length, as its recognizer declares (the driver loads no
     model); the common default when the driver cannot read the config."""
     from batchasr.models.loader import recognizer_traits
+    from batchasr.runner.settings import DECODING_OPTIONS
 
+    options = {k: v for k, v in model_args.items() if k in DECODING_OPTIONS}
     try:
-        return recognizer_traits(model_args.get("model", ""))["max_segment_s"]
+        return recognizer_traits(model_args.get("model", ""), **options)["max_segment_s"]
     except Exception:
         return DEFAULT_MAX_SEGMENT_S
 
