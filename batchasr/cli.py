@@ -161,10 +161,16 @@ def cli(verbose):
 @click.option("--vad-processes", default=_RUN["vad_processes"], show_default=True,
               type=click.IntRange(0),
               help="Processes running the VAD of the next long files while earlier ones are "
-                   "transcribed (0: the VAD runs here, file by file).")
+                   "transcribed (0: the VAD runs here, file by file). Not used with "
+                   "--reader-processes, which run the VAD themselves.")
+@click.option("--reader-processes", type=click.IntRange(0), default=None,
+              help="Processes decoding, running the VAD and cutting the next files (that many "
+                   "at a time, in input order) while earlier ones are transcribed, as for "
+                   "`run`; same output (0: here, file by file). Default: on a GPU, the spare "
+                   "cores; on a CPU, 0.")
 def transcribe(files, model, weights, dtype, device, download, batch_seconds, batch_size, vad,
                max_segment_s, max_window_s, punc, as_json, max_new_tokens, no_guard, language,
-               itn, hotwords, vad_processes):
+               itn, hotwords, vad_processes, reader_processes):
     """Transcribe audio files or folders and print the text (or JSON lines).
 
     Files are cut, batched and put back together as `batchasr run` does (same VAD,
@@ -201,7 +207,8 @@ def transcribe(files, model, weights, dtype, device, download, batch_seconds, ba
     try:
         for r in transcribe_paths(asr, files, cut, language=language, batch_seconds=batch_seconds,
                                   max_items=batch_size, punctuator=punctuator,
-                                  vad_processes=vad_processes):  # input order
+                                  vad_processes=vad_processes,
+                                  reader_processes=reader_processes):  # input order
             if r.error is not None:
                 failures += 1
                 click.echo(f"Error: {r.error}", err=True)

@@ -19,7 +19,11 @@ from batchasr.audio.cut import CutOptions, VADFailed, iter_pieces
 from batchasr.audio.decode import SAMPLE_RATE, probe
 from batchasr.batches.assemble import PieceResult
 from batchasr.errors import AudioError
-from batchasr.runner.options import DEFAULT_MAX_FAILURES_IN_A_ROW, pool_samples
+from batchasr.runner.options import (DEFAULT_MAX_FAILURES_IN_A_ROW, PREFETCH_BATCHES,
+                                     pool_samples)
+from batchasr.runner.read_ahead import ReadAhead, ReaderError
+from batchasr.runner.read_processes import (End, ReaderDied, ReadProcesses, VADFailedRemote,
+                                            Window)
 from batchasr.runner.stages.completion import assemble_finished, result_row
 from batchasr.runner.stages.model import ModelStage, RunBatch, model_error
 from batchasr.runner.stages.pool import Pool, batch_plan, item_options
@@ -152,7 +156,8 @@ def transcribe_files(model: ASRModel, files, cut: CutOptions, *, batch_seconds: 
                      max_items: int | None = None,
                      max_failures_in_a_row: int = DEFAULT_MAX_FAILURES_IN_A_ROW,
                      run: RunBatch | None = None, stats: dict | None = None,
-                     vad_processes: int = 0):
+                     vad_processes: int = 0, reader_processes: int | None = None,
+                     read_ahead_s: float | None = None):
     """Transcribe ``files`` (``(path, language)`` pairs, any iterable) as the runner does and
     yield one :class:`FileResult` per file, in input order, in bounded memory.
 
@@ -166,19 +171,42 @@ def transcribe_files(model: ASRModel, files, cut: CutOptions, *, batch_seconds: 
     ``max_failures_in_a_row`` model failures in a row. ``stats`` (a dict), when given,
     gets ``peak_pool_samples``, ``batches`` and ``model_audio_s``. ``vad_processes``: the
     VAD of the next long files runs in that many processes (``runner.vad_pool``) while
-    earlier files are transcribed; same pieces, so the same results."""
+    earlier files are transcribed; same pieces, so the same results.
+
+    ``reader_processes`` (None: ``runner.device.default_reader_processes()``, 0 on CPUs):
+    the next files, that many at a time in input order, are decoded, run through the VAD
+    and cut in reader processes (``runner.read_ahead``; ``vad_processes`` is then not
+    needed and not used) while earlier files are transcribed; their pieces are queued
+    ahead within ``read_ahead_s`` audio seconds (default: as ``run``'s prefetch, 2
+    batches; ``stats`` then gets ``peak_read_ahead_samples``). Same pieces in the same
+    order, so the same results and errors; a file on which its reader process dies twice
+    fails alone (``read_processes.ReaderDied``). A VAD loaded by the caller (not by name
+    or folder) cannot be spawned: the files are then read here."""
     spec = getattr(cut.vad, "spec", None)
+    if reader_processes is None:
+        from batchasr.runner.device import default_reader_processes
+
+        reader_processes = default_reader_processes()
+    readers = None
+    if reader_processes > 0 and (cut.vad is None or spec is not None):
+        seconds = read_ahead_s or PREFETCH_BATCHES * batch_seconds
+        readers = ReadAhead(ReadProcesses(reader_processes, cut, spec),
+                            int(seconds * SAMPLE_RATE))
+    elif reader_processes > 0:
+        logger.info("the VAD was loaded by the caller: files are read in this process")
     vad_pool = VADPool(spec, vad_processes, cut.vad_window_s) \
-        if vad_processes > 0 and spec is not None else None
+        if vad_processes > 0 and spec is not None and readers is None else None
     try:
         yield from _transcribe_files(model, files, cut, batch_seconds=batch_seconds,
                                      punctuator=punctuator, pool_seconds=pool_seconds,
                                      max_items=max_items,
                                      max_failures_in_a_row=max_failures_in_a_row, run=run,
-                                     stats=stats, vad_pool=vad_pool)
+                                     stats=stats, vad_pool=vad_pool, readers=readers)
     finally:
         if vad_pool is not None:
             vad_pool.close()
+        if readers is not None:
+            readers.close()
 
 
 def _segments_ahead(files, cut: CutOptions, vad_pool: VADPool | None):
@@ -220,10 +248,37 @@ def _segments_ahead(files, cut: CutOptions, vad_pool: VADPool | None):
         yield path, language, None if future is None else known(future)
 
 
+def _pieces_of(files, cut: CutOptions, vad_pool: VADPool | None, readers: ReadAhead | None):
+    """``(path, language, pieces, read)`` for each of ``files`` in input order: ``pieces``
+    as ``iter_pieces`` yields them (``read`` gets what it puts there), cut here or, with
+    ``readers``, in the reader processes."""
+    if readers is None:
+        for path, language, known in _segments_ahead(files, cut, vad_pool):
+            read: dict = {}
+            yield path, language, iter_pieces(path, cut, read, known), read
+        return
+    for path, language, events in readers.files(files):
+        read = {}
+        yield path, language, _read_pieces(events, read), read
+
+
+def _read_pieces(events, read: dict):
+    """A file's events from the reader processes as ``iter_pieces``'s pieces."""
+    try:
+        for ev in events:
+            if isinstance(ev, End):
+                read.update(duration_s=ev.duration_s, n_pieces=ev.n_pieces)
+                return
+            yield (ev.index, ev.offset_s, ev.audio) if isinstance(ev, Window) \
+                else (ev.index, ev.start_s, ev.audio)
+    finally:
+        events.close()  # left early: the rest of the file is dropped
+
+
 def _transcribe_files(model: ASRModel, files, cut: CutOptions, *, batch_seconds: float,
                       punctuator, pool_seconds: float | None, max_items: int | None,
                       max_failures_in_a_row: int, run: RunBatch | None, stats: dict | None,
-                      vad_pool: VADPool | None):
+                      vad_pool: VADPool | None, readers: ReadAhead | None = None):
     pool = Pool(batch_seconds=batch_seconds, max_items=max_items, arrival_order=True,
                 target=pool_samples(pool_seconds, batch_seconds))
     stage = ModelStage(model, _FilesSink(pool), max_failures_in_a_row=max_failures_in_a_row,
@@ -232,6 +287,8 @@ def _transcribe_files(model: ASRModel, files, cut: CutOptions, *, batch_seconds:
     state = {"next": 0}
     if stats is not None:
         stats.update(peak_pool_samples=0, batches=0, model_audio_s=0.0)
+        if readers is not None:
+            stats["peak_read_ahead_samples"] = 0
 
     def run_batch() -> None:
         batch = pool.next_batch()
@@ -260,16 +317,17 @@ def _transcribe_files(model: ASRModel, files, cut: CutOptions, *, batch_seconds:
             else:
                 yield FileResult(f.path, f.transcript, f.duration_s)
 
-    for k, (path, language, known) in enumerate(_segments_ahead(files, cut, vad_pool)):
+    for k, (path, language, pieces, read) in enumerate(_pieces_of(files, cut, vad_pool,
+                                                                   readers)):
         f = _StreamedFile(k, str(path), language)
         pending[k] = f
-        read: dict = {}
-        pieces = iter_pieces(f.path, cut, read, known)
         try:
             for index, offset_s, wave in pieces:
                 pool.add(f, index, offset_s, wave, f.language)
                 if stats is not None:
                     stats["peak_pool_samples"] = max(stats["peak_pool_samples"], pool.samples)
+                    if readers is not None:
+                        stats["peak_read_ahead_samples"] = readers.peak_samples
                 while pool.full and f.error is None:
                     run_batch()
                 if f.error is not None:  # the model failed on one of its pieces
@@ -281,9 +339,12 @@ def _transcribe_files(model: ASRModel, files, cut: CutOptions, *, batch_seconds:
             f.error = f"VAD error: {type(e.__cause__).__name__}: {e.__cause__}"
         except AudioError as e:
             f.error = str(e)
-        except VADError as e:  # in a VAD process
+        except (VADError, VADFailedRemote) as e:  # in a VAD or reader process
             logger.error("VAD failed on %s: %s", f.path, e)
             f.error = f"VAD error: {e}"
+        except (ReaderDied, ReaderError) as e:  # the reader process died, or a decoder bug
+            logger.error("%s: %s", f.path, e)
+            f.error = str(e)
         except Exception as e:  # a decoder bug fails the file, not the others
             logger.exception("unexpected error decoding %s", f.path)
             f.error = f"{type(e).__name__}: {e}"
@@ -292,6 +353,8 @@ def _transcribe_files(model: ASRModel, files, cut: CutOptions, *, batch_seconds:
         if f.error is not None:
             pool.drop(f)
         yield from finished()
+    if stats is not None and readers is not None:
+        stats["peak_read_ahead_samples"] = readers.peak_samples
     while pool:
         run_batch()
         yield from finished()

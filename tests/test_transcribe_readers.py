@@ -1,0 +1,107 @@
+"""`batchasr transcribe --reader-processes N`: the next files decoded, run through the VAD and
+cut in reader processes while earlier ones are transcribed. The same output as without
+(silero and fsmn-vad, broken files included, input order kept), a file that kills its reader
+fails alone, and what is read ahead stays within its bound in audio seconds."""
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from batchasr.audio.cut import CutOptions
+from batchasr.models.loader import load_model, load_vad
+from batchasr.runner.transcribe import transcribe_files
+from batchasr.transcript import to_record
+
+from test_vad_processes import FSMN, MODEL, long_files
+
+ROOT = Path(__file__).resolve().parents[1]
+WITH_ERRORS = ROOT / "sample_manifests" / "with_errors.csv"
+SR = 16000
+needs_proc = pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs /proc")
+
+
+def mixed_inputs(tmp_path: Path) -> list[str]:
+    """Long recordings of speech and pauses (and one cut off) interleaved with every file of
+    sample_manifests/with_errors.csv (good clips, broken files, a missing one)."""
+    manifest = long_files(tmp_path / "audio")
+    long = [line.split(",", 1)[1] for line in manifest.read_text().splitlines()[1:]]
+    with open(WITH_ERRORS, newline="", encoding="utf-8") as f:
+        samples = [str(WITH_ERRORS.parent / row["path"]) for row in csv.DictReader(f)]
+    paths = []
+    for i in range(max(len(long), len(samples))):
+        paths += long[i:i + 1] + samples[i:i + 1]
+    return paths
+
+
+@pytest.mark.parametrize("vad", ["silero", str(FSMN)])
+def test_transcribe_with_reader_processes_prints_what_it_prints_without(tmp_path, vad):
+    paths = mixed_inputs(tmp_path)
+    out, err = {}, {}
+    for n in (0, 2):
+        proc = subprocess.run([sys.executable, "-m", "batchasr.cli", "transcribe", "--model",
+                               str(MODEL), "--json", "--vad", vad, "--max-segment-s", "10",
+                               "--reader-processes", str(n), *paths],
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 3, proc.stderr  # the broken files
+        out[n] = proc.stdout.splitlines()
+        err[n] = [line for line in proc.stderr.splitlines() if line.startswith("Error")]
+    assert out[2] == out[0]
+    assert err[2] == err[0]
+    got = [json.loads(line) for line in out[0]]
+    assert [g["path"] for g in got] == paths  # input order
+    failed = {Path(g["path"]).name for g in got if "error" in g}
+    assert {"empty.wav", "truncated.wav", "not_audio.wav", "corrupt.flac",
+            "does_not_exist.wav"} <= failed
+    assert {"talk0.wav", "talk1.wav", "talk2.wav", "long_45s.ogg"}.isdisjoint(failed)
+    assert sum('"segments": [[' in line for line in out[0]) >= 3  # the talks were cut
+
+
+@pytest.fixture(scope="module")
+def asr():
+    return load_model(MODEL)
+
+
+def records(results, asr) -> list[dict]:
+    return [{"path": r.path, "error": r.error} if r.error is not None
+            else to_record(r.transcript, path=r.path, duration_s=r.duration_s, asr=asr)
+            for r in results]
+
+
+@needs_proc
+def test_a_file_that_kills_its_reader_fails_alone(tmp_path, asr, monkeypatch):
+    """A decoder crash (the reader process dies) on one file: read again in a new process,
+    it dies again and fails with a clear error; every other file gives what it gives
+    without reader processes."""
+    paths = mixed_inputs(tmp_path)
+    cut = CutOptions(vad=load_vad("silero"), max_segment_s=10)
+    files = [(p, None) for p in paths]
+    want = records(transcribe_files(asr, files, cut, batch_seconds=30, reader_processes=0), asr)
+    monkeypatch.setenv("BATCHASR_TEST_READER_DIES_ON", "talk1")
+    got = records(transcribe_files(asr, files, cut, batch_seconds=30, reader_processes=2), asr)
+    assert [g["path"] for g in got] == paths
+    dead = paths.index(next(p for p in paths if Path(p).name == "talk1.wav"))
+    assert got[dead] == {"path": paths[dead], "error": "the reader process died 2 times on "
+                                                      "this file (last: killed by signal 9)"}
+    assert "error" not in want[dead]
+    assert got[:dead] + got[dead + 1:] == want[:dead] + want[dead + 1:]
+
+
+def test_what_is_read_ahead_stays_within_its_bound(tmp_path, asr):
+    """Three 70 s recordings read ahead within 8 s of audio: the pieces queued stay within
+    the bound plus one piece (of at most --max-segment-s), and the results are those read
+    here."""
+    manifest = long_files(tmp_path / "audio")
+    files = [(line.split(",", 1)[1], None) for line in manifest.read_text().splitlines()[1:]]
+    cut = CutOptions(vad=load_vad("silero"), max_segment_s=5)
+    stats: dict = {}
+    got = records(transcribe_files(asr, files, cut, batch_seconds=10, reader_processes=2,
+                                   read_ahead_s=8, stats=stats), asr)
+    want = records(transcribe_files(asr, files, cut, batch_seconds=10, reader_processes=0),
+                   asr)
+    assert got == want
+    assert 0 < stats["peak_read_ahead_samples"] <= (8 + 5) * SR
