@@ -178,12 +178,72 @@ def _speechlike(seconds: float, rng) -> np.ndarray:
     return (0.3 * x / (np.abs(x).max() + 1e-9)).astype(np.float32)
 
 
+# ModelProto's wire format, by hand (the GPU machine's baseline env may have no protobuf):
+# every top-level field is a length-delimited message; pieces are field 1, and a
+# SentencePiece is {1: piece string, 2: score float, 3: type enum (1 normal)}.
+def _varint(b: bytes, i: int) -> tuple[int, int]:
+    v = shift = 0
+    while True:
+        c = b[i]
+        i += 1
+        v |= (c & 0x7F) << shift
+        shift += 7
+        if c < 0x80:
+            return v, i
+
+
+def _enc_varint(v: int) -> bytes:
+    out = bytearray()
+    while True:
+        out.append((v & 0x7F) | (0x80 if v > 0x7F else 0))
+        v >>= 7
+        if not v:
+            return bytes(out)
+
+
+def _proto_fields(b: bytes) -> list[tuple[int, bytes]]:
+    fields, i = [], 0
+    while i < len(b):
+        tag, i = _varint(b, i)
+        assert tag & 7 == 2, tag
+        n, i = _varint(b, i)
+        fields.append((tag >> 3, b[i:i + n]))
+        i += n
+    return fields
+
+
+def _field(k: int, v: bytes) -> bytes:
+    return _enc_varint(k << 3 | 2) + _enc_varint(len(v)) + v
+
+
+def _piece_fields(b: bytes) -> tuple[str, float]:
+    import struct
+
+    piece, score, i = "", 0.0, 0
+    while i < len(b):
+        tag, i = _varint(b, i)
+        if tag == 0x0A:
+            n, i = _varint(b, i)
+            piece, i = b[i:i + n].decode("utf-8"), i + n
+        elif tag == 0x15:
+            score, i = struct.unpack("<f", b[i:i + 4])[0], i + 4
+        else:
+            _, i = _varint(b, i)  # type: a varint
+    return piece, score
+
+
+def _piece_bytes(piece: str, score: float) -> bytes:
+    import struct
+
+    p = piece.encode("utf-8")
+    return b"\x0a" + _enc_varint(len(p)) + p + b"\x15" + struct.pack("<f", score) + b"\x18\x01"
+
+
 def sensevoice_bpe(path: Path, work: Path, vocab_size: int = SENSEVOICE_VOCAB) -> int:
     """A sentencepiece BPE model of vocab_size pieces: trained on synthetic English/CJK text
     with the SenseVoice tags as user-defined symbols (no byte fallback), then filled up with
     single CJK characters (normal pieces, lower scores) to the published size."""
     import sentencepiece as spm
-    from sentencepiece import sentencepiece_model_pb2 as pb
 
     from tools.reference_sense_voice import CJK, CORPUS_WORDS, TAGS
 
@@ -201,20 +261,20 @@ def sensevoice_bpe(path: Path, work: Path, vocab_size: int = SENSEVOICE_VOCAB) -
         vocab_size=1000, user_defined_symbols=TAGS, byte_fallback=False,
         character_coverage=1.0, unk_id=0, bos_id=1, eos_id=2, pad_id=-1, minloglevel=2,
         hard_vocab_limit=False)
-    proto = pb.ModelProto()
-    proto.ParseFromString((work / "bpe.model").read_bytes())
-    have = {p.piece for p in proto.pieces}
-    score = min(p.score for p in proto.pieces) - 1.0
-    code = 0x4E00
-    while len(proto.pieces) < vocab_size:
+    fields = _proto_fields((work / "bpe.model").read_bytes())
+    pieces = [_piece_fields(v) for k, v in fields if k == 1]
+    have = {p for p, _ in pieces}
+    score = min(sc for _, sc in pieces) - 1.0
+    added, code = [], 0x4E00
+    while len(pieces) + len(added) < vocab_size:
         c = chr(code)
         code += 1
         if c in have:
             continue
-        piece = proto.pieces.add()
-        piece.piece, piece.score, piece.type = c, score, pb.ModelProto.SentencePiece.NORMAL
+        added.append(_piece_bytes(c, score))
         score -= 1e-3
-    path.write_bytes(proto.SerializeToString())
+    out = b"".join(_field(1, v) for k, v in fields if k == 1) + b"".join(_field(1, a) for a in added)
+    path.write_bytes(out + b"".join(_field(k, v) for k, v in fields if k != 1))
     n = spm.SentencePieceProcessor(model_file=str(path)).get_piece_size()
     assert n == vocab_size, n
     return n
