@@ -239,6 +239,25 @@ def _piece_bytes(piece: str, score: float) -> bytes:
     return b"\x0a" + _enc_varint(len(p)) + p + b"\x15" + struct.pack("<f", score) + b"\x18\x01"
 
 
+def fill_pieces(model: bytes, vocab_size: int) -> bytes:
+    """A serialized sentencepiece model with single CJK characters (U+4E00 on, those it lacks)
+    appended as normal pieces, scores below all of its own, up to vocab_size pieces."""
+    fields = _proto_fields(model)
+    pieces = [_piece_fields(v) for k, v in fields if k == 1]
+    have = {p for p, _ in pieces}
+    score = min(sc for _, sc in pieces) - 1.0
+    added, code = [], 0x4E00
+    while len(pieces) + len(added) < vocab_size:
+        c = chr(code)
+        code += 1
+        if c in have:
+            continue
+        added.append(_piece_bytes(c, score))
+        score -= 1e-3
+    out = b"".join(_field(1, v) for k, v in fields if k == 1) + b"".join(_field(1, a) for a in added)
+    return out + b"".join(_field(k, v) for k, v in fields if k != 1)
+
+
 def sensevoice_bpe(path: Path, work: Path, vocab_size: int = SENSEVOICE_VOCAB) -> int:
     """A sentencepiece BPE model of vocab_size pieces: trained on synthetic English/CJK text
     with the SenseVoice tags as user-defined symbols (no byte fallback), then filled up with
@@ -261,20 +280,7 @@ def sensevoice_bpe(path: Path, work: Path, vocab_size: int = SENSEVOICE_VOCAB) -
         vocab_size=1000, user_defined_symbols=TAGS, byte_fallback=False,
         character_coverage=1.0, unk_id=0, bos_id=1, eos_id=2, pad_id=-1, minloglevel=2,
         hard_vocab_limit=False)
-    fields = _proto_fields((work / "bpe.model").read_bytes())
-    pieces = [_piece_fields(v) for k, v in fields if k == 1]
-    have = {p for p, _ in pieces}
-    score = min(sc for _, sc in pieces) - 1.0
-    added, code = [], 0x4E00
-    while len(pieces) + len(added) < vocab_size:
-        c = chr(code)
-        code += 1
-        if c in have:
-            continue
-        added.append(_piece_bytes(c, score))
-        score -= 1e-3
-    out = b"".join(_field(1, v) for k, v in fields if k == 1) + b"".join(_field(1, a) for a in added)
-    path.write_bytes(out + b"".join(_field(k, v) for k, v in fields if k != 1))
+    path.write_bytes(fill_pieces((work / "bpe.model").read_bytes(), vocab_size))
     n = spm.SentencePieceProcessor(model_file=str(path)).get_piece_size()
     assert n == vocab_size, n
     return n
