@@ -17,8 +17,9 @@ and the same audio as batchasr. Runs in an environment with torch and funasr 1.4
         SAN-M blocks of 512, dither 0), with random weights built by funasr's own class, am.mvn,
         configuration.json and a sentencepiece BPE model of the published vocabulary size 25055
         (trained on synthetic text with the SenseVoice tags, then filled up to 25055 pieces with
-        single CJK characters). The CTC blank bias is set so that about tokens_per_s tokens per
-        second of speech-like audio are emitted (random logits otherwise give one every frame).
+        single CJK characters). The CTC blank bias is set so that tokens_per_s x 60 ms of the
+        frames of six speech-like clips emit a token (random logits otherwise emit on almost
+        every frame); other audio gives a somewhat different rate.
     python benchmarks/baseline_funasr.py run-sensevoice DIR AUDIO_DIR [--batch-size 16] [--sort]
         Times AutoModel(model=DIR).generate(list of waveforms, batch_size=N, language="auto",
         use_itn=False): batched by count in input order (--sort: longest first, as a user can
