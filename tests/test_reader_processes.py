@@ -50,12 +50,25 @@ def test_reader_processes_give_the_rows_of_the_reader_threads(tmp_path, asr, vad
     threads, s0 = run_rows(tmp_path, "threads", manifest, asr, vad=vad, max_segment_s=10,
                            reader_processes=0)
     procs, s2 = run_rows(tmp_path, "procs", manifest, asr, vad=vad, max_segment_s=10,
-                         reader_processes=2)
+                         reader_processes=2, vad_in_readers=True)
     assert procs == threads
     assert (s0.reader_processes, s2.reader_processes) == (0, 2)
     assert s2.vad_s == 0 and (s0.vad_s > 0) == (vad is not None)  # the VAD ran elsewhere
     assert {r[0]: r[1] for r in procs if r[0] != "cut_off"} == {
         "talk0": "done", "talk1": "done", "talk2": "done", "short": "done"}
+
+
+@pytest.mark.parametrize("vad", ["silero", str(FSMN)])
+def test_readers_that_leave_the_vad_to_the_main_thread_give_the_same_rows(tmp_path, asr, vad):
+    """As with MLX on CUDA (runner.device.vad_in_reader_processes): the readers decode and
+    send a long file's windows, the main thread runs the VAD; the rows are the threads'."""
+    manifest = long_files(tmp_path / "audio")
+    threads, _ = run_rows(tmp_path, "threads", manifest, asr, vad=vad, max_segment_s=10,
+                          reader_processes=0)
+    procs, s2 = run_rows(tmp_path, "procs", manifest, asr, vad=vad, max_segment_s=10,
+                         reader_processes=2, vad_in_readers=False)
+    assert procs == threads
+    assert s2.reader_processes == 2 and s2.vad_s > 0  # the VAD ran here
 
 
 def test_broken_files_fail_with_the_same_errors_in_reader_processes(tmp_path, asr):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -38,15 +39,20 @@ def mixed_inputs(tmp_path: Path) -> list[str]:
     return paths
 
 
-@pytest.mark.parametrize("vad", ["silero", str(FSMN)])
-def test_transcribe_with_reader_processes_prints_what_it_prints_without(tmp_path, vad):
+@pytest.mark.parametrize("vad,vad_in_readers", [("silero", "1"), (str(FSMN), "1"),
+                                                  (str(FSMN), "0")])
+def test_transcribe_with_reader_processes_prints_what_it_prints_without(tmp_path, vad,
+                                                                         vad_in_readers):
+    """With the VAD in the reader processes, or (as with MLX on CUDA) on the main thread
+    while the readers decode and send a long file's windows."""
     paths = mixed_inputs(tmp_path)
     out, err = {}, {}
+    env = {**os.environ, "BATCHASR_VAD_IN_READERS": vad_in_readers}
     for n in (0, 2):
         proc = subprocess.run([sys.executable, "-m", "batchasr.cli", "transcribe", "--model",
                                str(MODEL), "--json", "--vad", vad, "--max-segment-s", "10",
                                "--reader-processes", str(n), *paths],
-                              capture_output=True, text=True, timeout=300)
+                              capture_output=True, text=True, timeout=300, env=env)
         assert proc.returncode == 3, proc.stderr  # the broken files
         out[n] = proc.stdout.splitlines()
         err[n] = [line for line in proc.stderr.splitlines() if line.startswith("Error")]

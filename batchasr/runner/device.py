@@ -47,6 +47,21 @@ def default_reader_processes(device: str = "auto", workers: int = 1) -> int:
     return max(1, min(32, spare // workers))
 
 
+def vad_in_reader_processes() -> bool:
+    """Whether reader processes may run the VAD themselves. Not with MLX's CUDA backend: it
+    allocates device memory for every array, CPU ones too, and gives each process a context
+    of its own, so many VAD processes ran the model's process out of GPU memory on an H200
+    (16 readers with fsmn-vad). The VAD then runs on the model's thread, on the GPU, and
+    the readers decode and cut. BATCHASR_VAD_IN_READERS=1 or 0 overrides the choice."""
+    forced = os.environ.get("BATCHASR_VAD_IN_READERS")
+    if forced in ("0", "1"):
+        return forced == "1"
+    try:
+        return not mx.cuda.is_available()
+    except AttributeError:
+        return True
+
+
 def gpu_memory_bytes() -> int | None:
     """Memory of the GPU this process uses (None when unknown or no GPU)."""
     try:

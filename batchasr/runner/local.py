@@ -39,7 +39,7 @@ from batchasr.errors import disk_full, is_disk_full
 from batchasr.outputs import segment_cache
 from batchasr.queue.lock import JobLock
 from batchasr.queue.store import JobQueue
-from batchasr.runner.device import default_reader_processes
+from batchasr.runner.device import default_reader_processes, vad_in_reader_processes
 from batchasr.runner.hooks import crash_hook_from_env, slow_batch_s
 from batchasr.runner.options import (RunOptions, RunSummary, default_max_segment_s, open_punctuator,
                                      open_vad)
@@ -196,10 +196,12 @@ def _read_processes(opts: RunOptions, cut) -> ReadProcesses | None:
     if n <= 0:
         return None
     spec = getattr(cut.vad, "spec", None)
-    if cut.vad is not None and spec is None:
+    vad_here = not (opts.vad_in_readers if opts.vad_in_readers is not None
+                    else vad_in_reader_processes())
+    if cut.vad is not None and spec is None and not vad_here:
         logger.info("the VAD was loaded by the caller: files are read in this process")
         return None
-    return ReadProcesses(n, cut, spec)
+    return ReadProcesses(n, cut, spec, vad_here=vad_here)
 
 
 class Runner:

@@ -83,6 +83,9 @@ class RunOptions:
     # many files at once, off this process (runner.read_processes); 0: the reader threads
     # below do it here; None: the default for the device (runner.device).
     reader_processes: int | None = None
+    # Whether those processes run the VAD too (None: unless MLX runs on CUDA, see
+    # runner.device.vad_in_reader_processes); if not, the main thread runs it.
+    vad_in_readers: bool | None = None
     # Pipeline. Readers decode ahead into a buffer of prefetch_seconds (default 2 batches);
     # the main thread sorts a pool of pool_seconds (default 4 batches) into batches.
     readers: int = 2

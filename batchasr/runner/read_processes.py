@@ -77,6 +77,15 @@ class Window:
 
 
 @dataclass(frozen=True)
+class VADWindow:
+    """A window of a long file for the caller's VAD (``vad_here``), in file order."""
+
+    index: int
+    offset_s: float
+    audio: np.ndarray
+
+
+@dataclass(frozen=True)
 class End:
     """Last event of a file read to its end."""
 
@@ -162,16 +171,20 @@ class ReadProcesses:
     """``processes`` reader processes cutting files as ``cut`` says; the VAD, when ``cut``
     has one, is loaded in each process from ``vad_spec`` (a name or folder)."""
 
-    def __init__(self, processes: int, cut: CutOptions, vad_spec: str | None = None):
+    def __init__(self, processes: int, cut: CutOptions, vad_spec: str | None = None, *,
+                 vad_here: bool = False):
         if processes < 1:
             raise ValueError("processes must be at least 1")
-        if cut.vad is not None and vad_spec is None:
+        if cut.vad is not None and vad_spec is None and not vad_here:
             raise ValueError("a VAD for reader processes must be given by name or folder")
         self.processes = processes
-        self.vad_spec = vad_spec if cut.vad is not None else None
+        # vad_here: the caller runs the VAD (the processes then send a long file's windows,
+        # VADWindow events, and never load MLX)
+        self.vad_here = vad_here and cut.vad is not None
+        self.vad_spec = vad_spec if cut.vad is not None and not self.vad_here else None
         self.cut_fields = {"max_segment_s": cut.max_segment_s, "max_window_s": cut.max_window_s,
                            "vad_window_s": cut.vad_window_s, "memory_s": cut.memory_s,
-                           "spill_dir": cut.spill_dir}
+                           "spill_dir": cut.spill_dir, "vad_elsewhere": self.vad_here}
         self.n_samples = ring_samples(cut)
         self._ctx = multiprocessing.get_context("spawn")
         self._free: queue_mod.Queue[_Slot] = queue_mod.Queue()
@@ -260,7 +273,7 @@ class ReadProcesses:
                         if planned:
                             continue
                         planned = True
-                    elif isinstance(ev, (Window, Cut)):
+                    elif isinstance(ev, (Window, Cut, VADWindow)):
                         forwarded += 1
                     yield ev
                     if abandon():
@@ -307,6 +320,8 @@ class ReadProcesses:
                     audio = self._take(slot, at, n, used)
                     if span is None:
                         yield Window(index, offset_s, audio)
+                    elif span == "vad":
+                        yield VADWindow(index, offset_s, audio)
                     else:
                         yield Cut(index, span[0], span[1], audio)
                 elif kind == "end":
@@ -424,7 +439,9 @@ def _reader_main(conn, shm_name: str, n_samples: int, vad_spec: str | None, cut_
         from batchasr.models.loader import load_vad
 
         vad = load_vad(vad_spec)
-    cut = CutOptions(vad=vad, **cut_fields)
+    vad_elsewhere = cut_fields.pop("vad_elsewhere", False)
+    # The caller's VAD: files are planned as with a VAD, a long one sent as its windows.
+    cut = CutOptions(vad=_VAD_ELSEWHERE if vad_elsewhere else vad, **cut_fields)
     shm = shared_memory.SharedMemory(name=shm_name)
     ring = _Ring(conn, np.ndarray((n_samples,), np.float32, shm.buf))
     try:
@@ -455,12 +472,14 @@ def _read_file(conn, ring: _Ring, cut: CutOptions, path: str, skip: int) -> None
         with audio.open_audio(path) as f:
             through_vad, windows = planned_windows(f, cut)
             conn.send(("plan", through_vad))
-            cutter = SegmentCutter(cut.vad, cut) if through_vad else None
+            elsewhere = cut.vad is _VAD_ELSEWHERE
+            cutter = SegmentCutter(cut.vad, cut) if through_vad and not elsewhere else None
+            kind = "vad" if through_vad and elsewhere else None
             try:
                 for offset_s, wave in windows:
                     samples += len(wave)
                     if cutter is None:
-                        if n >= skip and not ring.put(n, offset_s, None, wave):
+                        if n >= skip and not ring.put(n, offset_s, kind, wave):
                             conn.send(("cancelled",))
                             return
                         n += 1
@@ -496,6 +515,10 @@ def _read_file(conn, ring: _Ring, cut: CutOptions, path: str, skip: int) -> None
 
 class _VADRaised(Exception):
     pass
+
+
+# Stands for a VAD the caller runs: plan_file plans with it; nothing here calls it.
+_VAD_ELSEWHERE = object()
 
 
 def _send_cuts(ring: _Ring, cuts: list[Cut], skip: int) -> bool:

@@ -15,7 +15,7 @@ from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
-from batchasr.audio.cut import CutOptions, VADFailed, iter_pieces
+from batchasr.audio.cut import CutOptions, SegmentCutter, VADFailed, iter_pieces
 from batchasr.audio.decode import SAMPLE_RATE, probe
 from batchasr.batches.assemble import PieceResult
 from batchasr.errors import AudioError
@@ -23,7 +23,7 @@ from batchasr.runner.options import (DEFAULT_MAX_FAILURES_IN_A_ROW, PREFETCH_BAT
                                      pool_samples)
 from batchasr.runner.read_ahead import ReadAhead, ReaderError
 from batchasr.runner.read_processes import (End, ReaderDied, ReadProcesses, VADFailedRemote,
-                                            Window)
+                                            VADWindow, Window)
 from batchasr.runner.stages.completion import assemble_finished, result_row
 from batchasr.runner.stages.model import ModelStage, RunBatch, model_error
 from batchasr.runner.stages.pool import Pool, batch_plan, item_options
@@ -157,6 +157,7 @@ def transcribe_files(model: ASRModel, files, cut: CutOptions, *, batch_seconds: 
                      max_failures_in_a_row: int = DEFAULT_MAX_FAILURES_IN_A_ROW,
                      run: RunBatch | None = None, stats: dict | None = None,
                      vad_processes: int = 0, reader_processes: int | None = None,
+                     vad_in_readers: bool | None = None,
                      read_ahead_s: float | None = None):
     """Transcribe ``files`` (``(path, language)`` pairs, any iterable) as the runner does and
     yield one :class:`FileResult` per file, in input order, in bounded memory.
@@ -188,9 +189,14 @@ def transcribe_files(model: ASRModel, files, cut: CutOptions, *, batch_seconds: 
 
         reader_processes = default_reader_processes()
     readers = None
-    if reader_processes > 0 and (cut.vad is None or spec is not None):
+    if vad_in_readers is None:
+        from batchasr.runner.device import vad_in_reader_processes
+
+        vad_in_readers = vad_in_reader_processes()
+    if reader_processes > 0 and (cut.vad is None or spec is not None or not vad_in_readers):
         seconds = read_ahead_s or PREFETCH_BATCHES * batch_seconds
-        readers = ReadAhead(ReadProcesses(reader_processes, cut, spec),
+        readers = ReadAhead(ReadProcesses(reader_processes, cut, spec,
+                                          vad_here=not vad_in_readers),
                             int(seconds * SAMPLE_RATE))
     elif reader_processes > 0:
         logger.info("the VAD was loaded by the caller: files are read in this process")
@@ -259,19 +265,42 @@ def _pieces_of(files, cut: CutOptions, vad_pool: VADPool | None, readers: ReadAh
         return
     for path, language, events in readers.files(files):
         read = {}
-        yield path, language, _read_pieces(events, read), read
+        yield path, language, _read_pieces(events, read, cut), read
 
 
-def _read_pieces(events, read: dict):
-    """A file's events from the reader processes as ``iter_pieces``'s pieces."""
+def _read_pieces(events, read: dict, cut: CutOptions):
+    """A file's events from the reader processes as ``iter_pieces``'s pieces (a long
+    file's windows through ``cut.vad`` here when the processes leave the VAD to us)."""
+    cutter = None
     try:
         for ev in events:
             if isinstance(ev, End):
-                read.update(duration_s=ev.duration_s, n_pieces=ev.n_pieces)
+                n = ev.n_pieces
+                if cutter is not None:
+                    try:
+                        cuts = cutter.finish()
+                    except Exception as e:
+                        raise VADFailed() from e
+                    for c in cuts:
+                        yield c.index, c.start_s, c.audio
+                    n = cutter.count
+                read.update(duration_s=ev.duration_s, n_pieces=n)
                 return
+            if isinstance(ev, VADWindow):
+                if cutter is None:
+                    cutter = SegmentCutter(cut.vad, cut)
+                try:
+                    cuts = cutter.feed(ev.audio)
+                except Exception as e:
+                    raise VADFailed() from e
+                for c in cuts:
+                    yield c.index, c.start_s, c.audio
+                continue
             yield (ev.index, ev.offset_s, ev.audio) if isinstance(ev, Window) \
                 else (ev.index, ev.start_s, ev.audio)
     finally:
+        if cutter is not None:
+            cutter.close()
         events.close()  # left early: the rest of the file is dropped
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from batchasr.audio import decode as audio
-from batchasr.audio.cut import CutOptions, KnownSegments, SegmentCutter, planned_windows
+from batchasr.audio.cut import Cut, CutOptions, KnownSegments, SegmentCutter, planned_windows
 from batchasr.audio.decode import SAMPLE_RATE
 from batchasr.errors import AudioError, is_disk_full
 from batchasr.outputs import segment_cache
@@ -29,7 +29,8 @@ from batchasr.queue.store import Item, JobQueue
 from batchasr.runner.hooks import CrashHook
 from batchasr.runner.options import RunOptions, RunSummary
 from batchasr.runner.read_processes import (Cancelled as ReadCancelled, End, Plan,
-                                            ReaderDied, ReadProcesses, VADFailedRemote, Window)
+                                            ReaderDied, ReadProcesses, VADFailedRemote,
+                                            VADWindow)
 from batchasr.runner.stages.completion import Completion
 from batchasr.runner.stages.pool import Pool
 from batchasr.runner.stages.work import Work, fingerprint
@@ -246,13 +247,17 @@ class Feed:
                         if self.opts.segment_cache_s:
                             w.saved = segment_cache.load_segments(self.job_dir, w.item.id,
                                                                   w.source)
+                        w.vad = self.read_processes.vad_here  # the main thread's VAD
                     continue
                 if isinstance(ev, End):
                     self.buffer.put(("end", w, ev.n_pieces, ev.duration_s))
                     return
                 self.crash("decode")
-                msg = ("piece", w, ev.index, ev.offset_s, ev.audio) \
-                    if isinstance(ev, Window) else ("cut", w, ev)
+                if isinstance(ev, Cut):
+                    msg = ("cut", w, ev)
+                else:  # a window for the main thread's VAD, or a piece
+                    msg = ("window" if isinstance(ev, VADWindow) else "piece", w, ev.index,
+                           ev.offset_s, ev.audio)
                 if not self.buffer.put(msg, len(ev.audio), abandon=abandon):
                     return
         except AudioError as e:
