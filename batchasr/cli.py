@@ -164,10 +164,10 @@ def cli(verbose):
                    "transcribed (0: the VAD runs here, file by file). Not used with "
                    "--reader-processes, which run the VAD themselves.")
 @click.option("--reader-processes", type=click.IntRange(0), default=None,
-              help="Processes decoding, running the VAD and cutting the next files (that many "
-                   "at a time, in input order) while earlier ones are transcribed, as for "
-                   "`run`; same output (0: here, file by file). Default: on a GPU, the spare "
-                   "cores; on a CPU, 0.")
+              help="Processes decoding, running the VAD (not with MLX on CUDA: there the VAD "
+                   "stays here) and cutting the next files (that many at a time, in input "
+                   "order) while earlier ones are transcribed, as for `run`; same output (0: "
+                   "here, file by file). Default: on a GPU, the spare cores; on a CPU, 0.")
 def transcribe(files, model, weights, dtype, device, download, batch_seconds, batch_size, vad,
                max_segment_s, max_window_s, punc, as_json, max_new_tokens, no_guard, language,
                itn, hotwords, vad_processes, reader_processes):
@@ -254,10 +254,11 @@ def job_option(required: bool = True):
                    "files are cut at a time, so give as many readers. Not needed with "
                    "--reader-processes, which run the VAD themselves.")
 @click.option("--reader-processes", type=click.IntRange(0), default=None,
-              help="Processes decoding, resampling, running the VAD and cutting files into "
-                   "pieces, many files at once, their audio handed to the model's process "
-                   "through shared memory (0: reader threads in the model's process). Default: "
-                   "on a GPU, the cores the workers leave over; on a CPU, 0.")
+              help="Processes decoding, resampling, running the VAD (not with MLX on CUDA, "
+                   "where it stays on the model's thread) and cutting files into pieces, many "
+                   "files at once, their audio handed to the model's process through shared "
+                   "memory (0: reader threads in the model's process). Default: on a GPU, the "
+                   "cores the workers leave over; on a CPU, 0.")
 @click.option("--strict-manifest", is_flag=True,
               help="Refuse the whole manifest when any row is bad (default: report bad rows "
                    "with their line numbers, enqueue the rest, exit 3).")
