@@ -231,3 +231,23 @@ def test_ctrl_c_to_the_process_group_stops_the_run_and_its_readers(tmp_path):
     assert "stopped:" in err
     assert gone(mark), "reader processes outlived the run"
     resumes_exactly_once(args, env, job)
+
+
+def test_ctrl_c_while_a_reader_starts_does_not_kill_it(tmp_path):
+    """A terminal's Ctrl-C reaches the whole process group, also a reader still importing
+    (before it can ignore it): SIGINT is blocked across the spawn, so it survives, and closing
+    twice is harmless."""
+    path = long_files(tmp_path / "audio", n=1, seconds=5).parent / "talk0.wav"
+    procs = ReadProcesses(1, CutOptions())
+    try:
+        procs.start()
+        pid = procs.pids()[0]
+        for _ in range(25):  # from the first instants of its start-up on
+            os.kill(pid, signal.SIGINT)
+            time.sleep(0.02)
+        events = list(procs.read(str(path)))
+        assert procs.started == 1 and procs.pids() == [pid]
+        assert isinstance(events[-1], End)
+    finally:
+        procs.close()
+        procs.close()

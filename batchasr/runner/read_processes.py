@@ -107,6 +107,7 @@ class _Slot:
     """One reader process, its pipe and its ring (owned by the model's process)."""
 
     def __init__(self, ctx, vad_spec: str | None, cut_fields: dict, n_samples: int):
+        self.closed = False
         self.shm = shared_memory.SharedMemory(create=True, size=n_samples * 4)
         self.ring = np.ndarray((n_samples,), np.float32, self.shm.buf)
         self.conn, child = ctx.Pipe(duplex=True)
@@ -117,13 +118,17 @@ class _Slot:
         child.close()  # ours is closed: the pipe ends when the process dies
 
     def close(self) -> None:
+        """Kill the process and free its ring; closing twice does nothing more."""
+        if self.closed:
+            return
+        self.closed = True
         try:
             self.proc.kill()
         except Exception:
             pass
         self.proc.join(timeout=5)
         self.conn.close()
-        del self.ring
+        self.ring = None
         try:
             self.shm.close()
             self.shm.unlink()
@@ -156,9 +161,14 @@ def _start_without_main(proc) -> None:
         spawn.get_preparation_data = preparation_data
         saved = {k: os.environ.get(k) for k in _THREAD_VARIABLES}
         os.environ.update({k: str(READER_THREADS) for k in _THREAD_VARIABLES})
+        # Ctrl-C reaches the whole process group: blocked from the start (a blocked mask
+        # survives fork and exec), so a reader still importing cannot die of it; the reader
+        # ignores it once it runs.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
             proc.start()
         finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             spawn.get_preparation_data = original
             for k, v in saved.items():
                 if v is None:
@@ -430,6 +440,7 @@ def _reader_main(conn, shm_name: str, n_samples: int, vad_spec: str | None, cut_
 
     die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the terminal's Ctrl-C is the run's to handle
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked by the spawn
     vad = None
     if vad_spec is not None:
         import mlx.core as mx

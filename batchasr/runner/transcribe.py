@@ -5,6 +5,10 @@ Both run their batches through the same :class:`~batchasr.runner.stages.model.Mo
 as the local worker (one model call per batch, the one-by-one retry, the failure streak)
 and put items back together with the same ``assemble_finished`` / ``result_row``, so a
 file is cut, batched, retried and reassembled in exactly one way whichever engine runs.
+
+Size: above 400 lines because it holds both engines' streaming loops and the three ways a
+file's pieces reach them (cut here, with VAD processes, from reader processes), which must
+stay one path to give one output.
 """
 from __future__ import annotations
 
