@@ -76,11 +76,17 @@ class VADPool:
             raise Cancelled()
         if self.broken:
             raise PoolBroken()
+        # Ctrl-C reaches the whole process group: blocked while the pool spawns its
+        # processes (a blocked mask survives fork and exec), so one still importing cannot die
+        # of it; each ignores it once it runs (_start).
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
             return self._pool().submit(_file_segments, path, self.window_s)
         except (BrokenProcessPool, RuntimeError) as e:  # broken, or shut down meanwhile
             self.broken = not self.closed
             raise (Cancelled() if self.closed else PoolBroken()) from e
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
     def wait(self, future) -> list[tuple[int, int]]:
         """The segments of a :meth:`submit`; raises as :meth:`segments` does."""
@@ -133,6 +139,7 @@ def _start(spec: str, parent: int) -> None:
 
     die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the terminal's Ctrl-C is the parent's to handle
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked by submit
     import mlx.core as mx
 
     # A CPU stage: the accelerator, its memory above all, belongs to the model's process
