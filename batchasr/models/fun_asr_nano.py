@@ -256,8 +256,9 @@ def speech_token_count(lfr_frames: int, use_low_frame_rate: bool = True) -> int:
 # Fun-ASR-Nano-2512 is documented for the first, second and fourth: 中文、英文、日文). The
 # official get_prompt places any string verbatim and checks nothing. Here a code (any case)
 # becomes its name, as the official vLLM path does for zh/en/ja/ko; None, "" or "auto" mean no
-# language (`语音转写：`). Other values go into the prompt unchanged for Nano, and are refused
-# for an MLT-Nano checkpoint, whose list is fixed (MLT_LANGUAGES).
+# language (`语音转写：`). For Nano only zh, en and ja are named (as batchasr always did);
+# any other value goes into the prompt unchanged, as the official get_prompt puts it. An
+# MLT-Nano checkpoint, whose list is fixed (MLT_LANGUAGES), takes its 31 names or codes only.
 LANGUAGE_NAMES = {
     "zh": "中文", "en": "英文", "yue": "粤语", "ja": "日文", "ko": "韩文", "vi": "越南语",
     "id": "印尼语", "th": "泰语", "ms": "马来语", "fil": "菲律宾语", "tl": "菲律宾语",
@@ -268,6 +269,7 @@ LANGUAGE_NAMES = {
     "sv": "瑞典语",
 }
 MLT_LANGUAGES = tuple(dict.fromkeys(LANGUAGE_NAMES.values()))  # the 31 names, official order
+NANO_CODES = ("zh", "en", "ja")  # the codes Fun-ASR-Nano's prompt names (exact case)
 
 
 def prompt_language(language: str | None, fixed: Sequence[str] | None = None) -> str | None:
@@ -275,8 +277,10 @@ def prompt_language(language: str | None, fixed: Sequence[str] | None = None) ->
     `fixed` (a checkpoint's list of names), anything else raises ValueError."""
     if not language or language.lower() == "auto":
         return None
+    if fixed is None:  # Fun-ASR-Nano: its three codes named, anything else verbatim
+        return LANGUAGE_NAMES[language] if language in NANO_CODES else language
     name = LANGUAGE_NAMES.get(language.lower(), language)
-    if fixed is not None and name not in fixed:
+    if name not in fixed:
         codes = ", ".join(f"{c}={n}" for c, n in LANGUAGE_NAMES.items())
         raise ValueError(f"unknown language {language!r} for Fun-ASR-MLT-Nano: give one of its "
                          f"{len(fixed)} language names or codes ({codes}), or auto")
