@@ -7,8 +7,10 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -111,3 +113,47 @@ def test_what_is_read_ahead_stays_within_its_bound(tmp_path, asr):
                    asr)
     assert got == want
     assert 0 < stats["peak_read_ahead_samples"] <= (8 + 5) * SR
+
+
+def _reader_children() -> list[int]:
+    """This process's reader processes (spawned children running spawn_main)."""
+    me, found = os.getpid(), []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if ppid == me and b"spawn_main" in (d / "cmdline").read_bytes():
+                found.append(int(d.name))
+        except (OSError, ValueError, IndexError):
+            pass
+    return found
+
+
+@needs_proc
+def test_readers_killed_mid_run_change_nothing(tmp_path, asr, caplog):
+    """kill -9 of the reader processes while they read the first files (when the third is
+    asked for): each file is read again in a new process from the next piece not yet handed
+    over; every result is the one without reader processes, in input order."""
+    paths = mixed_inputs(tmp_path)
+    cut = CutOptions(vad=load_vad("silero"), max_segment_s=10)
+    files = [(p, None) for p in paths]
+    want = records(transcribe_files(asr, files, cut, batch_seconds=30, reader_processes=0), asr)
+    killed = []
+
+    def killing(files):
+        for k, f in enumerate(files):
+            if k == 2:  # the first two files are handed to the readers
+                deadline = time.monotonic() + 60
+                while len(_reader_children()) < 2 and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                killed.extend(_reader_children())
+                for pid in killed:
+                    os.kill(pid, signal.SIGKILL)
+            yield f
+
+    got = records(transcribe_files(asr, killing(files), cut, batch_seconds=30,
+                                   reader_processes=2), asr)
+    assert len(killed) == 2
+    assert got == want
+    assert "a reader process died (killed by signal 9)" in caplog.text  # and was replaced
