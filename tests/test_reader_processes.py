@@ -20,7 +20,7 @@ from batchasr.models.loader import load_model, load_vad
 from batchasr.outputs.parquet import results_table
 from batchasr.queue.store import JobQueue
 from batchasr.runner.local import run_job
-from batchasr.runner.read_processes import Cut, End, Plan, ReadProcesses, Window
+from batchasr.runner.read_processes import Cut, End, Plan, ReadProcesses, VADWindow, Window
 
 from test_vad_processes import FSMN, MODEL, _marked_processes, gone, long_files, \
     resumes_exactly_once, rows_of
@@ -251,3 +251,22 @@ def test_ctrl_c_while_a_reader_starts_does_not_kill_it(tmp_path):
     finally:
         procs.close()
         procs.close()
+
+
+@needs_proc
+@pytest.mark.parametrize("vad_here", [True, False])
+def test_readers_that_leave_the_vad_to_the_caller_never_load_mlx(tmp_path, vad_here):
+    """With MLX on CUDA every MLX process takes device memory: readers that leave the VAD to
+    the caller must not load MLX at all (checked in the process's memory map); readers that
+    run it do."""
+    path = long_files(tmp_path / "audio", n=1, seconds=40).parent / "talk0.wav"
+    cut = CutOptions(vad=load_vad("silero"), max_segment_s=10)
+    procs = ReadProcesses(1, cut, "silero", vad_here=vad_here)
+    try:
+        events = list(procs.read(str(path)))
+        maps = Path(f"/proc/{procs.pids()[0]}/maps").read_text()
+    finally:
+        procs.close()
+    assert events[0] == Plan(through_vad=True)
+    assert all(isinstance(e, VADWindow if vad_here else Cut) for e in events[1:-1])
+    assert ("libmlx" in maps) != vad_here
