@@ -207,6 +207,15 @@ class SegmentCutter:
         finally:
             self.close()
 
+    def cut_pieces(self, wave: np.ndarray | None) -> list[tuple[int, float, np.ndarray]]:
+        """``feed(wave)`` (``finish()`` for None) as ``(index, offset_s, waveform)`` pieces;
+        an exception of the VAD raises VADFailed from it."""
+        try:
+            cuts = self.feed(wave) if wave is not None else self.finish()
+        except Exception as e:
+            raise VADFailed() from e
+        return [(c.index, c.start_s, c.audio) for c in cuts]
+
     def close(self) -> None:
         if self.tail.spilled:
             logger.debug("%.0f s of audio held for the VAD went through a spill file",
@@ -284,19 +293,9 @@ def iter_pieces(path: str, cut: CutOptions, read: dict | None = None, known=None
                     yield n, offset_s, wave
                     n += 1
                     continue
-                try:
-                    cuts = cutter.feed(wave)
-                except Exception as e:
-                    raise VADFailed() from e
-                for c in cuts:
-                    yield c.index, c.start_s, c.audio
+                yield from cutter.cut_pieces(wave)
             if cutter is not None:
-                try:
-                    cuts = cutter.finish()
-                except Exception as e:
-                    raise VADFailed() from e
-                for c in cuts:
-                    yield c.index, c.start_s, c.audio
+                yield from cutter.cut_pieces(None)
                 n = cutter.count
         finally:
             if cutter is not None:

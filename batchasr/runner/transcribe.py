@@ -281,24 +281,14 @@ def _read_pieces(events, read: dict, cut: CutOptions):
             if isinstance(ev, End):
                 n = ev.n_pieces
                 if cutter is not None:
-                    try:
-                        cuts = cutter.finish()
-                    except Exception as e:
-                        raise VADFailed() from e
-                    for c in cuts:
-                        yield c.index, c.start_s, c.audio
+                    yield from cutter.cut_pieces(None)
                     n = cutter.count
                 read.update(duration_s=ev.duration_s, n_pieces=n)
                 return
             if isinstance(ev, VADWindow):
                 if cutter is None:
                     cutter = SegmentCutter(cut.vad, cut)
-                try:
-                    cuts = cutter.feed(ev.audio)
-                except Exception as e:
-                    raise VADFailed() from e
-                for c in cuts:
-                    yield c.index, c.start_s, c.audio
+                yield from cutter.cut_pieces(ev.audio)
                 continue
             yield (ev.index, ev.offset_s, ev.audio) if isinstance(ev, Window) \
                 else (ev.index, ev.start_s, ev.audio)
