@@ -227,10 +227,13 @@ class Model(nn.Module):
         self.args = args
         enc = SANMEncoderArgs.from_dict(args.encoder_conf, input_size=args.input_size)
         self.encoder = SANMEncoder(enc)
-        pred = PredictorArgs.from_dict(args.predictor_conf)
-        self.predictor = CifPredictorV2(pred)
+        self.predictor = self.build_predictor(args.predictor_conf)
         self.decoder = ParaformerSANMDecoder(args.vocab_size, enc.output_size,
                                              DecoderArgs.from_dict(args.decoder_conf))
+
+    def build_predictor(self, conf: dict) -> CifPredictorV2:
+        """The CIF predictor of `predictor_conf` (a family variant builds its own)."""
+        return CifPredictorV2(PredictorArgs.from_dict(conf))
 
     def compile(self, enable: bool = True) -> None:
         """Use mx.compile'd layers (faster on GPUs; each new input shape is traced once)."""

@@ -51,7 +51,8 @@ from batchasr.models.blocks.cif import (
     _sequential_cif,
     token_timestamps,
 )
-from batchasr.models.blocks.sanm import SANMEncoder, SANMEncoderArgs
+from batchasr.models.blocks.sanm import SANMEncoderArgs
+from batchasr.models.paraformer import Model as ParaformerModel
 from batchasr.models.paraformer import (
     BLANK_ID,
     EOS_ID,
@@ -273,53 +274,38 @@ class ModelArgs:
                              f"{width.output_size} (the SeACo decoder reads CIF embeddings)")
 
 
-class Model(nn.Module):
-    """Module tree and state-dict names of the official SeacoParaformer."""
+class Model(ParaformerModel):
+    """Module tree and state-dict names of the official SeacoParaformer: Paraformer's (its
+    cast, compile and forward up to the alphas) with CifPredictorV3 and the hotword parts."""
 
     def __init__(self, args: ModelArgs):
-        super().__init__()
-        self.args = args
-        enc = SANMEncoderArgs.from_dict(args.encoder_conf, input_size=args.input_size)
-        self.encoder = SANMEncoder(enc)
-        self.predictor = CifPredictorV3(PredictorV3Args.from_dict(args.predictor_conf))
-        self.decoder = ParaformerSANMDecoder(args.vocab_size, enc.output_size,
-                                             DecoderArgs.from_dict(args.decoder_conf))
+        super().__init__(args)
+        width = SANMEncoderArgs.from_dict(args.encoder_conf, input_size=args.input_size)
         d = args.inner_dim
-        self.hotword_embedding = nn.Embedding(args.vocab_size, enc.output_size)  # decoder.embed.0
+        self.hotword_embedding = nn.Embedding(args.vocab_size, width.output_size)  # decoder.embed.0
         self.bias_encoder = LSTM(d, d, 2)
         seaco = DecoderArgs.from_dict(args.seaco_decoder_conf)
         self.seaco_decoder = ParaformerSANMDecoder(args.vocab_size, d, seaco, output_layer=False)
         self.hotword_output_layer = nn.Linear(d, args.vocab_size)
 
-    def compile(self, enable: bool = True) -> None:
-        self.encoder.compile(enable)
-        self.decoder.compile(enable)
-
-    def cast(self, dtype: mx.Dtype) -> None:
-        """As Paraformer: the network in `dtype`, the predictor (counts, times) in float32."""
-        if dtype != mx.float32:
-            self.set_dtype(dtype)
-            self.predictor.set_dtype(mx.float32)
+    def build_predictor(self, conf: dict) -> "CifPredictorV3":
+        return CifPredictorV3(PredictorV3Args.from_dict(conf))
 
     def sanitize(self, weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        out = {}
-        for key, value in weights.items():
-            if key.startswith(("ctc.", "criterion_", "seaco_decoder.embed.")):
-                continue
-            if key == "decoder.embed.0.weight":  # the hotwords' token embeddings
-                key = "hotword_embedding.weight"
-            elif key.startswith("decoder.embed."):
-                continue
-            if key == "predictor.cif_conv1d.weight" and value.ndim == 3:
-                value = value.transpose(0, 2, 1)  # torch (out, in, k) -> MLX (out, k, in)
-            out[key] = value
-        return out
+        """Paraformer's mapping, after keeping the decoder's token embeddings (the official
+        hotword embeddings) and dropping the SeACo decoder's unused ones and the losses."""
+        kept = {("hotword_embedding.weight" if key == "decoder.embed.0.weight" else key): value
+                for key, value in weights.items()
+                if not key.startswith(("criterion_", "seaco_decoder.embed."))}
+        return super().sanitize(kept)
 
-    def __call__(self, feats: mx.array, lengths: mx.array):
-        """Encoder output and the alphas, both zero past lengths (as Paraformer's Model)."""
-        enc = self.encoder(feats, lengths)
-        mask = mx.arange(feats.shape[1])[None, :] < lengths[:, None]
-        return enc, self.predictor.alphas(enc.astype(mx.float32), mask)
+    def decode(self, feats: mx.array, lengths: mx.array, *, timestamps: bool = True,
+               hotwords: list[list[int]] | None = None) -> ParaformerOutput:
+        """Features and lengths with one hotword list (see SeacoDecodeRun) -> token ids and
+        times per row."""
+        run = SeacoDecodeRun(self, feats, lengths, hotwords)
+        run.launch_decoder()
+        return run.finish(timestamps=timestamps)
 
     def hotword_embeddings(self, hotwords: Sequence[Sequence[int]]) -> mx.array:
         """_hotword_representation: (K, inner_dim), the top LSTM state at each last token."""
