@@ -133,6 +133,36 @@ def decoded_batches(manifest: Path, batch_seconds: float):
     return waves, sum(len(w) for w in waves) / FS, batches
 
 
+def pipelined_walls(asr, waves, batches, repeats: int) -> tuple[list[float], int]:
+    """Wall times of ``repeats`` passes over ``batches`` with one batch in flight, as the
+    runner keeps it (batch k+1 on the device while batch k's host work runs), and the tokens
+    of the last pass."""
+    walls = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        n_tok, pending = 0, None
+        for b in batches + [None]:
+            nxt = asr.submit([waves[i] for i in b]) if b is not None else None
+            if pending is not None:
+                n_tok += sum(len(r.tokens) for r in pending.result())
+            if nxt is not None:
+                nxt.advance()
+            pending = nxt
+        walls.append(time.perf_counter() - t)
+    return walls, n_tok
+
+
+def end_to_end_record(s, **extra) -> dict:
+    """The record of a timed ``run_job`` (its RunSummary ``s``)."""
+    return dict(metric="rtfx_end_to_end", value=round(s.audio_s / s.wall_s, 2),
+                wall_s=round(s.wall_s, 3), stages_s=dict(
+                    model=round(s.model_s, 3), waiting_for_audio=round(s.wait_s, 3),
+                    decode_threads=round(s.decode_s, 3), write_thread=round(s.write_s, 3)),
+                batches=s.batches, **extra, done=s.done,
+                peak_memory_gb=round(mx.get_peak_memory() / 1e9, 3),
+                peak_rss_gb=round(peak_rss_gb(), 3))
+
+
 def bench_paraformer(args, model_dir: Path | None, manifest: Path, dtype: str) -> list[dict]:
     from batchasr.models.loader import load_model
 
@@ -147,19 +177,7 @@ def bench_paraformer(args, model_dir: Path | None, manifest: Path, dtype: str) -
 
     # in memory: same starting point as the baseline; one batch in flight, as the runner
     # keeps it (batch k+1 on the device while batch k's host work runs)
-    walls = []
-    for _ in range(args.repeats):
-        t = time.perf_counter()
-        n_tok = 0
-        pending = None
-        for b in batches + [None]:
-            nxt = asr.submit([waves[i] for i in b]) if b is not None else None
-            if pending is not None:
-                n_tok += sum(len(r.tokens) for r in pending.result())
-            if nxt is not None:
-                nxt.advance()
-            pending = nxt
-        walls.append(time.perf_counter() - t)
+    walls, n_tok = pipelined_walls(asr, waves, batches, args.repeats)
     wall = sorted(walls)[len(walls) // 2]
     out.append(dict(metric="rtfx_in_memory", value=round(audio_s / wall, 2),
                     wall_s=[round(w, 3) for w in walls], tokens=n_tok,
@@ -167,14 +185,8 @@ def bench_paraformer(args, model_dir: Path | None, manifest: Path, dtype: str) -
 
     # end to end through the job runner, from the files
     s = timed_job(asr, manifest, args, f"paraformer-{dtype}")
-    out.append(dict(metric="rtfx_end_to_end", value=round(s.audio_s / s.wall_s, 2),
-                    wall_s=round(s.wall_s, 3), stages_s=dict(
-                        model=round(s.model_s, 3), waiting_for_audio=round(s.wait_s, 3),
-                        decode_threads=round(s.decode_s, 3), write_thread=round(s.write_s, 3)),
-                    batches=s.batches, padding=round(s.padding, 3), done=s.done,
-                    reader_processes=s.reader_processes,
-                    peak_memory_gb=round(mx.get_peak_memory() / 1e9, 3),
-                    peak_rss_gb=round(peak_rss_gb(), 3)))
+    out.append(end_to_end_record(s, padding=round(s.padding, 3),
+                                 reader_processes=s.reader_processes))
     for r in out:
         r["audio_s"] = round(audio_s, 2)
     return out
@@ -193,31 +205,14 @@ def bench_sensevoice(args, model_dir: Path | None, manifest: Path, dtype: str) -
     for b in batches:  # warm-up over every batch shape, as the baseline's warm-up pass
         asr.transcribe([waves[i] for i in b])
     mx.reset_peak_memory()
-    walls = []
-    for _ in range(args.repeats):
-        t = time.perf_counter()
-        n_tok, pending = 0, None
-        for b in batches + [None]:
-            nxt = asr.submit([waves[i] for i in b]) if b is not None else None
-            if pending is not None:
-                n_tok += sum(len(r.tokens) for r in pending.result())
-            if nxt is not None:
-                nxt.advance()
-            pending = nxt
-        walls.append(time.perf_counter() - t)
+    walls, n_tok = pipelined_walls(asr, waves, batches, args.repeats)
     wall = sorted(walls)[len(walls) // 2]
     out = [dict(metric="rtfx_in_memory", value=round(audio_s / wall, 2),
                 wall_s=[round(w, 3) for w in walls], tokens=n_tok, batches=len(batches),
                 peak_memory_gb=round(mx.get_peak_memory() / 1e9, 3))]
     s = timed_job(asr, manifest, args, f"sensevoice-{dtype}")
-    out.append(dict(metric="rtfx_end_to_end", value=round(s.audio_s / s.wall_s, 2),
-                    wall_s=round(s.wall_s, 3), stages_s=dict(
-                        model=round(s.model_s, 3), waiting_for_audio=round(s.wait_s, 3),
-                        decode_threads=round(s.decode_s, 3), write_thread=round(s.write_s, 3)),
-                    batches=s.batches, padding=round(s.padding, 3), done=s.done,
-                    reader_processes=s.reader_processes,
-                    peak_memory_gb=round(mx.get_peak_memory() / 1e9, 3),
-                    peak_rss_gb=round(peak_rss_gb(), 3)))
+    out.append(end_to_end_record(s, padding=round(s.padding, 3),
+                                 reader_processes=s.reader_processes))
     for r in out:
         r["audio_s"] = round(audio_s, 2)
     return out
@@ -279,13 +274,7 @@ def bench_nano(args, manifest: Path, dtype: str) -> list[dict]:
                         peak_memory_gb=round(mx.get_peak_memory() / 1e9, 3)))
     asr.decode_mode = "continuous"
     s = timed_job(asr, manifest, args, f"nano-{dtype}")
-    out.append(dict(metric="rtfx_end_to_end", value=round(s.audio_s / s.wall_s, 2),
-                    wall_s=round(s.wall_s, 3), stages_s=dict(
-                        model=round(s.model_s, 3), waiting_for_audio=round(s.wait_s, 3),
-                        decode_threads=round(s.decode_s, 3), write_thread=round(s.write_s, 3)),
-                    batches=s.batches, done=s.done,
-                    peak_memory_gb=round(mx.get_peak_memory() / 1e9, 3),
-                    peak_rss_gb=round(peak_rss_gb(), 3)))
+    out.append(end_to_end_record(s))
     for r in out:
         r["audio_s"] = round(audio_s, 2)
     return out
