@@ -278,7 +278,12 @@ def test_ctrl_c_stops_cleanly_and_twice_stops_at_once(tmp_path):
     p.send_signal(signal.SIGINT)
     out, err = p.communicate(timeout=30)
     err = "".join(seen) + err
-    assert p.returncode != 0 and "KeyboardInterrupt" in err
+    # Either the main thread unwinds (KeyboardInterrupt) or, when the kernel delivered the
+    # signal to another thread and the main thread sleeps on in the model call past
+    # hard_stop_s, the watchdog hands the items back and exits 128 + SIGINT: both stop at once.
+    assert "stopping now; unfinished items go back to pending" in err, err
+    assert (p.returncode != 0 and "KeyboardInterrupt" in err) or (
+        p.returncode == 128 + signal.SIGINT and "item(s) left" in err), (p.returncode, err)
     with JobQueue(job) as q:
         assert q.counts()["running"] == 0  # handed back on the way out
 
