@@ -39,6 +39,8 @@ import batchasr  # noqa: E402,F401  (first: preloads the CPU BLAS before mlx)
 import mlx.core as mx  # noqa: E402
 import numpy as np  # noqa: E402
 
+from benchmarks.gpu_busy import GPUBusy  # noqa: E402
+
 FS = 16000
 RESULTS = ROOT / "benchmarks" / "results.json"
 
@@ -105,7 +107,8 @@ def peak_rss_gb() -> float:
 def timed_job(asr, manifest: Path, args, tag: str):
     """`run_job` over the manifest twice (fresh job folders): the first pass warms kernels,
     compiled graphs and caches for every batch shape, as the baseline's warm-up pass does;
-    the second is timed."""
+    the second is timed. Returns its RunSummary and the GPU busy % over it (None without
+    nvidia-smi)."""
     from batchasr.manifest.read import open_manifest
     from batchasr.queue.store import JobQueue
     from batchasr.runner.local import run_job
@@ -117,9 +120,10 @@ def timed_job(asr, manifest: Path, args, tag: str):
         with JobQueue(job) as q:
             q.enqueue(open_manifest(manifest))
         mx.reset_peak_memory()
-        summary = run_job(job, asr, batch_seconds=args.batch_seconds, progress=False,
-                          readers=args.readers, reader_processes=args.reader_processes)
-    return summary
+        with GPUBusy() as busy:
+            summary = run_job(job, asr, batch_seconds=args.batch_seconds, progress=False,
+                              readers=args.readers, reader_processes=args.reader_processes)
+    return summary, busy.percent
 
 
 def decoded_batches(manifest: Path, batch_seconds: float):
@@ -184,8 +188,8 @@ def bench_paraformer(args, model_dir: Path | None, manifest: Path, dtype: str) -
                     peak_memory_gb=round(mx.get_peak_memory() / 1e9, 3)))
 
     # end to end through the job runner, from the files
-    s = timed_job(asr, manifest, args, f"paraformer-{dtype}")
-    out.append(end_to_end_record(s, padding=round(s.padding, 3),
+    s, busy = timed_job(asr, manifest, args, f"paraformer-{dtype}")
+    out.append(end_to_end_record(s, gpu_busy_percent=busy, padding=round(s.padding, 3),
                                  reader_processes=s.reader_processes))
     for r in out:
         r["audio_s"] = round(audio_s, 2)
@@ -210,8 +214,8 @@ def bench_sensevoice(args, model_dir: Path | None, manifest: Path, dtype: str) -
     out = [dict(metric="rtfx_in_memory", value=round(audio_s / wall, 2),
                 wall_s=[round(w, 3) for w in walls], tokens=n_tok, batches=len(batches),
                 peak_memory_gb=round(mx.get_peak_memory() / 1e9, 3))]
-    s = timed_job(asr, manifest, args, f"sensevoice-{dtype}")
-    out.append(end_to_end_record(s, padding=round(s.padding, 3),
+    s, busy = timed_job(asr, manifest, args, f"sensevoice-{dtype}")
+    out.append(end_to_end_record(s, gpu_busy_percent=busy, padding=round(s.padding, 3),
                                  reader_processes=s.reader_processes))
     for r in out:
         r["audio_s"] = round(audio_s, 2)
@@ -273,8 +277,8 @@ def bench_nano(args, manifest: Path, dtype: str) -> list[dict]:
                         llm_tokens_per_s=round(n_tok / wall, 1),
                         peak_memory_gb=round(mx.get_peak_memory() / 1e9, 3)))
     asr.decode_mode = "continuous"
-    s = timed_job(asr, manifest, args, f"nano-{dtype}")
-    out.append(end_to_end_record(s))
+    s, busy = timed_job(asr, manifest, args, f"nano-{dtype}")
+    out.append(end_to_end_record(s, gpu_busy_percent=busy))
     for r in out:
         r["audio_s"] = round(audio_s, 2)
     return out

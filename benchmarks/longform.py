@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -38,6 +39,8 @@ sys.path.insert(0, str(ROOT))
 import batchasr  # noqa: E402,F401  (first: preloads the CPU BLAS before mlx)
 import mlx.core as mx  # noqa: E402
 import numpy as np  # noqa: E402
+
+from benchmarks.gpu_busy import GPUBusy  # noqa: E402
 
 from benchmarks.bench import append_results, machine, peak_rss_gb  # noqa: E402
 
@@ -90,9 +93,10 @@ def run_batchasr(asr, manifest: Path, vad: str, args) -> dict:
         with JobQueue(job) as q:
             q.enqueue(open_manifest(source))
         mx.reset_peak_memory()
-        s = run_job(job, asr, batch_seconds=args.batch_seconds, progress=False,
-                    readers=args.readers, vad=vad, vad_processes=args.vad_processes,
-                    reader_processes=args.reader_processes)
+        with GPUBusy() as busy:
+            s = run_job(job, asr, batch_seconds=args.batch_seconds, progress=False,
+                        readers=args.readers, vad=vad, vad_processes=args.vad_processes,
+                        reader_processes=args.reader_processes)
     return dict(value=round(s.audio_s / s.wall_s, 2), wall_s=round(s.wall_s, 3),
                 audio_s=round(s.audio_s, 2), done=s.done, failed=s.failed,
                 stages_s=dict(vad=round(s.vad_s, 3), model=round(s.model_s, 3),
@@ -101,7 +105,7 @@ def run_batchasr(asr, manifest: Path, vad: str, args) -> dict:
                               vad_processes=round(s.vad_processes_s, 3),
                               write_thread=round(s.write_s, 3)),
                 batches=s.batches, padding=round(s.padding, 3),
-                reader_processes=s.reader_processes,
+                reader_processes=s.reader_processes, gpu_busy_percent=busy.percent,
                 peak_memory_gb=round(mx.get_peak_memory() / 1e9, 3),
                 peak_rss_gb=round(peak_rss_gb(), 3))
 
@@ -136,6 +140,10 @@ def main(argv=None):
     ap.add_argument("--vad-processes", type=int, default=0, help="VAD processes (run --vad-processes)")
     ap.add_argument("--reader-processes", type=int, default=None,
                     help="run --reader-processes (default: the runner's default for the device)")
+    ap.add_argument("--vad-placements", default="default",
+                    help="comma-separated: default (the runner's choice for the device), readers "
+                    "(the VAD in the reader processes), model (on the model's thread); each VAD is "
+                    "timed once per placement")
     ap.add_argument("--workdir", default="/tmp/batchasr-longform")
     ap.add_argument("--baseline", action="store_true", help="also time the official funasr")
     ap.add_argument("--baseline-python", default=sys.executable)
@@ -144,7 +152,8 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     from batchasr.models.loader import load_model
-    from batchasr.runner.device import default_batch_seconds, setup_device
+    from batchasr.runner.device import (default_batch_seconds, setup_device,
+                                        vad_in_reader_processes)
 
     setup_device(args.device)
     if args.batch_seconds is None:
@@ -168,8 +177,14 @@ def main(argv=None):
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
     command = "python benchmarks/" + " ".join([Path(sys.argv[0]).name] + sys.argv[1:])
     records = []
-    for vad in vads:
+    placements = [p.strip() for p in args.vad_placements.split(",") if p.strip()]
+    runs = [(vad, placement) for placement in placements for vad in vads]
+    for vad, placement in runs:
+        os.environ.pop("BATCHASR_VAD_IN_READERS", None)
+        if placement != "default":
+            os.environ["BATCHASR_VAD_IN_READERS"] = "1" if placement == "readers" else "0"
         r = run_batchasr(asr, manifest, str(args.fsmn_vad) if vad == "fsmn" else vad, args)
+        r.update(vad_placement=placement, vad_in_reader_processes=vad_in_reader_processes())
         r.update(metric=f"rtfx_longform_{vad}", date=date, machine=machine(),
                  model="paraformer-large (random weights)", dtype=args.dtype,
                  batch_seconds=args.batch_seconds, readers=args.readers, command=command,
