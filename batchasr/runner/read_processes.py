@@ -114,7 +114,7 @@ class _Slot:
         self.proc = ctx.Process(target=_reader_main, name="batchasr-reader-process",
                                 args=(child, self.shm.name, n_samples, vad_spec, cut_fields,
                                       os.getpid()), daemon=True)
-        _start_without_main(self.proc)
+        _start_without_main(self.proc, runs_mlx=vad_spec is not None)
         child.close()  # ours is closed: the pipe ends when the process dies
 
     def close(self) -> None:
@@ -143,7 +143,19 @@ READER_THREADS = int(os.environ.get("BATCHASR_READER_THREADS", "1"))
 _THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
-def _start_without_main(proc) -> None:
+def _reader_environment(runs_mlx: bool) -> dict[str, str]:
+    """What a reader process's environment changes: few BLAS threads and, for one that runs
+    the VAD in MLX, no GPU. MLX's CUDA backend gives every process that uses it a context and
+    device memory for every array, CPU ones too (16 VAD readers ran an H200's model process
+    out of memory); a reader, a CPU stage, never needs the GPU. Not yet measured on a GPU
+    machine, hence BATCHASR_READERS_SEE_GPU=1 to keep it visible."""
+    env = {k: str(READER_THREADS) for k in _THREAD_VARIABLES}
+    if runs_mlx and os.environ.get("BATCHASR_READERS_SEE_GPU") != "1":
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    return env
+
+
+def _start_without_main(proc, runs_mlx: bool) -> None:
     """Start a spawned process without re-importing the parent's ``__main__`` first (what
     spawn does by default): a reader needs none of it, and a script's main module may import
     MLX and reach for the GPU (a benchmark's does), seconds of start-up per process."""
@@ -159,8 +171,9 @@ def _start_without_main(proc) -> None:
             return data
 
         spawn.get_preparation_data = preparation_data
-        saved = {k: os.environ.get(k) for k in _THREAD_VARIABLES}
-        os.environ.update({k: str(READER_THREADS) for k in _THREAD_VARIABLES})
+        changes = _reader_environment(runs_mlx)
+        saved = {k: os.environ.get(k) for k in changes}
+        os.environ.update(changes)
         # Ctrl-C reaches the whole process group: blocked from the start (a blocked mask
         # survives fork and exec), so a reader still importing cannot die of it; the reader
         # ignores it once it runs.
