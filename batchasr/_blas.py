@@ -76,3 +76,24 @@ def mlx_cuda_installed() -> bool:
                    for d in metadata.distributions())
     except Exception:
         return False
+
+
+def _call(names: tuple[str, ...], *args):
+    lib = ctypes.CDLL(loaded) if loaded else None
+    for name in names if lib is not None else ():
+        fn = getattr(lib, name, None)
+        if fn is not None:
+            return fn(*args)
+    return None
+
+
+def get_threads() -> int | None:
+    """Threads each GEMM of the preloaded BLAS (MKL or OpenBLAS) may use; None when none
+    was preloaded."""
+    return _call(("MKL_Get_Max_Threads", "openblas_get_num_threads"))
+
+
+def set_threads(n: int) -> bool:
+    """Set that number for the whole process; False when no BLAS was preloaded."""
+    _call(("MKL_Set_Num_Threads", "openblas_set_num_threads"), ctypes.c_int(max(1, int(n))))
+    return bool(loaded)

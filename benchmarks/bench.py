@@ -137,23 +137,49 @@ def decoded_batches(manifest: Path, batch_seconds: float):
     return waves, sum(len(w) for w in waves) / FS, batches
 
 
+class _Piece:
+    def __init__(self, audio):
+        self.audio, self.language, self.options = audio, None, ()
+
+
+class _CountTokens:
+    """A ModelStage sink that counts the tokens of the results."""
+
+    def __init__(self):
+        self.tokens = 0
+
+    def is_failed(self, piece):
+        return False
+
+    def model_failed(self, piece, error):
+        raise error
+
+    def record(self, piece, transcript):
+        self.tokens += len(transcript.tokens)
+
+    def flush(self):
+        pass
+
+
 def pipelined_walls(asr, waves, batches, repeats: int) -> tuple[list[float], int]:
-    """Wall times of ``repeats`` passes over ``batches`` with one batch in flight, as the
-    runner keeps it (batch k+1 on the device while batch k's host work runs), and the tokens
-    of the last pass."""
+    """Wall times of ``repeats`` passes over ``batches`` through the runner's ModelStage, as
+    `run` keeps them in flight (GPU: batch k+1 on the device while batch k's host work runs;
+    CPU: ``cpu_lanes()`` batches at once on threads of their own), and the tokens of the last
+    pass."""
+    from batchasr.runner.device import cpu_lanes
+    from batchasr.runner.stages.model import ModelStage
+
     walls = []
     for _ in range(repeats):
+        sink = _CountTokens()
+        stage = ModelStage(asr, sink, lanes=cpu_lanes())
         t = time.perf_counter()
-        n_tok, pending = 0, None
-        for b in batches + [None]:
-            nxt = asr.submit([waves[i] for i in b]) if b is not None else None
-            if pending is not None:
-                n_tok += sum(len(r.tokens) for r in pending.result())
-            if nxt is not None:
-                nxt.advance()
-            pending = nxt
+        for b in batches:
+            stage.step([_Piece(waves[i]) for i in b])
+        stage.shutdown()
         walls.append(time.perf_counter() - t)
-    return walls, n_tok
+        stage.close()
+    return walls, sink.tokens
 
 
 def end_to_end_record(s, **extra) -> dict:

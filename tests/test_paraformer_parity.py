@@ -62,14 +62,19 @@ def test_layer_outputs_within_tolerance(fixture_model):
             assert rel_err(logp[0, :n], ref["decoder_logp"][:n]) < 1e-4, clip
 
 
-def test_gemm_only_attention_and_cif_conv_match_official(fixture_model, monkeypatch):
-    """The opt-in plan-free forms (BATCHASR_ATTENTION=unfused, BATCHASR_CIF_CONV=matmul)
-    keep the official tokens and timestamps and the layer outputs within tolerance."""
+@pytest.mark.parametrize("attention,cif_conv", [("unfused", "matmul"), ("fast", "conv"),
+                                                 ("host", "conv")])
+def test_attention_and_cif_conv_forms_match_official(fixture_model, monkeypatch, attention,
+                                                     cif_conv):
+    """Every attention form (BATCHASR_ATTENTION: MLX's fused kernel, the plan-free GEMMs,
+    numpy's softmax; "auto" picks host on the CPU) and the GEMM CIF convolution keep the
+    official tokens and timestamps and the layer outputs within tolerance."""
     name, asr = fixture_model
-    monkeypatch.setenv("BATCHASR_ATTENTION", "unfused")
-    monkeypatch.setenv("BATCHASR_CIF_CONV", "matmul")
+    monkeypatch.setenv("BATCHASR_ATTENTION", attention)
+    monkeypatch.setenv("BATCHASR_CIF_CONV", cif_conv)
     asr = load_model(FIXTURES / name)  # the switches are read once, at load
-    assert asr.model.predictor.matmul and asr.model.encoder.encoders[0].self_attn.unfused
+    assert asr.model.predictor.matmul == (cif_conv == "matmul")
+    assert asr.model.encoder.encoders[0].self_attn.attention_method == attention
     for clip, exp in clips(name).items():
         ref = tensors(name, clip)
         feats, lens = asr.features([ref["waveform"]])
@@ -197,8 +202,9 @@ def test_batches_in_flight_give_the_same_results(fixture_model):
 def test_tuning_switches_are_read_once_at_load(monkeypatch):
     from batchasr.models.blocks.tuning import Tuning
 
-    assert Tuning.from_env({}) == Tuning(fsmn="shift", attention="fast", cif_conv="conv",
+    assert Tuning.from_env({}) == Tuning(fsmn="shift", attention="auto", cif_conv="conv",
                                          frame_bucket=16, compile=False)
+    assert Tuning.from_env({}, cpu=True).frame_bucket == 1  # no padding for shapes' sake
     monkeypatch.setenv("BATCHASR_FRAME_BUCKET", "8")
     monkeypatch.setenv("BATCHASR_FSMN", "conv")
     asr = load_model(FIXTURES / "en")

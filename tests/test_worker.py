@@ -367,7 +367,13 @@ def test_bounded_prefetch_with_many_long_files(tmp_path, monkeypatch):
 
 # ---- models that keep a batch in flight (submit/result, as Paraformer) ---------------------
 
-def test_pipelined_model_does_everything_exactly_once(tmp_path):
+@pytest.fixture
+def one_lane(monkeypatch):
+    """One batch at a time on the CPU too (the submit/result path; lanes: test_lanes.py)."""
+    monkeypatch.setenv("BATCHASR_CPU_LANES", "1")
+
+
+def test_pipelined_model_does_everything_exactly_once(tmp_path, one_lane):
     model = PipelinedFakeModel()
     job = make_job(tmp_path, DURATIONS)
     s = run_job(job, model, batch_seconds=4.0, progress=False)
@@ -378,7 +384,7 @@ def test_pipelined_model_does_everything_exactly_once(tmp_path):
     assert s.batches == len(model.calls) and s.audio_s == pytest.approx(sum(DURATIONS))
 
 
-def test_pipelined_model_refusing_a_batch_retries_its_pieces(tmp_path):
+def test_pipelined_model_refusing_a_batch_retries_its_pieces(tmp_path, one_lane):
     model = PipelinedFakeModel(fail_submit_marks=[3])
     job = make_job(tmp_path, [1.0, 1.0, 1.0, 1.0, 1.0])
     s = run_job(job, model, batch_seconds=10.0, progress=False)
@@ -387,7 +393,7 @@ def test_pipelined_model_refusing_a_batch_retries_its_pieces(tmp_path):
     assert model.submitted == [] and model.calls == [1] * 5
 
 
-def test_pipelined_stop_keeps_the_batch_in_flight(tmp_path):
+def test_pipelined_stop_keeps_the_batch_in_flight(tmp_path, one_lane):
     stop = threading.Event()
     model = PipelinedFakeModel(on_call=lambda m: stop.set())
     job = make_job(tmp_path, [1.0] * 8)

@@ -180,8 +180,12 @@ def build(folder: Path | None, config: dict, *, name: str, dummy: bool = False,
         apply_weights(model, model.sanitize(read_weights(folder)), what=str(folder))
     model.cast(dtype)
     model.eval()
-    tuning = Tuning.from_env()
+    tuning = Tuning.from_env(cpu=mx.default_device() == mx.cpu)
     tune(model, tuning)
+    # Weights computed at load (casts, transposes) are evaluated here, on the loading
+    # thread's stream: MLX cannot evaluate a graph of another thread's stream, and on a CPU
+    # the runner's lanes run the model on threads of their own (runner.stages.lanes).
+    mx.eval(model.parameters())
     return family.wrap(model, assets, name=name, dtype=dtype, dummy=dummy, tuning=tuning,
                        **options)
 

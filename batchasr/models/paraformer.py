@@ -134,7 +134,7 @@ class MultiHeadedAttentionCrossAtt(TunedAttention, nn.Module):
         k, v = mx.split(self.linear_k_v(memory), 2, axis=-1)
         q = split_heads(self.linear_q(x), self.h)
         out = attention(q, split_heads(k, self.h), split_heads(v, self.h), memory_mask,
-                        self.unfused)
+                        self.method)
         return self.linear_out(merge_heads(out))
 
 

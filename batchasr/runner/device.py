@@ -47,6 +47,32 @@ def default_reader_processes(device: str = "auto", workers: int = 1) -> int:
     return max(1, min(32, spare // workers))
 
 
+def cpu_cores() -> int:
+    """Cores this process may use: BATCHASR_CPU_CORES (set by ``run --workers`` for each
+    worker: its share), else the CPUs it is allowed to run on."""
+    given = os.environ.get("BATCHASR_CPU_CORES", "")
+    if given.isdigit() and int(given) > 0:
+        return int(given)
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS
+        return os.cpu_count() or 1
+
+
+def cpu_lanes() -> int:
+    """Batches the model runs at once (``runner.stages.lanes``): on a CPU 2 where there are
+    two cores or more, each busy lane's GEMMs getting half of them; on a GPU 1 (one batch in
+    flight through ``submit``). BATCHASR_CPU_LANES overrides it. Two is what was measured
+    (2-core machine, benchmarks/README.md); more would share the interpreter between more
+    threads."""
+    if mx.default_device() != mx.cpu:
+        return 1
+    given = os.environ.get("BATCHASR_CPU_LANES", "")
+    if given.isdigit() and int(given) > 0:
+        return int(given)
+    return 2 if cpu_cores() >= 2 else 1
+
+
 def vad_in_reader_processes() -> bool:
     """Whether reader processes may run the VAD themselves. Not with MLX's CUDA backend: it
     allocates device memory for every array, CPU ones too, and gives each process a context

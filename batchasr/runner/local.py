@@ -39,7 +39,7 @@ from batchasr.errors import disk_full, is_disk_full
 from batchasr.outputs import segment_cache
 from batchasr.queue.lock import JobLock
 from batchasr.queue.store import JobQueue
-from batchasr.runner.device import default_reader_processes, vad_in_reader_processes
+from batchasr.runner.device import cpu_lanes, default_reader_processes, vad_in_reader_processes
 from batchasr.runner.hooks import crash_hook_from_env, slow_batch_s
 from batchasr.runner.options import (RunOptions, RunSummary, default_max_segment_s, open_punctuator,
                                      open_vad)
@@ -224,7 +224,7 @@ class Runner:
                                      self.pool, works, crash, owner)
         self.model = ModelStage(model, self.completion,
                                 max_failures_in_a_row=opts.max_model_failures_in_a_row,
-                                crash=crash, slow_s=slow_batch_s())
+                                crash=crash, slow_s=slow_batch_s(), lanes=cpu_lanes())
         cut = opts.cut(model, spill_dir=str(job_dir))
         self.read_processes = _read_processes(opts, cut)
         self.vad_pool = None if self.read_processes is not None else _vad_pool(opts, cut)
@@ -248,6 +248,7 @@ class Runner:
         finally:
             # Normal end, Ctrl-C, or an error: stop the readers, let the writer finish what
             # it was given, and hand every item not written back to pending.
+            self.model.close()
             self.feed.shutdown()
             self.completion.shutdown()
             self.feed.release()
@@ -273,7 +274,7 @@ class Runner:
         False when the run is over (no more work, limit reached, or asked to stop)."""
         self.completion.step()
         if self.stop.is_set():
-            self.model.shutdown()  # one batch at most: its results are kept
+            self.model.shutdown()  # the batches in flight: their results are kept
             self.feed.take_ends()
             self.summary.stopped = True
             logger.info("stopping: unfinished items go back to pending")
@@ -284,8 +285,8 @@ class Runner:
             self.model.step(self.pool.next_batch())
             self.completion.flush()
             return True
-        if self.model.inflight is not None:  # no batch to start now: nothing to overlap with
-            self.model.shutdown()
+        if self.model.busy:  # no batch to start now: nothing to overlap with
+            self.model.finish_oldest()
             return True
         if self.feed.more_coming():
             self.feed.wait()
@@ -303,5 +304,5 @@ class Runner:
         """The device has had nothing yet and a full batch is decoded: start it rather than
         wait for the whole sorting pool (later batches are sorted from a full pool while
         the device works)."""
-        return (self.model.batches == 0 and self.model.inflight is None
+        return (self.model.batches == 0 and not self.model.busy
                 and self.pool.samples >= self.opts.batch_seconds * SAMPLE_RATE)

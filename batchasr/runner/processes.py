@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from batchasr.errors import JobError
+from batchasr.runner.device import cpu_cores
 from batchasr.runner.parent import die_with_parent
 from batchasr.runner.options import RunOptions, RunSummary
 
@@ -138,6 +139,8 @@ def run_workers(job_dir: str | os.PathLike, lock, *, devices: list[str | None],
             env = dict(os.environ)
             if gpu is not None:
                 env["CUDA_VISIBLE_DEVICES"] = gpu
+            elif n > 1 and "BATCHASR_CPU_CORES" not in env:
+                env["BATCHASR_CPU_CORES"] = str(max(1, cpu_cores() // n))  # CPU lanes' share
             proc = subprocess.Popen(
                 [sys.executable, "-m", "batchasr.runner.processes", "worker", json.dumps(spec)],
                 pass_fds=(lock.fd,), env=env, stdout=subprocess.PIPE, text=True,

@@ -34,7 +34,7 @@ class MultiHeadedAttention(TunedAttention, nn.Module):
     def __call__(self, x: mx.array, mask: mx.array) -> mx.array:
         q, k, v = (split_heads(f(x), self.h) for f in (self.linear_q, self.linear_k,
                                                        self.linear_v))
-        return self.linear_out(merge_heads(attention(q, k, v, mask, self.unfused)))
+        return self.linear_out(merge_heads(attention(q, k, v, mask, self.method)))
 
 
 class EncoderLayer(nn.Module):

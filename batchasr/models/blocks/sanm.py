@@ -18,6 +18,7 @@ import mlx.nn as nn
 import numpy as np
 
 from batchasr.models.base import BaseModelArgs
+from batchasr.models.blocks import host_softmax
 from batchasr.models.blocks.tuning import Tuning
 
 LAYER_NORM_EPS = 1e-12  # funasr.models.transformer.layer_norm.LayerNorm
@@ -36,6 +37,10 @@ def compiled_calls(layers) -> tuple:
 def use_compiled(module: nn.Module, enable: bool, layers) -> None:
     # kept outside the module tree (object attribute), so parameters() never sees it
     object.__setattr__(module, "_calls", compiled_calls(layers) if enable else None)
+    for layer in layers:  # numpy's softmax cannot run inside a traced function
+        for _, sub in layer.named_modules():
+            if isinstance(sub, TunedAttention):
+                sub.compiled = enable
 
 
 @lru_cache(maxsize=32)
@@ -98,29 +103,43 @@ def fsmn_padding(kernel_size: int, sanm_shfit: int) -> int:
 
 
 def attention(q: mx.array, k: mx.array, v: mx.array, key_mask: mx.array | None,
-              unfused: bool = False) -> mx.array:
+              method: str = "fast") -> mx.array:
     """Scaled dot-product attention, q/k/v (B, H, T, d); padded keys get no weight.
 
-    `unfused` (Tuning.attention "unfused", BATCHASR_ATTENTION) computes it as two batched
-    GEMMs around a float32 softmax instead of MLX's fused kernel, which on NVIDIA GPUs sets
-    up a cuDNN plan per new batch shape."""
+    `method` (Tuning.attention, BATCHASR_ATTENTION): "fast", MLX's fused kernel; "unfused",
+    two batched GEMMs around a float32 softmax (on NVIDIA GPUs the fused kernel sets up a
+    cuDNN plan per new batch shape); "host", the same GEMMs around numpy's softmax (MLX's CPU
+    backend runs exp one element at a time: `host_softmax`); "auto", host on the CPU and fast
+    elsewhere."""
+    if method == "auto":
+        method = "host" if host_softmax.on_cpu() else "fast"
     scale = q.shape[-1] ** -0.5
     mask = None if key_mask is None else key_mask[:, None, None, :]
-    if unfused:
-        scores = (q * scale) @ k.swapaxes(-1, -2)
-        if mask is not None:
-            scores = mx.where(mask, scores, mx.array(-float("inf"), scores.dtype))
-        return mx.softmax(scores, axis=-1, precise=True) @ v
-    return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
+    if method == "fast":
+        return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
+    scores = (q * scale) @ k.swapaxes(-1, -2)
+    if method == "host":
+        return host_softmax.softmax(scores, mask) @ v
+    if mask is not None:
+        scores = mx.where(mask, scores, mx.array(-float("inf"), scores.dtype))
+    return mx.softmax(scores, axis=-1, precise=True) @ v
 
 
 class TunedAttention:
-    """Mixin of the modules that call `attention`: `unfused` comes from Tuning.attention."""
+    """Mixin of the modules that call `attention`: `method` from Tuning.attention; in
+    compiled layers the host softmax becomes the fused kernel (numpy cannot run in a trace)."""
 
-    unfused = False
+    attention_method = "auto"
+    compiled = False
 
     def tune(self, tuning: Tuning) -> None:
-        self.unfused = tuning.attention == "unfused"
+        self.attention_method = tuning.attention
+
+    @property
+    def method(self) -> str:
+        if self.compiled and self.attention_method in ("auto", "host"):
+            return "fast"
+        return self.attention_method
 
 
 def split_heads(x: mx.array, heads: int) -> mx.array:
@@ -155,7 +174,7 @@ class MultiHeadedAttentionSANM(TunedAttention, nn.Module):
         if m is not None:
             memory = memory * m
         out = attention(split_heads(q, self.h), split_heads(k, self.h),
-                        split_heads(v, self.h), mask, self.unfused)
+                        split_heads(v, self.h), mask, self.method)
         return self.linear_out(merge_heads(out)) + memory
 
 

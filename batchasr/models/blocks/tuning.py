@@ -7,12 +7,18 @@ environment, so a loaded model keeps the switches it was built with.
     BATCHASR_FSMN          shift (default) | conv | auto   FSMN memory: shifted sums or a
                                                            grouped convolution ("auto": conv
                                                            on GPUs, shift on the CPU)
-    BATCHASR_ATTENTION     fast (default) | unfused        MLX's fused attention kernel, or two
-                                                           GEMMs around a float32 softmax
+    BATCHASR_ATTENTION     auto (default) | fast |         MLX's fused attention kernel, two
+                           unfused | host                  GEMMs around a float32 softmax, or
+                                                           the GEMMs around numpy's softmax
+                                                           ("auto": host on the CPU, fast
+                                                           elsewhere and in compiled layers)
     BATCHASR_CIF_CONV      conv (default) | matmul         the CIF convolution, or one GEMM
                                                            over stacked shifted frames
-    BATCHASR_FRAME_BUCKET  16 (default)                    Paraformer batches are padded to a
-                                                           multiple of this many frames
+    BATCHASR_FRAME_BUCKET  16 (default on GPUs; 1 on the   Paraformer batches are padded to a
+                           CPU)                            multiple of this many frames (few
+                                                           shapes for GPU kernels and plans;
+                                                           on the CPU a shape costs nothing
+                                                           and padding is pure work)
     BATCHASR_COMPILE       1 to use mx.compile'd layers    (Paraformer)
 
 The grouped convolution and the compiled layers are faster on GPUs but opt-in until they are
@@ -28,18 +34,21 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Tuning:
     fsmn: str = "shift"
-    attention: str = "fast"
+    attention: str = "auto"
     cif_conv: str = "conv"
     frame_bucket: int = 16
     compile: bool = False
 
     @classmethod
-    def from_env(cls, env=None) -> "Tuning":
+    def from_env(cls, env=None, *, cpu: bool = False) -> "Tuning":
+        """The switches from `env` (default os.environ); `cpu`: the defaults for a model
+        on the CPU."""
         env = os.environ if env is None else env
+        bucket = 1 if cpu else cls.frame_bucket
         return cls(fsmn=env.get("BATCHASR_FSMN", cls.fsmn),
                    attention=env.get("BATCHASR_ATTENTION", cls.attention),
                    cif_conv=env.get("BATCHASR_CIF_CONV", cls.cif_conv),
-                   frame_bucket=int(env.get("BATCHASR_FRAME_BUCKET", str(cls.frame_bucket))),
+                   frame_bucket=int(env.get("BATCHASR_FRAME_BUCKET", str(bucket))),
                    compile=env.get("BATCHASR_COMPILE") == "1")
 
 

@@ -4,7 +4,9 @@ failure streak. Every engine runs its batches through :class:`ModelStage`.
 A recognizer with ``submit`` (pipelined: ``submit(waves) -> pending``, ``pending.advance()``,
 ``pending.result()``) keeps one batch in flight: the next batch is started on the device,
 then the previous one is finished on the host while the device works. Any other is called
-with ``transcribe``. Invariants: when a batch fails in the model, each of its pieces is run
+with ``transcribe``. With ``lanes`` (on a CPU, ``runner.stages.lanes``) up to that many
+batches run at once, each on a thread of its own, their results taken as they finish.
+Invariants: when a batch fails in the model, each of its pieces is run
 alone (:func:`each_alone`), so only the pieces the model fails on even alone fail; a piece
 whose item has already failed is dropped, not counted; ``max_failures_in_a_row`` failed
 pieces in a row mean the model is broken and raise JobError.
@@ -19,8 +21,10 @@ import numpy as np
 
 from batchasr.audio.decode import SAMPLE_RATE
 from batchasr.errors import JobError
+from batchasr.runner.device import cpu_cores
 from batchasr.runner.hooks import slow_batch
 from batchasr.runner.options import DEFAULT_MAX_FAILURES_IN_A_ROW
+from batchasr.runner.stages.lanes import Lanes, materialize
 from batchasr.transcript import ASRModel, Transcript
 
 logger = logging.getLogger("batchasr.worker")  # the name log lines show (stable)
@@ -118,16 +122,22 @@ class ModelStage:
     """The batch in flight. ``step(batch)`` runs a batch (pipelined: starts it, finishes the
     previous one); ``shutdown()`` finishes the batch in flight. Results go to ``sink``.
     ``run`` replaces the plain model call; ``pipelined`` (default: the model has
-    ``submit``) keeps one batch in flight. Times and counts: ``model_s``, ``batches``,
-    ``transcribed_s``, ``padding``."""
+    ``submit``) keeps one batch in flight; ``lanes`` > 1 runs that many batches at once on
+    threads of their own instead (CPUs). Call ``close()`` when done. Times and counts:
+    ``model_s``, ``batches``, ``transcribed_s``, ``padding``."""
 
     def __init__(self, model: ASRModel, sink: ResultSink, *,
                  max_failures_in_a_row: int = DEFAULT_MAX_FAILURES_IN_A_ROW,
                  run: RunBatch | None = None, pipelined: bool | None = None,
-                 crash: Callable[[str], None] | None = None, slow_s: float = 0.0):
+                 crash: Callable[[str], None] | None = None, slow_s: float = 0.0,
+                 lanes: int = 1):
         self.model, self.sink = model, sink
         self.options: dict = {}  # the item options of the batch being run (Piece.options)
+        self.custom_run = run
         self.run = run or (lambda waves, langs: run_model(model, waves, langs, **self.options))
+        self.lanes = Lanes(lanes, cpu_cores()) if lanes > 1 else None
+        if self.lanes is not None:
+            materialize(model, depth=8)
         self.pipelined = (callable(getattr(model, "submit", None)) if pipelined is None
                           else pipelined)
         self.streak = FailureStreak(max_failures_in_a_row)
@@ -139,6 +149,18 @@ class ModelStage:
         self.batches = 0
         self.transcribed_s = 0.0
         self.padded = self.useful = 0  # samples in batches once padded / of real audio
+
+    @property
+    def busy(self) -> bool:
+        """A batch is in flight (started, results not taken)."""
+        return self.inflight is not None or bool(self.lanes and self.lanes.inflight)
+
+    def finish_oldest(self) -> None:
+        """Take the results of one batch in flight (with lanes: the first to finish)."""
+        if self.lanes is not None and self.lanes.inflight:
+            self._finish_lane()
+        else:
+            self.shutdown()
 
     @property
     def padding(self) -> float:
@@ -156,6 +178,9 @@ class ModelStage:
         self.current = batch
         if self.slow_s:
             slow_batch(self.slow_s)
+        if self.lanes is not None:
+            self._start_in_lane(batch, waves, langs, options)
+            return
         if not self.pipelined:
             try:
                 self._apply(batch, run_or_each(self._transcribe, waves, langs))
@@ -182,9 +207,48 @@ class ModelStage:
         self.inflight = (batch, pending, options)
         self.current = []
 
+    def _start_in_lane(self, batch: list, waves: list, langs: list, options: dict) -> None:
+        run = self.custom_run
+        call = ((lambda: list(run(waves, langs))) if run is not None else
+                (lambda: run_model(self.model, waves, langs, **options)))
+        try:
+            while self.lanes.full:  # every lane busy: take the first results to come back
+                self._finish_lane()
+            self.lanes.start((batch, options), call)
+        finally:
+            self.current = []
+
+    def _finish_lane(self) -> None:
+        t = time.perf_counter()
+        (batch, options), outs = self.lanes.next_done()
+        self.model_s += time.perf_counter() - t
+        waves, langs = [p.audio for p in batch], [p.language for p in batch]
+        if isinstance(outs, Exception):
+            self.options = options
+            outs = each_alone(self._timed, waves, langs, outs)
+        else:
+            try:
+                outs = checked(outs, len(batch))
+            except ValueError as e:
+                self.options = options
+                outs = each_alone(self._timed, waves, langs, e)
+        self._count(waves)
+        self._apply(batch, outs)
+        self.sink.flush()
+
+    def close(self) -> None:
+        """Stop the lanes' threads (after the batches in flight: call shutdown() first to
+        take their results)."""
+        if self.lanes is not None:
+            self.lanes.close()
+
     def shutdown(self) -> None:
-        """Results of the batch in flight (if any) to the sink; if the batch failed, each
+        """Results of the batches in flight (if any) to the sink; if a batch failed, each
         piece alone."""
+        if self.lanes is not None:
+            while self.lanes.inflight:
+                self._finish_lane()
+            return
         if self.inflight is None:
             return
         batch, pending, self.options = self.inflight
@@ -209,6 +273,8 @@ class ModelStage:
         speed so far, None before any is measured): what a stop after the batch in flight
         waits for. Read from another thread (the signal watcher)."""
         pieces = list(self.current) + (list(self.inflight[0]) if self.inflight else [])
+        if self.lanes is not None:
+            pieces += [p for batch, _ in self.lanes.tags() for p in batch]
         audio_s = sum(len(p.audio) for p in pieces) / SAMPLE_RATE
         per_s = self.model_s / self.transcribed_s if self.transcribed_s else None
         return audio_s, None if per_s is None else audio_s * per_s

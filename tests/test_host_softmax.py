@@ -1,0 +1,41 @@
+"""numpy softmax / log-softmax (the CPU attention path) against MLX's own, masks included."""
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from batchasr.models.blocks import host_softmax
+from batchasr.models.blocks.sanm import attention
+
+
+def test_softmax_matches_mlx_precise():
+    x = mx.random.normal((2, 3, 5, 7), key=mx.random.key(0)) * 4
+    np.testing.assert_allclose(np.array(host_softmax.softmax(x)),
+                               np.array(mx.softmax(x, axis=-1, precise=True)), atol=1e-6)
+
+
+def test_masked_keys_get_zero_weight_and_empty_rows_are_zero():
+    x = mx.random.normal((3, 1, 4, 6), key=mx.random.key(1))
+    keep = mx.array([[True] * 6, [True, True, False, False, False, False], [False] * 6])
+    p = np.array(host_softmax.softmax(x, keep[:, None, None, :]))
+    ref = np.array(mx.softmax(mx.where(keep[:, None, None, :], x, -np.inf), axis=-1))
+    np.testing.assert_allclose(p[:2], ref[:2], atol=1e-6)
+    assert (p[1, ..., 2:] == 0).all()
+    assert (p[2] == 0).all()  # no key left: all zeros, as the official masked_fill(0)
+    np.testing.assert_allclose(p[:2].sum(-1), 1.0, atol=1e-6)
+
+
+def test_log_softmax_matches_logsumexp_and_keeps_dtype():
+    x = mx.random.normal((4, 50), key=mx.random.key(2)) * 10
+    ref = x - mx.logsumexp(x, axis=-1, keepdims=True)
+    np.testing.assert_allclose(np.array(host_softmax.log_softmax(x)), np.array(ref), atol=1e-5)
+    assert host_softmax.log_softmax(x.astype(mx.bfloat16)).dtype == mx.bfloat16
+
+
+@pytest.mark.parametrize("method", ["fast", "unfused", "host", "auto"])
+def test_attention_forms_agree(method):
+    k = mx.random.key(3)
+    q, kk, v = (mx.random.normal((2, 4, 9, 8), key=s) for s in mx.random.split(k, 3))
+    mask = mx.arange(9)[None, :] < mx.array([9, 5])[:, None]
+    ref = attention(q, kk, v, mask, "unfused")
+    np.testing.assert_allclose(np.array(attention(q, kk, v, mask, method)), np.array(ref),
+                               atol=1e-5)
