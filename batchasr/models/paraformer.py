@@ -27,6 +27,7 @@ import mlx.nn as nn
 import numpy as np
 
 from batchasr.audio.decode import SAMPLE_RATE
+from batchasr.models.blocks import host_softmax
 from batchasr.models.base import BaseModelArgs
 from batchasr.models.blocks.cif import (
     CifPredictorV2,
@@ -201,6 +202,8 @@ class ParaformerSANMDecoder(nn.Module):
 
     def log_probs(self, hidden: mx.array) -> mx.array:
         logits = self.output_layer(hidden)
+        if host_softmax.on_cpu():  # numpy's exp; (x - max) - log(sum) as torch computes it
+            return host_softmax.log_softmax(logits)
         return logits - mx.logsumexp(logits, axis=-1, keepdims=True)
 
     def __call__(self, memory, memory_mask, embeds, token_mask) -> mx.array:

@@ -11,6 +11,9 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
+from batchasr.models.blocks import host_softmax
+
+
 class CTC(nn.Module):
     def __init__(self, odim: int, encoder_output_size: int):
         super().__init__()
@@ -18,6 +21,8 @@ class CTC(nn.Module):
 
     def log_softmax(self, x: mx.array) -> mx.array:
         logits = self.ctc_lo(x)
+        if host_softmax.on_cpu():  # numpy's exp; (x - max) - log(sum) as torch computes it
+            return host_softmax.log_softmax(logits)
         return logits - mx.logsumexp(logits, axis=-1, keepdims=True)
 
 
