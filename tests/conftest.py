@@ -32,7 +32,8 @@ class FakeModel:
 
     ``fail_marks``: waveforms with these marks make the whole call raise (as a model bug on
     one input would); ``delay_s``: sleep per call; ``on_call(model)``: a hook run first.
-    ``calls`` records the batch sizes, ``seen`` every (mark, n_samples) transcribed.
+    ``calls`` records the batch sizes, ``seen`` every (mark, n_samples) transcribed,
+    ``batches`` them call by call.
     """
 
     name = "fake"
@@ -45,6 +46,7 @@ class FakeModel:
         self.on_call = on_call
         self.calls: list[int] = []
         self.seen: list[tuple[int, int]] = []
+        self.batches: list[list[tuple[int, int]]] = []  # (mark, n_samples) per successful call
         self.languages: list = []
         self._lock = threading.Lock()
 
@@ -61,6 +63,8 @@ class FakeModel:
         if bad:
             raise RuntimeError(f"fake model cannot do mark {bad[0]}")
         out = []
+        with self._lock:  # one call's pieces together (lanes call from two threads at once)
+            self.batches.append([(m, len(w)) for w, m in zip(waveforms, marks)])
         for w, m in zip(waveforms, marks):
             assert w.dtype == np.float32 and w.ndim == 1
             self.seen.append((m, len(w)))

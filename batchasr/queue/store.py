@@ -488,12 +488,16 @@ class JobQueue:
         in the future, and ``run_alive``); running items whose lease expired or whose run
         died are counted in ``pending`` and as ``interrupted``; ``skipped`` manifest rows."""
         t = time.time() if now is None else now
-        counts = self.counts()
-        live = 0
-        if run_alive:
-            live = self.db.conn.execute(
-                "SELECT count(*) FROM items WHERE status = 'running' AND lease_until > ?",
-                (t,)).fetchone()[0]
+        # one statement, so one snapshot: an item finished between two queries would be
+        # counted as running by the first and not live by the second (a false interruption)
+        found, live = {}, 0
+        for status, n, leased in self.db.conn.execute(
+                "SELECT status, count(*), sum(lease_until > ?) FROM items GROUP BY status",
+                (t,)):
+            found[status] = n
+            if status == "running" and run_alive:
+                live = int(leased or 0)
+        counts = {s: found.get(s, 0) for s in STATES}
         interrupted = counts["running"] - live
         return {"pending": counts["pending"] + interrupted, "running": live,
                 "done": counts["done"], "failed": counts["failed"],
