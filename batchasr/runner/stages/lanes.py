@@ -22,7 +22,7 @@ import mlx.core as mx
 from batchasr import _blas
 
 
-def materialize(obj: Any, depth: int = 5) -> None:
+def materialize(obj: Any, depth: int = 8) -> None:
     """Evaluate every MLX array reachable from ``obj`` (attributes, containers, modules) on
     this thread: MLX cannot evaluate, on a lane's thread, a lazy array built on another
     thread's stream (a cast or slice made when the model was loaded)."""
@@ -74,7 +74,8 @@ class Lanes:
         with self.lock:
             self.running += change
             if self.blas_before is not None:
-                _blas.set_threads(min(self.blas_before, max(1, self.cores // max(1, self.running))))
+                share = max(1, self.cores // max(1, self.running))
+                _blas.set_threads(min(self.blas_before, share))
 
     def _run(self, call: Callable[[], Any]) -> Any:
         self._share_blas(+1)

@@ -137,7 +137,7 @@ class ModelStage:
         self.run = run or (lambda waves, langs: run_model(model, waves, langs, **self.options))
         self.lanes = Lanes(lanes, cpu_cores()) if lanes > 1 else None
         if self.lanes is not None:
-            materialize(model, depth=8)
+            materialize(model)
         self.pipelined = (callable(getattr(model, "submit", None)) if pipelined is None
                           else pipelined)
         self.streak = FailureStreak(max_failures_in_a_row)
@@ -222,16 +222,20 @@ class ModelStage:
         t = time.perf_counter()
         (batch, options), outs = self.lanes.next_done()
         self.model_s += time.perf_counter() - t
+        self._finish(batch, options, outs)
+
+    def _finish(self, batch: list, options: dict, outs) -> None:
+        """A batch's transcripts (or the exception its call raised) to the sink; a failed
+        batch (or a wrong number of transcripts) is run again piece by piece."""
         waves, langs = [p.audio for p in batch], [p.language for p in batch]
-        if isinstance(outs, Exception):
-            self.options = options
-            outs = each_alone(self._timed, waves, langs, outs)
-        else:
+        if not isinstance(outs, Exception):
             try:
                 outs = checked(outs, len(batch))
             except ValueError as e:
-                self.options = options
-                outs = each_alone(self._timed, waves, langs, e)
+                outs = e
+        if isinstance(outs, Exception):
+            self.options = options
+            outs = each_alone(self._timed, waves, langs, outs)
         self._count(waves)
         self._apply(batch, outs)
         self.sink.flush()
@@ -251,22 +255,16 @@ class ModelStage:
             return
         if self.inflight is None:
             return
-        batch, pending, self.options = self.inflight
+        batch, outs, options = self.inflight
         self.inflight = None
-        waves, langs = [p.audio for p in batch], [p.language for p in batch]
         t = time.perf_counter()
-        outs: list | None = None
-        if not isinstance(pending, Exception):
+        if not isinstance(outs, Exception):
             try:
-                outs = checked(pending.result(), len(batch))
+                outs = outs.result()
             except Exception as e:
-                pending = e
+                outs = e
         self.model_s += time.perf_counter() - t
-        if outs is None:
-            outs = each_alone(self._timed, waves, langs, pending)
-        self._count(waves)
-        self._apply(batch, outs)
-        self.sink.flush()
+        self._finish(batch, options, outs)
 
     def expected_wait(self) -> tuple[float, float | None]:
         """(audio seconds in the model now, the model seconds they should take at this run's
