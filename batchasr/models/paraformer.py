@@ -202,9 +202,7 @@ class ParaformerSANMDecoder(nn.Module):
 
     def log_probs(self, hidden: mx.array) -> mx.array:
         logits = self.output_layer(hidden)
-        if host_softmax.on_cpu():  # numpy's exp; (x - max) - log(sum) as torch computes it
-            return host_softmax.log_softmax(logits)
-        return logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+        return host_softmax.log_softmax(logits)
 
     def __call__(self, memory, memory_mask, embeds, token_mask) -> mx.array:
         """memory (B, T, D), embeds (B, N, D) -> log-probabilities (B, N, vocab)."""

@@ -349,9 +349,7 @@ class Model(ParaformerModel):
         merged = sd.hidden(memory, None, embeds, token_mask) + \
             sd.hidden(memory, None, hidden, token_mask)
         logits = self.hotword_output_layer(merged)
-        if host_softmax.on_cpu():  # numpy's exp; (x - max) - log(sum) as torch computes it
-            return host_softmax.log_softmax(logits)
-        return logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+        return host_softmax.log_softmax(logits)
 
 
 class SeacoDecodeRun:

@@ -21,9 +21,7 @@ class CTC(nn.Module):
 
     def log_softmax(self, x: mx.array) -> mx.array:
         logits = self.ctc_lo(x)
-        if host_softmax.on_cpu():  # numpy's exp; (x - max) - log(sum) as torch computes it
-            return host_softmax.log_softmax(logits)
-        return logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+        return host_softmax.log_softmax(logits)
 
 
 CTC_FRAME_MS = 60  # 10 ms frame shift x lfr_n 6, the official `* 6 * 10 / 1000`

@@ -8,7 +8,9 @@ encoder layer there. On the CPU, MLX arrays and numpy arrays share the host memo
 handing the scores to numpy costs one copy back and nothing else.
 
 Only for code that is not traced by `mx.compile` (numpy needs evaluated arrays) and only
-worth it on the CPU; on a GPU it would move every score matrix to the host.
+worth it on the CPU; on a GPU it would move every score matrix to the host. `softmax` is
+chosen by `sanm.attention` (Tuning.attention); `log_softmax`, for the output heads, chooses
+numpy on the CPU and MLX elsewhere itself.
 """
 from __future__ import annotations
 
@@ -51,13 +53,12 @@ def softmax(x: mx.array, key_mask: mx.array | None = None) -> mx.array:
 
 
 def log_softmax(x: mx.array) -> mx.array:
-    """log(softmax(x)) over the last axis, in float32, returned in x's dtype: x - logsumexp(x)
-    as MLX computes it (max subtracted first)."""
+    """log(softmax(x)) over the last axis of an output head's logits, in float32, returned in
+    x's dtype. On the CPU with numpy, (x - max) - log(sum(exp(x - max))) in torch's order;
+    elsewhere MLX's x - logsumexp(x)."""
+    if not on_cpu():
+        return x - mx.logsumexp(x, axis=-1, keepdims=True)
     s = _as_float32(x)
-    top = s.max(axis=-1, keepdims=True)
-    e = np.subtract(s, top)
-    shifted = e.copy()
-    np.exp(e, out=e)
-    lse = np.log(e.sum(axis=-1, keepdims=True))
-    shifted -= lse
-    return mx.array(shifted).astype(x.dtype)
+    out = np.subtract(s, s.max(axis=-1, keepdims=True))
+    out -= np.log(np.exp(out).sum(axis=-1, keepdims=True))
+    return mx.array(out).astype(x.dtype)
