@@ -214,6 +214,7 @@ class ReadProcesses:
         self._slots: list[_Slot] = []
         self._lock = threading.Lock()
         self.started = 0  # processes started (replacements included)
+        self._starting = 0  # processes being started, not yet in _slots
         self.closed = False
         self.busy_s = 0.0  # CPU seconds the processes spent reading, summed
 
@@ -221,15 +222,24 @@ class ReadProcesses:
         """Start every process now (each boots while the run gets ready, and a file's first
         piece waits for no start-up); leasing starts any missing later."""
         with self._lock:
-            missing = self.processes - len(self._slots)
-        for _ in range(max(0, missing)):
+            missing = max(0, self.processes - len(self._slots) - self._starting)
+            self._starting += missing
+        for _ in range(missing):
             self._free.put(self._new_slot())
 
     # ---- leasing processes ----------------------------------------------------------------
 
     def _new_slot(self) -> _Slot:
-        slot = _Slot(self._ctx, self.vad_spec, self.cut_fields, self.n_samples)
+        """A new process for a place reserved in ``_starting`` (under the lock, by the
+        caller: a process takes a while to start, and two callers must not both see room)."""
+        try:
+            slot = _Slot(self._ctx, self.vad_spec, self.cut_fields, self.n_samples)
+        except BaseException:
+            with self._lock:
+                self._starting -= 1
+            raise
         with self._lock:
+            self._starting -= 1
             if self.closed:
                 slot.close()
                 raise Cancelled()
@@ -239,7 +249,9 @@ class ReadProcesses:
 
     def _lease(self) -> _Slot:
         with self._lock:
-            grow = len(self._slots) < self.processes and self._free.empty()
+            grow = (len(self._slots) + self._starting < self.processes
+                    and self._free.empty())
+            self._starting += grow
         if grow:
             return self._new_slot()
         while True:
