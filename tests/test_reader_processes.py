@@ -254,19 +254,24 @@ def test_ctrl_c_while_a_reader_starts_does_not_kill_it(tmp_path):
 
 
 @needs_proc
+@pytest.mark.parametrize("vad", ["silero", "fsmn"])
 @pytest.mark.parametrize("vad_here", [True, False])
-def test_readers_that_leave_the_vad_to_the_caller_never_load_mlx(tmp_path, vad_here):
-    """With MLX on CUDA every MLX process takes device memory: readers that leave the VAD to
-    the caller must not load MLX at all (checked in the process's memory map); readers that
-    run it do."""
+def test_reader_processes_never_load_mlx_and_never_see_the_gpu(tmp_path, vad, vad_here):
+    """With MLX on CUDA every MLX process takes a device context and memory: reader processes,
+    those that run the VAD (numpy) and those that leave it to the caller, must not load MLX
+    at all (checked in the process's memory map), and the GPU is hidden from them."""
     path = long_files(tmp_path / "audio", n=1, seconds=40).parent / "talk0.wav"
-    cut = CutOptions(vad=load_vad("silero"), max_segment_s=10)
-    procs = ReadProcesses(1, cut, "silero", vad_here=vad_here)
+    spec = "silero" if vad == "silero" else str(Path(__file__).parent / "fixtures" / "vad" / "fsmn")
+    cut = CutOptions(vad=load_vad(spec), max_segment_s=10)
+    procs = ReadProcesses(1, cut, load_vad(spec).spec, vad_here=vad_here)
     try:
         events = list(procs.read(str(path)))
-        maps = Path(f"/proc/{procs.pids()[0]}/maps").read_text()
+        pid = procs.pids()[0]
+        maps = Path(f"/proc/{pid}/maps").read_text()
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
     finally:
         procs.close()
     assert events[0] == Plan(through_vad=True)
     assert all(isinstance(e, VADWindow if vad_here else Cut) for e in events[1:-1])
-    assert ("libmlx" in maps) != vad_here
+    assert "libmlx" not in maps
+    assert b"CUDA_VISIBLE_DEVICES=" in environ

@@ -1,24 +1,27 @@
-"""fsmn-vad (FunASR `model: FsmnVADStreaming`): network, streaming driver, build.
+"""fsmn-vad (FunASR `model: FsmnVADStreaming`): network, streaming driver, loading; numpy only.
 
 Exact to funasr 1.4.16 `AutoModel.generate` on an official fsmn-vad folder. The audio is cut
-into 60 s chunks; WavFrontendOnline (batchasr.models.blocks.frontend.OnlineFrontend: fbank, LFR
-m=5 n=1, CMVN) and the FSMN carry their state across chunks; the endpoint state machine
-(batchasr.models.blocks.fsmn_endpoint) runs per 10 ms frame, and at every chunk start the end
-silence comes from `DEFAULT_SILENCE_SCHEDULE` (funasr's dynamic silence: 1,850 ms while
-outside speech, less the longer speech has lasted), unless a fixed `max_end_silence_time` is
-given. A stream holds at most one chunk of audio.
+into 60 s chunks; WavFrontendOnline (batchasr.models.blocks.kaldi_fbank.OnlineFrontend:
+fbank, LFR m=5 n=1, CMVN) and the FSMN carry their state across chunks; the endpoint state
+machine (batchasr.models.blocks.fsmn_endpoint) runs per 10 ms frame, and at every chunk start
+the end silence comes from `DEFAULT_SILENCE_SCHEDULE` (funasr's dynamic silence: 1,850 ms
+while outside speech, less the longer speech has lasted), unless a fixed
+`max_end_silence_time` is given. A stream holds at most one chunk of audio.
 
 Network: port of `funasr.models.fsmn_vad_streaming.encoder` (FSMN): in_linear1 ->
 in_linear2 -> ReLU -> fsmn_layers x [linear (no bias) -> causal FSMN memory (the branch adds
-its own input) -> affine -> ReLU] -> out_linear1 -> out_linear2 -> softmax. Module attributes
-follow the official state-dict keys (`encoder.fsmn.0.fsmn_block.conv_left.weight`, ...). The
-memory is causal, so running a long input chunk by chunk with the last `(lorder - 1) *
-lstride` frames of each layer carried over (`make_cache`) gives exactly the scores of one pass
-over the whole input, as the official `cache["encoder"]` does. The network stays float32:
-decisions compare posteriors to thresholds.
+its own input) -> affine -> ReLU] -> out_linear1 -> out_linear2 -> softmax, on the official
+state-dict keys (`encoder.fsmn.0.fsmn_block.conv_left.weight`, ...). The memory is causal, so
+running a long input chunk by chunk with the last `(lorder - 1) * lstride` frames of each
+layer carried over (`make_cache`) gives exactly the scores of one pass over the whole input,
+as the official `cache["encoder"]` does. Float32: decisions compare posteriors to thresholds.
 
-Family hooks for batchasr.models.loader: read_assets, ModelArgs.from_config, Model (sanitize,
-cast), wrap -> FsmnVAD.
+Why numpy and not MLX: the VAD is a CPU stage that runs in many reader processes at once
+(batchasr.runner.read_processes). MLX's CUDA backend gives every process that makes an array
+a device context and device memory (16 such readers ran an H200's model process out of
+memory), and its CPU side there has no fast BLAS; numpy's BLAS runs these small GEMMs at the
+core's speed in any process. Loaded by batchasr.models.vads (`load`), never through the
+recognizers' MLX build path.
 """
 from __future__ import annotations
 
@@ -27,13 +30,11 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import mlx.core as mx
-import mlx.nn as nn
 import numpy as np
 
 from batchasr.errors import CheckpointError
 from batchasr.models.base import BaseModelArgs
-from batchasr.models.blocks.frontend import FrontendConfig, OnlineFrontend, load_cmvn
+from batchasr.models.blocks.kaldi_fbank import FrontendConfig, OnlineFrontend, load_cmvn
 from batchasr.models.blocks.fsmn_endpoint import IN_SPEECH, Endpointer, FsmnVADOptions
 from batchasr.models.blocks.vad import VAD, SpeechSegment, VADStream
 
@@ -78,106 +79,99 @@ class ModelArgs(BaseModelArgs):
                              f"memories, rorder 0, as the published fsmn-vad)")
 
 
-class Linear(nn.Module):
-    """FunASR's LinearTransform / AffineTransform: a `.linear` submodule (keys `x.linear.*`)."""
-
-    def __init__(self, idim: int, odim: int, bias: bool = True):
-        super().__init__()
-        self.linear = nn.Linear(idim, odim, bias=bias)
-
-    def __call__(self, x: mx.array) -> mx.array:
-        return self.linear(x)
+def _linear(x: np.ndarray, w: tuple[np.ndarray, np.ndarray | None]) -> np.ndarray:
+    """x (..., idim) -> (..., odim) as one 2-D GEMM (numpy loops a stacked matmul)."""
+    weight_t, bias = w
+    y = (x.reshape(-1, x.shape[-1]) @ weight_t).reshape(*x.shape[:-1], -1)
+    return y if bias is None else y + bias
 
 
-class CausalMemory(nn.Module):
-    """FSMNBlock with rorder 0: y[t] = x[t] + sum_k w[k] * x[t - (K - 1 - k) * stride].
+class Model:
+    """FsmnVADStreaming's network (`encoder`: the FSMN) on numpy float32 arrays.
 
-    `conv_left.weight` is stored as (D, K) (the torch Conv2d weight (D, 1, K, 1) squeezed).
-    """
+    Weights are the official state dict, checked by name and shape (`load_weights`); each
+    linear layer keeps its weight transposed, `conv_left` its (D, 1, K, 1) Conv2d weight
+    squeezed to (K, D), tap k reaching back (K - 1 - k) * lstride frames."""
 
-    def __init__(self, dim: int, lorder: int, lstride: int):
-        super().__init__()
-        self.conv_left = {"weight": mx.zeros((dim, lorder))}
-        self.lorder, self.lstride = lorder, lstride
-
-    @property
-    def context(self) -> int:
-        return (self.lorder - 1) * self.lstride
-
-    def __call__(self, x: mx.array, cache: mx.array) -> tuple[mx.array, mx.array]:
-        """x (B, T, D), cache (B, context, D) -> (y (B, T, D), new cache)."""
-        B, T, D = x.shape
-        xp = mx.concatenate([cache, x], axis=1)  # (B, context + T, D)
-        w = self.conv_left["weight"].T  # (K, D)
-        out = x
-        for k in range(self.lorder):
-            s = k * self.lstride
-            out = out + xp[:, s : s + T] * w[k]
-        return out, xp[:, xp.shape[1] - self.context :]
-
-
-class BasicBlock(nn.Module):
     def __init__(self, args: ModelArgs):
-        super().__init__()
-        self.linear = Linear(args.linear_dim, args.proj_dim, bias=False)
-        self.fsmn_block = CausalMemory(args.proj_dim, args.lorder, args.lstride)
-        self.affine = Linear(args.proj_dim, args.linear_dim)
-
-    def __call__(self, x: mx.array, cache: mx.array) -> tuple[mx.array, mx.array]:
-        h, cache = self.fsmn_block(self.linear(x), cache)
-        return nn.relu(self.affine(h)), cache
-
-
-class FSMN(nn.Module):
-    def __init__(self, args: ModelArgs):
-        super().__init__()
         self.args = args
-        self.in_linear1 = Linear(args.input_dim, args.input_affine_dim)
-        self.in_linear2 = Linear(args.input_affine_dim, args.linear_dim)
-        self.fsmn = [BasicBlock(args) for _ in range(args.fsmn_layers)]
-        self.out_linear1 = Linear(args.linear_dim, args.output_affine_dim)
-        self.out_linear2 = Linear(args.output_affine_dim, args.output_dim)
+        self.layers: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
+        self.memories: list[np.ndarray] = []
 
-    def __call__(self, feats: mx.array, cache: list[mx.array]) -> tuple[mx.array, list]:
-        """feats (B, T, input_dim) -> (posteriors or logits (B, T, output_dim), new cache)."""
-        x = nn.relu(self.in_linear2(self.in_linear1(feats)))
-        new_cache = []
-        for block, c in zip(self.fsmn, cache):
-            x, c = block(x, c)
-            new_cache.append(c)
-        x = self.out_linear2(self.out_linear1(x))
-        return (mx.softmax(x, axis=-1, precise=True) if self.args.use_softmax else x), new_cache
+    def expected_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The official state dict's keys and shapes for these args."""
+        a = self.args
+        shapes = {}
 
+        def linear(name, idim, odim, bias=True):
+            shapes[f"encoder.{name}.linear.weight"] = (odim, idim)
+            if bias:
+                shapes[f"encoder.{name}.linear.bias"] = (odim,)
 
-class Model(nn.Module):
-    """FsmnVADStreaming's network: `encoder` holds the FSMN (keys `encoder.*`)."""
+        linear("in_linear1", a.input_dim, a.input_affine_dim)
+        linear("in_linear2", a.input_affine_dim, a.linear_dim)
+        for i in range(a.fsmn_layers):
+            linear(f"fsmn.{i}.linear", a.linear_dim, a.proj_dim, bias=False)
+            shapes[f"encoder.fsmn.{i}.fsmn_block.conv_left.weight"] = (a.proj_dim, 1, a.lorder, 1)
+            linear(f"fsmn.{i}.affine", a.proj_dim, a.linear_dim)
+        linear("out_linear1", a.linear_dim, a.output_affine_dim)
+        linear("out_linear2", a.output_affine_dim, a.output_dim)
+        return shapes
 
-    def __init__(self, args: ModelArgs):
-        super().__init__()
-        self.args = args
-        self.encoder = FSMN(args)
+    def load_weights(self, weights: dict[str, np.ndarray], *, what: str = "fsmn-vad") -> None:
+        """Take the official state dict (checked: no key missing or unexpected, shapes)."""
+        shapes = self.expected_shapes()
+        missing = sorted(set(shapes) - set(weights))
+        unexpected = sorted(set(weights) - set(shapes))
+        if missing or unexpected:
+            raise CheckpointError(f"{what}: checkpoint does not match the architecture; "
+                                  f"missing {missing[:8]}, unexpected {unexpected[:8]}")
+        bad = [(k, tuple(weights[k].shape), s) for k, s in shapes.items()
+               if tuple(weights[k].shape) != s]
+        if bad:
+            raise CheckpointError(f"{what}: shape mismatch for {bad[:5]}")
+        f32 = {k: np.asarray(v, np.float32) for k, v in weights.items()}
+        for key in shapes:
+            if key.endswith(".linear.weight"):
+                name = key[len("encoder."): -len(".linear.weight")]
+                bias = f32.get(f"encoder.{name}.linear.bias")
+                self.layers[name] = (np.ascontiguousarray(f32[key].T), bias)
+        self.memories = [np.ascontiguousarray(
+            f32[f"encoder.fsmn.{i}.fsmn_block.conv_left.weight"][:, 0, :, 0].T)
+            for i in range(self.args.fsmn_layers)]
 
-    def make_cache(self, batch_size: int = 1) -> list[mx.array]:
+    def make_cache(self, batch_size: int = 1) -> list[np.ndarray]:
         """Zero memories, as the official streaming cache starts."""
         ctx = (self.args.lorder - 1) * self.args.lstride
-        D = self.args.proj_dim
-        return [mx.zeros((batch_size, ctx, D)) for _ in range(self.args.fsmn_layers)]
+        return [np.zeros((batch_size, ctx, self.args.proj_dim), np.float32)
+                for _ in range(self.args.fsmn_layers)]
 
-    def cast(self, dtype: mx.Dtype) -> None:
-        """Always float32, whatever `dtype` says: decisions compare posteriors to thresholds."""
-        self.set_dtype(mx.float32)
+    def _memory(self, x: np.ndarray, cache: np.ndarray, w: np.ndarray):
+        """FSMNBlock with rorder 0: y[t] = x[t] + sum_k w[k] * x[t - (K - 1 - k) * stride]."""
+        T = x.shape[1]
+        xp = np.concatenate([cache, x], axis=1)  # (B, context + T, D)
+        out = x.copy()
+        for k in range(self.args.lorder):
+            s = k * self.args.lstride
+            out += xp[:, s : s + T] * w[k]
+        context = (self.args.lorder - 1) * self.args.lstride
+        return out, xp[:, xp.shape[1] - context :].copy()
 
-    def sanitize(self, weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Squeeze the memories' Conv2d weights (D, 1, K, 1) -> (D, K); nothing else changes."""
-        out = {}
-        for key, value in weights.items():
-            if key.endswith("fsmn_block.conv_left.weight") and value.ndim == 4:
-                value = value[:, 0, :, 0]
-            out[key] = value
-        return out
-
-    def __call__(self, feats: mx.array, cache: list[mx.array]) -> tuple[mx.array, list]:
-        return self.encoder(feats, cache)
+    def __call__(self, feats: np.ndarray, cache: list[np.ndarray]) -> tuple[np.ndarray, list]:
+        """feats (B, T, input_dim) -> (posteriors or logits (B, T, output_dim), new cache)."""
+        L = self.layers
+        x = np.asarray(feats, np.float32)
+        x = np.maximum(_linear(_linear(x, L["in_linear1"]), L["in_linear2"]), 0)
+        new_cache = []
+        for i, c in enumerate(cache):
+            h, c = self._memory(_linear(x, L[f"fsmn.{i}.linear"]), c, self.memories[i])
+            x = np.maximum(_linear(h, L[f"fsmn.{i}.affine"]), 0)
+            new_cache.append(c)
+        x = _linear(_linear(x, L["out_linear1"]), L["out_linear2"])
+        if not self.args.use_softmax:
+            return x, new_cache
+        e = np.exp(x - x.max(axis=-1, keepdims=True))
+        return e / e.sum(axis=-1, keepdims=True), new_cache
 
 
 # ---------------------------------------------------------------------------------------------
@@ -248,8 +242,7 @@ class FsmnVADStream(VADStream):
         if feats is None:  # forward() returns nothing for a chunk without frames
             return []
         probs, self.cache = self.vad.model(feats[None], self.cache)
-        sil = np.array(mx.take(probs[0], mx.array(list(ep.o.sil_pdf_ids)), axis=1),
-                       dtype=np.float32)
+        sil = np.ascontiguousarray(probs[0][:, list(ep.o.sil_pdf_ids)], dtype=np.float32)
         if self.frame_probs is not None:
             self.frame_probs.append(sil)
         ep.add_frames(sil, _decibels(waves))
@@ -287,21 +280,20 @@ class FsmnVAD(VAD):
 
 
 # ---------------------------------------------------------------------------------------------
-# family hooks (batchasr.models.loader)
+# loading (batchasr.models.vads; no MLX)
 # ---------------------------------------------------------------------------------------------
-def read_assets(folder: Path | None, config: dict, *, dummy: bool,
-                vocab_size: int | None = None) -> dict:
-    """The endpoint options (model_conf), the frontend config and am.mvn."""
+def load(folder: Path, config: dict, name: str = "fsmn-vad") -> FsmnVAD:
+    """fsmn-vad from an official folder (config.yaml `model: FsmnVADStreaming`, model.pt or
+    model.safetensors, am.mvn)."""
+    from batchasr.models.weights import read_weights
+
     try:
         options = FsmnVADOptions.from_dict(config.get("model_conf"))
         fconf = FrontendConfig.from_dict(config.get("frontend_conf"))
-    except (TypeError, ValueError) as e:
+        args = ModelArgs.from_config(config, {"frontend_conf": fconf})
+    except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{folder}: unsupported fsmn-vad config: {e}") from e
-    cmvn = None
-    if folder is not None and (folder / "am.mvn").exists():
-        cmvn = load_cmvn(folder / "am.mvn")
-    return {"options": options, "frontend_conf": fconf, "cmvn": cmvn}
-
-
-def wrap(model: Model, assets: dict, *, name: str, dtype, dummy: bool, **_) -> FsmnVAD:
-    return FsmnVAD(model, assets["options"], assets["frontend_conf"], assets["cmvn"], name=name)
+    cmvn = load_cmvn(folder / "am.mvn") if (folder / "am.mvn").exists() else None
+    model = Model(args)
+    model.load_weights(read_weights(folder), what=str(folder))
+    return FsmnVAD(model, options, fconf, cmvn, name=name)

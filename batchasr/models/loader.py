@@ -25,6 +25,7 @@ import mlx.core as mx
 
 from batchasr.errors import CheckpointError
 from batchasr.models.blocks.tuning import Tuning, tune
+from batchasr.models.vads import SILERO_NAMES  # noqa: F401 (the names load_vad takes)
 from batchasr.models.weights import (  # noqa: F401 (public API of the loader)
     apply_weights,
     cache_dir,
@@ -70,12 +71,10 @@ FAMILIES = {
     "FunASRNano": ("batchasr.models.fun_asr_nano", "Fun-ASR-Nano"),
     "SeacoParaformer": ("batchasr.models.seaco_paraformer", "SeACo-Paraformer"),
     "CTTransformer": ("batchasr.models.ct_punc", "CTTransformer"),
-    "FsmnVADStreaming": ("batchasr.models.fsmn_vad", "fsmn-vad"),  # a VAD: load_vad
     "SenseVoiceSmall": ("batchasr.models.sense_voice", "SenseVoice-Small"),
 }
 RECOGNIZERS = ("Paraformer", "FunASRNano",  # families whose module has a RECOGNIZER
                "SeacoParaformer", "SenseVoiceSmall")
-SILERO_NAMES = ("silero", "silero-vad", "silero_vad")
 DUMMY_SUFFIX = " (dummy weights)"  # load_model's label for a model built with weights="dummy"
 
 
@@ -155,6 +154,9 @@ def _cache_candidates(hf_repo: str, ms_repo: str):
 
 
 def _family(kind, where):
+    if kind == "FsmnVADStreaming":
+        raise CheckpointError(f"{where}: an fsmn-vad folder is a VAD, not a recognizer: give it "
+                              f"as --vad (batchasr.models.loader.load_vad)")
     if kind not in FAMILIES:
         raise CheckpointError(f"{where}: model type {kind!r} is not supported "
                               f"(supported: {', '.join(FAMILIES)})")
@@ -258,32 +260,21 @@ def load_vad(name_or_dir: str | os.PathLike = "auto", *, download: bool = False)
     Raises:
         CheckpointError: no such folder or name, or the folder is not a VAD.
     """
-    from batchasr.models.silero_vad import SileroVAD
+    from batchasr.models.vads import open_vad
 
     name = str(name_or_dir)
     if name in SILERO_NAMES:
-        return _with_spec(SileroVAD.load(), "silero")
+        return open_vad("silero")
     if name == "auto":
         try:
             resolve("fsmn-vad")
         except CheckpointError:  # no fsmn-vad checkpoint in the local caches
-            return _with_spec(SileroVAD.load(), "silero")
+            return open_vad("silero")
         return load_vad("fsmn-vad")
     p = Path(name).expanduser()
     if p.is_file() and p.suffix == ".safetensors":
-        return _with_spec(SileroVAD.load(p), str(p.resolve()))
-    folder = resolve(name_or_dir, download=download)
-    family = read_config(folder).get("model")
-    if family != "FsmnVADStreaming":
-        raise CheckpointError(f"{folder}: not a VAD model (config.yaml says model: {family}; "
-                              f"FsmnVADStreaming expected), or use silero")
-    return _with_spec(load_model(folder), os.path.realpath(folder))
-
-
-def _with_spec(vad, spec: str):
-    """A VAD that says how to load it again (``spec``), so another process can."""
-    vad.spec = spec
-    return vad
+        return open_vad(p)
+    return open_vad(resolve(name_or_dir, download=download))
 
 
 def load_punctuator(path_or_name, *, dtype=mx.float32, weights: str = "checkpoint",

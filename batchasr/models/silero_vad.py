@@ -9,12 +9,14 @@ Network: per 512-sample window, the previous 64 samples are prepended as context
 samples are reflect-padded by 64 on the right, a 256-point STFT as a strided convolution (hop
 128, 4 frames) gives 129 magnitudes, four Conv1d+ReLU layers (strides 1, 2, 2, 1) reduce them
 to one 128-vector, an LSTMCell (128) carries state from window to window, and ReLU ->
-Conv1d(128, 1, 1) -> sigmoid gives the speech probability. Attribute names are the keys of the
-package's `silero_vad_16k.safetensors` layout (`stft_conv`, `conv1`..`conv4`, `lstm_cell`,
-`final_conv`). The convolutions of many windows run in one MLX call; the LSTM recurrence,
-inherently sequential, runs on the host in numpy float32.
+Conv1d(128, 1, 1) -> sigmoid gives the speech probability. Weights are read in the key layout
+of the package's `silero_vad_16k.safetensors` (`stft_conv`, `conv1`..`conv4`, `lstm_cell`,
+`final_conv`). numpy float32 throughout: the convolutions of many windows as GEMMs in one
+call, the LSTM recurrence (inherently sequential) window by window. Not MLX: the VAD runs in
+many reader processes at once, where MLX's CUDA backend would give each a device context and
+device memory (see batchasr.models.fsmn_vad).
 
-Not a config.yaml family: batchasr.models.loader.load_vad builds it with `SileroVAD.load`.
+Not a config.yaml family: batchasr.models.vads opens it with `SileroVAD.load`.
 """
 from __future__ import annotations
 
@@ -24,14 +26,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import mlx.core as mx
-import mlx.nn as nn
 import numpy as np
 
 from batchasr.audio.decode import SAMPLE_RATE
 from batchasr.errors import CheckpointError
 from batchasr.models.blocks.vad import VAD, SpeechSegment, VADStream
-from batchasr.models.weights import apply_weights
 
 WINDOW = 512  # samples per window at 16 kHz
 CONTEXT = 64  # samples carried over from the previous window
@@ -39,55 +38,72 @@ N_FFT, HOP = 256, 128
 HIDDEN = 128
 
 
-class Model(nn.Module):
+SHAPES = {  # the package's silero_vad_16k.safetensors layout (torch shapes)
+    "stft_conv.weight": (2 * (N_FFT // 2 + 1), 1, N_FFT),
+    "conv1.weight": (128, N_FFT // 2 + 1, 3), "conv1.bias": (128,),
+    "conv2.weight": (64, 128, 3), "conv2.bias": (64,),
+    "conv3.weight": (64, 64, 3), "conv3.bias": (64,),
+    "conv4.weight": (HIDDEN, 64, 3), "conv4.bias": (HIDDEN,),
+    "lstm_cell.weight_ih": (4 * HIDDEN, HIDDEN), "lstm_cell.weight_hh": (4 * HIDDEN, HIDDEN),
+    "lstm_cell.bias_ih": (4 * HIDDEN,), "lstm_cell.bias_hh": (4 * HIDDEN,),
+    "final_conv.weight": (1, HIDDEN, 1), "final_conv.bias": (1,),
+}
+CONV_STRIDES = {"conv1": 1, "conv2": 2, "conv3": 2, "conv4": 1}
+
+
+class Model:
+    """The 16 kHz network on numpy float32 arrays; weights in the package's key layout."""
+
     WINDOW = WINDOW
     CONTEXT = CONTEXT
 
-    def __init__(self):
-        super().__init__()
-        self.stft_conv = {"weight": mx.zeros((2 * (N_FFT // 2 + 1), N_FFT))}  # (258, 256)
-        self.conv1 = nn.Conv1d(N_FFT // 2 + 1, 128, 3, padding=1)
-        self.conv2 = nn.Conv1d(128, 64, 3, stride=2, padding=1)
-        self.conv3 = nn.Conv1d(64, 64, 3, stride=2, padding=1)
-        self.conv4 = nn.Conv1d(64, HIDDEN, 3, padding=1)
-        self.lstm_cell = {k: mx.zeros(s) for k, s in (
-            ("weight_ih", (4 * HIDDEN, HIDDEN)), ("weight_hh", (4 * HIDDEN, HIDDEN)),
-            ("bias_ih", (4 * HIDDEN,)), ("bias_hh", (4 * HIDDEN,)))}
-        self.final_conv = {"weight": mx.zeros((1, HIDDEN)), "bias": mx.zeros((1,))}
+    def __init__(self, weights: dict[str, np.ndarray]):
+        w = {k: np.asarray(v, np.float32) for k, v in weights.items()}
+        self.stft_t = np.ascontiguousarray(w["stft_conv.weight"][:, 0, :].T)  # (256, 258)
+        # Conv1d (O, I, K) as one GEMM over (tap, channel) columns: (K * I, O)
+        self.convs = [(np.ascontiguousarray(w[f"{name}.weight"].transpose(2, 1, 0).reshape(
+            -1, w[f"{name}.weight"].shape[0])), w[f"{name}.bias"], stride)
+            for name, stride in CONV_STRIDES.items()]
+        self.w_ih_t = np.ascontiguousarray(w["lstm_cell.weight_ih"].T)
+        self.b_ih = w["lstm_cell.bias_ih"]
+        self.w_hh, self.b_hh = w["lstm_cell.weight_hh"], w["lstm_cell.bias_hh"]
+        self.w_out = w["final_conv.weight"][0, :, 0].copy()
+        self.b_out = np.float32(w["final_conv.bias"][0])
         n_in = CONTEXT + WINDOW
         # reflect padding by 64 on the right (the edge sample is not repeated)
-        self._pad_idx = mx.array(np.r_[np.arange(n_in), n_in - 2 - np.arange(CONTEXT)])
+        pad_idx = np.r_[np.arange(n_in), n_in - 2 - np.arange(CONTEXT)]
         n_frames = (n_in + CONTEXT - N_FFT) // HOP + 1
-        self._frame_idx = mx.array(np.arange(n_frames)[:, None] * HOP + np.arange(N_FFT))
-        self._host = None  # numpy copies of the recurrent weights
+        self._frame_idx = pad_idx[np.arange(n_frames)[:, None] * HOP + np.arange(N_FFT)]
 
     @staticmethod
-    def sanitize(weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """torch layouts -> this module's: Conv1d (O, I, K) -> (O, K, I), squeeze 1-sized axes."""
-        out = {}
-        for key, value in weights.items():
-            if key == "stft_conv.weight":
-                value = value[:, 0, :]
-            elif key == "final_conv.weight":
-                value = value[:, :, 0]
-            elif key.startswith("conv") and key.endswith(".weight"):
-                value = value.transpose(0, 2, 1)
-            out[key] = np.ascontiguousarray(value, dtype=np.float32)
-        return out
+    def check(weights: dict[str, np.ndarray]) -> None:
+        """Raise ValueError unless ``weights`` are the package's 16 kHz tensors."""
+        missing = sorted(set(SHAPES) - set(weights))
+        if missing:
+            raise ValueError(f"missing {missing}")
+        bad = [(k, tuple(weights[k].shape), s) for k, s in SHAPES.items()
+               if tuple(weights[k].shape) != s]
+        if bad:
+            raise ValueError(f"shape mismatch for {bad}")
 
-    def encode(self, windows: mx.array) -> mx.array:
-        """windows (N, CONTEXT + WINDOW) -> LSTM input gates x @ W_ih^T + b_ih, (N, 512)."""
-        x = mx.take(windows, self._pad_idx, axis=1)
-        frames = mx.take(x, self._frame_idx.reshape(-1), axis=1).reshape(
-            x.shape[0], *self._frame_idx.shape)  # (N, 4, 256)
-        spec = frames @ self.stft_conv["weight"].T  # (N, 4, 258)
+    def encode(self, windows: np.ndarray) -> np.ndarray:
+        """windows (N, CONTEXT + WINDOW) -> LSTM input gates x @ W_ih^T + b_ih, (N, 512).
+        Every product is one 2-D GEMM over all windows (numpy runs a stacked matmul as one
+        small GEMM per window: 5x slower here)."""
+        N = windows.shape[0]
+        frames = windows[:, self._frame_idx]  # (N, 4, 256), the reflect padding included
+        L = frames.shape[1]
+        spec = (frames.reshape(N * L, N_FFT) @ self.stft_t).reshape(N, L, -1)  # (N, 4, 258)
         cut = N_FFT // 2 + 1
-        mag = mx.sqrt(mx.square(spec[..., :cut]) + mx.square(spec[..., cut:]))
-        h = mag
-        for conv in (self.conv1, self.conv2, self.conv3, self.conv4):
-            h = nn.relu(conv(h))
-        h = h[:, 0, :]  # (N, 128): one time step is left
-        return h @ self.lstm_cell["weight_ih"].T + self.lstm_cell["bias_ih"]
+        h = np.sqrt(np.square(spec[..., :cut]) + np.square(spec[..., cut:]))
+        for weight, bias, stride in self.convs:
+            C = h.shape[2]
+            hp = np.pad(h, ((0, 0), (1, 1), (0, 0)))
+            L = (L + 2 - 3) // stride + 1
+            cols = np.stack([hp[:, k : k + stride * (L - 1) + 1 : stride] for k in range(3)],
+                            axis=2)  # (N, L, 3, C)
+            h = np.maximum(cols.reshape(N * L, 3 * C) @ weight + bias, 0).reshape(N, L, -1)
+        return h[:, 0, :] @ self.w_ih_t + self.b_ih  # one time step is left
 
     def initial_state(self) -> tuple[np.ndarray, np.ndarray]:
         return np.zeros(HIDDEN, np.float32), np.zeros(HIDDEN, np.float32)
@@ -101,12 +117,8 @@ class Model(nn.Module):
             return np.zeros(0, np.float32), state, context
         buf = np.concatenate([context, audio])
         idx = np.arange(n)[:, None] * WINDOW + np.arange(CONTEXT + WINDOW)[None, :]
-        gx = np.array(self.encode(mx.array(buf[idx])), dtype=np.float32)
-        if self._host is None:
-            self._host = {k: np.array(v, dtype=np.float32) for k, v in self.lstm_cell.items()}
-            self._host["w"] = np.array(self.final_conv["weight"][0], dtype=np.float32)
-            self._host["b"] = np.float32(np.array(self.final_conv["bias"])[0])
-        w_hh, b_hh = self._host["weight_hh"], self._host["bias_hh"]
+        gx = self.encode(buf[idx])
+        w_hh, b_hh = self.w_hh, self.b_hh
         h, c = state
         H = np.empty((n, HIDDEN), np.float32)
         for t in range(n):
@@ -115,7 +127,7 @@ class Model(nn.Module):
             c = s[HIDDEN : 2 * HIDDEN] * c + s[:HIDDEN] * np.tanh(g[2 * HIDDEN : 3 * HIDDEN])
             h = s[3 * HIDDEN :] * np.tanh(c)
             H[t] = h
-        z = np.maximum(H, 0) @ self._host["w"] + self._host["b"]
+        z = np.maximum(H, 0) @ self.w_out + self.b_out
         probs = _sigmoid(z).astype(np.float32)
         return probs, (h, c), buf[len(buf) - CONTEXT :].copy()
 
@@ -130,10 +142,9 @@ def load_model(path: str | Path) -> Model:
     """Build the model from a .safetensors file in the package's key layout."""
     from safetensors.numpy import load_file
 
-    model = Model()
-    apply_weights(model, Model.sanitize(load_file(str(path))), what=str(path))
-    model.eval()
-    return model
+    weights = load_file(str(path))
+    Model.check(weights)
+    return Model(weights)
 
 
 # ---------------------------------------------------------------------------------------------

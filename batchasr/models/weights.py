@@ -14,10 +14,8 @@ import logging
 import os
 from pathlib import Path
 
-import mlx.core as mx
 import numpy as np
 import yaml
-from mlx.utils import tree_flatten, tree_unflatten
 
 from batchasr.errors import CheckpointError
 
@@ -84,6 +82,9 @@ def read_weights(folder: Path) -> dict[str, np.ndarray]:
 def apply_weights(model, weights: dict[str, np.ndarray], *, strict: bool = True,
                   what: str = "model") -> None:
     """Load sanitized numpy weights into an MLX module, checking names and shapes."""
+    import mlx.core as mx  # here, not above: the numpy VADs read their weights without MLX
+    from mlx.utils import tree_flatten, tree_unflatten
+
     params = dict(tree_flatten(model.parameters()))
     missing = sorted(set(params) - set(weights))
     unexpected = sorted(set(weights) - set(params))
@@ -103,6 +104,9 @@ def apply_weights(model, weights: dict[str, np.ndarray], *, strict: bool = True,
 
 def random_weights(model, seed: int = 0, scale: float = 0.02) -> None:
     """Fill every parameter with small random values (dummy benchmarking weights)."""
+    import mlx.core as mx
+    from mlx.utils import tree_flatten, tree_unflatten
+
     key = mx.random.key(seed)
     params = tree_flatten(model.parameters())
     new = []

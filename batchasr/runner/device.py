@@ -74,18 +74,10 @@ def cpu_lanes() -> int:
 
 
 def vad_in_reader_processes() -> bool:
-    """Whether reader processes may run the VAD themselves. Not with MLX's CUDA backend: it
-    allocates device memory for every array, CPU ones too, and gives each process a context
-    of its own, so many VAD processes ran the model's process out of GPU memory on an H200
-    (16 readers with fsmn-vad). The VAD then runs on the model's thread, on the GPU, and
-    the readers decode and cut. BATCHASR_VAD_IN_READERS=1 or 0 overrides the choice."""
-    forced = os.environ.get("BATCHASR_VAD_IN_READERS")
-    if forced in ("0", "1"):
-        return forced == "1"
-    try:
-        return not mx.cuda.is_available()
-    except AttributeError:
-        return True
+    """Whether reader processes run the VAD themselves: yes (the VADs are numpy, so no reader
+    touches the accelerator), unless BATCHASR_VAD_IN_READERS=0 leaves it to the model's
+    process (the readers then send a long file's windows)."""
+    return os.environ.get("BATCHASR_VAD_IN_READERS") != "0"
 
 
 def gpu_memory_bytes() -> int | None:

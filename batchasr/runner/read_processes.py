@@ -19,8 +19,8 @@ model's process (``AudioError``), a VAD error is a ``VADError``. A reader proces
 (``kill -9``, a decoder crash on a hostile file) is replaced and the file read again from the
 start, its pieces already forwarded skipped (cutting is deterministic); a file on which a
 process dies twice fails with a clear error instead of crashing the run. The processes are
-spawned on first use, load the VAD once, run MLX on the CPU (the accelerator belongs to the
-model), ignore Ctrl-C (the run decides when to stop) and die with the run, however it dies.
+spawned on first use, load the VAD once (numpy: they never import MLX, and the accelerator is
+hidden from them, since it belongs to the model), ignore Ctrl-C (the run decides when to stop) and die with the run, however it dies.
 
 Size: above 400 lines because both sides of one protocol (the model's process and the
 reader process, the ring and its pipe messages) belong together to be checked together.
@@ -114,7 +114,7 @@ class _Slot:
         self.proc = ctx.Process(target=_reader_main, name="batchasr-reader-process",
                                 args=(child, self.shm.name, n_samples, vad_spec, cut_fields,
                                       os.getpid()), daemon=True)
-        _start_without_main(self.proc, runs_mlx=vad_spec is not None)
+        _start_without_main(self.proc)
         child.close()  # ours is closed: the pipe ends when the process dies
 
     def close(self) -> None:
@@ -143,19 +143,18 @@ READER_THREADS = int(os.environ.get("BATCHASR_READER_THREADS", "1"))
 _THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
-def _reader_environment(runs_mlx: bool) -> dict[str, str]:
-    """What a reader process's environment changes: few BLAS threads and, for one that runs
-    the VAD in MLX, no GPU. MLX's CUDA backend gives every process that uses it a context and
-    device memory for every array, CPU ones too (16 VAD readers ran an H200's model process
-    out of memory); a reader, a CPU stage, never needs the GPU. Not yet measured on a GPU
-    machine, hence BATCHASR_READERS_SEE_GPU=1 to keep it visible."""
+def _reader_environment() -> dict[str, str]:
+    """What a reader process's environment changes: few BLAS threads, and no GPU. A reader,
+    a CPU stage, never needs one, and never imports MLX (the VADs are numpy): hiding the
+    device makes sure no library it loads takes a context and device memory there, as MLX's
+    CUDA backend did in every VAD reader (16 of them ran an H200's model process out of
+    memory)."""
     env = {k: str(READER_THREADS) for k in _THREAD_VARIABLES}
-    if runs_mlx and os.environ.get("BATCHASR_READERS_SEE_GPU") != "1":
-        env["CUDA_VISIBLE_DEVICES"] = ""
+    env["CUDA_VISIBLE_DEVICES"] = ""
     return env
 
 
-def _start_without_main(proc, runs_mlx: bool) -> None:
+def _start_without_main(proc) -> None:
     """Start a spawned process without re-importing the parent's ``__main__`` first (what
     spawn does by default): a reader needs none of it, and a script's main module may import
     MLX and reach for the GPU (a benchmark's does), seconds of start-up per process."""
@@ -171,7 +170,7 @@ def _start_without_main(proc, runs_mlx: bool) -> None:
             return data
 
         spawn.get_preparation_data = preparation_data
-        changes = _reader_environment(runs_mlx)
+        changes = _reader_environment()
         saved = {k: os.environ.get(k) for k in changes}
         os.environ.update(changes)
         # Ctrl-C reaches the whole process group: blocked from the start (a blocked mask
@@ -202,7 +201,7 @@ class ReadProcesses:
             raise ValueError("a VAD for reader processes must be given by name or folder")
         self.processes = processes
         # vad_here: the caller runs the VAD (the processes then send a long file's windows,
-        # VADWindow events, and never load MLX)
+        # VADWindow events)
         self.vad_here = vad_here and cut.vad is not None
         self.vad_spec = vad_spec if cut.vad is not None and not self.vad_here else None
         self.cut_fields = {"max_segment_s": cut.max_segment_s, "max_window_s": cut.max_window_s,
@@ -468,13 +467,11 @@ def _reader_main(conn, shm_name: str, n_samples: int, vad_spec: str | None, cut_
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked by the spawn
     vad = None
     if vad_spec is not None:
-        import mlx.core as mx
+        # numpy only, never MLX: the accelerator, its memory above all, belongs to the
+        # model's process
+        from batchasr.models.vads import open_vad
 
-        # A CPU stage: the accelerator, its memory above all, belongs to the model's process.
-        mx.set_default_device(mx.cpu)
-        from batchasr.models.loader import load_vad
-
-        vad = load_vad(vad_spec)
+        vad = open_vad(vad_spec)
     vad_elsewhere = cut_fields.pop("vad_elsewhere", False)
     # The caller's VAD: files are planned as with a VAD, a long one sent as its windows.
     cut = CutOptions(vad=_VAD_ELSEWHERE if vad_elsewhere else vad, **cut_fields)

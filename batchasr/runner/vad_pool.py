@@ -140,15 +140,12 @@ def _start(spec: str, parent: int) -> None:
     die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the terminal's Ctrl-C is the parent's to handle
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked by submit
-    import mlx.core as mx
-
-    # A CPU stage: the accelerator, its memory above all, belongs to the model's process
-    # (VAD processes on an H200 ran it out of memory, memory limits or not).
-    mx.set_default_device(mx.cpu)
     global _VAD
-    from batchasr.models.loader import load_vad
+    # numpy only, never MLX: the accelerator, its memory above all, belongs to the model's
+    # process (VAD processes in MLX on an H200 ran it out of memory, memory limits or not)
+    from batchasr.models.vads import open_vad
 
-    _VAD = load_vad(spec)
+    _VAD = open_vad(spec)
 
 
 def _file_segments(path: str, window_s: float):

