@@ -199,12 +199,37 @@ def test_batches_in_flight_give_the_same_results(fixture_model):
     assert key(got) == key(want)
 
 
+def test_upload_on_a_stream_of_its_own_gives_the_same_results(fixture_model, monkeypatch):
+    """BATCHASR_UPLOAD=stream (the GPU default) copies each batch's waveforms on a stream of
+    the thread's own before the frontend reads them: same transcripts, batches in flight
+    and other threads included."""
+    import threading
+
+    name, asr = fixture_model
+    monkeypatch.setenv("BATCHASR_UPLOAD", "stream")
+    streamed = load_model(FIXTURES / name)
+    assert streamed.frontend.upload == "stream"
+    waves = [tensors(name, clip)["waveform"] for clip in clips(name)]
+    key = lambda ts: [(t.text, [(k.id, k.start_ms, k.end_ms) for k in t.tokens]) for t in ts]
+    want = key(asr.transcribe(waves))
+    a = streamed.submit(waves[:2])
+    b = streamed.submit(waves[2:])
+    assert key(a.result() + b.result()) == want
+    got = {}
+    thread = threading.Thread(target=lambda: got.update(t=key(streamed.transcribe(waves))))
+    thread.start()
+    thread.join()
+    assert got["t"] == want
+    assert len(streamed.frontend._streams) == 2  # one per thread
+
+
 def test_tuning_switches_are_read_once_at_load(monkeypatch):
     from batchasr.models.blocks.tuning import Tuning
 
     assert Tuning.from_env({}) == Tuning(fsmn="shift", attention="auto", cif_conv="conv",
                                          frame_bucket=16, compile=False)
     assert Tuning.from_env({}, cpu=True).frame_bucket == 1  # no padding for shapes' sake
+    assert Tuning.from_env({}).upload == "stream" and Tuning.from_env({}, cpu=True).upload == "inline"
     monkeypatch.setenv("BATCHASR_FRAME_BUCKET", "8")
     monkeypatch.setenv("BATCHASR_FSMN", "conv")
     asr = load_model(FIXTURES / "en")

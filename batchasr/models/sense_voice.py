@@ -268,7 +268,8 @@ class SenseVoiceASR:
                  tuning: Tuning = Tuning(), language: str = "auto", itn: bool = False,
                  timestamps: bool = True):
         self.model, self.tokenizer, self.name, self.dtype = model, tokenizer, name, dtype
-        self.frontend = WavFrontend(FrontendConfig.from_dict(model.args.frontend_conf), cmvn)
+        self.frontend = WavFrontend(FrontendConfig.from_dict(model.args.frontend_conf), cmvn,
+                                    upload=tuning.upload)
         self.frame_bucket = tuning.frame_bucket
         self.language = language
         self.itn = itn

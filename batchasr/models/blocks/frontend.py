@@ -16,6 +16,7 @@ batchasr.models.blocks.kaldi_fbank, with the numpy fbank and WavFrontendOnline o
 """
 from __future__ import annotations
 
+import threading
 from typing import Sequence
 
 import mlx.core as mx
@@ -76,11 +77,33 @@ def lfr(feats: mx.array, frame_counts: Sequence[int], m: int, n: int) -> mx.arra
 
 
 class WavFrontend:
-    """Waveforms -> padded (B, T_lfr, n_mels * lfr_m) features and their lengths."""
+    """Waveforms -> padded (B, T_lfr, n_mels * lfr_m) features and their lengths.
 
-    def __init__(self, conf: FrontendConfig, cmvn: np.ndarray | None = None):
+    ``upload="stream"`` (the GPU default, ``Tuning.upload``): a batch's padded waveforms are
+    first copied to device memory on a stream of their own. An array made from host memory
+    lives in CUDA managed memory with MLX's CUDA backend and migrates page by page when a
+    kernel first reads it, which took 0.09-0.12 s of every 1800 s of audio on an H200; on
+    its own stream that migration overlaps the batch in flight instead of delaying the next
+    one. "inline": the first kernel of the frontend reads them where they are."""
+
+    def __init__(self, conf: FrontendConfig, cmvn: np.ndarray | None = None, *,
+                 upload: str = "inline"):
+        if upload not in ("stream", "inline"):
+            raise ValueError(f"upload must be 'stream' or 'inline', not {upload!r}")
         self.conf = conf
         self.cmvn = None if cmvn is None else mx.array(cmvn)
+        self.upload = upload
+        self._streams: dict[int, mx.Stream] = {}  # per thread: MLX streams are per thread
+
+    def _device_array(self, host: np.ndarray) -> mx.array:
+        x = mx.array(host)
+        if self.upload != "stream":
+            return x
+        tid = threading.get_ident()
+        stream = self._streams.get(tid)
+        if stream is None:
+            stream = self._streams[tid] = mx.new_stream(mx.default_device())
+        return mx.multiply(x, 1.0, stream=stream)  # a copy in device memory
 
     def __call__(self, waveforms: Sequence[np.ndarray]) -> tuple[mx.array, mx.array]:
         conf = self.conf
@@ -101,7 +124,7 @@ class WavFrontend:
             padded = np.zeros((len(regular), n_max), np.float32)
             for r, i in enumerate(regular):
                 padded[r, : lengths[i]] = waveforms[i]
-            fb = fbank(mx.array(padded), [lengths[i] for i in regular], conf)
+            fb = fbank(self._device_array(padded), [lengths[i] for i in regular], conf)
             feats = lfr(fb, [frame_counts[i] for i in regular], conf.lfr_m, conf.lfr_n)
             if len(regular) == B:  # the usual case: one batched graph, no per-row ops
                 return self._finish(feats, out_lens, T_out), mx.array(out_lens, dtype=mx.int32)

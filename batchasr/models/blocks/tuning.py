@@ -20,6 +20,10 @@ environment, so a loaded model keeps the switches it was built with.
                                                            on the CPU a shape costs nothing
                                                            and padding is pure work)
     BATCHASR_COMPILE       1 to use mx.compile'd layers    (Paraformer)
+    BATCHASR_UPLOAD        stream (default on GPUs) |      a batch's padded waveforms copied
+                           inline (default on the CPU)     to the device on a stream of their
+                                                           own, or read in place by the
+                                                           frontend's first kernel
 
 The grouped convolution and the compiled layers are faster on GPUs but opt-in until they are
 known to be stable on MLX's CUDA backend; the unfused attention and the matmul CIF avoid a
@@ -38,6 +42,7 @@ class Tuning:
     cif_conv: str = "conv"
     frame_bucket: int = 16
     compile: bool = False
+    upload: str = "stream"
 
     @classmethod
     def from_env(cls, env=None, *, cpu: bool = False) -> "Tuning":
@@ -49,7 +54,8 @@ class Tuning:
                    attention=env.get("BATCHASR_ATTENTION", cls.attention),
                    cif_conv=env.get("BATCHASR_CIF_CONV", cls.cif_conv),
                    frame_bucket=int(env.get("BATCHASR_FRAME_BUCKET", str(bucket))),
-                   compile=env.get("BATCHASR_COMPILE") == "1")
+                   compile=env.get("BATCHASR_COMPILE") == "1",
+                   upload=env.get("BATCHASR_UPLOAD", "inline" if cpu else cls.upload))
 
 
 def tune(model, tuning: Tuning) -> None:
