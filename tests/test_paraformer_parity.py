@@ -237,3 +237,19 @@ def test_tuning_switches_are_read_once_at_load(monkeypatch):
     assert asr.frame_bucket == 8 and asr.tuning.fsmn == "conv"
     assert asr.model.encoder.encoders[0].self_attn.fsmn_block.method == "conv"
 
+
+
+def test_host_features_equal_the_frontend(fixture_model):
+    """kaldi_fbank.features (numpy, one waveform) is the MLX WavFrontend's row for it: the
+    fixtures' clips, clips shorter than one window and one too short for any frame."""
+    from batchasr.models.blocks.kaldi_fbank import features
+
+    name, asr = fixture_model
+    waves = [tensors(name, clip)["waveform"] for clip in clips(name)]
+    waves += [waves[0][:100], waves[0][:399], waves[0][:401], waves[0][:1000]]
+    feats, lens = asr.frontend(waves)
+    feats, lens = np.array(feats), np.array(lens)
+    for i, wave in enumerate(waves):
+        host = features(wave, asr.frontend.conf, np.array(asr.frontend.cmvn))
+        assert host.shape == (lens[i], feats.shape[-1])
+        np.testing.assert_allclose(host, feats[i, : lens[i]], rtol=1e-4, atol=2e-3)
