@@ -61,6 +61,8 @@ def main(argv=None):
     ap.add_argument("--run-args", default="", help="more `batchasr run` options, one string")
     ap.add_argument("--workdir", default="/tmp/batchasr-bigjob")
     ap.add_argument("--no-append", action="store_true", help="do not write results.json")
+    ap.add_argument("--profile", metavar="FILE", help="sample the run's threads with py-spy "
+                    "(raw stacks to FILE; needs the py-spy package)")
     args = ap.parse_args(argv)
 
     work = Path(args.workdir)
@@ -71,6 +73,10 @@ def main(argv=None):
     cmd = [sys.executable, "-m", "batchasr.cli", "run", str(manifest), "--model", args.model,
            "--weights", args.weights, "--dtype", args.dtype, "--job-dir", str(job),
            "--no-progress", *args.run_args.split()]
+    if args.profile:
+        spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+        cmd = [spy, "record", "-f", "raw", "-r", "100",
+               "--threads", "--idle", "--nonblocking", "-o", args.profile, "--", *cmd]
     t = time.perf_counter()
     with GPUBusy() as busy:
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)

@@ -31,7 +31,14 @@ for step in "$@"; do
                  --baseline --repeats 2 --readers 8 --batch-seconds 1000 --ncpu "$NCPU" ;;
     sensevoice) python3 benchmarks/bench.py sensevoice --audio-s 1800 --dtypes bfloat16,float32 \
                   --baseline --repeats 2 --readers 8 --batch-seconds 1000 --ncpu "$NCPU" ;;
-    bigjob) python3 benchmarks/bigjob.py --hours 50 ;;
+    bigjob) # the bench's official folder (CIF firing 4 tokens/s) when the short step made it
+            M=/tmp/batchasr-bench/paraformer-large-random
+            if [ -f $M/model.pt ]; then python3 benchmarks/bigjob.py --hours 50 --model $M --weights checkpoint
+            else python3 benchmarks/bigjob.py --hours 50; fi ;;
+    profile) # where the model's process spends its time in a 10 h job (py-spy, all threads)
+             M=/tmp/batchasr-bench/paraformer-large-random
+             PATH=/tmp/site/bin:$PATH python3 benchmarks/bigjob.py --hours 10 --model $M \
+               --weights checkpoint --no-append --profile "$OUT/pyspy-10h.txt" ;;
     nano) python3 benchmarks/bench.py nano --audio-s 600 --dtypes bfloat16 --baseline --readers 8 \
             --batch-seconds 1000 --modes continuous ;;
     *) echo "unknown step $step"; exit 2 ;;
