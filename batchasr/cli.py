@@ -89,8 +89,8 @@ def cutting_options(fn=None, *, from_job: bool = False):
                        "the local Hugging Face / ModelScope cache), an official fsmn-vad "
                        "folder, or 'none' for equal windows of --max-window-s (a cut may then "
                        "fall inside a word). Shorter files are transcribed whole either way. "
-                       "Silero took about 1/1000 of the audio's duration on a 2-core CPU, on "
-                       "the model's thread." + job.format(RUN_DEFAULTS["vad"]))
+                       "Silero takes about 1/750 of the audio's duration on one core, "
+                       "fsmn-vad 1/450; in the reader processes when there are any." + job.format(RUN_DEFAULTS["vad"]))
     @click.option("--max-segment-s", type=click.FloatRange(1), default=None,
                   help="Longest piece sent to the model with a VAD: longer speech segments are "
                        "cut into equal parts; files not longer go whole. Default: 30 "
@@ -164,8 +164,7 @@ def cli(verbose):
                    "transcribed (0: the VAD runs here, file by file). Not used with "
                    "--reader-processes, which run the VAD themselves.")
 @click.option("--reader-processes", type=click.IntRange(0), default=None,
-              help="Processes decoding, running the VAD (not with MLX on CUDA: there the VAD "
-                   "stays here) and cutting the next files (that many at a time, in input "
+              help="Processes decoding, running the VAD and cutting the next files (that many at a time, in input "
                    "order) while earlier ones are transcribed, as for `run`; same output (0: "
                    "here, file by file). Default: on a GPU, the spare cores; on a CPU, 0.")
 def transcribe(files, model, weights, dtype, device, download, batch_seconds, batch_size, vad,
@@ -254,8 +253,8 @@ def job_option(required: bool = True):
                    "files are cut at a time, so give as many readers. Not needed with "
                    "--reader-processes, which run the VAD themselves.")
 @click.option("--reader-processes", type=click.IntRange(0), default=None,
-              help="Processes decoding, resampling, running the VAD (not with MLX on CUDA, "
-                   "where it stays on the model's thread) and cutting files into pieces, many "
+              help="Processes decoding, resampling, running the VAD and cutting files into "
+                   "pieces, many "
                    "files at once, their audio handed to the model's process through shared "
                    "memory (0: reader threads in the model's process). Default: on a GPU, the "
                    "cores the workers leave over; on a CPU, 0.")
