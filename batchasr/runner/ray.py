@@ -126,13 +126,10 @@ _VADS: dict[str, Any] = {}  # per process: a decode task's VAD is loaded once
 
 
 def _task_vad(name: str | None):
-    """The VAD of a decode task (on the CPU: the task holds no accelerator)."""
+    """The VAD of a decode task (numpy: the task holds no accelerator and makes no MLX array)."""
     if name is None or name.lower() == "none":
         return None
     if name not in _VADS:
-        import mlx.core as mx
-
-        mx.set_default_device(mx.cpu)
         _VADS[name] = open_vad(name)
     return _VADS[name]
 
