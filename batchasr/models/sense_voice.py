@@ -43,7 +43,7 @@ import json
 from dataclasses import dataclass, field
 from itertools import groupby
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -147,9 +147,10 @@ class Model(nn.Module):
 # --------------------------------------------------------------------------------------------
 # decoding and timestamps (SenseVoiceSmall.inference)
 # --------------------------------------------------------------------------------------------
-def greedy_ids(log_probs: np.ndarray, blank_id: int = 0) -> list[int]:
-    """argmax, torch.unique_consecutive, blank dropped; log_probs (T, vocab) of one row."""
-    best = np.argmax(log_probs, axis=-1)
+def greedy_ids(best: np.ndarray, blank_id: int = 0) -> list[int]:
+    """torch.unique_consecutive of the frames' argmax, blank dropped; `best` (T,) is the
+    argmax of one row's log-probabilities (taken on the device: ties go to the lower id,
+    as numpy and torch break them)."""
     if len(best) == 0:
         return []
     keep = np.concatenate([[True], best[1:] != best[:-1]])
@@ -212,12 +213,15 @@ def post(timestamp: list[list]) -> tuple[list[list[int]], list[str]]:
     return times, words
 
 
-def official_timestamps(sp: SentencePieceBPE, text: str, log_probs: np.ndarray,
+def official_timestamps(sp: SentencePieceBPE, text: str, best: np.ndarray,
+                        columns: Callable[[list[int]], np.ndarray],
                         blank_id: int = 0) -> list[list] | None:
     """The official `timestamp` before `post()`: [piece, start_ms, end_ms] per aligned piece
-    of the re-encoded text (ms as post() rounds them). log_probs: (T+4, vocab) of the row.
-    None where the official gives none (nothing to align) or would fail (more aligned pieces
-    than pieces)."""
+    of the re-encoded text (ms as post() rounds them). `best`: the row's argmax per frame
+    (T+4,); `columns(ids)`: the row's log-probabilities (T+4, len(ids)) of those vocabulary
+    ids, the only ones the alignment reads (so the (T, vocab) matrix never leaves the
+    device). None where the official gives none (nothing to align) or would fail (more
+    aligned pieces than pieces)."""
     tokens = sp.encode_pieces(text)[N_QUERIES:]
     token_ids = []
     for piece in tokens:
@@ -225,13 +229,15 @@ def official_timestamps(sp: SentencePieceBPE, text: str, log_probs: np.ndarray,
         token_ids.extend(ids) if ids else token_ids.append(TIMESTAMP_FALLBACK_ID)
     if not token_ids:
         return None
-    speech = np.array(log_probs[N_QUERIES:], np.float32)
-    ts_max = speech.shape[0]
-    if ts_max == 0:
+    ts_max = len(best) - N_QUERIES
+    if ts_max <= 0:
         return None
-    pred = speech.argmax(-1)
-    speech[pred == blank_id, blank_id] = 0
-    align = forced_align(speech, token_ids, blank_id)
+    vocab = sorted({blank_id, *token_ids})  # the alignment reads these columns only
+    col = {v: k for k, v in enumerate(vocab)}
+    speech = np.array(columns(vocab)[N_QUERIES:], np.float32)
+    speech[best[N_QUERIES:] == blank_id, col[blank_id]] = 0
+    align = forced_align(speech, [col[i] for i in token_ids], col[blank_id])
+    align = np.asarray(vocab)[align]  # back to vocabulary ids
     out, start, k = [], 0, 0
     for label, frames in groupby(align.tolist()):
         end = start + len(list(frames))
@@ -337,14 +343,17 @@ class SenseVoiceASR:
         return self.model(feats.astype(self.dtype), lengths, [LID[k] for k in languages],
                           [tn] * len(languages))
 
-    def to_transcript(self, log_probs: np.ndarray, n_samples: int) -> Transcript:
-        """One row's log-probabilities (its own length, query frames included) -> Transcript."""
-        ids = greedy_ids(log_probs, self.model.args.blank_id)
+    def to_transcript(self, best: np.ndarray, columns: Callable[[list[int]], np.ndarray],
+                      n_samples: int) -> Transcript:
+        """One row (its own length, query frames included) -> Transcript: `best` its argmax
+        per frame, `columns(ids)` its log-probabilities of those ids (for timestamps)."""
+        ids = greedy_ids(best, self.model.args.blank_id)
         raw = self.tokenizer.decode(ids)
         tokens = [Token(text=self.tokenizer.pieces[i], id=i) for i in ids]  # never timed
         timed = []  # the official timestamp pieces with their times
         if self.timestamps:
-            times = official_timestamps(self.tokenizer, raw, log_probs, self.model.args.blank_id)
+            times = official_timestamps(self.tokenizer, raw, best, columns,
+                                        self.model.args.blank_id)
             timed = [Token(text=p, id=self.tokenizer.piece_to_id(p), start_ms=start, end_ms=end)
                      for p, start, end in times or []]
         text = rich_transcription_postprocess(raw) if raw else ""
@@ -386,19 +395,27 @@ class PendingBatch:
             if pad:
                 feats = mx.pad(feats, [(0, 0), (0, pad), (0, 0)])
             _, logp, olens = asr.forward(feats, lengths, [languages[i] for i in self.live])
-            self.out = (logp, olens)
-            mx.async_eval(logp, olens)
+            # Only the argmax leaves the device: the (B, T, 25055) log-probabilities are
+            # 1.7 GB for 1000 s of audio, and copying them took most of a batch's time.
+            best = mx.argmax(logp, axis=-1).astype(mx.int32)
+            self.out = (logp, best, olens)
+            mx.async_eval(best, olens)
 
     def advance(self) -> None:
         """Nothing to do between the device work and `result()`."""
 
     def result(self) -> list[Transcript]:
         if self.out is not None:
-            logp, olens = self.out
+            logp, best, olens = self.out
             self.out = None
-            logp, olens = np.array(logp), np.array(olens)
+            best, olens = np.array(best), np.array(olens)
             for row, i in enumerate(self.live):
-                self.results[i] = self.asr.to_transcript(logp[row, : olens[row]],
+                n = int(olens[row])
+
+                def columns(ids, row=row, n=n):
+                    return np.array(mx.take(logp[row, :n], mx.array(ids, mx.int32), axis=-1))
+
+                self.results[i] = self.asr.to_transcript(best[row, :n], columns,
                                                          len(self.waveforms[i]))
         return self.results
 
