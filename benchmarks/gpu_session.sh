@@ -27,6 +27,11 @@ for step in "$@"; do
                 --baseline --ncpu "$NCPU" ;;
     short) python3 benchmarks/bench.py paraformer --audio-s 18000 --dtypes bfloat16 --baseline \
              --repeats 2 --readers 8 --batch-seconds 1000 --ncpu "$NCPU" ;;
+    upload-ab) # the frontend's upload read in place (default) and on a stream of its own
+               for u in inline stream inline stream; do
+                 BATCHASR_UPLOAD=$u python3 benchmarks/bench.py paraformer --audio-s 18000 \
+                   --dtypes bfloat16 --repeats 2 --readers 8 --batch-seconds 1000 --note "upload=$u"
+               done ;;
     short1800) python3 benchmarks/bench.py paraformer --audio-s 1800 --dtypes bfloat16 \
                  --baseline --repeats 2 --readers 8 --batch-seconds 1000 --ncpu "$NCPU" ;;
     sensevoice) python3 benchmarks/bench.py sensevoice --audio-s 1800 --dtypes bfloat16,float32 \

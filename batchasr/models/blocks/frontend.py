@@ -79,12 +79,13 @@ def lfr(feats: mx.array, frame_counts: Sequence[int], m: int, n: int) -> mx.arra
 class WavFrontend:
     """Waveforms -> padded (B, T_lfr, n_mels * lfr_m) features and their lengths.
 
-    ``upload="stream"`` (the GPU default, ``Tuning.upload``): a batch's padded waveforms are
+    ``upload="stream"`` (opt-in, ``BATCHASR_UPLOAD``): a batch's padded waveforms are
     first copied to device memory on a stream of their own. An array made from host memory
     lives in CUDA managed memory with MLX's CUDA backend and migrates page by page when a
     kernel first reads it, which took 0.09-0.12 s of every 1800 s of audio on an H200; on
-    its own stream that migration overlaps the batch in flight instead of delaying the next
-    one. "inline": the first kernel of the frontend reads them where they are."""
+    its own stream that migration may overlap the batch in flight instead of delaying the
+    next one (not yet measured). "inline" (the default): the first kernel of the frontend
+    reads them where they are."""
 
     def __init__(self, conf: FrontendConfig, cmvn: np.ndarray | None = None, *,
                  upload: str = "inline"):

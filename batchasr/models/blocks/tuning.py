@@ -20,14 +20,15 @@ environment, so a loaded model keeps the switches it was built with.
                                                            on the CPU a shape costs nothing
                                                            and padding is pure work)
     BATCHASR_COMPILE       1 to use mx.compile'd layers    (Paraformer)
-    BATCHASR_UPLOAD        stream (default on GPUs) |      a batch's padded waveforms copied
-                           inline (default on the CPU)     to the device on a stream of their
-                                                           own, or read in place by the
-                                                           frontend's first kernel
+    BATCHASR_UPLOAD        inline (default) | stream       a batch's padded waveforms read in
+                                                           place by the frontend's first
+                                                           kernel, or first copied to the
+                                                           device on a stream of their own
 
 The grouped convolution and the compiled layers are faster on GPUs but opt-in until they are
-known to be stable on MLX's CUDA backend; the unfused attention and the matmul CIF avoid a
-cuDNN plan per new batch shape on NVIDIA GPUs.
+known to be stable on MLX's CUDA backend; the upload stream is opt-in until an A/B on a GPU
+(`benchmarks/gpu_session.sh upload-ab`) says it pays; the unfused attention and the matmul
+CIF avoid a cuDNN plan per new batch shape on NVIDIA GPUs.
 """
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ class Tuning:
     cif_conv: str = "conv"
     frame_bucket: int = 16
     compile: bool = False
-    upload: str = "stream"
+    upload: str = "inline"
 
     @classmethod
     def from_env(cls, env=None, *, cpu: bool = False) -> "Tuning":
@@ -55,7 +56,7 @@ class Tuning:
                    cif_conv=env.get("BATCHASR_CIF_CONV", cls.cif_conv),
                    frame_bucket=int(env.get("BATCHASR_FRAME_BUCKET", str(bucket))),
                    compile=env.get("BATCHASR_COMPILE") == "1",
-                   upload=env.get("BATCHASR_UPLOAD", "inline" if cpu else cls.upload))
+                   upload=env.get("BATCHASR_UPLOAD", cls.upload))
 
 
 def tune(model, tuning: Tuning) -> None:
