@@ -42,7 +42,7 @@ def main(argv=None):
     fe = F.WavFrontend(conf, cmvn)
     waves, total = synthetic_clips(args.audio_s)
     batches = plan_batches([len(w) / 16000 for w in waves], max_total=args.batch_seconds)
-    size, shift, padded = F._window_sizes(conf.fs, conf.frame_length, conf.frame_shift)
+    size, shift, padded = F.window_sizes(conf.fs, conf.frame_length, conf.frame_shift)
     first = [waves[i] for i in batches[0]]
     with mx.stream(mx.cpu):  # reference: the first batch's features on the CPU
         ref = np.array(fe(first)[0])
@@ -79,12 +79,12 @@ def main(argv=None):
                 fr = mx.as_strided(y, (len(ws), T, size), (y.shape[1], shift, 1))
                 fr = fr - mx.mean(fr, axis=-1, keepdims=True)
                 prev = mx.concatenate([fr[..., :1], fr[..., :-1]], axis=-1)
-                return (fr - 0.97 * prev) * mx.array(F._window(conf.window, size))
+                return (fr - 0.97 * prev) * mx.array(F.window_function(conf.window, size))
             frames = stage("2 framing", framing)
             power = stage("3 power spectrum", lambda: mx.square(mx.abs(
                 mx.fft.rfft(frames, n=padded, axis=-1))))
             fb = stage("4 mel + log", lambda: mx.log(mx.maximum(
-                power @ mx.array(F._mel_banks(conf.n_mels, padded, conf.fs)), F.LOG_FLOOR)))
+                power @ mx.array(F.mel_banks(conf.n_mels, padded, conf.fs)), F.LOG_FLOOR)))
             counts = [F.num_fbank_frames(n, conf) for n in lengths]
             out_lens = [-(-c // conf.lfr_n) for c in counts]
             stage("5 lfr + cmvn + mask", lambda: fe._finish(

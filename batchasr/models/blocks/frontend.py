@@ -26,12 +26,12 @@ from batchasr.models.blocks.kaldi_fbank import (  # noqa: F401 (the frontend's s
     LOG_FLOOR,
     WAVEFORM_SCALE,
     FrontendConfig,
-    _mel_banks,
-    _window,
-    _window_sizes,
     load_cmvn,
+    mel_banks,
     num_fbank_frames,
     num_lfr_frames,
+    window_function,
+    window_sizes,
 )
 
 
@@ -41,7 +41,7 @@ def fbank(waveforms: mx.array, lengths: Sequence[int], conf: FrontendConfig,
 
     Frames past a row's own frame count hold garbage; callers mask them with the lengths.
     """
-    size, shift, padded = _window_sizes(conf.fs, frame_length_ms or conf.frame_length,
+    size, shift, padded = window_sizes(conf.fs, frame_length_ms or conf.frame_length,
                                         conf.frame_shift)
     B, N = waveforms.shape
     T = max(1 + (max(lengths) - size) // shift, 0) if max(lengths) >= size else 0
@@ -55,10 +55,10 @@ def fbank(waveforms: mx.array, lengths: Sequence[int], conf: FrontendConfig,
     frames = frames - mx.mean(frames, axis=-1, keepdims=True)  # remove_dc_offset
     prev = mx.concatenate([frames[..., :1], frames[..., :-1]], axis=-1)
     frames = frames - 0.97 * prev  # pre-emphasis, first sample replicated
-    frames = frames * mx.array(_window(conf.window, size))
+    frames = frames * mx.array(window_function(conf.window, size))
     spectrum = mx.fft.rfft(frames, n=padded, axis=-1)
     power = mx.square(mx.abs(spectrum))  # |X|^2, as torchaudio's abs().pow(2)
-    mel = power @ mx.array(_mel_banks(conf.n_mels, padded, conf.fs))
+    mel = power @ mx.array(mel_banks(conf.n_mels, padded, conf.fs))
     return mx.log(mx.maximum(mel, LOG_FLOOR))
 
 

@@ -47,7 +47,7 @@ class FrontendConfig(BaseModelArgs):
         if not self.snip_edges:
             raise ValueError("frontend_conf snip_edges: false is not supported (Kaldi framing "
                              "without snipped edges); the published FunASR models use true")
-        _window(self.window, 4)  # unknown window types fail here, not mid-job
+        window_function(self.window, 4)  # unknown window types fail here, not mid-job
 
     @property
     def frame_ms(self) -> float:
@@ -73,7 +73,7 @@ def load_cmvn(path: str | Path) -> np.ndarray:
     return np.array([np.array(shift, np.float32), np.array(scale, np.float32)])
 
 
-def _window_sizes(fs: int, frame_length_ms: float, frame_shift_ms: float) -> tuple[int, int, int]:
+def window_sizes(fs: int, frame_length_ms: float, frame_shift_ms: float) -> tuple[int, int, int]:
     # Same integer rounding as torchaudio's _get_waveform_and_window_properties
     shift = int(fs * frame_shift_ms * 0.001)
     size = int(fs * frame_length_ms * 0.001)
@@ -82,7 +82,7 @@ def _window_sizes(fs: int, frame_length_ms: float, frame_shift_ms: float) -> tup
 
 
 @lru_cache(maxsize=8)
-def _mel_banks(n_mels: int, padded_window: int, fs: int, low_freq: float = 20.0,
+def mel_banks(n_mels: int, padded_window: int, fs: int, low_freq: float = 20.0,
                high_freq: float = 0.0) -> np.ndarray:
     """Kaldi triangular mel filters, (padded_window // 2 + 1, n_mels), float32 like torchaudio."""
     n_fft_bins = padded_window // 2
@@ -106,7 +106,7 @@ def _mel_banks(n_mels: int, padded_window: int, fs: int, low_freq: float = 20.0,
 
 
 @lru_cache(maxsize=8)
-def _window(kind: str, size: int) -> np.ndarray:
+def window_function(kind: str, size: int) -> np.ndarray:
     n = np.arange(size, dtype=np.float64)
     if kind == "hamming":
         w = 0.54 - 0.46 * np.cos(2 * np.pi * n / (size - 1))
@@ -124,7 +124,7 @@ def _window(kind: str, size: int) -> np.ndarray:
 def num_fbank_frames(n_samples: int, conf: FrontendConfig) -> int:
     """Frames Kaldi's snip_edges framing gives for n_samples (0 when shorter than a window)."""
     frame_length = min(conf.frame_length, n_samples / conf.fs * 1000)
-    size, shift, _ = _window_sizes(conf.fs, frame_length, conf.frame_shift)
+    size, shift, _ = window_sizes(conf.fs, frame_length, conf.frame_shift)
     if n_samples <= 0 or size <= 0 or n_samples < size:
         return 0
     return 1 + (n_samples - size) // shift
@@ -139,7 +139,7 @@ def fbank(wave: np.ndarray, conf: FrontendConfig,
           frame_length_ms: float | None = None) -> np.ndarray:
     """Log mel filterbank of one waveform in [-1, 1] -> (T, n_mels) float32 (T = 0 when it is
     shorter than one window)."""
-    size, shift, padded = _window_sizes(conf.fs, frame_length_ms or conf.frame_length,
+    size, shift, padded = window_sizes(conf.fs, frame_length_ms or conf.frame_length,
                                         conf.frame_shift)
     x = np.asarray(wave, np.float32)
     T = 1 + (len(x) - size) // shift if len(x) >= size else 0
@@ -151,10 +151,10 @@ def fbank(wave: np.ndarray, conf: FrontendConfig,
     frames = frames - frames.mean(axis=-1, keepdims=True, dtype=np.float32)  # remove_dc_offset
     prev = np.concatenate([frames[:, :1], frames[:, :-1]], axis=1)
     frames = frames - np.float32(0.97) * prev  # pre-emphasis, first sample replicated
-    frames *= _window(conf.window, size)
+    frames *= window_function(conf.window, size)
     spectrum = np.fft.rfft(frames, n=padded, axis=-1)
     power = np.square(np.abs(spectrum)).astype(np.float32)  # torchaudio's abs().pow(2)
-    mel = power @ _mel_banks(conf.n_mels, padded, conf.fs)
+    mel = power @ mel_banks(conf.n_mels, padded, conf.fs)
     return np.log(np.maximum(mel, np.float32(LOG_FLOOR)))
 
 
