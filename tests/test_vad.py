@@ -209,6 +209,26 @@ def test_load_vad_names(tmp_path, monkeypatch):
         load_vad("fsmn-vad")
     with pytest.raises(CheckpointError, match="not a VAD"):
         load_vad(Path(__file__).parent / "fixtures" / "paraformer" / "en")
+    from batchasr.models.loader import load_model
+
+    with pytest.raises(CheckpointError, match="is a VAD, not a recognizer"):
+        load_model(FIXTURES / "fsmn")
+
+
+def test_vads_open_without_mlx():
+    """models.vads opens both VADs in a process that has never imported MLX, and leaves it
+    so (reader and VAD processes rely on it: no device context, no device memory)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from batchasr.models.vads import open_vad; "
+            f"v = open_vad({str(FIXTURES / 'fsmn')!r}); s = open_vad('silero'); "
+            "import numpy as np; w = np.zeros(16000 * 3, np.float32); "
+            "v.stream().feed(w); s.stream().feed(w); "
+            "print('mlx' in ' '.join(sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == "False"
 
 
 def test_cli_segment(tmp_path, store):
