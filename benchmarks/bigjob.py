@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -93,6 +94,7 @@ def main(argv=None):
         command_wall_s=round(wall, 2), rtfx_command=round(audio_s / wall, 1),
         runner_stages=m.group(6).strip("; "), gpu_busy_percent=busy.percent, items=items,
         model=args.model, weights=args.weights, dtype=args.dtype, machine=machine(),
+        env={k: v for k, v in os.environ.items() if k.startswith("BATCHASR_")},
         date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
         command="python benchmarks/" + " ".join([Path(sys.argv[0]).name] + sys.argv[1:]))
     print(json.dumps(record), flush=True)

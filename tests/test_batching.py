@@ -35,6 +35,40 @@ def test_random_plans_respect_budgets(seed):
     check_plan(lengths, batches, **kw)
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_stable_shapes_respect_budgets_and_repeat_shapes(seed):
+    """With a quantum, a batch's size is a function of its longest length rounded up to the
+    quantum: every piece once, both budgets hold, and the shapes of a long stream of 2-20 s
+    pieces planned pool by pool repeat (at most a full and a partial size per bucket) where
+    the greedy plan makes new ones."""
+    rng = random.Random(seed)
+    q = 15360  # Paraformer on a GPU: 16 frames of 60 ms
+    kw = dict(max_total=1000 * 16000, max_padded=1000 * 16000,
+              max_items=rng.choice([None, 64]))
+    shapes = {"stable": set(), "greedy": set()}
+    for _ in range(30):  # pools of a long job
+        lengths = [rng.randint(2 * 16000, 20 * 16000) for _ in range(rng.randint(60, 300))]
+        for name, quantum in (("stable", q), ("greedy", None)):
+            batches = plan_batches(lengths, quantum=quantum, **kw)
+            check_plan(lengths, batches, **kw)
+            for b in batches:
+                bucket = -(-max(lengths[i] for i in b) // q)
+                shapes[name].add((len(b), bucket))
+                if name == "stable" and b is not batches[-1]:  # full batches: size by bucket
+                    full = min(kw["max_padded"] // (bucket * q), kw["max_items"] or 10**9)
+                    assert len(b) == full
+    buckets = {t for _, t in shapes["stable"]}
+    assert len(shapes["stable"]) < len(shapes["greedy"])
+    assert len(shapes["stable"]) <= 2 * len(buckets) + 30  # full sizes, plus each pool's last
+
+
+def test_stable_shapes_with_a_piece_over_budget_and_bad_quantum():
+    assert plan_batches([50, 10, 10], max_total=20, quantum=8) == [[0], [1], [2]]
+    assert plan_batches([7, 7, 7, 7], max_total=20, quantum=4) == [[0, 1], [2, 3]]
+    with pytest.raises(ValueError):
+        plan_batches([1], max_total=10, quantum=0)
+
+
 def test_sorting_keeps_padding_small():
     rng = random.Random(0)
     lengths = [rng.choice([rng.randint(16000, 3 * 16000), rng.randint(20 * 16000, 30 * 16000)])

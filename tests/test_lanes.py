@@ -138,3 +138,32 @@ def test_two_lanes_give_the_same_results_as_one(tmp_path, monkeypatch):
         assert s.done == len(audio) * 3 and s.failed == 0
         out[lanes] = results(job)
     assert out["1"] == out["2"]
+
+
+def test_stable_shapes_give_the_same_results(tmp_path, monkeypatch):
+    """BATCHASR_STABLE_SHAPES=1 (batch sizes by padded length, for GPUs' plan caches): the
+    fixture Paraformer through the runner gives the same text and token times, and its
+    batches follow the stable plan."""
+    from batchasr.runner.stages import pool as pool_mod
+
+    asr = load_model(FIXTURES / "en")
+    assert asr.length_quantum == 960  # frame bucket 1 on the CPU: one 60 ms frame
+    audio = sorted((FIXTURES / "audio").glob("*.wav"))
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("id,path\n" + "".join(f"u{i},{p}\n" for i, p in
+                                              enumerate(audio * 3)))
+    quanta = []
+    plan = pool_mod.batch_plan
+    monkeypatch.setattr(pool_mod, "batch_plan",
+                        lambda *a, **kw: quanta.append(kw.get("quantum")) or plan(*a, **kw))
+    out = {}
+    for stable in ("0", "1"):
+        monkeypatch.setenv("BATCHASR_STABLE_SHAPES", stable)
+        job = tmp_path / f"job{stable}"
+        with JobQueue(job) as q:
+            q.enqueue(open_manifest(manifest))
+        s = run_job(job, asr, batch_seconds=4.0, progress=False)
+        assert s.done == len(audio) * 3 and s.failed == 0
+        out[stable] = results(job)
+    assert out["0"] == out["1"]
+    assert None in quanta and 960 in quanta

@@ -31,18 +31,40 @@ def plan_batches(
     max_total: int,
     max_padded: int | None = None,
     max_items: int | None = None,
+    quantum: int | None = None,
 ) -> list[list[int]]:
     """Indices into ``lengths`` grouped into batches, longest batch first.
 
     Every index appears in exactly one batch. Within the budgets above, batches are filled
     greedily in order of decreasing length (so an out-of-memory shows up on the first
     batch, not after an hour). Ties keep input order, so the plan is deterministic.
+
+    ``quantum`` (a length, the model's padding bucket): stable shapes. A batch's size then
+    depends only on its longest length rounded up to the quantum: as many pieces as that
+    padded length fits in the smaller budget (and ``max_items``). A long job then meets each
+    (size, padded length) shape again and again instead of a new one per batch (on GPUs a
+    new shape builds kernels and cuDNN plans). Both budgets still hold: the batch's audio is
+    at most its padded size.
     """
     if max_total <= 0 or (max_padded is not None and max_padded <= 0):
         raise ValueError("batch budgets must be positive")
     if max_items is not None and max_items <= 0:
         raise ValueError("max_items must be positive")
+    if quantum is not None and quantum <= 0:
+        raise ValueError("quantum must be positive")
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    if quantum is not None:
+        budget = min(max_total, max_padded or max_total)
+        batches = []
+        k = 0
+        while k < len(order):
+            padded = -(-max(lengths[order[k]], 1) // quantum) * quantum
+            size = max(1, budget // padded)
+            if max_items is not None:
+                size = min(size, max_items)
+            batches.append(order[k : k + size])
+            k += size
+        return batches
     batches: list[list[int]] = []
     batch: list[int] = []
     total = 0

@@ -368,6 +368,13 @@ class ParaformerASR:
     def features(self, waveforms: Sequence[np.ndarray]) -> tuple[mx.array, mx.array]:
         return self.frontend(waveforms)
 
+    @property
+    def length_quantum(self) -> int:
+        """Samples per padding bucket (batches are padded to a multiple of frame_bucket
+        frames): the runner's stable-shape plan rounds lengths up to this."""
+        return self.frame_bucket * self.frontend_conf.lfr_n * int(
+            self.frontend_conf.fs * self.frontend_conf.frame_shift / 1000)
+
     def transcribe(self, waveforms: Sequence[np.ndarray], *,
                    languages: Sequence[str | None] | None = None) -> list[Transcript]:
         """16 kHz mono float32 waveforms -> one Transcript each, in order. `languages` is

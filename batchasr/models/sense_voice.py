@@ -321,6 +321,12 @@ class SenseVoiceASR:
     def features(self, waveforms: Sequence[np.ndarray]) -> tuple[mx.array, mx.array]:
         return self.frontend(waveforms)
 
+    @property
+    def length_quantum(self) -> int:
+        """Samples per padding bucket (see ParaformerASR.length_quantum)."""
+        conf = self.frontend.conf
+        return self.frame_bucket * conf.lfr_n * int(conf.fs * conf.frame_shift / 1000)
+
     def transcribe(self, waveforms: Sequence[np.ndarray], *,
                    languages: Sequence[str | None] | None = None) -> list[Transcript]:
         """16 kHz mono float32 waveforms -> one Transcript each, in order; `languages` per

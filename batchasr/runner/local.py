@@ -39,7 +39,8 @@ from batchasr.errors import disk_full, is_disk_full
 from batchasr.outputs import segment_cache
 from batchasr.queue.lock import JobLock
 from batchasr.queue.store import JobQueue
-from batchasr.runner.device import cpu_lanes, default_reader_processes, vad_in_reader_processes
+from batchasr.runner.device import (cpu_lanes, default_reader_processes,
+                                    stable_shapes_quantum, vad_in_reader_processes)
 from batchasr.runner.hooks import crash_hook_from_env, slow_batch_s
 from batchasr.runner.options import (RunOptions, RunSummary, default_max_segment_s, open_punctuator,
                                      open_vad)
@@ -217,7 +218,8 @@ class Runner:
         works: dict = {}  # handed to a reader, not yet done/failed
         self.pool = Pool(batch_seconds=opts.batch_seconds, padded_seconds=opts.padded_seconds,
                          max_items=opts.max_batch_items, target=opts.pool_samples,
-                         item_options=getattr(model, "item_options", ()))
+                         item_options=getattr(model, "item_options", ()),
+                         quantum=stable_shapes_quantum(model))
         budget = math.inf if limit is None else max(0, limit)  # items it may claim
         self.progress = Progress(job_dir, queue, owner, self.summary, budget, progress)
         self.completion = Completion(job_dir, queue, model, opts, self.summary, self.progress,

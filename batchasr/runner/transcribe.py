@@ -94,7 +94,8 @@ def transcribe_items(model: ASRModel, items: Sequence[DecodedItem], *, batch_sec
     for options in dict.fromkeys(p.options for p in pieces):  # one batch, one set of options
         alike = [p for p in pieces if p.options == options]
         for batch in batch_plan([len(p.audio) for p in alike], batch_seconds=batch_seconds,
-                                padded_seconds=padded_seconds, max_items=max_items):
+                                padded_seconds=padded_seconds, max_items=max_items,
+                                quantum=_quantum(model)):
             stage.step([alike[i] for i in batch])
     done = [k for k in range(len(items)) if sink.errors[k] is None]
     outs = dict(zip(done, assemble_finished(model, [list(sink.got[k].values()) for k in done],
@@ -298,12 +299,19 @@ def _read_pieces(events, read: dict, cut: CutOptions):
         events.close()  # left early: the rest of the file is dropped
 
 
+def _quantum(model: ASRModel) -> int | None:
+    from batchasr.runner.device import stable_shapes_quantum
+
+    return stable_shapes_quantum(model)
+
+
 def _transcribe_files(model: ASRModel, files, cut: CutOptions, *, batch_seconds: float,
                       punctuator, pool_seconds: float | None, max_items: int | None,
                       max_failures_in_a_row: int, run: RunBatch | None, stats: dict | None,
                       vad_pool: VADPool | None, readers: ReadAhead | None = None):
     pool = Pool(batch_seconds=batch_seconds, max_items=max_items, arrival_order=True,
-                target=pool_samples(pool_seconds, batch_seconds))
+                target=pool_samples(pool_seconds, batch_seconds),
+                quantum=_quantum(model))
     stage = ModelStage(model, _FilesSink(pool), max_failures_in_a_row=max_failures_in_a_row,
                        run=run, pipelined=False)
     pending: dict[int, _StreamedFile] = {}  # read or being read, not yet yielded

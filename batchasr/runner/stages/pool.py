@@ -2,8 +2,9 @@
 
 Invariants: the batch taken is always the planned batch that holds the oldest piece in the
 pool, so no piece starves; a batch holds at most ``batch_seconds`` of audio and at most
-``padded_seconds`` once padded to its longest piece (``batchasr.batches.plan``); a batch
-holds only pieces with the same item options (``Piece.options``, see :meth:`Pool.options_of`).
+``padded_seconds`` once padded to its longest piece (``batchasr.batches.plan``; with a
+``quantum``, its size depends only on its padded length); a batch holds only pieces with the
+same item options (``Piece.options``, see :meth:`Pool.options_of`).
 """
 from __future__ import annotations
 
@@ -18,12 +19,13 @@ from batchasr.runner.stages.work import Piece
 
 
 def batch_plan(lengths: Sequence[int], *, batch_seconds: float,
-               padded_seconds: float | None = None,
-               max_items: int | None = None) -> list[list[int]]:
-    """Length-sorted batches of pieces (lengths in samples) under the run's budgets."""
+               padded_seconds: float | None = None, max_items: int | None = None,
+               quantum: int | None = None) -> list[list[int]]:
+    """Length-sorted batches of pieces (lengths in samples) under the run's budgets;
+    ``quantum`` (samples): stable shapes (``batches.plan.plan_batches``)."""
     return plan_batches(lengths, max_total=int(batch_seconds * SAMPLE_RATE),
                         max_padded=int((padded_seconds or batch_seconds) * SAMPLE_RATE),
-                        max_items=max_items)
+                        max_items=max_items, quantum=quantum)
 
 
 def item_options(names: Sequence[str], extra: dict | None) -> tuple:
@@ -44,8 +46,10 @@ class Pool:
 
     def __init__(self, *, batch_seconds: float, target: int,
                  padded_seconds: float | None = None, max_items: int | None = None,
-                 arrival_order: bool = False, item_options: Sequence[str] = ()):
+                 arrival_order: bool = False, item_options: Sequence[str] = (),
+                 quantum: int | None = None):
         self.item_options = tuple(item_options)
+        self.quantum = quantum  # stable shapes (batch_plan), or None
         self.batch_seconds, self.padded_seconds = batch_seconds, padded_seconds
         self.max_items, self.target, self.arrival_order = max_items, target, arrival_order
         self.pieces: list[Piece] = []
@@ -85,7 +89,8 @@ class Pool:
         alike = [i for i, p in enumerate(self.pieces) if p.options == options]
         plan = batch_plan([len(self.pieces[i].audio) for i in alike],
                           batch_seconds=self.batch_seconds,
-                          padded_seconds=self.padded_seconds, max_items=self.max_items)
+                          padded_seconds=self.padded_seconds, max_items=self.max_items,
+                          quantum=self.quantum)
         chosen = [alike[j] for j in next(b for b in plan if alike.index(oldest) in b)]
         if self.arrival_order:
             chosen = sorted(chosen)
