@@ -119,9 +119,9 @@ def results(job):
             for r in rows}
 
 
-def test_two_lanes_give_the_same_results_as_one(tmp_path, monkeypatch):
-    """The fixture Paraformer through the runner with one lane and with two: identical text
-    and token times (each lane computes on an MLX stream of its own)."""
+def fixture_runs(tmp_path, monkeypatch, variable, values):
+    """The fixture Paraformer through the runner once per value of an environment
+    variable: {value: results}."""
     asr = load_model(FIXTURES / "en")
     audio = sorted((FIXTURES / "audio").glob("*.wav"))
     assert audio
@@ -129,14 +129,21 @@ def test_two_lanes_give_the_same_results_as_one(tmp_path, monkeypatch):
     manifest.write_text("id,path\n" + "".join(f"u{i},{p}\n" for i, p in
                                               enumerate(audio * 3)))
     out = {}
-    for lanes in ("1", "2"):
-        monkeypatch.setenv("BATCHASR_CPU_LANES", lanes)
-        job = tmp_path / f"job{lanes}"
+    for value in values:
+        monkeypatch.setenv(variable, value)
+        job = tmp_path / f"job-{variable}-{value}"
         with JobQueue(job) as q:
             q.enqueue(open_manifest(manifest))
         s = run_job(job, asr, batch_seconds=4.0, progress=False)
         assert s.done == len(audio) * 3 and s.failed == 0
-        out[lanes] = results(job)
+        out[value] = results(job)
+    return out
+
+
+def test_two_lanes_give_the_same_results_as_one(tmp_path, monkeypatch):
+    """The fixture Paraformer through the runner with one lane and with two: identical text
+    and token times (each lane computes on an MLX stream of its own)."""
+    out = fixture_runs(tmp_path, monkeypatch, "BATCHASR_CPU_LANES", ("1", "2"))
     assert out["1"] == out["2"]
 
 
@@ -146,24 +153,11 @@ def test_stable_shapes_give_the_same_results(tmp_path, monkeypatch):
     batches follow the stable plan."""
     from batchasr.runner.stages import pool as pool_mod
 
-    asr = load_model(FIXTURES / "en")
-    assert asr.length_quantum == 960  # frame bucket 1 on the CPU: one 60 ms frame
-    audio = sorted((FIXTURES / "audio").glob("*.wav"))
-    manifest = tmp_path / "m.csv"
-    manifest.write_text("id,path\n" + "".join(f"u{i},{p}\n" for i, p in
-                                              enumerate(audio * 3)))
+    assert load_model(FIXTURES / "en").length_quantum == 960  # CPU: bucket of one 60 ms frame
     quanta = []
     plan = pool_mod.batch_plan
     monkeypatch.setattr(pool_mod, "batch_plan",
                         lambda *a, **kw: quanta.append(kw.get("quantum")) or plan(*a, **kw))
-    out = {}
-    for stable in ("0", "1"):
-        monkeypatch.setenv("BATCHASR_STABLE_SHAPES", stable)
-        job = tmp_path / f"job{stable}"
-        with JobQueue(job) as q:
-            q.enqueue(open_manifest(manifest))
-        s = run_job(job, asr, batch_seconds=4.0, progress=False)
-        assert s.done == len(audio) * 3 and s.failed == 0
-        out[stable] = results(job)
+    out = fixture_runs(tmp_path, monkeypatch, "BATCHASR_STABLE_SHAPES", ("0", "1"))
     assert out["0"] == out["1"]
     assert None in quanta and 960 in quanta

@@ -372,8 +372,7 @@ class ParaformerASR:
     def length_quantum(self) -> int:
         """Samples per padding bucket (batches are padded to a multiple of frame_bucket
         frames): the runner's stable-shape plan rounds lengths up to this."""
-        return self.frame_bucket * self.frontend_conf.lfr_n * int(
-            self.frontend_conf.fs * self.frontend_conf.frame_shift / 1000)
+        return self.frame_bucket * self.frontend_conf.frame_samples
 
     def transcribe(self, waveforms: Sequence[np.ndarray], *,
                    languages: Sequence[str | None] | None = None) -> list[Transcript]:

@@ -324,8 +324,7 @@ class SenseVoiceASR:
     @property
     def length_quantum(self) -> int:
         """Samples per padding bucket (see ParaformerASR.length_quantum)."""
-        conf = self.frontend.conf
-        return self.frame_bucket * conf.lfr_n * int(conf.fs * conf.frame_shift / 1000)
+        return self.frame_bucket * self.frontend.conf.frame_samples
 
     def transcribe(self, waveforms: Sequence[np.ndarray], *,
                    languages: Sequence[str | None] | None = None) -> list[Transcript]:

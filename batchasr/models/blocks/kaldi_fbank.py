@@ -54,6 +54,11 @@ class FrontendConfig(BaseModelArgs):
         """Duration of one output (LFR) frame in milliseconds (60 ms for Paraformer)."""
         return self.frame_shift * self.lfr_n
 
+    @property
+    def frame_samples(self) -> int:
+        """Samples per output (LFR) frame (960 for Paraformer at 16 kHz)."""
+        return self.lfr_n * int(self.fs * self.frame_shift / 1000)
+
 
 def load_cmvn(path: str | Path) -> np.ndarray:
     """Read Kaldi nnet1 text CMVN (am.mvn) -> float32 array (2, dim): shift row, scale row."""
