@@ -37,6 +37,7 @@ from batchasr.models.base import BaseModelArgs
 from batchasr.models.blocks.kaldi_fbank import FrontendConfig, OnlineFrontend, load_cmvn
 from batchasr.models.blocks.fsmn_endpoint import IN_SPEECH, Endpointer, FsmnVADOptions
 from batchasr.models.blocks.vad import VAD, SpeechSegment, VADStream
+from batchasr.models.weights import check_weights, read_weights
 
 CHUNK_MS = 60000  # AutoModel.generate's default chunk_size for VAD
 # funasr.models.fsmn_vad_streaming.model: (accumulated speech ms, end silence ms)
@@ -121,15 +122,7 @@ class Model:
     def load_weights(self, weights: dict[str, np.ndarray], *, what: str = "fsmn-vad") -> None:
         """Take the official state dict (checked: no key missing or unexpected, shapes)."""
         shapes = self.expected_shapes()
-        missing = sorted(set(shapes) - set(weights))
-        unexpected = sorted(set(weights) - set(shapes))
-        if missing or unexpected:
-            raise CheckpointError(f"{what}: checkpoint does not match the architecture; "
-                                  f"missing {missing[:8]}, unexpected {unexpected[:8]}")
-        bad = [(k, tuple(weights[k].shape), s) for k, s in shapes.items()
-               if tuple(weights[k].shape) != s]
-        if bad:
-            raise CheckpointError(f"{what}: shape mismatch for {bad[:5]}")
+        check_weights(weights, shapes, what=what)
         f32 = {k: np.asarray(v, np.float32) for k, v in weights.items()}
         for key in shapes:
             if key.endswith(".linear.weight"):
@@ -285,8 +278,6 @@ class FsmnVAD(VAD):
 def load(folder: Path, config: dict, name: str = "fsmn-vad") -> FsmnVAD:
     """fsmn-vad from an official folder (config.yaml `model: FsmnVADStreaming`, model.pt or
     model.safetensors, am.mvn)."""
-    from batchasr.models.weights import read_weights
-
     try:
         options = FsmnVADOptions.from_dict(config.get("model_conf"))
         fconf = FrontendConfig.from_dict(config.get("frontend_conf"))

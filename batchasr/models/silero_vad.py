@@ -31,6 +31,7 @@ import numpy as np
 from batchasr.audio.decode import SAMPLE_RATE
 from batchasr.errors import CheckpointError
 from batchasr.models.blocks.vad import VAD, SpeechSegment, VADStream
+from batchasr.models.weights import check_weights
 
 WINDOW = 512  # samples per window at 16 kHz
 CONTEXT = 64  # samples carried over from the previous window
@@ -74,17 +75,6 @@ class Model:
         pad_idx = np.r_[np.arange(n_in), n_in - 2 - np.arange(CONTEXT)]
         n_frames = (n_in + CONTEXT - N_FFT) // HOP + 1
         self._frame_idx = pad_idx[np.arange(n_frames)[:, None] * HOP + np.arange(N_FFT)]
-
-    @staticmethod
-    def check(weights: dict[str, np.ndarray]) -> None:
-        """Raise ValueError unless ``weights`` are the package's 16 kHz tensors."""
-        missing = sorted(set(SHAPES) - set(weights))
-        if missing:
-            raise ValueError(f"missing {missing}")
-        bad = [(k, tuple(weights[k].shape), s) for k, s in SHAPES.items()
-               if tuple(weights[k].shape) != s]
-        if bad:
-            raise ValueError(f"shape mismatch for {bad}")
 
     def encode(self, windows: np.ndarray) -> np.ndarray:
         """windows (N, CONTEXT + WINDOW) -> LSTM input gates x @ W_ih^T + b_ih, (N, 512).
@@ -143,7 +133,7 @@ def load_model(path: str | Path) -> Model:
     from safetensors.numpy import load_file
 
     weights = load_file(str(path))
-    Model.check(weights)
+    check_weights(weights, SHAPES, what=f"{path}: not silero-vad 16 kHz weights")
     return Model(weights)
 
 

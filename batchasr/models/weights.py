@@ -79,6 +79,23 @@ def read_weights(folder: Path) -> dict[str, np.ndarray]:
     return weights
 
 
+def check_weights(weights: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]], *,
+                  strict: bool = True, what: str = "model") -> None:
+    """Raise CheckpointError unless ``weights`` fit ``shapes`` (name -> shape): every shape a
+    weight of that name has, and with ``strict`` no name missing or unexpected."""
+    missing = sorted(set(shapes) - set(weights))
+    unexpected = sorted(set(weights) - set(shapes))
+    if strict and (missing or unexpected):
+        raise CheckpointError(f"{what}: checkpoint does not match the architecture; "
+                              f"missing {missing[:8]}{'...' if len(missing) > 8 else ''}, "
+                              f"unexpected {unexpected[:8]}"
+                              f"{'...' if len(unexpected) > 8 else ''}")
+    bad = [(k, tuple(weights[k].shape), tuple(s)) for k, s in shapes.items()
+           if k in weights and tuple(weights[k].shape) != tuple(s)]
+    if bad:
+        raise CheckpointError(f"{what}: shape mismatch for {bad[:5]}")
+
+
 def apply_weights(model, weights: dict[str, np.ndarray], *, strict: bool = True,
                   what: str = "model") -> None:
     """Load sanitized numpy weights into an MLX module, checking names and shapes."""
@@ -86,17 +103,7 @@ def apply_weights(model, weights: dict[str, np.ndarray], *, strict: bool = True,
     from mlx.utils import tree_flatten, tree_unflatten
 
     params = dict(tree_flatten(model.parameters()))
-    missing = sorted(set(params) - set(weights))
-    unexpected = sorted(set(weights) - set(params))
-    if strict and (missing or unexpected):
-        raise CheckpointError(f"{what}: checkpoint does not match the architecture; "
-                              f"missing {missing[:8]}{'...' if len(missing) > 8 else ''}, "
-                              f"unexpected {unexpected[:8]}"
-                              f"{'...' if len(unexpected) > 8 else ''}")
-    bad = [(k, weights[k].shape, params[k].shape) for k in params
-           if k in weights and tuple(weights[k].shape) != tuple(params[k].shape)]
-    if bad:
-        raise CheckpointError(f"{what}: shape mismatch for {bad[:5]}")
+    check_weights(weights, {k: v.shape for k, v in params.items()}, strict=strict, what=what)
     model.update(tree_unflatten([(k, mx.array(weights[k]).astype(params[k].dtype))
                                  for k in params if k in weights]))
     mx.eval(model.parameters())
