@@ -348,15 +348,16 @@ class SenseVoiceASR:
         return self.model(feats.astype(self.dtype), lengths, [LID[k] for k in languages],
                           [tn] * len(languages))
 
-    def to_transcript(self, best: np.ndarray, columns: Callable[[list[int]], np.ndarray],
-                      n_samples: int) -> Transcript:
+    def to_transcript(self, best: np.ndarray, n_samples: int,
+                      columns: Callable[[list[int]], np.ndarray] | None = None) -> Transcript:
         """One row (its own length, query frames included) -> Transcript: `best` its argmax
-        per frame, `columns(ids)` its log-probabilities of those ids (for timestamps)."""
+        per frame; `columns(ids)` its log-probabilities of those ids, given when the batch
+        was submitted with timestamps on (None: no timestamps)."""
         ids = greedy_ids(best, self.model.args.blank_id)
         raw = self.tokenizer.decode(ids)
         tokens = [Token(text=self.tokenizer.pieces[i], id=i) for i in ids]  # never timed
         timed = []  # the official timestamp pieces with their times
-        if self.timestamps:
+        if columns is not None:
             times = official_timestamps(self.tokenizer, raw, best, columns,
                                         self.model.args.blank_id)
             timed = [Token(text=p, id=self.tokenizer.piece_to_id(p), start_ms=start, end_ms=end)
@@ -402,8 +403,9 @@ class PendingBatch:
             _, logp, olens = asr.forward(feats, lengths, [languages[i] for i in self.live])
             # Only the argmax leaves the device: the (B, T, 25055) log-probabilities are
             # 1.7 GB for 1000 s of audio, and copying them took most of a batch's time.
+            # The matrix itself is kept (on the device) only for timestamps.
             best = mx.argmax(logp, axis=-1).astype(mx.int32)
-            self.out = (logp, best, olens)
+            self.out = (logp if asr.timestamps else None, best, olens)
             mx.async_eval(best, olens)
 
     def advance(self) -> None:
@@ -420,8 +422,9 @@ class PendingBatch:
                 def columns(ids, row=row, n=n):
                     return np.array(mx.take(logp[row, :n], mx.array(ids, mx.int32), axis=-1))
 
-                self.results[i] = self.asr.to_transcript(best[row, :n], columns,
-                                                         len(self.waveforms[i]))
+                self.results[i] = self.asr.to_transcript(
+                    best[row, :n], len(self.waveforms[i]),
+                    columns if logp is not None else None)
         return self.results
 
 
