@@ -263,17 +263,14 @@ def load_vad(name_or_dir: str | os.PathLike = "auto", *, download: bool = False)
     from batchasr.models.vads import open_vad
 
     name = str(name_or_dir)
-    if name in SILERO_NAMES:
-        return open_vad("silero")
     if name == "auto":
         try:
-            resolve("fsmn-vad")
+            folder = resolve("fsmn-vad")
         except CheckpointError:  # no fsmn-vad checkpoint in the local caches
             return open_vad("silero")
-        return load_vad("fsmn-vad")
-    p = Path(name).expanduser()
-    if p.is_file() and p.suffix == ".safetensors":
-        return open_vad(p)
+        return open_vad(folder)
+    if name in SILERO_NAMES or Path(name).expanduser().is_file():  # a spec open_vad takes
+        return open_vad(name)
     return open_vad(resolve(name_or_dir, download=download))
 
 
