@@ -140,12 +140,10 @@ def num_lfr_frames(n_samples: int, conf: FrontendConfig) -> int:
     return -(-t // conf.lfr_n) if t else 0
 
 
-def fbank(wave: np.ndarray, conf: FrontendConfig,
-          frame_length_ms: float | None = None) -> np.ndarray:
+def fbank(wave: np.ndarray, conf: FrontendConfig) -> np.ndarray:
     """Log mel filterbank of one waveform in [-1, 1] -> (T, n_mels) float32 (T = 0 when it is
     shorter than one window)."""
-    size, shift, padded = window_sizes(conf.fs, frame_length_ms or conf.frame_length,
-                                        conf.frame_shift)
+    size, shift, padded = window_sizes(conf.fs, conf.frame_length, conf.frame_shift)
     x = np.asarray(wave, np.float32)
     T = 1 + (len(x) - size) // shift if len(x) >= size else 0
     if T == 0:
@@ -161,28 +159,6 @@ def fbank(wave: np.ndarray, conf: FrontendConfig,
     power = np.square(np.abs(spectrum)).astype(np.float32)  # torchaudio's abs().pow(2)
     mel = power @ mel_banks(conf.n_mels, padded, conf.fs)
     return np.log(np.maximum(mel, np.float32(LOG_FLOOR)))
-
-
-def features(wave: np.ndarray, conf: FrontendConfig, cmvn: np.ndarray | None) -> np.ndarray:
-    """WavFrontend of one waveform: fbank -> LFR (m, n) -> CMVN, (T_lfr, n_mels * lfr_m)
-    float32; what batchasr.models.blocks.frontend.WavFrontend gives for this row of a batch.
-    A clip shorter than one window gets a window of its own length (Kaldi's rule); one too
-    short for any frame gives (0, dim)."""
-    n = len(wave)
-    dim = conf.n_mels * conf.lfr_m
-    t = num_fbank_frames(n, conf)
-    if t == 0:
-        return np.zeros((0, dim), np.float32)
-    short = n * 1000 < conf.frame_length * conf.fs
-    fb = fbank(wave, conf, frame_length_ms=n / conf.fs * 1000 if short else None)[:t]
-    m, step = conf.lfr_m, conf.lfr_n
-    if m > 1 or step > 1:
-        t_out = -(-t // step)
-        src = np.arange(t_out)[:, None] * step + np.arange(m)[None, :] - (m - 1) // 2
-        fb = fb[np.clip(src, 0, t - 1).reshape(-1)].reshape(t_out, m * conf.n_mels)
-    if cmvn is not None:
-        fb = (fb + cmvn[0, :dim]) * cmvn[1, :dim]
-    return np.ascontiguousarray(fb, dtype=np.float32)
 
 
 class OnlineFrontend:
