@@ -90,7 +90,8 @@ def cutting_options(fn=None, *, from_job: bool = False):
                        "folder, or 'none' for equal windows of --max-window-s (a cut may then "
                        "fall inside a word). Shorter files are transcribed whole either way. "
                        "Silero takes about 1/750 of the audio's duration on one core, "
-                       "fsmn-vad 1/450; in the reader processes when there are any." + job.format(RUN_DEFAULTS["vad"]))
+                       "fsmn-vad 1/450; in the reader processes when there are any."
+                       + job.format(RUN_DEFAULTS["vad"]))
     @click.option("--max-segment-s", type=click.FloatRange(1), default=None,
                   help="Longest piece sent to the model with a VAD: longer speech segments are "
                        "cut into equal parts; files not longer go whole. Default: 30 "
@@ -164,9 +165,10 @@ def cli(verbose):
                    "transcribed (0: the VAD runs here, file by file). Not used with "
                    "--reader-processes, which run the VAD themselves.")
 @click.option("--reader-processes", type=click.IntRange(0), default=None,
-              help="Processes decoding, running the VAD and cutting the next files (that many at a time, in input "
-                   "order) while earlier ones are transcribed, as for `run`; same output (0: "
-                   "here, file by file). Default: on a GPU, the spare cores; on a CPU, 0.")
+              help="Processes decoding, running the VAD and cutting the next files (that "
+                   "many at a time, in input order) while earlier ones are transcribed, as "
+                   "for `run`; same output (0: here, file by file). Default: on a GPU, the "
+                   "spare cores; on a CPU, 0.")
 def transcribe(files, model, weights, dtype, device, download, batch_seconds, batch_size, vad,
                max_segment_s, max_window_s, punc, as_json, max_new_tokens, no_guard, language,
                itn, hotwords, vad_processes, reader_processes):

@@ -20,7 +20,8 @@ model's process (``AudioError``), a VAD error is a ``VADError``. A reader proces
 start, its pieces already forwarded skipped (cutting is deterministic); a file on which a
 process dies twice fails with a clear error instead of crashing the run. The processes are
 spawned on first use, load the VAD once (numpy: they never import MLX, and the accelerator is
-hidden from them, since it belongs to the model), ignore Ctrl-C (the run decides when to stop) and die with the run, however it dies.
+hidden from them, since it belongs to the model), ignore Ctrl-C (the run decides when to
+stop) and die with the run, however it dies.
 
 Size: above 400 lines because both sides of one protocol (the model's process and the
 reader process, the ring and its pipe messages) belong together to be checked together.
