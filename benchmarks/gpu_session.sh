@@ -32,10 +32,10 @@ for step in "$@"; do
                  BATCHASR_UPLOAD=$u python3 benchmarks/bench.py paraformer --audio-s 18000 \
                    --dtypes bfloat16 --repeats 2 --readers 8 --batch-seconds 1000 --note "upload=$u"
                done ;;
-    shapes-ab) # the default batch plan against stable shapes, a 50 h job each
+    shapes-ab) # the default batch plan against stable shapes, a 50 h job each (SHAPES_HOURS)
                M=/tmp/batchasr-bench/paraformer-large-random
                for v in 0 1 0 1; do
-                 BATCHASR_STABLE_SHAPES=$v python3 benchmarks/bigjob.py --hours 50 --model $M \
+                 BATCHASR_STABLE_SHAPES=$v python3 benchmarks/bigjob.py --hours "${SHAPES_HOURS:-50}" --model $M \
                    --weights checkpoint --no-append
                done ;;
     short1800) python3 benchmarks/bench.py paraformer --audio-s 1800 --dtypes bfloat16 \
