@@ -20,7 +20,8 @@ from batchasr.models.loader import load_model, load_vad
 from batchasr.outputs.parquet import results_table
 from batchasr.queue.store import JobQueue
 from batchasr.runner.local import run_job
-from batchasr.runner.read_processes import Cut, End, Plan, ReadProcesses, VADWindow, Window
+from batchasr.runner.read_processes import (PROCESS_NAME, Cut, End, Plan, ReadProcesses,
+                                          VADWindow, Window)
 
 from test_vad_processes import FSMN, MODEL, _marked_processes, gone, long_files, \
     resumes_exactly_once, rows_of
@@ -160,7 +161,7 @@ def _readers(mark: str) -> list[int]:
     found = []
     for pid in _marked_processes(mark):
         try:
-            if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
+            if Path(f"/proc/{pid}/comm").read_text().strip() == PROCESS_NAME:
                 found.append(pid)
         except OSError:
             pass

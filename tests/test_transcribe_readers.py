@@ -17,6 +17,7 @@ import pytest
 
 from batchasr.audio.cut import CutOptions
 from batchasr.models.loader import load_model, load_vad
+from batchasr.runner.read_processes import PROCESS_NAME
 from batchasr.runner.transcribe import transcribe_files
 from batchasr.transcript import to_record
 
@@ -115,15 +116,22 @@ def test_what_is_read_ahead_stays_within_its_bound(tmp_path, asr):
     assert 0 < stats["peak_read_ahead_samples"] <= (8 + 5) * SR
 
 
+def _parent(pid) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
 def _reader_children() -> list[int]:
-    """This process's reader processes (spawned children running spawn_main)."""
+    """This process's reader processes (named so; children of this process or of its fork
+    server)."""
     me, found = os.getpid(), []
     for d in Path("/proc").iterdir():
         if not d.name.isdigit():
             continue
         try:
-            ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            if ppid == me and b"spawn_main" in (d / "cmdline").read_bytes():
+            if (d / "comm").read_text().strip() != PROCESS_NAME:
+                continue
+            ppid = _parent(d.name)
+            if ppid == me or _parent(ppid) == me:
                 found.append(int(d.name))
         except (OSError, ValueError, IndexError):
             pass

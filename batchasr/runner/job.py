@@ -261,6 +261,10 @@ def run(source: str | None = None, *, job_dir: str | None = None, model: str | N
     job = job_dir_for(source, job_dir)
     if shard and not job_dir:
         job = job.with_name(f"{job.name}.shard-{shard_i}-of-{shard_n}")
+    if devices == [None]:  # readers of this process: their fork server starts during the load
+        from batchasr.runner.read_processes import prestart
+
+        prestart(reader_processes)
     try:
         prepared = prepare_job(source, job, given, device=device, download=download,
                                devices=devices, shard=shard, allow_network_fs=allow_network_fs,

@@ -3,6 +3,7 @@ VAD process must never outlive the run that started it, holding its GPU or its j
 from __future__ import annotations
 
 import os
+import select
 import signal
 import sys
 import threading
@@ -25,3 +26,44 @@ def die_with_parent(parent: int) -> None:
         threading.Thread(target=watch, name="batchasr-parent-watch", daemon=True).start()
     if os.getppid() != parent:  # it died before we could ask
         os._exit(1)
+
+
+def die_with(pid: int) -> None:
+    """Be killed when process ``pid`` dies, however it dies, where ``pid`` need not be our
+    parent (a reader forked by a fork server, whose parent is the server). A thread waits on
+    a pidfd (Linux 5.3+), else polls the pid once a second."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:  # it died before we could watch it
+        os._exit(1)
+    except (AttributeError, OSError):
+        fd = None
+
+    def watch():
+        if fd is not None:
+            select.select([fd], [], [])
+        else:
+            while _alive(pid):
+                time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="batchasr-run-watch", daemon=True).start()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def set_process_name(name: str) -> None:
+    """The name ``ps`` and /proc/<pid>/comm show for this process (Linux; 15 bytes kept)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_NAME = 15
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_NAME, name.encode()[:15], 0, 0, 0)

@@ -265,6 +265,9 @@ def _worker_main(spec_json: str) -> int:
         from batchasr.runner.device import share_gpu_memory
 
         share_gpu_memory(spec.get("gpu_share", 1))
+        from batchasr.runner.read_processes import prestart
+
+        prestart(spec["run"].get("reader_processes"))  # readers' fork server, during the load
         model = open_model(**spec["model"])
         summary = run_job(spec["job_dir"], model, lock_fd=spec["lock_fd"], owner=spec["owner"],
                           progress=False, **spec["run"])

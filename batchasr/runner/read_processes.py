@@ -19,7 +19,8 @@ model's process (``AudioError``), a VAD error is a ``VADError``. A reader proces
 (``kill -9``, a decoder crash on a hostile file) is replaced and the file read again from the
 start, its pieces already forwarded skipped (cutting is deterministic); a file on which a
 process dies twice fails with a clear error instead of crashing the run. The processes are
-spawned on first use, load the VAD once (numpy: they never import MLX, and the accelerator is
+started on first use (forked from a fork server that has imported their modules, where the
+platform has one), load the VAD once (numpy: they never import MLX, and the accelerator is
 hidden from them, since it belongs to the model), ignore Ctrl-C (the run decides when to
 stop) and die with the run, however it dies.
 
@@ -50,6 +51,7 @@ logger = logging.getLogger("batchasr.worker")  # the name log lines show (stable
 
 MIN_RING_S = 1000.0  # audio seconds a process may hand over before the model's side frees them
 DEATHS_PER_FILE = 2  # a file on which this many processes died fails
+PROCESS_NAME = "batchasr-reader"  # what ps shows for a reader process (Linux)
 
 
 class Cancelled(Exception):
@@ -114,7 +116,7 @@ class _Slot:
         self.conn, child = ctx.Pipe(duplex=True)
         self.proc = ctx.Process(target=_reader_main, name="batchasr-reader-process",
                                 args=(child, self.shm.name, n_samples, vad_spec, cut_fields,
-                                      os.getpid()), daemon=True)
+                                      os.getpid(), _run_settings()), daemon=True)
         _start_without_main(self.proc)
         child.close()  # ours is closed: the pipe ends when the process dies
 
@@ -142,6 +144,47 @@ _SPAWN_LOCK = threading.Lock()
 # and the VAD's operations are small.
 READER_THREADS = int(os.environ.get("BATCHASR_READER_THREADS", "1"))
 _THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+# What a reader imports, imported once by the readers' fork server: a reader forked from it
+# starts in milliseconds, where a spawned one spends ~0.2 CPU-s importing these, 14 of them
+# competing for the cores at the start of every run.
+_PRELOAD = ["numpy", "soundfile", "soxr", "batchasr.audio.cut", "batchasr.models.vads",
+            "batchasr.models.fsmn_vad", "batchasr.models.silero_vad",
+            "batchasr.runner.read_processes"]
+_server = None  # this process's fork server for readers (multiprocessing.forkserver.ForkServer)
+
+
+def start_method() -> str:
+    """How reader processes start: "forkserver" (default where the platform has it) or
+    "spawn" (BATCHASR_READER_START=spawn)."""
+    wanted = os.environ.get("BATCHASR_READER_START", "forkserver")
+    if wanted == "forkserver" and "forkserver" in multiprocessing.get_all_start_methods():
+        return "forkserver"
+    return "spawn"
+
+
+def _fork_server():
+    """The readers' own fork server (not multiprocessing's shared one: it runs with the
+    readers' environment, whatever else in this process uses forkserver)."""
+    global _server
+    if _server is None:
+        from multiprocessing.forkserver import ForkServer
+
+        _server = ForkServer()
+        _server.set_forkserver_preload(_PRELOAD)
+    return _server
+
+
+def prestart(processes: int | None = None) -> None:
+    """Start the readers' fork server now, if ``processes`` readers (None: the device's
+    default) will fork from it: it imports their modules while this process does something
+    else (loads the model), so the run's readers start at once."""
+    if processes is None:
+        from batchasr.runner.device import default_reader_processes
+
+        processes = default_reader_processes()
+    if processes > 0 and start_method() == "forkserver":
+        with _reader_start_context():
+            _fork_server().ensure_running()
 
 
 def _reader_environment() -> dict[str, str]:
@@ -149,21 +192,36 @@ def _reader_environment() -> dict[str, str]:
     a CPU stage, never needs one, and never imports MLX (the VADs are numpy): hiding the
     device makes sure no library it loads takes a context and device memory there, as MLX's
     CUDA backend did in every VAD reader (16 of them ran an H200's model process out of
-    memory)."""
+    memory). No BLAS preload for MLX either (batchasr._blas): numpy has its own."""
     env = {k: str(READER_THREADS) for k in _THREAD_VARIABLES}
     env["CUDA_VISIBLE_DEVICES"] = ""
+    env["BATCHASR_BLAS"] = "reference"
     return env
 
 
-def _start_without_main(proc) -> None:
-    """Start a spawned process without re-importing the parent's ``__main__`` first (what
-    spawn does by default): a reader needs none of it, and a script's main module may import
-    MLX and reach for the GPU (a benchmark's does), seconds of start-up per process."""
-    from multiprocessing import spawn
+def _run_settings() -> dict[str, str]:
+    """The run's BATCHASR_* settings as they are now, for a reader to take on: a fork server
+    keeps the environment it started with, so settings made since would not reach it."""
+    env = {k: v for k, v in os.environ.items() if k.startswith("BATCHASR_")}
+    env.update(_reader_environment())
+    return env
 
-    with _SPAWN_LOCK:
-        original = spawn.get_preparation_data
 
+class _reader_start_context:
+    """Around a reader's start (or its fork server's): the reader environment, SIGINT
+    blocked, and spawn's preparation data without the parent's ``__main__``."""
+
+    def __enter__(self):
+        from multiprocessing import forkserver, spawn
+
+        _SPAWN_LOCK.acquire()
+        self.original = spawn.get_preparation_data
+        self.connect = forkserver.connect_to_new_process
+        original = self.original
+
+        # A reader needs nothing of the parent's __main__ (what spawn imports first by
+        # default), and a script's main module may import MLX and reach for the GPU (a
+        # benchmark's does), seconds of start-up per process.
         def preparation_data(name):
             data = original(name)
             data.pop("init_main_from_name", None)
@@ -171,23 +229,35 @@ def _start_without_main(proc) -> None:
             return data
 
         spawn.get_preparation_data = preparation_data
+        if start_method() == "forkserver":  # a forkserver Process asks the module's server
+            forkserver.connect_to_new_process = _fork_server().connect_to_new_process
         changes = _reader_environment()
-        saved = {k: os.environ.get(k) for k in changes}
+        self.saved = {k: os.environ.get(k) for k in changes}
         os.environ.update(changes)
         # Ctrl-C reaches the whole process group: blocked from the start (a blocked mask
-        # survives fork and exec), so a reader still importing cannot die of it; the reader
-        # ignores it once it runs.
-        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-        try:
-            proc.start()
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-            spawn.get_preparation_data = original
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+        # survives fork and exec, and the fork server's children inherit its mask), so a
+        # reader still starting cannot die of it; the reader ignores it once it runs.
+        self.mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        return self
+
+    def __exit__(self, *exc):
+        from multiprocessing import forkserver, spawn
+
+        signal.pthread_sigmask(signal.SIG_SETMASK, self.mask)
+        spawn.get_preparation_data = self.original
+        forkserver.connect_to_new_process = self.connect
+        for k, v in self.saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        _SPAWN_LOCK.release()
+
+
+def _start_without_main(proc) -> None:
+    """Start a reader process (see _reader_start_context)."""
+    with _reader_start_context():
+        proc.start()
 
 
 class ReadProcesses:
@@ -209,7 +279,7 @@ class ReadProcesses:
                            "vad_window_s": cut.vad_window_s, "memory_s": cut.memory_s,
                            "spill_dir": cut.spill_dir, "vad_elsewhere": self.vad_here}
         self.n_samples = ring_samples(cut)
-        self._ctx = multiprocessing.get_context("spawn")
+        self._ctx = multiprocessing.get_context(start_method())
         self._free: queue_mod.Queue[_Slot] = queue_mod.Queue()
         self._slots: list[_Slot] = []
         self._lock = threading.Lock()
@@ -460,12 +530,16 @@ class _Ring:
 
 
 def _reader_main(conn, shm_name: str, n_samples: int, vad_spec: str | None, cut_fields: dict,
-                 parent: int) -> None:
-    from batchasr.runner.parent import die_with_parent
+                 parent: int, settings: dict[str, str]) -> None:
+    from batchasr.runner.parent import die_with, set_process_name
 
-    die_with_parent(parent)
+    set_process_name(PROCESS_NAME)
+    for key in [k for k in os.environ if k.startswith("BATCHASR_")]:
+        del os.environ[key]
+    os.environ.update(settings)
+    die_with(parent)  # the run's process (our parent, or the parent of our fork server)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the terminal's Ctrl-C is the run's to handle
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked by the spawn
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked by the start
     vad = None
     if vad_spec is not None:
         # numpy only, never MLX: the accelerator, its memory above all, belongs to the
