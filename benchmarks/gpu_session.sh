@@ -50,6 +50,21 @@ for step in "$@"; do
              M=/tmp/batchasr-bench/paraformer-large-random
              PATH=/tmp/site/bin:$PATH python3 benchmarks/bigjob.py --hours 10 --model $M \
                --weights checkpoint --no-append --profile "$OUT/pyspy-10h.txt" ;;
+    vadscale) # the VADs' CPU per file with 1..16 reader-like processes at once (longform's audio)
+              lscpu > "$OUT/lscpu.txt" 2>&1
+              python3 benchmarks/vad_scaling.py --wav /tmp/batchasr-longform/audio-16x20min/long000.wav \
+                --vads "silero,$FSMN" --processes "1,8,$NCPU" ;;
+    planfree-ab) # cuDNN-plan-free kernels (unfused attention, matmul CIF) against the defaults
+                 M=/tmp/batchasr-bench/paraformer-large-random
+                 [ -f $M/model.pt ] || M=/tmp/batchasr-longform/paraformer-large-random
+                 for v in ${PLANFREE_ORDER:-default planfree default planfree}; do
+                   if [ $v = planfree ]; then export BATCHASR_ATTENTION=unfused BATCHASR_CIF_CONV=matmul
+                   else unset BATCHASR_ATTENTION BATCHASR_CIF_CONV; fi
+                   echo "== $v"; python3 benchmarks/shape_cost.py --dtype bfloat16
+                   if [ -f $M/model.pt ]; then W="--model $M --weights checkpoint"; else W=""; fi
+                   python3 benchmarks/bigjob.py --hours "${PLANFREE_HOURS:-10}" $W --no-append
+                 done
+                 unset BATCHASR_ATTENTION BATCHASR_CIF_CONV ;;
     nano) python3 benchmarks/bench.py nano --audio-s 600 --dtypes bfloat16 --baseline --readers 8 \
             --batch-seconds 1000 --modes continuous ;;
     *) echo "unknown step $step"; exit 2 ;;

@@ -276,3 +276,19 @@ def test_reader_processes_never_load_mlx_and_never_see_the_gpu(tmp_path, vad, va
     assert all(isinstance(e, VADWindow if vad_here else Cut) for e in events[1:-1])
     assert "libmlx" not in maps
     assert b"CUDA_VISIBLE_DEVICES=" in environ
+
+
+@needs_proc
+def test_reader_processes_run_niced_and_named(tmp_path, monkeypatch):
+    """Readers yield the CPU to the model's process (a lower priority, BATCHASR_READER_NICE
+    as the run sets it when they start) and say what they are in ps."""
+    monkeypatch.setenv("BATCHASR_READER_NICE", "7")
+    procs = ReadProcesses(1, CutOptions())
+    path = long_files(tmp_path / "audio", n=1, seconds=5).parent / "talk0.wav"
+    try:
+        assert isinstance(list(procs.read(str(path)))[-1], End)
+        pid = procs.pids()[0]
+        assert Path(f"/proc/{pid}/comm").read_text().strip() == PROCESS_NAME
+        assert os.getpriority(os.PRIO_PROCESS, pid) == os.getpriority(os.PRIO_PROCESS, 0) + 7
+    finally:
+        procs.close()

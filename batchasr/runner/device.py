@@ -35,16 +35,17 @@ def default_batch_seconds(device: str = "auto") -> float:
 
 
 def default_reader_processes(device: str = "auto", workers: int = 1) -> int:
-    """Reader processes per worker by default: on a GPU, the cores the workers leave over
-    (two each: the model's thread and the writer's), up to 32; on a CPU none, since the model
-    needs the cores itself. benchmarks/README.md has the measurements (14 on a 16-core
-    H200 host read long recordings 1.5x faster than 8)."""
+    """Reader processes per worker by default: on a GPU, one per core of the worker's share,
+    up to 32; on a CPU none, since the model needs the cores itself. Readers run at a lower
+    priority (``read_processes.READER_NICE``), so the model's process keeps the CPU it asks
+    for and they take the rest: a file more in flight costs the model nothing, and a run of
+    a few long files (16 on 16 cores) no longer leaves its last files to a second round.
+    benchmarks/README.md has the measurements."""
     on_gpu = device == "gpu" or (device == "auto" and mx.default_device() == mx.gpu)
     if not on_gpu:
         return 0
     workers = max(1, workers)
-    spare = (os.cpu_count() or 1) - 2 * workers
-    return max(1, min(32, spare // workers))
+    return max(1, min(32, (os.cpu_count() or 1) // workers))
 
 
 def cpu_cores() -> int:

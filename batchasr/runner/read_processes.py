@@ -143,6 +143,10 @@ _SPAWN_LOCK = threading.Lock()
 # Threads of the BLAS/OpenMP libraries in a reader process: many processes share the cores,
 # and the VAD's operations are small.
 READER_THREADS = int(os.environ.get("BATCHASR_READER_THREADS", "1"))
+# A reader's niceness (BATCHASR_READER_NICE): the model's process (its launches, the host
+# steps between them) must not wait for a core behind a reader; the readers share what it
+# leaves.
+READER_NICE = 10
 _THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 # What a reader imports, imported once by the readers' fork server: a reader forked from it
 # starts in milliseconds, where a spawned one spends ~0.2 CPU-s importing these, 14 of them
@@ -537,6 +541,12 @@ def _reader_main(conn, shm_name: str, n_samples: int, vad_spec: str | None, cut_
     for key in [k for k in os.environ if k.startswith("BATCHASR_")]:
         del os.environ[key]
     os.environ.update(settings)
+    nice = int(os.environ.get("BATCHASR_READER_NICE", READER_NICE))
+    if nice > 0:
+        try:
+            os.nice(nice)
+        except OSError:  # not allowed here: the same priority as the run
+            pass
     die_with(parent)  # the run's process (our parent, or the parent of our fork server)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the terminal's Ctrl-C is the run's to handle
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked by the start

@@ -1,0 +1,96 @@
+#!/usr/bin/env python3
+"""How the VADs' CPU cost per file grows when many reader processes run at once.
+
+Each of P processes (P from --processes) runs the VAD over the same long WAV at the same
+time, as P readers do in a run; the record gives the wall time and each process's CPU
+seconds, and the machine's core topology (physical cores, threads per core), so that a
+long-recording run's reader time can be told apart into work and contention.
+
+    python benchmarks/vad_scaling.py --wav /tmp/batchasr-longform/audio/long_00.wav \\
+        --vads silero,<fsmn-vad folder> --processes 1,8,16
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def topology() -> dict:
+    """Logical CPUs, physical cores and sockets from /proc/cpuinfo (Linux)."""
+    cores, model = set(), ""
+    phys = core = None
+    try:
+        for line in open("/proc/cpuinfo"):
+            key, _, value = line.partition(":")
+            key, value = key.strip(), value.strip()
+            if key == "physical id":
+                phys = value
+            elif key == "core id":
+                core = value
+            elif key == "model name":
+                model = value
+            elif not key and phys is not None:
+                cores.add((phys, core))
+                phys = core = None
+    except OSError:
+        pass
+    return {"logical_cpus": os.cpu_count(), "physical_cores": len(cores) or None,
+            "cpu": model}
+
+
+def _one(args):
+    spec, wav, start_at = args
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import soundfile as sf
+
+    from batchasr.models.vads import open_vad
+
+    vad = open_vad(spec)
+    audio, _ = sf.read(wav, dtype="float32")
+    while time.time() < start_at:  # all processes start the VAD together
+        time.sleep(0.001)
+    c, t = time.process_time(), time.perf_counter()
+    stream = vad.stream()
+    n = len(stream.feed(audio)) + len(stream.finish())
+    return time.process_time() - c, time.perf_counter() - t, n
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--wav", required=True)
+    ap.add_argument("--vads", default="silero")
+    ap.add_argument("--processes", default="1,8,16")
+    args = ap.parse_args(argv)
+    import soundfile as sf
+
+    audio_s = sf.info(args.wav).duration
+    out = {"topology": topology(), "audio_s": round(audio_s, 1), "runs": []}
+    ctx = multiprocessing.get_context("spawn")
+    for spec in args.vads.split(","):
+        for p in [int(x) for x in args.processes.split(",")]:
+            env = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+            os.environ.update(env)
+            with ctx.Pool(p) as pool:
+                start_at = time.time() + 2.0 + 0.05 * p  # after every process has imported
+                res = pool.map(_one, [(spec, args.wav, start_at)] * p)
+            cpu = sorted(r[0] for r in res)
+            wall = max(r[1] for r in res)
+            out["runs"].append({"vad": Path(spec).name, "processes": p,
+                                "cpu_s_median": round(cpu[len(cpu) // 2], 3),
+                                "cpu_s_max": round(cpu[-1], 3), "wall_s": round(wall, 3),
+                                "rtfx_per_process": round(audio_s / cpu[len(cpu) // 2], 1),
+                                "rtfx_all": round(p * audio_s / wall, 1), "segments": res[0][2]})
+            print(json.dumps(out["runs"][-1]), flush=True)
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
