@@ -257,3 +257,21 @@ def test_numpy_fbank_equals_the_mlx_fbank(fixture_model):
         if frames:
             ref = np.array(frontend.fbank(mx.array(wave[None]), [len(wave)], conf)[0])
             np.testing.assert_allclose(host, ref, rtol=1e-4, atol=2e-3)
+
+
+def test_frontend_reuses_its_host_array_without_leftovers():
+    """The padded host array is reused from batch to batch: a smaller batch after a larger
+    one gives exactly what a fresh frontend gives (nothing of the larger one left in the
+    padding)."""
+    from batchasr.models.blocks.frontend import FrontendConfig, WavFrontend
+
+    conf = FrontendConfig()
+    rng = np.random.default_rng(3)
+    big = [rng.uniform(-0.5, 0.5, n).astype(np.float32) for n in (48000, 40000, 36000)]
+    small = [rng.uniform(-0.5, 0.5, n).astype(np.float32) for n in (20000, 9000)]
+    used = WavFrontend(conf)
+    used(big)
+    got, got_lens = used(small)
+    want, want_lens = WavFrontend(conf)(small)
+    assert np.array_equal(np.array(got_lens), np.array(want_lens))
+    assert np.array_equal(np.array(got), np.array(want))

@@ -91,7 +91,10 @@ class RunOptions:
     readers: int = 2
     prefetch_seconds: float | None = None
     pool_seconds: float | None = None
-    claim_size: int = 64  # items claimed per queue transaction
+    # Items claimed per queue transaction. A claim commits (an fsync) on the model's thread,
+    # where it may also wait for the writer's transaction: few, large claims (a worker among
+    # several is given smaller ones, runner.processes).
+    claim_size: int = 256
     # Robustness. An item claimed max_attempts times by runs that died is failed at start;
     # this many items failing in the model in a row means the model, not the items, is
     # broken: the run stops instead of failing the whole job.
