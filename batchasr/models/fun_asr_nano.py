@@ -335,11 +335,13 @@ class FunASRNanoASR:
                  decode_mode: str = "continuous", temperature: float = 0.0, top_p: float = 1.0,
                  top_k: int = -1, seed: int = 0, guard: GuardOptions | None = None,
                  max_batch: int = 64, encode_batch: int = 64,
-                 fixed_languages: Sequence[str] | None = None, upload: str = "inline"):
+                 fixed_languages: Sequence[str] | None = None, upload: str = "inline",
+                 dft: str = "fft"):
         self.model, self.tokenizer, self.ctc_tokenizer = model, tokenizer, ctc_tokenizer
         self.fixed_languages = fixed_languages
         self.name, self.dtype = name, dtype
-        self.frontend = WavFrontend(FrontendConfig.from_dict(frontend_conf), cmvn, upload=upload)
+        self.frontend = WavFrontend(FrontendConfig.from_dict(frontend_conf), cmvn, upload=upload,
+                                    dft=dft)
         self.sys_prompt, self.do_think = sys_prompt, do_think
         self.max_new_tokens = max_new_tokens
         self.hotwords = hotwords if isinstance(hotwords, str) else list(hotwords or [])
@@ -731,7 +733,8 @@ def wrap(model: Model, assets: dict, *, name: str, dtype, dummy: bool,
                          sys_prompt=dataset_conf.get("sys_prompt", True),
                          do_think=dataset_conf.get("do_think", True),
                          fixed_languages=MLT_LANGUAGES if assets["mlt"] or is_mlt(None, name)
-                         else None, upload=tuning.upload, **options)
+                         else None, upload=tuning.upload, dft=tuning.dft,
+                         **options)
 
 
 RECOGNIZER = FunASRNanoASR

@@ -358,7 +358,8 @@ class ParaformerASR:
         self.name = name
         self.dtype = dtype
         self.frontend_conf = FrontendConfig.from_dict(model.args.frontend_conf)
-        self.frontend = WavFrontend(self.frontend_conf, cmvn, upload=tuning.upload)
+        self.frontend = WavFrontend(self.frontend_conf, cmvn, upload=tuning.upload,
+                                    dft=tuning.dft)
         if tuning.compile:  # opt-in (BATCHASR_COMPILE=1), see batchasr.models.blocks.tuning
             model.compile()
         if len(tokens) != model.args.vocab_size:

@@ -275,7 +275,7 @@ class SenseVoiceASR:
                  timestamps: bool = True):
         self.model, self.tokenizer, self.name, self.dtype = model, tokenizer, name, dtype
         self.frontend = WavFrontend(FrontendConfig.from_dict(model.args.frontend_conf), cmvn,
-                                    upload=tuning.upload)
+                                    upload=tuning.upload, dft=tuning.dft)
         self.frame_bucket = tuning.frame_bucket
         self.language = language
         self.itn = itn

@@ -16,6 +16,7 @@ batchasr.models.blocks.kaldi_fbank, with the numpy fbank and WavFrontendOnline o
 """
 from __future__ import annotations
 
+import functools
 import threading
 from typing import Sequence
 
@@ -36,10 +37,13 @@ from batchasr.models.blocks.kaldi_fbank import (  # noqa: F401 (the frontend's s
 
 
 def fbank(waveforms: mx.array, lengths: Sequence[int], conf: FrontendConfig,
-          frame_length_ms: float | None = None) -> mx.array:
+          frame_length_ms: float | None = None, dft: str = "fft") -> mx.array:
     """Log mel filterbank of padded waveforms (B, N) in [-1, 1] -> (B, T, n_mels).
 
     Frames past a row's own frame count hold garbage; callers mask them with the lengths.
+    ``dft``: the power spectrum by FFT ("fft"), or by one GEMM with the real DFT's cosine and
+    sine rows ("matmul", BATCHASR_DFT): the same values within float32 rounding, and no FFT
+    plan per new batch shape on GPUs.
     """
     size, shift, padded = window_sizes(conf.fs, frame_length_ms or conf.frame_length,
                                         conf.frame_shift)
@@ -56,10 +60,25 @@ def fbank(waveforms: mx.array, lengths: Sequence[int], conf: FrontendConfig,
     prev = mx.concatenate([frames[..., :1], frames[..., :-1]], axis=-1)
     frames = frames - 0.97 * prev  # pre-emphasis, first sample replicated
     frames = frames * mx.array(window_function(conf.window, size))
-    spectrum = mx.fft.rfft(frames, n=padded, axis=-1)
-    power = mx.square(mx.abs(spectrum))  # |X|^2, as torchaudio's abs().pow(2)
+    if dft == "matmul":
+        re_im = frames @ mx.array(dft_matrix(size, padded))  # (B, T, 2 * bins)
+        bins = padded // 2 + 1
+        power = mx.square(re_im[..., :bins]) + mx.square(re_im[..., bins:])
+    else:
+        spectrum = mx.fft.rfft(frames, n=padded, axis=-1)
+        power = mx.square(mx.abs(spectrum))  # |X|^2, as torchaudio's abs().pow(2)
     mel = power @ mx.array(mel_banks(conf.n_mels, padded, conf.fs))
     return mx.log(mx.maximum(mel, LOG_FLOOR))
+
+
+@functools.lru_cache(maxsize=8)
+def dft_matrix(size: int, n_fft: int) -> np.ndarray:
+    """(size, 2 * (n_fft // 2 + 1)) float32: the real and imaginary parts of the n_fft-point
+    real DFT of a frame of ``size`` samples zero-padded to n_fft (cosines, then minus sines),
+    computed in float64."""
+    k = np.arange(n_fft // 2 + 1)
+    angle = 2.0 * np.pi * np.outer(np.arange(size), k) / n_fft
+    return np.concatenate([np.cos(angle), -np.sin(angle)], axis=1).astype(np.float32)
 
 
 def lfr(feats: mx.array, frame_counts: Sequence[int], m: int, n: int) -> mx.array:
@@ -88,9 +107,12 @@ class WavFrontend:
     reads them where they are."""
 
     def __init__(self, conf: FrontendConfig, cmvn: np.ndarray | None = None, *,
-                 upload: str = "inline"):
+                 upload: str = "inline", dft: str = "fft"):
         if upload not in ("stream", "inline"):
             raise ValueError(f"upload must be 'stream' or 'inline', not {upload!r}")
+        if dft not in ("fft", "matmul"):
+            raise ValueError(f"dft must be 'fft' or 'matmul', not {dft!r}")
+        self.dft = dft
         self.conf = conf
         self.cmvn = None if cmvn is None else mx.array(cmvn)
         self.upload = upload
@@ -136,7 +158,8 @@ class WavFrontend:
             for r, i in enumerate(regular):
                 padded[r, : lengths[i]] = waveforms[i]
                 padded[r, lengths[i]:] = 0.0
-            fb = fbank(self._device_array(padded), [lengths[i] for i in regular], conf)
+            fb = fbank(self._device_array(padded), [lengths[i] for i in regular], conf,
+                       dft=self.dft)
             feats = lfr(fb, [frame_counts[i] for i in regular], conf.lfr_m, conf.lfr_n)
             if len(regular) == B:  # the usual case: one batched graph, no per-row ops
                 return self._finish(feats, out_lens, T_out), mx.array(out_lens, dtype=mx.int32)
@@ -145,7 +168,7 @@ class WavFrontend:
         for i in short:  # clips shorter than one window: Kaldi's window shrinks to the clip
             fl = min(conf.frame_length, lengths[i] / conf.fs * 1000)
             w = mx.array(np.asarray(waveforms[i], np.float32)[None])
-            fb = fbank(w, [lengths[i]], conf, frame_length_ms=fl)
+            fb = fbank(w, [lengths[i]], conf, frame_length_ms=fl, dft=self.dft)
             parts[i] = lfr(fb, [frame_counts[i]], conf.lfr_m, conf.lfr_n)[0]
         rows = [mx.pad(parts[i][:T_out], [(0, T_out - min(T_out, parts[i].shape[0])), (0, 0)])
                 if i in parts else mx.zeros((T_out, dim)) for i in range(B)]

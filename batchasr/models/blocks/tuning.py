@@ -20,6 +20,9 @@ environment, so a loaded model keeps the switches it was built with.
                                                            on the CPU a shape costs nothing
                                                            and padding is pure work)
     BATCHASR_COMPILE       1 to use mx.compile'd layers    (Paraformer)
+    BATCHASR_DFT           fft (default) | matmul          the fbank's power spectrum by FFT,
+                                                           or by one GEMM with the DFT's rows
+                                                           (no FFT plan per batch shape)
     BATCHASR_UPLOAD        inline (default) | stream       a batch's padded waveforms read in
                                                            place by the frontend's first
                                                            kernel, or first copied to the
@@ -44,6 +47,7 @@ class Tuning:
     frame_bucket: int = 16
     compile: bool = False
     upload: str = "inline"
+    dft: str = "fft"
 
     @classmethod
     def from_env(cls, env=None, *, cpu: bool = False) -> "Tuning":
@@ -56,7 +60,8 @@ class Tuning:
                    cif_conv=env.get("BATCHASR_CIF_CONV", cls.cif_conv),
                    frame_bucket=int(env.get("BATCHASR_FRAME_BUCKET", str(bucket))),
                    compile=env.get("BATCHASR_COMPILE") == "1",
-                   upload=env.get("BATCHASR_UPLOAD", cls.upload))
+                   upload=env.get("BATCHASR_UPLOAD", cls.upload),
+                   dft=env.get("BATCHASR_DFT", cls.dft))
 
 
 def tune(model, tuning: Tuning) -> None:
