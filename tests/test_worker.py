@@ -85,6 +85,21 @@ def test_batches_respect_the_budget(tmp_path, fake_model):
             assert max(n for _, n in batch) * len(batch) <= 4.0 * 16000
 
 
+def test_a_job_under_two_batches_is_planned_whole(tmp_path, fake_model):
+    """A job of less than two batches' worth waits for all of it before its first batch:
+    its batches are the length-sorted plan of the whole set (what a warm-up of the same job
+    sees too), not a first batch of whatever was read first."""
+    from batchasr.batches.plan import plan_batches
+
+    job = make_job(tmp_path, DURATIONS)  # 22.2 s
+    run_job(job, fake_model, batch_seconds=12.0, progress=False, readers=4,
+            reader_processes=0)
+    lengths = [n for batch in fake_model.batches for _, n in batch]
+    want = sorted(sorted(lengths[i] for i in b)
+                  for b in plan_batches(lengths, max_total=12 * 16000, max_padded=12 * 16000))
+    assert sorted(sorted(n for _, n in b) for b in fake_model.batches) == want
+
+
 def test_bad_files_fail_while_the_rest_complete(tmp_path, fake_model):
     (tmp_path / "audio").mkdir()
     (tmp_path / "audio" / "text.wav").write_text("not audio at all\n" * 20)
