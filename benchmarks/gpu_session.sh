@@ -38,6 +38,21 @@ for step in "$@"; do
                  BATCHASR_STABLE_SHAPES=$v python3 benchmarks/bigjob.py --hours "${SHAPES_HOURS:-50}" --model $M \
                    --weights checkpoint --no-append
                done ;;
+    ab) # one opt-in at a time against the defaults, 18000 s of short clips (run short first:
+        # its official figure is this A/B's baseline); AB_CONFIGS picks the arms
+        for c in ${AB_CONFIGS:-planfree-dft upload-stream budget-4000}; do
+          budget=1000; unset BATCHASR_ATTENTION BATCHASR_CIF_CONV BATCHASR_DFT BATCHASR_UPLOAD BATCHASR_STABLE_SHAPES
+          case $c in
+            planfree-dft) export BATCHASR_ATTENTION=unfused BATCHASR_CIF_CONV=matmul BATCHASR_DFT=matmul ;;
+            upload-stream) export BATCHASR_UPLOAD=stream ;;
+            budget-4000) budget=4000 ;;
+            stable-shapes) export BATCHASR_STABLE_SHAPES=1 ;;
+          esac
+          echo "== $c"
+          python3 benchmarks/bench.py paraformer --audio-s 18000 --dtypes bfloat16 --repeats 2 \
+            --readers 8 --batch-seconds $budget --note "$c"
+        done
+        unset BATCHASR_ATTENTION BATCHASR_CIF_CONV BATCHASR_DFT BATCHASR_UPLOAD BATCHASR_STABLE_SHAPES ;;
     short1800) python3 benchmarks/bench.py paraformer --audio-s 1800 --dtypes bfloat16 \
                  --baseline --repeats 2 --readers 8 --batch-seconds 1000 --ncpu "$NCPU" ;;
     sensevoice) python3 benchmarks/bench.py sensevoice --audio-s 1800 --dtypes bfloat16,float32 \
