@@ -205,7 +205,7 @@ def _read_processes(opts: RunOptions, cut) -> ReadProcesses | None:
     return ReadProcesses(n, cut, spec, vad_here=vad_here)
 
 
-IDLE_START_BATCHES = 2  # decoded batches' worth that starts the first batch before the pool fills
+IDLE_START_BATCHES = 2  # decoded batches' worth that starts a batch on an idle device
 
 
 class Runner:
@@ -306,12 +306,13 @@ class Runner:
         return False  # out of work (items still being written are waited for by run())
 
     def _idle_start(self) -> bool:
-        """The device has had nothing yet and two batches' worth is decoded: start one
-        rather than wait for the whole sorting pool (later batches are sorted from a full
-        pool while the device works). Two, not one: a first batch cut from the first
-        batch's worth that arrived is whatever the readers finished first, unsorted (a
-        third of it padding in a 30 min job of short clips, and a batch shape of its own);
-        with reader processes the second batch's worth takes a fraction of a second more."""
-        return (self.model.batches == 0 and not self.model.busy
+        """The device is idle and two batches' worth is decoded: start one rather than wait
+        for the whole sorting pool (a full pool sorts best, and fills while the device works
+        when the readers are faster than the model; when they are slower, as with long
+        recordings through the VAD, waiting for it would leave the device idle). Two, not
+        one: a first batch cut from the first batch's worth that arrived is whatever the
+        readers finished first (a third of it padding in a 30 min job of short clips, and a
+        batch shape of its own); a job under two batches is planned whole."""
+        return (not self.model.busy
                 and self.pool.samples >= IDLE_START_BATCHES * self.opts.batch_seconds
                 * SAMPLE_RATE)

@@ -21,7 +21,13 @@ from batchasr.transcript import ASRModel
 DEFAULT_MAX_FAILURES_IN_A_ROW = 20
 DEFAULT_MAX_ATTEMPTS = 5
 PREFETCH_BATCHES = 2  # decoded audio buffered ahead of the model, in batches
-POOL_BATCHES = 4  # decoded pieces sorted into batches at once, in batches
+# Decoded pieces sorted into batches at once, in batches. A large pool sorts lengths well:
+# over 50 h of 2-20 s clips, 1000 s batches, the runner's Pool with 16 batches makes 194
+# batches padded 9 % (4 batches: 225, 20 %), and with stable shapes 26 distinct shapes
+# (4 batches: 45) -- fewer launches, less padding and fewer first uses of a shape on GPUs.
+# It costs memory only: 16 x 1000 s of float32 audio is 1 GB. The runner does not wait for
+# a full pool while the model is idle (runner.local.Runner._idle_start).
+POOL_BATCHES = 16
 
 
 def pool_samples(pool_seconds: float | None, batch_seconds: float) -> int:
