@@ -209,8 +209,12 @@ class OnlineFrontend:
             feats = frames[idx.reshape(-1)].reshape(len(k), m * D)
             if self.cmvn is not None:
                 feats = (feats + self.cmvn[0]) * self.cmvn[1]
-            rel = (k - self.n_out)[:, None] * self.shift + np.arange(self.frame_len)[None, :]
-            waves = self.wave[rel]
+            # each frame's samples as a strided view (a gather copied 25 ms per 10 ms frame)
+            waves = np.lib.stride_tricks.sliding_window_view(
+                self.wave, self.frame_len)[:: self.shift][: len(k)]
+            if len(waves) != len(k):  # cannot happen: every emitted frame has its samples
+                raise RuntimeError(f"fsmn-vad frontend: {len(waves)} frames of samples for "
+                                   f"{len(k)} frames")
             self.wave = self.wave[len(k) * self.shift :]
             self.n_out = end
         if frames is not None:  # the next call needs frames from n_out - ctx on
