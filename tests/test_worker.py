@@ -100,6 +100,32 @@ def test_a_job_under_two_batches_is_planned_whole(tmp_path, fake_model):
     assert sorted(sorted(n for _, n in b) for b in fake_model.batches) == want
 
 
+def test_an_idle_model_does_not_wait_for_a_full_pool(tmp_path, monkeypatch):
+    """Readers slower than the model (long recordings through the VAD): once two batches'
+    worth is decoded, an idle model runs a batch instead of waiting for the sorting pool
+    (16 batches) to fill, so most batches run while files are still being read."""
+    import time
+
+    from batchasr.audio import decode as audio
+    from batchasr.runner.options import POOL_BATCHES
+
+    job = make_job(tmp_path, [1.0] * 30)
+    assert 30 < POOL_BATCHES * 2.0  # the pool never fills in this job
+    opened, calls = [], []
+    original = audio.open_audio
+
+    def slow_open(path, *a, **k):
+        time.sleep(0.05)
+        opened.append(time.monotonic())
+        return original(path, *a, **k)
+
+    monkeypatch.setattr(audio, "open_audio", slow_open)
+    model = FakeModel(on_call=lambda m: calls.append(time.monotonic()))
+    run_job(job, model, batch_seconds=2.0, progress=False, readers=1, reader_processes=0)
+    check_done_exactly_once(job, [f"item{i}" for i in range(30)])
+    assert sum(t < max(opened) for t in calls) >= 5, (len(calls), len(opened))
+
+
 def test_bad_files_fail_while_the_rest_complete(tmp_path, fake_model):
     (tmp_path / "audio").mkdir()
     (tmp_path / "audio" / "text.wav").write_text("not audio at all\n" * 20)
