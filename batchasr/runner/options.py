@@ -28,11 +28,15 @@ PREFETCH_BATCHES = 2  # decoded audio buffered ahead of the model, in batches
 # It costs memory only: 16 x 1000 s of float32 audio is 1 GB. The runner does not wait for
 # a full pool while the model is idle (runner.local.Runner._idle_start).
 POOL_BATCHES = 16
+# The streaming API (runner.transcribe) yields files in input order as they finish, and runs
+# a batch only when its pool is full: a small pool gives the first results sooner.
+STREAM_POOL_BATCHES = 4
 
 
-def pool_samples(pool_seconds: float | None, batch_seconds: float) -> int:
-    """The sorting pool's size in samples (default: POOL_BATCHES batches)."""
-    return int((pool_seconds or POOL_BATCHES * batch_seconds) * SR)
+def pool_samples(pool_seconds: float | None, batch_seconds: float,
+                 batches: int = POOL_BATCHES) -> int:
+    """The sorting pool's size in samples (default: ``batches`` batches)."""
+    return int((pool_seconds or batches * batch_seconds) * SR)
 
 
 def default_max_segment_s(model: ASRModel) -> float:

@@ -24,7 +24,7 @@ from batchasr.audio.decode import SAMPLE_RATE, probe
 from batchasr.batches.assemble import PieceResult
 from batchasr.errors import AudioError
 from batchasr.runner.options import (DEFAULT_MAX_FAILURES_IN_A_ROW, PREFETCH_BATCHES,
-                                     pool_samples)
+                                     STREAM_POOL_BATCHES, pool_samples)
 from batchasr.runner.read_ahead import ReadAhead, ReaderError
 from batchasr.runner.read_processes import (End, ReaderDied, ReadProcesses, VADFailedRemote,
                                             VADWindow, Window)
@@ -169,11 +169,11 @@ def transcribe_files(model: ASRModel, files, cut: CutOptions, *, batch_seconds: 
 
     Each file is cut as the worker cuts it (``audio.cut.iter_pieces``: whole, equal
     windows, or VAD segments streamed a window at a time); the pieces of consecutive files
-    share length-sorted batches taken from a pool of ``pool_seconds`` (default: the
-    worker's) of decoded audio, the batch holding the oldest piece first; each file is put
-    back together (and punctuated) by ``assemble_finished``. A file is never decoded
-    whole: audio held is the pool, one window and the cutter's tail. Decode, VAD, model and
-    punctuation failures fail their file only (``FileResult.error``); JobError after
+    share length-sorted batches taken from a pool of ``pool_seconds`` (default:
+    ``options.STREAM_POOL_BATCHES`` batches) of decoded audio, the batch holding the oldest
+    piece first; each file is put back together (and punctuated) by
+    ``assemble_finished``. A file is never decoded whole: audio held is the pool, one
+    window and the cutter's tail. Decode, VAD, model and punctuation failures fail their file only (``FileResult.error``); JobError after
     ``max_failures_in_a_row`` model failures in a row. ``stats`` (a dict), when given,
     gets ``peak_pool_samples``, ``batches`` and ``model_audio_s``. ``vad_processes``: the
     VAD of the next long files runs in that many processes (``runner.vad_pool``) while
@@ -310,7 +310,7 @@ def _transcribe_files(model: ASRModel, files, cut: CutOptions, *, batch_seconds:
                       max_failures_in_a_row: int, run: RunBatch | None, stats: dict | None,
                       vad_pool: VADPool | None, readers: ReadAhead | None = None):
     pool = Pool(batch_seconds=batch_seconds, max_items=max_items, arrival_order=True,
-                target=pool_samples(pool_seconds, batch_seconds),
+                target=pool_samples(pool_seconds, batch_seconds, STREAM_POOL_BATCHES),
                 quantum=_quantum(model))
     stage = ModelStage(model, _FilesSink(pool), max_failures_in_a_row=max_failures_in_a_row,
                        run=run, pipelined=False)
