@@ -173,8 +173,9 @@ def transcribe_files(model: ASRModel, files, cut: CutOptions, *, batch_seconds: 
     ``options.STREAM_POOL_BATCHES`` batches) of decoded audio, the batch holding the oldest
     piece first; each file is put back together (and punctuated) by
     ``assemble_finished``. A file is never decoded whole: audio held is the pool, one
-    window and the cutter's tail. Decode, VAD, model and punctuation failures fail their file only (``FileResult.error``); JobError after
-    ``max_failures_in_a_row`` model failures in a row. ``stats`` (a dict), when given,
+    window and the cutter's tail. Decode, VAD, model and punctuation failures fail their
+    file only (``FileResult.error``); JobError after ``max_failures_in_a_row`` model
+    failures in a row. ``stats`` (a dict), when given,
     gets ``peak_pool_samples``, ``batches`` and ``model_audio_s``. ``vad_processes``: the
     VAD of the next long files runs in that many processes (``runner.vad_pool``) while
     earlier files are transcribed; same pieces, so the same results.
