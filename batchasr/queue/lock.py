@@ -123,8 +123,11 @@ def run_is_alive(job_dir: str | os.PathLike) -> bool:
         pid = int((Path(job_dir) / LOCK_NAME).read_text().strip() or 0)
     except (OSError, ValueError):
         return False
-    if pid <= 0:
-        return False
+    return pid > 0 and pid_alive(pid)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host (one we may not signal counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

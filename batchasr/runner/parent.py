@@ -9,6 +9,8 @@ import sys
 import threading
 import time
 
+from batchasr.queue.lock import pid_alive
+
 
 def die_with_parent(parent: int) -> None:
     """Be killed when the ``run`` process that started us dies, however it dies."""
@@ -43,21 +45,11 @@ def die_with(pid: int) -> None:
         if fd is not None:
             select.select([fd], [], [])
         else:
-            while _alive(pid):
+            while pid_alive(pid):
                 time.sleep(1.0)
         os.kill(os.getpid(), signal.SIGKILL)
 
     threading.Thread(target=watch, name="batchasr-run-watch", daemon=True).start()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def set_process_name(name: str) -> None:
