@@ -292,3 +292,17 @@ def test_reader_processes_run_niced_and_named(tmp_path, monkeypatch):
         assert os.getpriority(os.PRIO_PROCESS, pid) == os.getpriority(os.PRIO_PROCESS, 0) + 7
     finally:
         procs.close()
+
+
+def test_readers_keep_freed_memory_unless_told_otherwise(monkeypatch):
+    """Reader processes run with glibc's malloc keeping freed memory (the VADs' temporaries
+    are not mapped afresh chunk after chunk); a GLIBC_TUNABLES of the user's is kept, and
+    one that sets malloc already wins."""
+    from batchasr.runner.read_processes import READER_MALLOC, _reader_environment
+
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    assert _reader_environment()["GLIBC_TUNABLES"] == READER_MALLOC
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.rtld.nns=2")
+    assert _reader_environment()["GLIBC_TUNABLES"] == "glibc.rtld.nns=2:" + READER_MALLOC
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2")
+    assert "GLIBC_TUNABLES" not in _reader_environment()
