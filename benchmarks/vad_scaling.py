@@ -68,11 +68,19 @@ def main(argv=None):
     ap.add_argument("--wav", required=True)
     ap.add_argument("--vads", default="silero")
     ap.add_argument("--processes", default="1,8,16")
+    ap.add_argument("--glibc-defaults", action="store_true",
+                    help="glibc's default malloc in the processes (readers run with "
+                    "read_processes.READER_MALLOC)")
     args = ap.parse_args(argv)
+    if not args.glibc_defaults:  # as a reader process runs (read at each process's start)
+        from batchasr.runner.read_processes import READER_MALLOC
+
+        os.environ["GLIBC_TUNABLES"] = READER_MALLOC
     import soundfile as sf
 
     audio_s = sf.info(args.wav).duration
-    out = {"topology": topology(), "audio_s": round(audio_s, 1), "runs": []}
+    out = {"topology": topology(), "audio_s": round(audio_s, 1), "runs": [],
+           "glibc_tunables": os.environ.get("GLIBC_TUNABLES")}
     ctx = multiprocessing.get_context("spawn")
     for spec in args.vads.split(","):
         for p in [int(x) for x in args.processes.split(",")]:
