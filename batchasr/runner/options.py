@@ -97,7 +97,7 @@ class RunOptions:
     # runner.device.vad_in_reader_processes); if not, the main thread runs it.
     vad_in_readers: bool | None = None
     # Pipeline. Readers decode ahead into a buffer of prefetch_seconds (default 2 batches);
-    # the main thread sorts a pool of pool_seconds (default POOL_BATCHES, 16 batches) into batches.
+    # the main thread sorts a pool of pool_seconds (default POOL_BATCHES) into batches.
     readers: int = 2
     prefetch_seconds: float | None = None
     pool_seconds: float | None = None
