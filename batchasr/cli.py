@@ -197,6 +197,9 @@ def transcribe(files, model, weights, dtype, device, download, batch_seconds, ba
         batch_seconds = default_batch_seconds(device)
     options = {k: v for k, v in (("max_new_tokens", max_new_tokens), ("hotwords", hotwords),
                                  ("no_guard", no_guard or None), ("itn", itn)) if v is not None}
+    from batchasr.runner.read_processes import prestart
+
+    prestart(reader_processes)  # the readers' fork server starts during the model's load
     try:
         asr, cut, punctuator = open_for_files(
             model, weights, dtype, device, download, vad=vad, punc=punc,
