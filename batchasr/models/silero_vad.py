@@ -108,24 +108,55 @@ class Model:
         buf = np.concatenate([context, audio])
         idx = np.arange(n)[:, None] * WINDOW + np.arange(CONTEXT + WINDOW)[None, :]
         gx = self.encode(buf[idx])
-        w_hh, b_hh = self.w_hh, self.b_hh
-        h, c = state
-        H = np.empty((n, HIDDEN), np.float32)
-        for t in range(n):
-            g = gx[t] + (w_hh @ h + b_hh)  # torch's LSTMCell: igates + hgates
-            s = _sigmoid(g)  # of all four gates; only i, f, o are used
-            c = s[HIDDEN : 2 * HIDDEN] * c + s[:HIDDEN] * np.tanh(g[2 * HIDDEN : 3 * HIDDEN])
-            h = s[3 * HIDDEN :] * np.tanh(c)
-            H[t] = h
+        H, h, c = self._lstm(gx, state)
         z = np.maximum(H, 0) @ self.w_out + self.b_out
         probs = _sigmoid(z).astype(np.float32)
         return probs, (h, c), buf[len(buf) - CONTEXT :].copy()
 
 
-def _sigmoid(x: np.ndarray) -> np.ndarray:
+    def _lstm(self, gx: np.ndarray, state) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """torch's LSTMCell over the windows' input gates ``gx`` (N, 4 * HIDDEN) from state
+        (h, c): every h (N, HIDDEN), the last h and c. Sequential, one window at a time; the
+        operations write into buffers allocated once (a fresh array per operation cost more
+        than the arithmetic), in the order of the plain form
+        ``g = gx[t] + (w_hh @ h + b_hh); s = sigmoid(g); c = f * c + i * tanh(g_g);
+        h = o * tanh(c)``, so the values are the same to the bit."""
+        n, H4 = gx.shape
+        Hd = H4 // 4
+        h0, c0 = state
+        H = np.empty((n, Hd), np.float32)
+        c = np.array(c0, np.float32)
+        h = np.array(h0, np.float32)
+        g, s = np.empty(H4, np.float32), np.empty(H4, np.float32)
+        tg, fc = np.empty(Hd, np.float32), np.empty(Hd, np.float32)
+        i_, f_, o_, gg = s[:Hd], s[Hd : 2 * Hd], s[3 * Hd :], g[2 * Hd : 3 * Hd]
+        w_hh, b_hh = self.w_hh, self.b_hh
+        mul, add, tanh, matmul = np.multiply, np.add, np.tanh, np.matmul
+        for t in range(n):
+            matmul(w_hh, h, out=g)
+            add(g, b_hh, out=g)
+            add(gx[t], g, out=g)  # torch's LSTMCell: igates + hgates
+            _sigmoid(g, out=s)  # of all four gates; only i, f, o are used
+            tanh(gg, out=tg)
+            mul(i_, tg, out=tg)
+            mul(f_, c, out=fc)
+            add(fc, tg, out=c)
+            tanh(c, out=fc)
+            h = H[t]
+            mul(o_, fc, out=h)
+        return H, h.copy(), c
+
+
+def _sigmoid(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """The logistic function as 0.5 * (1 + tanh(x / 2)): the same values as 1 / (1 + exp(-x))
-    without its overflow (exp(-x) overflows float32 for x < -88, as real recordings reach)."""
-    return 0.5 * (1.0 + np.tanh(0.5 * x))
+    without its overflow (exp(-x) overflows float32 for x < -88, as real recordings reach).
+    ``out``: computed in place there (same operations, same values)."""
+    if out is None:
+        return 0.5 * (1.0 + np.tanh(0.5 * x))
+    np.multiply(x, 0.5, out=out)
+    np.tanh(out, out=out)
+    np.add(out, 1.0, out=out)
+    return np.multiply(out, 0.5, out=out)
 
 
 def load_model(path: str | Path) -> Model:
