@@ -113,37 +113,24 @@ class Model:
         probs = _sigmoid(z).astype(np.float32)
         return probs, (h, c), buf[len(buf) - CONTEXT :].copy()
 
-
     def _lstm(self, gx: np.ndarray, state) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """torch's LSTMCell over the windows' input gates ``gx`` (N, 4 * HIDDEN) from state
-        (h, c): every h (N, HIDDEN), the last h and c. Sequential, one window at a time; the
-        operations write into buffers allocated once (a fresh array per operation cost more
-        than the arithmetic), in the order of the plain form
-        ``g = gx[t] + (w_hh @ h + b_hh); s = sigmoid(g); c = f * c + i * tanh(g_g);
-        h = o * tanh(c)``, so the values are the same to the bit."""
-        n, H4 = gx.shape
-        Hd = H4 // 4
-        h0, c0 = state
-        H = np.empty((n, Hd), np.float32)
-        c = np.array(c0, np.float32)
-        h = np.array(h0, np.float32)
-        g, s = np.empty(H4, np.float32), np.empty(H4, np.float32)
-        tg, fc = np.empty(Hd, np.float32), np.empty(Hd, np.float32)
-        i_, f_, o_, gg = s[:Hd], s[Hd : 2 * Hd], s[3 * Hd :], g[2 * Hd : 3 * Hd]
-        w_hh, b_hh = self.w_hh, self.b_hh
-        mul, add, tanh, matmul = np.multiply, np.add, np.tanh, np.matmul
-        for t in range(n):
-            matmul(w_hh, h, out=g)
-            add(g, b_hh, out=g)
-            add(gx[t], g, out=g)  # torch's LSTMCell: igates + hgates
+        """torch's LSTMCell over the input gates gx (N, 4H) from (h, c): every h, the last h
+        and c. Into buffers allocated once (fresh arrays cost more than the arithmetic), in
+        the plain form's order: the same values to the bit."""
+        h, c = (np.array(a, np.float32) for a in state)
+        H = np.empty((len(gx), HIDDEN), np.float32)
+        g, s = np.empty(4 * HIDDEN, np.float32), np.empty(4 * HIDDEN, np.float32)
+        tg, fc = np.empty(HIDDEN, np.float32), np.empty(HIDDEN, np.float32)
+        i_, f_, o_ = s[:HIDDEN], s[HIDDEN : 2 * HIDDEN], s[3 * HIDDEN :]
+        gg = g[2 * HIDDEN : 3 * HIDDEN]
+        w_hh, b_hh, mul, add, tanh = self.w_hh, self.b_hh, np.multiply, np.add, np.tanh
+        for t in range(len(gx)):
+            np.matmul(w_hh, h, out=g)
+            add(gx[t], add(g, b_hh, out=g), out=g)  # torch's LSTMCell: igates + hgates
             _sigmoid(g, out=s)  # of all four gates; only i, f, o are used
-            tanh(gg, out=tg)
-            mul(i_, tg, out=tg)
-            mul(f_, c, out=fc)
-            add(fc, tg, out=c)
-            tanh(c, out=fc)
-            h = H[t]
-            mul(o_, fc, out=h)
+            mul(i_, tanh(gg, out=tg), out=tg)
+            add(mul(f_, c, out=fc), tg, out=c)  # c = f * c + i * tanh(g)
+            h = mul(o_, tanh(c, out=fc), out=H[t])  # h = o * tanh(c)
         return H, h.copy(), c
 
 
