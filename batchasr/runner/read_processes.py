@@ -29,6 +29,7 @@ reader process, the ring and its pipe messages) belong together to be checked to
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -221,17 +222,14 @@ def _run_settings() -> dict[str, str]:
     return env
 
 
-class _reader_start_context:
+@contextlib.contextmanager
+def _reader_start_context():
     """Around a reader's start (or its fork server's): the reader environment, SIGINT
     blocked, and spawn's preparation data without the parent's ``__main__``."""
+    from multiprocessing import forkserver, spawn
 
-    def __enter__(self):
-        from multiprocessing import forkserver, spawn
-
-        _SPAWN_LOCK.acquire()
-        self.original = spawn.get_preparation_data
-        self.connect = forkserver.connect_to_new_process
-        original = self.original
+    with _SPAWN_LOCK:
+        original, connect = spawn.get_preparation_data, forkserver.connect_to_new_process
 
         # A reader needs nothing of the parent's __main__ (what spawn imports first by
         # default), and a script's main module may import MLX and reach for the GPU (a
@@ -242,30 +240,26 @@ class _reader_start_context:
             data.pop("init_main_from_path", None)
             return data
 
-        spawn.get_preparation_data = preparation_data
-        if start_method() == "forkserver":  # a forkserver Process asks the module's server
-            forkserver.connect_to_new_process = _fork_server().connect_to_new_process
         changes = _reader_environment()
-        self.saved = {k: os.environ.get(k) for k in changes}
-        os.environ.update(changes)
+        saved = {k: os.environ.get(k) for k in changes}
         # Ctrl-C reaches the whole process group: blocked from the start (a blocked mask
         # survives fork and exec, and the fork server's children inherit its mask), so a
         # reader still starting cannot die of it; the reader ignores it once it runs.
-        self.mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-        return self
-
-    def __exit__(self, *exc):
-        from multiprocessing import forkserver, spawn
-
-        signal.pthread_sigmask(signal.SIG_SETMASK, self.mask)
-        spawn.get_preparation_data = self.original
-        forkserver.connect_to_new_process = self.connect
-        for k, v in self.saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        _SPAWN_LOCK.release()
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            spawn.get_preparation_data = preparation_data
+            if start_method() == "forkserver":  # a forkserver Process asks the module's server
+                forkserver.connect_to_new_process = _fork_server().connect_to_new_process
+            os.environ.update(changes)
+            yield
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            spawn.get_preparation_data, forkserver.connect_to_new_process = original, connect
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
 
 
 def _start_without_main(proc) -> None:

@@ -91,11 +91,12 @@ def transcribe_items(model: ASRModel, items: Sequence[DecodedItem], *, batch_sec
     pieces = [Piece(k, j, *it.windows[j], it.item.get("language"), 0, None,
                     item_options(names, it.item.get("extra")))
               for k, it in enumerate(items) if it.error is None for j in range(len(it.windows))]
+    quantum = _quantum(model)
     for options in dict.fromkeys(p.options for p in pieces):  # one batch, one set of options
         alike = [p for p in pieces if p.options == options]
         for batch in batch_plan([len(p.audio) for p in alike], batch_seconds=batch_seconds,
                                 padded_seconds=padded_seconds, max_items=max_items,
-                                quantum=_quantum(model)):
+                                quantum=quantum):
             stage.step([alike[i] for i in batch])
     done = [k for k in range(len(items)) if sink.errors[k] is None]
     outs = dict(zip(done, assemble_finished(model, [list(sink.got[k].values()) for k in done],
@@ -301,6 +302,7 @@ def _read_pieces(events, read: dict, cut: CutOptions):
 
 
 def _quantum(model: ASRModel) -> int | None:
+    """The stable-shape quantum (runner.device, imported here: it imports MLX)."""
     from batchasr.runner.device import stable_shapes_quantum
 
     return stable_shapes_quantum(model)
