@@ -151,9 +151,9 @@ READER_NICE = 10
 _THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 # glibc's malloc in a reader: arrays under 32 MiB from the heap, and freed memory kept for the
 # next chunk. The VADs make the same large temporaries chunk after chunk (frames, spectra,
-# activations); by default glibc maps and unmaps them, and the page faults of each fresh
-# mapping cost as much as the arithmetic: 600 s of speech on one core took silero 0.68 s and
-# fsmn-vad 0.98 s with the defaults, 0.53 s and 0.88 s with these (the same peak memory).
+# activations); by default glibc maps and unmaps them, and each fresh mapping pays its page
+# faults: one pass of silero over 600 s took 0.71-0.75 s of a core with the defaults and
+# 0.50-0.58 s with these (benchmarks/vad_scaling.py; the same peak memory).
 READER_MALLOC = "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=4294967296"
 # What a reader imports, imported once by the readers' fork server: a reader forked from it
 # starts in milliseconds, where a spawned one spends ~0.2 CPU-s importing these, 14 of them
