@@ -206,7 +206,14 @@ WORKER = textwrap.dedent("""
     sys.path.insert(0, sys.argv[2])
     from conftest import FakeModel
     from batchasr.runner.local import run_job
-    model = FakeModel(delay_s=float(sys.argv[4]), on_call=lambda m: print("BATCH", flush=True))
+    import threading
+    said = threading.Lock()  # with two CPU lanes two batches run at once: one line each
+
+    def say_batch(model):
+        with said:
+            print("BATCH", flush=True)
+
+    model = FakeModel(delay_s=float(sys.argv[4]), on_call=say_batch)
     s = run_job(sys.argv[1], model, batch_seconds=2.0, progress=False, readers=1, claim_size=2,
                 pool_seconds=2.0, lock_fd=int(sys.argv[3]), owner=sys.argv[5],
                 lease_s=1.0, heartbeat_s=0.2)
