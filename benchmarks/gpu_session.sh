@@ -69,6 +69,14 @@ for step in "$@"; do
               lscpu > "$OUT/lscpu.txt" 2>&1
               python3 benchmarks/vad_scaling.py --wav /tmp/batchasr-longform/audio-16x20min/long000.wav \
                 --vads "silero,$FSMN" --processes "1,8,$NCPU" ;;
+    vadnet) # long recordings with fsmn-vad's network served from the GPU (after longform:
+            # its official figure is the baseline)
+            BATCHASR_VAD_NETWORK=device python3 benchmarks/longform.py --files 16 --minutes 20 \
+              --vads fsmn --fsmn-vad "$FSMN" --ncpu "$NCPU" ;;
+    fsmndevice) # fsmn-vad's network on the GPU (TF32 off and on) against the readers' numpy
+                # network: segments per file, and all 16 files batched (after longform)
+                python3 benchmarks/fsmn_device.py --fsmn-vad "$FSMN" \
+                  --wavs /tmp/batchasr-longform/audio-16x20min ;;
     planfree-ab) # cuDNN-plan-free kernels (unfused attention, matmul CIF) against the defaults
                  M=/tmp/batchasr-bench/paraformer-large-random
                  [ -f $M/model.pt ] || M=/tmp/batchasr-longform/paraformer-large-random

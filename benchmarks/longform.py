@@ -187,7 +187,8 @@ def main(argv=None):
         if placement != "default":
             os.environ["BATCHASR_VAD_IN_READERS"] = "1" if placement == "readers" else "0"
         r = run_batchasr(asr, manifest, str(args.fsmn_vad) if vad == "fsmn" else vad, args)
-        r.update(vad_placement=placement, vad_in_reader_processes=vad_in_reader_processes())
+        r.update(vad_placement=placement, vad_in_reader_processes=vad_in_reader_processes(),
+                 vad_network=os.environ.get("BATCHASR_VAD_NETWORK", "host"))
         r.update(metric=f"rtfx_longform_{vad}", date=date, machine=machine(),
                  model="paraformer-large (random weights)", dtype=args.dtype,
                  batch_seconds=args.batch_seconds, readers=args.readers, command=command,

@@ -67,6 +67,54 @@ def test_fsmn_matches_official(fsmn, store, clip):
     np.testing.assert_allclose(probs, official, atol=1e-5)
 
 
+@pytest.mark.parametrize("clip", [c for c in FSMN["clips"] if "segments" in FSMN["clips"][c]])
+def test_fsmn_network_on_the_device_matches_official(store, clip):
+    """The FSMN in MLX (batchasr.models.fsmn_vad_device), the endpoints on the host: the
+    official segments, posteriors within 1e-5."""
+    from batchasr.models.fsmn_vad_device import DeviceNetwork
+
+    vad = load_vad(FIXTURES / "fsmn")
+    vad.network = DeviceNetwork(vad.model)
+    ref = FSMN["clips"][clip]
+    wave = assemble(ref["pieces"], store)
+    st = vad.stream(keep_probs=True)
+    assert [list(s) for s in st.feed(wave) + st.finish()] == ref["segments"]
+    probs = np.concatenate(st.frame_probs)[:, 0] if st.frame_probs else np.zeros(0)
+    official = np.load(FIXTURES / "fsmn" / "frame_probs.npz")[clip]
+    np.testing.assert_allclose(probs, official, atol=1e-5)
+
+
+def test_fsmn_network_on_the_device_batches_streams(fsmn):
+    import mlx.core as mx
+
+    from batchasr.models.fsmn_vad_device import DeviceNetwork
+
+    net = DeviceNetwork(fsmn.model)
+    rng = np.random.default_rng(0)
+    feats = rng.standard_normal((3, 50, fsmn.model.args.input_dim)).astype(np.float32)
+    cache = [rng.standard_normal(c.shape).astype(np.float32) for c in fsmn.model.make_cache(3)]
+    ids = list(fsmn.options.sil_pdf_ids)
+    batched, batched_cache = net(feats, cache, ids)
+    assert batched.shape == (3, 50, len(ids))
+    for i in range(3):  # each row of the batch is that stream alone (GEMMs' rounding aside)
+        one, one_cache = fsmn.model.silence(feats[i : i + 1], [c[i : i + 1] for c in cache], ids)
+        np.testing.assert_allclose(batched[i : i + 1], one, atol=1e-6)
+        for a, b in zip(batched_cache, one_cache):
+            np.testing.assert_allclose(a[i : i + 1], b, atol=1e-5)
+    # rows padded at the end: each row's posteriors and new cache are its own
+    lengths = [50, 31, 7]
+    padded = feats.copy()
+    for i, n in enumerate(lengths):
+        padded[i, n:] = 1e3
+    probs, new_cache = net.silence(mx.array(padded), [mx.array(c) for c in cache], ids, lengths)
+    for i, n in enumerate(lengths):
+        one, one_cache = fsmn.model.silence(feats[i : i + 1, :n], [c[i : i + 1] for c in cache],
+                                            ids)
+        np.testing.assert_allclose(np.array(probs[i : i + 1, :n]), one, atol=1e-6)
+        for a, b in zip(new_cache, one_cache):
+            np.testing.assert_allclose(np.array(a[i : i + 1]), b, atol=1e-5)
+
+
 @pytest.mark.parametrize("clip", list(FSMN["fixed"]))
 def test_fsmn_fixed_end_silence_matches_official(fsmn, store, clip):
     ref = FSMN["fixed"][clip]

@@ -174,6 +174,12 @@ class Model:
         e = np.exp(x - x.max(axis=-1, keepdims=True))
         return e / e.sum(axis=-1, keepdims=True), new_cache
 
+    def silence(self, feats: np.ndarray, cache: list[np.ndarray], ids) -> tuple[np.ndarray, list]:
+        """Posteriors of the classes `ids` only (B, T, len(ids)), and the new cache: what the
+        endpoint reads (`FsmnVAD.network`; batchasr.models.fsmn_vad_device has the same call)."""
+        probs, new_cache = self(feats, cache)
+        return probs[..., list(ids)], new_cache
+
 
 # ---------------------------------------------------------------------------------------------
 # streaming driver
@@ -242,8 +248,8 @@ class FsmnVADStream(VADStream):
         feats, waves = self.front(audio, is_final)
         if feats is None:  # forward() returns nothing for a chunk without frames
             return []
-        probs, self.cache = self.vad.model(feats[None], self.cache)
-        sil = np.ascontiguousarray(probs[0][:, list(ep.o.sil_pdf_ids)], dtype=np.float32)
+        sil, self.cache = self.vad.network(feats[None], self.cache, ep.o.sil_pdf_ids)
+        sil = np.ascontiguousarray(sil[0], dtype=np.float32)
         if self.frame_probs is not None:
             self.frame_probs.append(sil)
         ep.add_frames(sil, _decibels(waves))
@@ -264,6 +270,9 @@ class FsmnVAD(VAD):
         self.cmvn = cmvn
         self.name = name
         self.sample_rate = frontend_conf.fs
+        # (feats (B, T, D), cache, class ids) -> (their posteriors, new cache): the numpy
+        # network, or the same network on a device (fsmn_vad_device.DeviceNetwork)
+        self.network = model.silence
 
     def stream(self, *, max_end_silence_time: int | None = None,
                keep_probs: bool = False) -> FsmnVADStream:

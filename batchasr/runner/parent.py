@@ -30,10 +30,10 @@ def die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def die_with(pid: int) -> None:
+def die_with(pid: int, cleanup=None) -> None:
     """Be killed when process ``pid`` dies, however it dies, where ``pid`` need not be our
     parent (a reader forked by a fork server, whose parent is the server). A thread waits on
-    a pidfd (Linux 5.3+), else polls the pid once a second."""
+    a pidfd (Linux 5.3+), else polls the pid once a second; ``cleanup()`` runs first."""
     try:
         fd = os.pidfd_open(pid)
     except ProcessLookupError:  # it died before we could watch it
@@ -47,6 +47,11 @@ def die_with(pid: int) -> None:
         else:
             while pid_alive(pid):
                 time.sleep(1.0)
+        if cleanup is not None:
+            try:
+                cleanup()
+            except Exception:
+                pass
         os.kill(os.getpid(), signal.SIGKILL)
 
     threading.Thread(target=watch, name="batchasr-run-watch", daemon=True).start()

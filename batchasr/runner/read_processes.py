@@ -46,7 +46,9 @@ import numpy as np
 from batchasr.audio.cut import CutOptions, Cut, SegmentCutter, planned_windows
 from batchasr.audio.decode import SAMPLE_RATE
 from batchasr.errors import AudioError
+from batchasr.runner import vad_network
 from batchasr.runner.hooks import reader_dies_on
+from batchasr.runner.vad_network import NetworkServer
 
 logger = logging.getLogger("batchasr.worker")  # the name log lines show (stable)
 
@@ -110,14 +112,16 @@ def ring_samples(cut: CutOptions) -> int:
 class _Slot:
     """One reader process, its pipe and its ring (owned by the model's process)."""
 
-    def __init__(self, ctx, vad_spec: str | None, cut_fields: dict, n_samples: int):
+    def __init__(self, ctx, vad_spec: str | None, cut_fields: dict, n_samples: int,
+                 settings: dict[str, str] | None = None):
         self.closed = False
         self.shm = shared_memory.SharedMemory(create=True, size=n_samples * 4)
         self.ring = np.ndarray((n_samples,), np.float32, self.shm.buf)
         self.conn, child = ctx.Pipe(duplex=True)
         self.proc = ctx.Process(target=_reader_main, name="batchasr-reader-process",
                                 args=(child, self.shm.name, n_samples, vad_spec, cut_fields,
-                                      os.getpid(), _run_settings()), daemon=True)
+                                      os.getpid(), {**_run_settings(), **(settings or {})}),
+                                daemon=True)
         _start_without_main(self.proc)
         child.close()  # ours is closed: the pipe ends when the process dies
 
@@ -160,7 +164,7 @@ READER_MALLOC = "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshol
 # competing for the cores at the start of every run.
 _PRELOAD = ["numpy", "soundfile", "soxr", "batchasr.audio.cut", "batchasr.models.vads",
             "batchasr.models.fsmn_vad", "batchasr.models.silero_vad",
-            "batchasr.runner.read_processes"]
+            "batchasr.runner.read_processes", "batchasr.runner.vad_network"]
 _server = None  # this process's fork server for readers (multiprocessing.forkserver.ForkServer)
 
 
@@ -295,6 +299,9 @@ class ReadProcesses:
         self._starting = 0  # processes being started, not yet in _slots
         self.closed = False
         self.busy_s = 0.0  # CPU seconds the processes spent reading, summed
+        # fsmn-vad's network on the device for every reader (opt-in, runner.vad_network)
+        self._network = NetworkServer(self.vad_spec) if vad_network.wanted(self.vad_spec) \
+            else None
 
     def start(self) -> None:
         """Start every process now (each boots while the run gets ready, and a file's first
@@ -311,7 +318,8 @@ class ReadProcesses:
         """A new process for a place reserved in ``_starting`` (under the lock, by the
         caller: a process takes a while to start, and two callers must not both see room)."""
         try:
-            slot = _Slot(self._ctx, self.vad_spec, self.cut_fields, self.n_samples)
+            slot = _Slot(self._ctx, self.vad_spec, self.cut_fields, self.n_samples,
+                         self._network.settings() if self._network else None)
         except BaseException:
             with self._lock:
                 self._starting -= 1
@@ -363,8 +371,11 @@ class ReadProcesses:
         with self._lock:
             self.closed = True
             slots, self._slots = self._slots, []
+            network, self._network = self._network, None
         for slot in slots:
             slot.close()
+        if network is not None:
+            network.close()
 
     # ---- reading a file -------------------------------------------------------------------
 
@@ -561,6 +572,7 @@ def _reader_main(conn, shm_name: str, n_samples: int, vad_spec: str | None, cut_
         from batchasr.models.vads import open_vad
 
         vad = open_vad(vad_spec)
+        vad_network.attach(vad)  # the network on the device, when the run serves it
     vad_elsewhere = cut_fields.pop("vad_elsewhere", False)
     # The caller's VAD: files are planned as with a VAD, a long one sent as its windows.
     cut = CutOptions(vad=_VAD_ELSEWHERE if vad_elsewhere else vad, **cut_fields)

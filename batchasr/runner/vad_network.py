@@ -1,0 +1,246 @@
+"""fsmn-vad's network served to the reader processes by one process on the accelerator.
+
+Opt-in: BATCHASR_VAD_NETWORK=device, for an fsmn-vad folder given as the run's VAD. A reader
+keeps all of fsmn-vad but its network: decoding, the frontend (fbank, LFR, CMVN), the
+endpoint state machine and the cutting. For each 60 s chunk it sends the features
+(T x 400 float32) and its FSMN cache here and gets back the silence posteriors and the new
+cache; the server puts the chunks waiting from all readers into one padded batch
+(`models.fsmn_vad_device.DeviceNetwork`). Why: the numpy FSMN is most of a reader's CPU in
+a long-recording run, and 16 readers on 16 cores bound it (benchmarks/README.md), where the
+GPU does every stream's GEMMs in milliseconds. The server runs with MLX_ENABLE_TF32=0
+(posteriors within ~1e-6 of the numpy network's; TF32 would move them by ~1e-3).
+
+The wire carries raw float32 behind a fixed header (`send_bytes`/`recv_bytes`), never a
+pickle; the socket lives in a private (0700) folder and the Listener authenticates each
+reader with a random key. The server dies with the run's process, however it dies. A reader
+that cannot reach it, or loses it, goes on with its own numpy network (the same network, the
+same cache) and logs it once: the run never fails for want of the server.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import numpy as np
+
+logger = logging.getLogger("batchasr.worker")
+
+MAGIC = b"FSV1"
+HEADER = struct.Struct("<4sII")  # magic, frames T, classes returned
+ADDRESS_VAR, KEY_VAR = "BATCHASR_VAD_NETWORK_ADDRESS", "BATCHASR_VAD_NETWORK_KEY"
+CONNECT_WAIT_S = 30.0  # for the server's socket to appear (the server is still starting)
+REPLY_WAIT_S = 120.0  # for a reply (the first waits for MLX and the weights to load)
+
+
+def wanted(vad_spec: str | None) -> bool:
+    """Whether a run with the VAD ``vad_spec`` serves fsmn-vad's network from the device."""
+    if os.environ.get("BATCHASR_VAD_NETWORK", "host") != "device" or not vad_spec:
+        return False
+    from batchasr.models.vads import SILERO_NAMES
+
+    return vad_spec not in SILERO_NAMES and os.path.isdir(vad_spec)
+
+
+class NetworkServer:
+    """The server process (in the run's process): start, the readers' settings, close."""
+
+    def __init__(self, vad_spec: str):
+        self.dir = tempfile.mkdtemp(prefix="batchasr-vadnet-")  # mode 0700
+        self.address = os.path.join(self.dir, "socket")
+        self.key = os.urandom(32)
+        env = dict(os.environ, MLX_ENABLE_TF32="0", **{KEY_VAR: self.key.hex()})
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "batchasr.runner.vad_network", vad_spec, self.address,
+             str(os.getpid())], env=env, stdin=subprocess.DEVNULL,
+            start_new_session=True)  # the terminal's Ctrl-C is the run's to handle
+
+    def settings(self) -> dict[str, str]:
+        """What a reader needs to reach the server (added to its BATCHASR_* settings)."""
+        return {ADDRESS_VAR: self.address, KEY_VAR: self.key.hex()}
+
+    def served(self) -> tuple[int, int]:
+        """(chunks, batches) the server has answered so far."""
+        try:
+            with open(os.path.join(self.dir, "served")) as f:
+                chunks, batches = f.read().split()
+            return int(chunks), int(batches)
+        except (OSError, ValueError):
+            return 0, 0
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+# ---- the reader's side ------------------------------------------------------------------------
+
+def attach(vad) -> None:
+    """In a reader: route ``vad``'s network to the server when the run started one."""
+    address, key = os.environ.get(ADDRESS_VAR), os.environ.get(KEY_VAR)
+    if address and key and hasattr(vad, "network") and hasattr(vad, "model"):
+        vad.network = RemoteNetwork(address, bytes.fromhex(key), vad.model.silence)
+
+
+class RemoteNetwork:
+    """`Model.silence`'s call, answered by the server; ``fallback`` once it cannot be."""
+
+    def __init__(self, address: str, key: bytes, fallback):
+        self.address, self.key, self.fallback = address, key, fallback
+        self.conn = None
+        self.failed = False
+
+    def __call__(self, feats: np.ndarray, cache: list[np.ndarray], ids):
+        if not self.failed:
+            try:
+                return self._ask(np.asarray(feats, np.float32), cache, len(ids))
+            except (OSError, EOFError, ValueError, TimeoutError) as e:
+                self._fail(e)
+        return self.fallback(feats, cache, ids)
+
+    def _connect(self):
+        from multiprocessing.connection import Client
+
+        deadline = time.monotonic() + CONNECT_WAIT_S
+        while True:
+            try:
+                return Client(self.address, family="AF_UNIX", authkey=self.key)
+            except FileNotFoundError:  # not listening yet
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"no VAD network server at {self.address}")
+                time.sleep(0.05)
+
+    def _ask(self, feats: np.ndarray, cache: list[np.ndarray], n_ids: int):
+        B, T, D = feats.shape
+        if B != 1:
+            raise ValueError("one stream per request")
+        if self.conn is None:
+            self.conn = self._connect()
+        body = [np.ascontiguousarray(c, np.float32).tobytes() for c in cache]
+        self.conn.send_bytes(b"".join([HEADER.pack(MAGIC, T, n_ids), feats.tobytes()] + body))
+        if not self.conn.poll(REPLY_WAIT_S):
+            raise TimeoutError("the VAD network server did not answer")
+        data = self.conn.recv_bytes()
+        magic, t, n = HEADER.unpack_from(data)
+        sizes = [T * n_ids] + [c.size for c in cache]
+        if magic != MAGIC or t != T or n != n_ids or len(data) != HEADER.size + 4 * sum(sizes):
+            raise ValueError("a malformed reply from the VAD network server")
+        flat = np.frombuffer(data, np.float32, offset=HEADER.size)
+        probs = flat[: sizes[0]].reshape(1, T, n_ids)
+        at, new_cache = sizes[0], []
+        for c in cache:
+            new_cache.append(flat[at : at + c.size].reshape(c.shape).copy())
+            at += c.size
+        return probs, new_cache
+
+    def _fail(self, error: BaseException) -> None:
+        self.failed = True
+        logger.warning("fsmn-vad network server unreachable (%s): this reader computes the "
+                       "network itself from now on", error)
+        if self.conn is not None:
+            try:
+                self.conn.close()
+            except OSError:
+                pass
+            self.conn = None
+
+
+# ---- the server process -----------------------------------------------------------------------
+
+def serve(vad_spec: str, address: str, key: bytes, parent: int) -> None:
+    from multiprocessing.connection import Listener, wait
+
+    from batchasr.runner.parent import die_with, set_process_name
+
+    set_process_name("batchasr-vadnet")
+    # with the run gone, nobody else would remove the socket's folder
+    die_with(parent, cleanup=lambda: shutil.rmtree(os.path.dirname(address), ignore_errors=True))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    listener = Listener(address, family="AF_UNIX", backlog=64, authkey=key)  # readers queue
+    conns, lock = [], threading.Lock()  # while MLX and the weights load
+
+    def accept():
+        while True:
+            try:
+                conn = listener.accept()
+            except Exception:  # a client that failed to authenticate, or hung up
+                time.sleep(0.01)
+                continue
+            with lock:
+                conns.append(conn)
+
+    threading.Thread(target=accept, name="batchasr-vadnet-accept", daemon=True).start()
+
+    import mlx.core as mx
+
+    from batchasr.models.fsmn_vad_device import DeviceNetwork
+    from batchasr.models.vads import open_vad
+
+    vad = open_vad(vad_spec)
+    net = DeviceNetwork(vad.model)
+    ids = list(vad.options.sil_pdf_ids)
+    a = vad.model.args
+    D, ctx = a.input_dim, (a.lorder - 1) * a.lstride
+    cache_size = ctx * a.proj_dim
+    served = [0, 0]  # chunks, batches: written beside the socket after each batch
+    stats = os.path.join(os.path.dirname(address), "served")
+    while True:
+        with lock:
+            current = list(conns)
+        if not current:
+            time.sleep(0.05)
+            continue
+        batch = []
+        for conn in wait(current, timeout=0.05):
+            try:
+                data = conn.recv_bytes()
+                magic, T, n = HEADER.unpack_from(data)
+                if magic != MAGIC or n != len(ids) or T == 0 or len(data) != HEADER.size + 4 * (
+                        T * D + a.fsmn_layers * cache_size):
+                    raise ValueError("malformed request")
+            except (EOFError, OSError, ValueError, struct.error):
+                with lock:
+                    conns.remove(conn)
+                conn.close()
+                continue
+            flat = np.frombuffer(data, np.float32, offset=HEADER.size)
+            caches = flat[T * D :].reshape(a.fsmn_layers, ctx, a.proj_dim)
+            batch.append((conn, T, flat[: T * D].reshape(T, D), caches))
+        if not batch:
+            continue
+        lengths = [b[1] for b in batch]
+        x = np.zeros((len(batch), max(lengths), D), np.float32)
+        for i, b in enumerate(batch):
+            x[i, : b[1]] = b[2]
+        cache = [mx.array(np.stack([b[3][layer] for b in batch]))
+                 for layer in range(a.fsmn_layers)]
+        probs, new_cache = net.silence(mx.array(x), cache, ids, lengths)
+        mx.eval(probs, new_cache)
+        probs, new_cache = np.array(probs), [np.array(c) for c in new_cache]
+        for i, (conn, T, _, _) in enumerate(batch):
+            reply = [HEADER.pack(MAGIC, T, len(ids)), probs[i, :T].tobytes()]
+            reply += [c[i].tobytes() for c in new_cache]
+            try:
+                conn.send_bytes(b"".join(reply))
+            except OSError:
+                with lock:
+                    conns.remove(conn)
+                conn.close()
+        served[0] += len(batch)
+        served[1] += 1
+        with open(stats + ".tmp", "w") as f:
+            f.write(f"{served[0]} {served[1]}")
+        os.replace(stats + ".tmp", stats)
+
+
+if __name__ == "__main__":
+    serve(sys.argv[1], sys.argv[2], bytes.fromhex(os.environ.pop(KEY_VAR)), int(sys.argv[3]))

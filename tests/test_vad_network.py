@@ -1,0 +1,144 @@
+"""fsmn-vad's network served from one MLX process to the readers (BATCHASR_VAD_NETWORK=device,
+batchasr.runner.vad_network): the readers cut the same pieces as the in-process VAD, the run
+gives the same rows, a server that dies or never answers costs nothing, and the socket
+answers no stranger."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from multiprocessing.connection import Client
+
+import numpy as np
+import pytest
+
+from batchasr.audio.cut import CutOptions, iter_pieces
+from batchasr.models.loader import load_model, load_vad
+from batchasr.queue.lock import pid_alive
+from batchasr.runner import vad_network
+from batchasr.runner.read_processes import Cut, ReadProcesses
+
+from test_reader_processes import run_rows
+from test_vad_processes import FSMN, MODEL, long_files
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def device_network(monkeypatch):
+    monkeypatch.setenv("BATCHASR_VAD_NETWORK", "device")
+
+
+def pieces_in_process(path, cut):
+    return [(i, off, wave) for i, off, wave in iter_pieces(str(path), cut, {})]
+
+
+def same_pieces(events, want):
+    got = [e for e in events if isinstance(e, Cut)]
+    assert len(got) == len(want) > 3
+    for p, (i, off, wave) in zip(got, want):
+        assert (p.index, p.start_s) == (i, off)
+        assert np.array_equal(p.audio, wave)
+
+
+def test_readers_cut_the_same_pieces_with_the_network_on_the_device(tmp_path, device_network):
+    folder = long_files(tmp_path / "audio", n=2, seconds=130).parent  # 3 chunks of 60 s each
+    cut = CutOptions(vad=load_vad(FSMN), max_segment_s=10, max_window_s=12)
+    assert vad_network.wanted(str(FSMN))
+    procs = ReadProcesses(2, cut, str(FSMN))
+    server = procs._network
+    try:
+        for name in ("talk0.wav", "talk1.wav"):
+            same_pieces(list(procs.read(str(folder / name))), pieces_in_process(folder / name, cut))
+        chunks, batches = server.served()
+        assert chunks >= 6 and 1 <= batches <= chunks  # every chunk of both files
+    finally:
+        procs.close()
+    assert server.proc.poll() is not None and not os.path.exists(server.dir)
+
+
+def test_a_server_killed_mid_run_changes_no_piece(tmp_path, device_network):
+    folder = long_files(tmp_path / "audio", n=2, seconds=130).parent
+    cut = CutOptions(vad=load_vad(FSMN), max_segment_s=10, max_window_s=12)
+    procs = ReadProcesses(1, cut, str(FSMN))
+    server = procs._network
+    try:
+        same_pieces(list(procs.read(str(folder / "talk0.wav"))),
+                    pieces_in_process(folder / "talk0.wav", cut))
+        assert server.served()[0] >= 3
+        os.kill(server.proc.pid, signal.SIGKILL)
+        server.proc.wait()
+        # the reader's next request finds the server gone and computes the network itself
+        same_pieces(list(procs.read(str(folder / "talk1.wav"))),
+                    pieces_in_process(folder / "talk1.wav", cut))
+    finally:
+        procs.close()
+    assert not os.path.exists(server.dir)
+
+
+def test_the_server_answers_no_stranger(tmp_path):
+    server = vad_network.NetworkServer(str(FSMN))
+    try:
+        deadline = time.monotonic() + 60
+        while not os.path.exists(server.address):
+            assert time.monotonic() < deadline and server.proc.poll() is None
+            time.sleep(0.05)
+        with pytest.raises(Exception):  # a wrong key: AuthenticationError
+            Client(server.address, family="AF_UNIX", authkey=b"not the key")
+        # a malformed request ends that connection only
+        bad = Client(server.address, family="AF_UNIX", authkey=server.key)
+        bad.send_bytes(b"FSV1 and then nonsense")
+        with pytest.raises(EOFError):
+            bad.poll(60) and bad.recv_bytes()
+        # and a good one is still answered
+        vad = load_vad(FSMN)
+        remote = vad_network.RemoteNetwork(server.address, server.key, None)
+        feats = np.random.default_rng(0).standard_normal(
+            (1, 40, vad.model.args.input_dim)).astype(np.float32)
+        cache = vad.model.make_cache(1)
+        ids = list(vad.options.sil_pdf_ids)
+        probs, new_cache = remote(feats, cache, ids)
+        want, want_cache = vad.model.silence(feats, cache, ids)
+        np.testing.assert_allclose(probs, want, atol=1e-6)
+        for a, b in zip(new_cache, want_cache):
+            np.testing.assert_allclose(a, b, atol=1e-5)
+        assert not remote.failed
+    finally:
+        server.close()
+    assert not os.path.exists(server.dir)
+
+
+def test_a_run_gives_the_same_rows_with_the_network_on_the_device(tmp_path, monkeypatch):
+    asr = load_model(MODEL)
+    manifest = long_files(tmp_path / "audio")
+    host, _ = run_rows(tmp_path, "host", manifest, asr, vad=str(FSMN), max_segment_s=10,
+                       reader_processes=2, vad_in_readers=True)
+    monkeypatch.setenv("BATCHASR_VAD_NETWORK", "device")
+    device, s = run_rows(tmp_path, "device", manifest, asr, vad=str(FSMN), max_segment_s=10,
+                         reader_processes=2, vad_in_readers=True)
+    assert device == host and s.reader_processes == 2
+
+
+def test_the_server_dies_with_the_run_and_leaves_no_folder(tmp_path):
+    code = ("import sys, time; sys.path.insert(0, sys.argv[2]); "
+            "from batchasr.runner.vad_network import NetworkServer; "
+            "s = NetworkServer(sys.argv[1]); print(s.proc.pid, s.dir, flush=True); "
+            "time.sleep(120)")
+    run = subprocess.Popen([sys.executable, "-c", code, str(FSMN), str(ROOT)],
+                           stdout=subprocess.PIPE, text=True)
+    try:
+        pid, folder = run.stdout.readline().split()
+        deadline = time.monotonic() + 60
+        while not os.path.exists(os.path.join(folder, "socket")):  # the server is up
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        run.kill()
+        run.wait()
+    deadline = time.monotonic() + 30
+    while pid_alive(int(pid)) or os.path.exists(folder):
+        assert time.monotonic() < deadline, "the server outlived the run, or left its folder"
+        time.sleep(0.05)
