@@ -56,7 +56,10 @@ class NetworkServer:
         self.dir = tempfile.mkdtemp(prefix="batchasr-vadnet-")  # mode 0700
         self.address = os.path.join(self.dir, "socket")
         self.key = os.urandom(32)
-        env = dict(os.environ, MLX_ENABLE_TF32="0", **{KEY_VAR: self.key.hex()})
+        # this package importable there however this process found it (a script's sys.path)
+        package_root = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
+        path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
+        env = dict(os.environ, MLX_ENABLE_TF32="0", PYTHONPATH=path, **{KEY_VAR: self.key.hex()})
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "batchasr.runner.vad_network", vad_spec, self.address,
              str(os.getpid())], env=env, stdin=subprocess.DEVNULL,
