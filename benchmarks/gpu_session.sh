@@ -68,7 +68,7 @@ for step in "$@"; do
     vadscale) # the VADs' CPU per file with 1..16 reader-like processes at once (longform's audio)
               lscpu > "$OUT/lscpu.txt" 2>&1
               python3 benchmarks/vad_scaling.py --wav /tmp/batchasr-longform/audio-16x20min/long000.wav \
-                --vads "silero,$FSMN" --processes "1,8,$NCPU" ;;
+                --vads "silero,$FSMN" --processes "1,8,$NCPU" --vad-network host,device ;;
     vadnet) # long recordings with fsmn-vad's network served from the GPU (after longform:
             # its official figure is the baseline)
             BATCHASR_VAD_NETWORK=device python3 benchmarks/longform.py --files 16 --minutes 20 \

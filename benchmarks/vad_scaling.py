@@ -47,14 +47,21 @@ def topology() -> dict:
 
 
 def _one(args):
-    spec, wav, start_at = args
+    spec, wav, start_at, network = args
     os.environ["OMP_NUM_THREADS"] = "1"
     import soundfile as sf
 
     from batchasr.models.vads import open_vad
+    from batchasr.runner import vad_network
 
     vad = open_vad(spec)
     audio, _ = sf.read(wav, dtype="float32")
+    if network:  # as a reader of a run with BATCHASR_VAD_NETWORK=device
+        os.environ.update(network)
+        vad_network.attach(vad)
+        warm = vad.stream()  # connected, and the server's weights loaded, before the clock
+        warm.feed(audio[: 60 * vad.sample_rate])
+        warm.finish()
     while time.time() < start_at:  # all processes start the VAD together
         time.sleep(0.001)
     c, t = time.process_time(), time.perf_counter()
@@ -68,6 +75,10 @@ def main(argv=None):
     ap.add_argument("--wav", required=True)
     ap.add_argument("--vads", default="silero")
     ap.add_argument("--processes", default="1,8,16")
+    ap.add_argument("--vad-network", default="host",
+                    help="host, device or both (host,device): fsmn-vad's network in each "
+                    "process, or served to all by one process on the accelerator "
+                    "(BATCHASR_VAD_NETWORK=device)")
     ap.add_argument("--glibc-defaults", action="store_true",
                     help="glibc's default malloc in the processes (readers run with "
                     "read_processes.READER_MALLOC)")
@@ -82,21 +93,30 @@ def main(argv=None):
     out = {"topology": topology(), "audio_s": round(audio_s, 1), "runs": [],
            "glibc_tunables": os.environ.get("GLIBC_TUNABLES")}
     ctx = multiprocessing.get_context("spawn")
-    for spec in args.vads.split(","):
+    from batchasr.runner.vad_network import NetworkServer
+
+    runs = [(spec, where) for spec in args.vads.split(",")
+            for where in args.vad_network.split(",") if where == "host" or Path(spec).is_dir()]
+    for spec, where in runs:
+        server = NetworkServer(spec) if where == "device" else None
         for p in [int(x) for x in args.processes.split(",")]:
             env = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
             os.environ.update(env)
             with ctx.Pool(p) as pool:
-                start_at = time.time() + 2.0 + 0.05 * p  # after every process has imported
-                res = pool.map(_one, [(spec, args.wav, start_at)] * p)
+                # after every process has imported (and, served, warmed up)
+                start_at = time.time() + (2.0 if server is None else 20.0) + 0.05 * p
+                network = server.settings() if server else None
+                res = pool.map(_one, [(spec, args.wav, start_at, network)] * p)
             cpu = sorted(r[0] for r in res)
             wall = max(r[1] for r in res)
-            out["runs"].append({"vad": Path(spec).name, "processes": p,
+            out["runs"].append({"vad": Path(spec).name, "network": where, "processes": p,
                                 "cpu_s_median": round(cpu[len(cpu) // 2], 3),
                                 "cpu_s_max": round(cpu[-1], 3), "wall_s": round(wall, 3),
                                 "rtfx_per_process": round(audio_s / cpu[len(cpu) // 2], 1),
                                 "rtfx_all": round(p * audio_s / wall, 1), "segments": res[0][2]})
             print(json.dumps(out["runs"][-1]), flush=True)
+        if server is not None:
+            server.close()
     print(json.dumps(out))
 
 
