@@ -41,8 +41,11 @@ for step in "$@"; do
     ab) # one opt-in at a time against the defaults, 18000 s of short clips (run short first:
         # its official figure is this A/B's baseline); AB_CONFIGS picks the arms
         for c in ${AB_CONFIGS:-planfree-dft upload-stream budget-4000}; do
-          budget=1000; unset BATCHASR_ATTENTION BATCHASR_CIF_CONV BATCHASR_DFT BATCHASR_UPLOAD BATCHASR_STABLE_SHAPES
+          budget=1000; unset BATCHASR_ATTENTION BATCHASR_CIF_CONV BATCHASR_DFT BATCHASR_UPLOAD BATCHASR_STABLE_SHAPES \
+            BATCHASR_COMPILE BATCHASR_FSMN
           case $c in
+            compile) export BATCHASR_COMPILE=1 ;;  # mx.compile'd encoder/decoder layers
+            fsmn-conv) export BATCHASR_FSMN=conv ;;  # one grouped conv per FSMN memory, not 22 ops
             planfree-dft) export BATCHASR_ATTENTION=unfused BATCHASR_CIF_CONV=matmul BATCHASR_DFT=matmul ;;
             upload-stream) export BATCHASR_UPLOAD=stream ;;
             budget-4000) budget=4000 ;;
@@ -52,7 +55,8 @@ for step in "$@"; do
           python3 benchmarks/bench.py paraformer --audio-s 18000 --dtypes bfloat16 --repeats 2 \
             --readers 8 --batch-seconds $budget --note "$c"
         done
-        unset BATCHASR_ATTENTION BATCHASR_CIF_CONV BATCHASR_DFT BATCHASR_UPLOAD BATCHASR_STABLE_SHAPES ;;
+        unset BATCHASR_ATTENTION BATCHASR_CIF_CONV BATCHASR_DFT BATCHASR_UPLOAD BATCHASR_STABLE_SHAPES \
+          BATCHASR_COMPILE BATCHASR_FSMN ;;
     short1800) python3 benchmarks/bench.py paraformer --audio-s 1800 --dtypes bfloat16 \
                  --baseline --repeats 2 --readers 8 --batch-seconds 1000 --ncpu "$NCPU" ;;
     sensevoice) python3 benchmarks/bench.py sensevoice --audio-s 1800 --dtypes bfloat16,float32 \
