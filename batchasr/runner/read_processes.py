@@ -300,8 +300,11 @@ class ReadProcesses:
         self.closed = False
         self.busy_s = 0.0  # CPU seconds the processes spent reading, summed
         # fsmn-vad's network on the device for every reader (opt-in, runner.vad_network)
-        self._network = NetworkServer(self.vad_spec) if vad_network.wanted(self.vad_spec) \
-            else None
+        self._network = None
+        if vad_network.wanted(self.vad_spec):
+            with _SPAWN_LOCK:  # not the environment a reader's start changes for a moment
+                environ = dict(os.environ)
+            self._network = NetworkServer(self.vad_spec, environ)
 
     def start(self) -> None:
         """Start every process now (each boots while the run gets ready, and a file's first

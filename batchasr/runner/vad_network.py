@@ -38,6 +38,7 @@ HEADER = struct.Struct("<4sII")  # magic, frames T, classes returned
 ADDRESS_VAR, KEY_VAR = "BATCHASR_VAD_NETWORK_ADDRESS", "BATCHASR_VAD_NETWORK_KEY"
 CONNECT_WAIT_S = 30.0  # for the server's socket to appear (the server is still starting)
 REPLY_WAIT_S = 120.0  # for a reply (the first waits for MLX and the weights to load)
+CACHE_LIMIT = 1 << 30  # bytes of freed device buffers the server keeps for reuse
 
 
 def wanted(vad_spec: str | None) -> bool:
@@ -52,14 +53,16 @@ def wanted(vad_spec: str | None) -> bool:
 class NetworkServer:
     """The server process (in the run's process): start, the readers' settings, close."""
 
-    def __init__(self, vad_spec: str):
+    def __init__(self, vad_spec: str, environ: dict[str, str] | None = None):
+        """``environ``: the run's environment (default os.environ), the GPU it sees included."""
+        environ = dict(os.environ if environ is None else environ)
         self.dir = tempfile.mkdtemp(prefix="batchasr-vadnet-")  # mode 0700
         self.address = os.path.join(self.dir, "socket")
         self.key = os.urandom(32)
         # this package importable there however this process found it (a script's sys.path)
         package_root = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
-        path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
-        env = dict(os.environ, MLX_ENABLE_TF32="0", PYTHONPATH=path, **{KEY_VAR: self.key.hex()})
+        path = os.pathsep.join(p for p in (package_root, environ.get("PYTHONPATH")) if p)
+        env = dict(environ, MLX_ENABLE_TF32="0", PYTHONPATH=path, **{KEY_VAR: self.key.hex()})
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "batchasr.runner.vad_network", vad_spec, self.address,
              str(os.getpid())], env=env, stdin=subprocess.DEVNULL,
@@ -188,6 +191,7 @@ def serve(vad_spec: str, address: str, key: bytes, parent: int) -> None:
     from batchasr.models.fsmn_vad_device import DeviceNetwork
     from batchasr.models.vads import open_vad
 
+    mx.set_cache_limit(CACHE_LIMIT)  # the model's process shares the device
     vad = open_vad(vad_spec)
     net = DeviceNetwork(vad.model)
     ids = list(vad.options.sil_pdf_ids)
