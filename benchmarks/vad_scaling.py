@@ -99,12 +99,14 @@ def main(argv=None):
             for where in args.vad_network.split(",") if where == "host" or Path(spec).is_dir()]
     for spec, where in runs:
         server = NetworkServer(spec) if where == "device" else None
+        if server is not None and not server.wait_ready():
+            raise SystemExit("the VAD network server did not start")
         for p in [int(x) for x in args.processes.split(",")]:
             env = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
             os.environ.update(env)
             with ctx.Pool(p) as pool:
-                # after every process has imported (and, served, warmed up)
-                start_at = time.time() + (2.0 if server is None else 20.0) + 0.05 * p
+                # after every process has imported (and, served, connected)
+                start_at = time.time() + (2.0 if server is None else 5.0) + 0.05 * p
                 network = server.settings() if server else None
                 res = pool.map(_one, [(spec, args.wav, start_at, network)] * p)
             cpu = sorted(r[0] for r in res)

@@ -50,6 +50,7 @@ def test_readers_cut_the_same_pieces_with_the_network_on_the_device(tmp_path, de
     assert vad_network.wanted(str(FSMN))
     procs = ReadProcesses(2, cut, str(FSMN))
     server = procs._network
+    assert server.wait_ready()  # (until then readers compute each chunk themselves)
     try:
         for name in ("talk0.wav", "talk1.wav"):
             same_pieces(list(procs.read(str(folder / name))), pieces_in_process(folder / name, cut))
@@ -65,6 +66,7 @@ def test_a_server_killed_mid_run_changes_no_piece(tmp_path, device_network):
     cut = CutOptions(vad=load_vad(FSMN), max_segment_s=10, max_window_s=12)
     procs = ReadProcesses(1, cut, str(FSMN))
     server = procs._network
+    assert server.wait_ready()
     try:
         same_pieces(list(procs.read(str(folder / "talk0.wav"))),
                     pieces_in_process(folder / "talk0.wav", cut))
@@ -82,10 +84,7 @@ def test_a_server_killed_mid_run_changes_no_piece(tmp_path, device_network):
 def test_the_server_answers_no_stranger(tmp_path):
     server = vad_network.NetworkServer(str(FSMN))
     try:
-        deadline = time.monotonic() + 60
-        while not os.path.exists(server.address):
-            assert time.monotonic() < deadline and server.proc.poll() is None
-            time.sleep(0.05)
+        assert server.wait_ready(60)
         with pytest.raises(Exception):  # a wrong key: AuthenticationError
             Client(server.address, family="AF_UNIX", authkey=b"not the key")
         # a malformed request ends that connection only
@@ -142,3 +141,21 @@ def test_the_server_dies_with_the_run_and_leaves_no_folder(tmp_path):
     while pid_alive(int(pid)) or os.path.exists(folder):
         assert time.monotonic() < deadline, "the server outlived the run, or left its folder"
         time.sleep(0.05)
+
+
+def test_before_the_server_is_ready_a_reader_computes_the_chunk_itself(tmp_path):
+    vad = load_vad(FSMN)
+    calls = []
+
+    def own(feats, cache, ids):
+        calls.append(feats.shape)
+        return vad.model.silence(feats, cache, ids)
+
+    remote = vad_network.RemoteNetwork(str(tmp_path / "socket"), b"key", own)
+    feats = np.zeros((1, 10, vad.model.args.input_dim), np.float32)
+    probs, _ = remote(feats, vad.model.make_cache(1), list(vad.options.sil_pdf_ids))
+    assert calls == [(1, 10, vad.model.args.input_dim)] and probs.shape == (1, 10, 1)
+    assert remote.conn is None and not remote.failed  # it will ask once the server is ready
+    (tmp_path / "ready").touch()  # ready, but nobody listens: it gives up on the server
+    remote(feats, vad.model.make_cache(1), list(vad.options.sil_pdf_ids))
+    assert remote.failed and len(calls) == 2

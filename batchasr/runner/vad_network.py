@@ -12,9 +12,11 @@ GPU does every stream's GEMMs in milliseconds. The server runs with MLX_ENABLE_T
 
 The wire carries raw float32 behind a fixed header (`send_bytes`/`recv_bytes`), never a
 pickle; the socket lives in a private (0700) folder and the Listener authenticates each
-reader with a random key. The server dies with the run's process, however it dies. A reader
-that cannot reach it, or loses it, goes on with its own numpy network (the same network, the
-same cache) and logs it once: the run never fails for want of the server.
+reader with a random key. The server dies with the run's process, however it dies. Until
+it has loaded and warmed up (it then writes `ready` beside its socket), readers compute each
+chunk themselves, so a run's first chunks wait for no start-up; a reader that cannot reach it,
+or loses it, goes on with its own numpy network for good (the same network, the same cache)
+and logs it once: the run never fails for want of the server.
 """
 from __future__ import annotations
 
@@ -36,8 +38,7 @@ logger = logging.getLogger("batchasr.worker")
 MAGIC = b"FSV1"
 HEADER = struct.Struct("<4sII")  # magic, frames T, classes returned
 ADDRESS_VAR, KEY_VAR = "BATCHASR_VAD_NETWORK_ADDRESS", "BATCHASR_VAD_NETWORK_KEY"
-CONNECT_WAIT_S = 30.0  # for the server's socket to appear (the server is still starting)
-REPLY_WAIT_S = 120.0  # for a reply (the first waits for MLX and the weights to load)
+REPLY_WAIT_S = 120.0  # for a reply, before a reader gives up on the server
 CACHE_LIMIT = 1 << 30  # bytes of freed device buffers the server keeps for reuse
 
 
@@ -72,6 +73,16 @@ class NetworkServer:
         """What a reader needs to reach the server (added to its BATCHASR_* settings)."""
         return {ADDRESS_VAR: self.address, KEY_VAR: self.key.hex()}
 
+    def wait_ready(self, timeout: float = 120.0) -> bool:
+        """Wait until the server answers (its weights loaded, its kernels warm); False if it
+        died or the time ran out."""
+        deadline = time.monotonic() + timeout
+        while not os.path.exists(os.path.join(self.dir, "ready")):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
+        return True
+
     def served(self) -> tuple[int, int]:
         """(chunks, batches) the server has answered so far."""
         try:
@@ -98,39 +109,32 @@ def attach(vad) -> None:
 
 
 class RemoteNetwork:
-    """`Model.silence`'s call, answered by the server; ``fallback`` once it cannot be."""
+    """`Model.silence`'s call, answered by the server once it is ready (until then each
+    chunk is computed here: a run's first chunks wait for no start-up); ``fallback`` for
+    good once the server cannot answer."""
 
     def __init__(self, address: str, key: bytes, fallback):
         self.address, self.key, self.fallback = address, key, fallback
+        self.ready_path = os.path.join(os.path.dirname(address), "ready")
         self.conn = None
         self.failed = False
 
     def __call__(self, feats: np.ndarray, cache: list[np.ndarray], ids):
-        if not self.failed:
+        if not self.failed and (self.conn is not None or os.path.exists(self.ready_path)):
             try:
                 return self._ask(np.asarray(feats, np.float32), cache, len(ids))
             except (OSError, EOFError, ValueError, TimeoutError) as e:
                 self._fail(e)
         return self.fallback(feats, cache, ids)
 
-    def _connect(self):
+    def _ask(self, feats: np.ndarray, cache: list[np.ndarray], n_ids: int):
         from multiprocessing.connection import Client
 
-        deadline = time.monotonic() + CONNECT_WAIT_S
-        while True:
-            try:
-                return Client(self.address, family="AF_UNIX", authkey=self.key)
-            except FileNotFoundError:  # not listening yet
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"no VAD network server at {self.address}")
-                time.sleep(0.05)
-
-    def _ask(self, feats: np.ndarray, cache: list[np.ndarray], n_ids: int):
         B, T, D = feats.shape
         if B != 1:
             raise ValueError("one stream per request")
         if self.conn is None:
-            self.conn = self._connect()
+            self.conn = Client(self.address, family="AF_UNIX", authkey=self.key)
         body = [np.ascontiguousarray(c, np.float32).tobytes() for c in cache]
         self.conn.send_bytes(b"".join([HEADER.pack(MAGIC, T, n_ids), feats.tobytes()] + body))
         if not self.conn.poll(REPLY_WAIT_S):
@@ -198,8 +202,12 @@ def serve(vad_spec: str, address: str, key: bytes, parent: int) -> None:
     a = vad.model.args
     D, ctx = a.input_dim, (a.lorder - 1) * a.lstride
     cache_size = ctx * a.proj_dim
+    folder = os.path.dirname(address)
+    # the kernels built before the first reader is sent here (a full 60 s chunk's shape)
+    mx.eval(net.silence(mx.zeros((1, 6000, D)), net.make_cache(1), ids, [6000]))
+    _write(os.path.join(folder, "ready"), "")
     served = [0, 0]  # chunks, batches: written beside the socket after each batch
-    stats = os.path.join(os.path.dirname(address), "served")
+    stats = os.path.join(folder, "served")
     while True:
         with lock:
             current = list(conns)
@@ -244,9 +252,14 @@ def serve(vad_spec: str, address: str, key: bytes, parent: int) -> None:
                 conn.close()
         served[0] += len(batch)
         served[1] += 1
-        with open(stats + ".tmp", "w") as f:
-            f.write(f"{served[0]} {served[1]}")
-        os.replace(stats + ".tmp", stats)
+        _write(stats, f"{served[0]} {served[1]}")
+
+
+def _write(path: str, text: str) -> None:
+    """Replace the small file ``path`` at once (readers and tests read it)."""
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
 
 
 if __name__ == "__main__":
