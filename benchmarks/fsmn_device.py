@@ -93,8 +93,7 @@ def arm(args) -> dict:
         x = np.zeros((len(rows), T, rows[0].shape[1]), np.float32)
         for i, r in enumerate(rows):
             x[i, : len(r)] = r
-        # (a padded row's cache is wrong after its last chunk; nothing reads it again)
-        probs, cache = device_net.silence(mx.array(x), cache, ids)
+        probs, cache = device_net.silence(mx.array(x), cache, ids, [len(r) for r in rows])
         mx.eval(probs, cache)
         np.array(probs)
     batched_s = time.perf_counter() - t
