@@ -94,6 +94,11 @@ for step in "$@"; do
                  unset BATCHASR_ATTENTION BATCHASR_CIF_CONV ;;
     nano) python3 benchmarks/bench.py nano --audio-s 600 --dtypes bfloat16 --baseline --readers 8 \
             --batch-seconds 1000 --modes continuous ;;
+    nano-ab) # Nano's idle rows (BATCHASR_RETIRE_AT) against retiring at once, alternating
+             for r in 0 0.25 0 0.25; do
+               BATCHASR_RETIRE_AT=$r python3 benchmarks/bench.py nano --audio-s 600 --dtypes bfloat16 \
+                 --readers 8 --batch-seconds 1000 --modes continuous --note "retire_at=$r"
+             done ;;
     *) echo "unknown step $step"; exit 2 ;;
   esac 2>&1 | tee "$OUT/$step.log"
   echo "step $step: exit ${PIPESTATUS[0]} in $(( $(date +%s) - start )) s" | tee -a "$OUT/steps.txt"

@@ -43,9 +43,27 @@ def test_modes_and_batching_agree(model, prompts):
     assert {r.finish_reason for r in alone} == {"stop", "length"}  # both endings occur
     for mode, kw in (("sequential", {}), ("continuous", {}),
                      ("continuous", {"max_batch": 2}), ("continuous", {"max_batch": 3,
-                                                                       "prefill_batch": 1})):
+                                                                       "prefill_batch": 1}),
+                     ("continuous", {"retire_at": 0.5}), ("continuous", {"retire_at": 1.0}),
+                     ("continuous", {"max_batch": 3, "retire_at": 0.5})):
         got = [(r.tokens, r.finish_reason) for r in run(model, prompts, mode, **kw)]
         assert got == ref, (mode, kw)
+
+
+def test_idle_rows_retire_together(model, prompts, monkeypatch):
+    """retire_at: finished rows wait in the batch until they are that fraction of it, so the
+    caches are rebuilt fewer times (the tokens are the same: test above)."""
+    filters = []
+    original = G.BatchKVCache.filter
+    monkeypatch.setattr(G.BatchKVCache, "filter",
+                        lambda self, rows: (filters.append(len(rows)), original(self, rows)))
+    n_layers = len(model.layers)
+    run(model, prompts, "continuous")
+    at_once = len(filters) // n_layers
+    filters.clear()
+    run(model, prompts, "continuous", retire_at=0.5)
+    assert len(filters) // n_layers < at_once, (len(filters) // n_layers, at_once)
+    assert at_once >= 3, at_once  # several finishing steps, one retirement each
 
 
 def test_greedy_is_argmax_of_the_full_forward(model, prompts):

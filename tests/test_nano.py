@@ -159,9 +159,11 @@ def test_batched_equals_unbatched_and_official_batch():
     names = exp["batched"]["clips"]
     wavs = [audio("plain", c) for c in names]
     one = [asr.transcribe([w])[0] for w in wavs]
-    for mode, max_batch, encode_batch in (("continuous", 64, 16), ("continuous", 2, 3),
-                                          ("sequential", 64, 2)):
+    for mode, max_batch, encode_batch, retire_at in (
+            ("continuous", 64, 16, 0.0), ("continuous", 2, 3, 0.0), ("sequential", 64, 2, 0.0),
+            ("continuous", 64, 16, 0.5), ("continuous", 3, 16, 1.0)):
         asr.decode_mode, asr.max_batch, asr.encode_batch = mode, max_batch, encode_batch
+        asr.retire_at = retire_at
         many = asr.transcribe(wavs)
         assert [[t.id for t in o.tokens] for o in many] == [[t.id for t in o.tokens] for o in one]
         assert [o.text for o in many] == [o.text for o in one]
@@ -169,6 +171,13 @@ def test_batched_equals_unbatched_and_official_batch():
     for row, o in zip(exp["batched"]["generated_ids"], one):
         assert official_ids(asr, row) == [t.id for t in o.tokens]
     assert exp["batched"]["texts"] == [o.text for o in one]
+
+
+def test_idle_rows_setting_is_read_at_load(monkeypatch):
+    monkeypatch.setenv("BATCHASR_RETIRE_AT", "0.25")
+    asr = load_model(FIXTURES / "plain")
+    monkeypatch.delenv("BATCHASR_RETIRE_AT")
+    assert asr.retire_at == 0.25 and load_model(FIXTURES / "plain").retire_at == 0.0
 
 
 def test_padded_encoder_rows_equal_single_rows():

@@ -320,6 +320,7 @@ class FunASRNanoASR:
         temperature, top_p, top_k, seed: sampling (temperature 0 = greedy, the official default).
         guard: GuardOptions (runaway-generation limits).
         max_batch: live sequences in continuous decoding; encode_batch: clips per encoder pass.
+        retire_at: finished rows' share of the batch at which they leave it (Tuning).
         stop_on_eos: False only for benchmarks that force a fixed number of tokens.
     """
 
@@ -336,7 +337,7 @@ class FunASRNanoASR:
                  top_k: int = -1, seed: int = 0, guard: GuardOptions | None = None,
                  max_batch: int = 64, encode_batch: int = 64,
                  fixed_languages: Sequence[str] | None = None, upload: str = "inline",
-                 dft: str = "fft"):
+                 dft: str = "fft", retire_at: float = 0.0):
         self.model, self.tokenizer, self.ctc_tokenizer = model, tokenizer, ctc_tokenizer
         self.fixed_languages = fixed_languages
         self.name, self.dtype = name, dtype
@@ -350,6 +351,7 @@ class FunASRNanoASR:
         self.temperature, self.top_p, self.top_k, self.seed = temperature, top_p, top_k, seed
         self.guard = guard if guard is not None else GuardOptions()
         self.max_batch, self.encode_batch = max_batch, encode_batch
+        self.retire_at = retire_at
         self.stop_on_eos = True
         self.eos_ids = model.llm.args.eos_token_ids
         if not self.eos_ids:
@@ -434,7 +436,8 @@ class FunASRNanoASR:
         loops = LoopDetector(self.guard) if self.guard.detect_loops else None
         outs = gen.generate(self.model.llm, prompts, mode=self.decode_mode, max_tokens=budgets,
                             stop_ids=self.eos_ids if self.stop_on_eos else [],
-                            sampler=self.sampler(), stop_check=loops, max_batch=self.max_batch)
+                            sampler=self.sampler(), stop_check=loops, max_batch=self.max_batch,
+                            retire_at=self.retire_at)
         for k, (i, out) in enumerate(zip(items, outs)):
             flags, ids = [], out.tokens
             if out.finish_reason == "length":
@@ -734,7 +737,7 @@ def wrap(model: Model, assets: dict, *, name: str, dtype, dummy: bool,
                          do_think=dataset_conf.get("do_think", True),
                          fixed_languages=MLT_LANGUAGES if assets["mlt"] or is_mlt(None, name)
                          else None, upload=tuning.upload, dft=tuning.dft,
-                         **options)
+                         retire_at=tuning.retire_at, **options)
 
 
 RECOGNIZER = FunASRNanoASR

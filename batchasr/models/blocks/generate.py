@@ -284,11 +284,18 @@ def generate_sequential(model, prompts: Sequence[mx.array], *, max_tokens: int |
 def generate_continuous(model, prompts: Sequence[mx.array], *, max_tokens: int | Sequence[int],
                         stop_ids: Sequence[int], sampler: Callable | None = None,
                         stop_check: Callable | None = None, max_batch: int = 64,
-                        prefill_batch: int | None = None) -> list[GenerationResult]:
+                        prefill_batch: int | None = None,
+                        retire_at: float = 0.0) -> list[GenerationResult]:
     """Continuous batching: every live sequence advances by one token per forward pass;
-    finished sequences retire and waiting prompts are prefilled and admitted at once.
+    finished sequences retire and waiting prompts are prefilled and admitted.
 
-    max_batch bounds the live rows; prefill_batch (default max_batch) bounds one prefill."""
+    max_batch bounds the rows; prefill_batch (default max_batch) bounds one prefill.
+    retire_at: finished rows stay in the batch, idle (their tokens are never read), until
+    they are at least this fraction of it or waiting prompts need their room. A retirement
+    rebuilds every layer's cache (a gather, then a copy to grow it again); on a GPU, where
+    a decode step costs its launches rather than its rows, a few idle rows are cheaper. 0
+    (the default) retires at once, as a CPU wants (there a row is compute). Rows do not
+    see each other, so the tokens are the same either way."""
     sampler = sampler or make_sampler()
     budgets = _budgets(max_tokens, len(prompts))
     results = [GenerationResult() for _ in prompts]
@@ -298,10 +305,24 @@ def generate_continuous(model, prompts: Sequence[mx.array], *, max_tokens: int |
             results[i].finish_reason = "length"
     prefill_batch = prefill_batch or max_batch
     cache: list[BatchKVCache] | None = None
-    uids: list[int] = []
-    y: mx.array | None = None  # current token per live row, not yet read on the host
-    while waiting or uids:
-        if waiting and len(uids) < max_batch:  # admit
+    uids: list[int | None] = []  # per row: its prompt, or None for a finished (idle) row
+    y: mx.array | None = None  # current token per row, not yet read on the host
+
+    def retire(y: mx.array) -> mx.array:
+        nonlocal cache, uids
+        keep = [r for r, u in enumerate(uids) if u is not None]
+        if not keep:
+            cache, uids = None, []
+            return y
+        for c in cache:
+            c.filter(keep)
+        uids = [uids[r] for r in keep]
+        return y[mx.array(keep, dtype=mx.int32)]
+
+    while waiting or any(u is not None for u in uids):
+        if waiting and len(uids) - uids.count(None) < max_batch:  # admit
+            if None in uids:  # the idle rows make room first
+                y = retire(y)
             take = [waiting.popleft() for _ in range(min(len(waiting), max_batch - len(uids),
                                                          prefill_batch))]
             logits, new_cache = prefill(model, [prompts[i] for i in take])
@@ -312,20 +333,16 @@ def generate_continuous(model, prompts: Sequence[mx.array], *, max_tokens: int |
                 for c, nc in zip(cache, new_cache):
                     c.extend(nc)
                 y, uids = mx.concatenate([y, y_new]), uids + take
-        steps = [(u, len(results[u].tokens) + 1) for u in uids]
+        steps = [(-1, 0) if u is None else (u, len(results[u].tokens) + 1) for u in uids]
         nxt = sampler(model(y[:, None], cache=cache, mask=batch_mask(cache[0], 1))[:, -1, :],
                       steps)
         mx.async_eval(nxt)
-        keep = [r for r, (u, tok) in enumerate(zip(uids, y.tolist()))
-                if not _finish(results[u], tok, stop_ids, budgets[u], stop_check, u)]
-        if len(keep) < len(uids):
-            if keep:
-                for c in cache:
-                    c.filter(keep)
-                nxt = nxt[mx.array(keep, dtype=mx.int32)]
-                uids = [uids[r] for r in keep]
-            else:
-                cache, uids = None, []
+        for r, (u, tok) in enumerate(zip(uids, y.tolist())):
+            if u is not None and _finish(results[u], tok, stop_ids, budgets[u], stop_check, u):
+                uids[r] = None
+        idle = uids.count(None)
+        if idle and (idle == len(uids) or idle >= retire_at * len(uids)):
+            nxt = retire(nxt)
         y = nxt
     return results
 
@@ -336,7 +353,7 @@ def generate(model, prompts: Sequence[mx.array], *, mode: str = "continuous",
     if mode == "continuous":
         return generate_continuous(model, prompts, **kwargs)
     if mode == "sequential":
-        kwargs.pop("max_batch", None)
-        kwargs.pop("prefill_batch", None)
+        for key in ("max_batch", "prefill_batch", "retire_at"):
+            kwargs.pop(key, None)
         return generate_sequential(model, prompts, **kwargs)
     raise ValueError(f"decode mode must be 'continuous' or 'sequential', not {mode!r}")

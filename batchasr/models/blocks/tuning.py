@@ -27,11 +27,17 @@ environment, so a loaded model keeps the switches it was built with.
                                                            place by the frontend's first
                                                            kernel, or first copied to the
                                                            device on a stream of their own
+    BATCHASR_RETIRE_AT     0 (default) .. 1                Fun-ASR-Nano's continuous decoding:
+                                                           finished rows stay in the batch,
+                                                           idle, until they are this fraction
+                                                           of it (fewer cache rebuilds; the
+                                                           same tokens), 0 retires at once
 
 The grouped convolution and the compiled layers are faster on GPUs but opt-in until they are
 known to be stable on MLX's CUDA backend; the upload stream is opt-in until an A/B on a GPU
 (`benchmarks/gpu_session.sh upload-ab`) says it pays; the unfused attention and the matmul
-CIF avoid a cuDNN plan per new batch shape on NVIDIA GPUs.
+CIF avoid a cuDNN plan per new batch shape on NVIDIA GPUs; Nano's idle rows are opt-in until
+`benchmarks/gpu_session.sh nano-ab` measures them.
 """
 from __future__ import annotations
 
@@ -48,6 +54,7 @@ class Tuning:
     compile: bool = False
     upload: str = "inline"
     dft: str = "fft"
+    retire_at: float = 0.0
 
     @classmethod
     def from_env(cls, env=None, *, cpu: bool = False) -> "Tuning":
@@ -61,7 +68,8 @@ class Tuning:
                    frame_bucket=int(env.get("BATCHASR_FRAME_BUCKET", str(bucket))),
                    compile=env.get("BATCHASR_COMPILE") == "1",
                    upload=env.get("BATCHASR_UPLOAD", cls.upload),
-                   dft=env.get("BATCHASR_DFT", cls.dft))
+                   dft=env.get("BATCHASR_DFT", cls.dft),
+                   retire_at=float(env.get("BATCHASR_RETIRE_AT", cls.retire_at)))
 
 
 def tune(model, tuning: Tuning) -> None:
