@@ -62,7 +62,7 @@ def arm(args) -> dict:
     for wav in wavs:
         audio, _ = sf.read(wav, dtype="float32")
         audio_s += len(audio) / vad.sample_rate
-        vad.network = vad.model.silence
+        vad.network = vad.own_network
         t = time.perf_counter()
         st = vad.stream(keep_probs=True)
         ref = st.feed(audio) + st.finish()

@@ -94,7 +94,8 @@ def test_fsmn_network_on_the_device_batches_streams(fsmn):
     feats = rng.standard_normal((3, 50, fsmn.model.args.input_dim)).astype(np.float32)
     cache = [rng.standard_normal(c.shape).astype(np.float32) for c in fsmn.model.make_cache(3)]
     ids = list(fsmn.options.sil_pdf_ids)
-    batched, batched_cache = net(feats, cache, ids)
+    batched, batched_cache = net.silence(mx.array(feats), [mx.array(c) for c in cache], ids)
+    batched, batched_cache = np.array(batched), [np.array(c) for c in batched_cache]
     assert batched.shape == (3, 50, len(ids))
     for i in range(3):  # each row of the batch is that stream alone (GEMMs' rounding aside)
         one, one_cache = fsmn.model.silence(feats[i : i + 1], [c[i : i + 1] for c in cache], ids)

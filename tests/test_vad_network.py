@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from batchasr.audio.cut import CutOptions, iter_pieces
+from batchasr.models.blocks.kaldi_fbank import LFRFrames
 from batchasr.models.loader import load_model, load_vad
 from batchasr.queue.lock import pid_alive
 from batchasr.runner import vad_network
@@ -89,21 +90,27 @@ def test_the_server_answers_no_stranger(tmp_path):
             Client(server.address, family="AF_UNIX", authkey=b"not the key")
         # a malformed request ends that connection only
         bad = Client(server.address, family="AF_UNIX", authkey=server.key)
-        bad.send_bytes(b"FSV1 and then nonsense")
+        bad.send_bytes(b"FSV2 and then nonsense")
         with pytest.raises(EOFError):
             bad.poll(60) and bad.recv_bytes()
-        # and a good one is still answered
+        # and good ones are still answered: stacked features, and LFR rows with their index
         vad = load_vad(FSMN)
         remote = vad_network.RemoteNetwork(server.address, server.key, None)
-        feats = np.random.default_rng(0).standard_normal(
-            (1, 40, vad.model.args.input_dim)).astype(np.float32)
-        cache = vad.model.make_cache(1)
+        rng = np.random.default_rng(0)
         ids = list(vad.options.sil_pdf_ids)
-        probs, new_cache = remote(feats, cache, ids)
-        want, want_cache = vad.model.silence(feats, cache, ids)
-        np.testing.assert_allclose(probs, want, atol=1e-6)
-        for a, b in zip(new_cache, want_cache):
-            np.testing.assert_allclose(a, b, atol=1e-5)
+        m, D = vad.frontend_conf.lfr_m, vad.model.args.input_dim
+        rows = rng.standard_normal((44, D // m)).astype(np.float32)
+        index = np.clip(np.arange(40)[:, None] + np.arange(m)[None, :] - 2, 0, 43)
+        lfr = LFRFrames(rows, index, vad.cmvn[:, :D].astype(np.float32))
+        for feats in (rng.standard_normal((40, D)).astype(np.float32), lfr):
+            cache = [rng.standard_normal(c.shape).astype(np.float32)
+                     for c in vad.model.make_cache(1)]
+            probs, new_cache = remote(feats, cache, ids)
+            want, want_cache = vad.own_network(feats, cache, ids)
+            assert probs.shape == want.shape == (40, len(ids))
+            np.testing.assert_allclose(probs, want, atol=1e-6)
+            for a, b in zip(new_cache, want_cache):
+                np.testing.assert_allclose(a, b, atol=1e-5)
         assert not remote.failed
     finally:
         server.close()
@@ -149,12 +156,12 @@ def test_before_the_server_is_ready_a_reader_computes_the_chunk_itself(tmp_path)
 
     def own(feats, cache, ids):
         calls.append(feats.shape)
-        return vad.model.silence(feats, cache, ids)
+        return vad.own_network(feats, cache, ids)
 
     remote = vad_network.RemoteNetwork(str(tmp_path / "socket"), b"key", own)
-    feats = np.zeros((1, 10, vad.model.args.input_dim), np.float32)
+    feats = np.zeros((10, vad.model.args.input_dim), np.float32)
     probs, _ = remote(feats, vad.model.make_cache(1), list(vad.options.sil_pdf_ids))
-    assert calls == [(1, 10, vad.model.args.input_dim)] and probs.shape == (1, 10, 1)
+    assert calls == [(10, vad.model.args.input_dim)] and probs.shape == (10, 1)
     assert remote.conn is None and not remote.failed  # it will ask once the server is ready
     (tmp_path / "ready").touch()  # ready, but nobody listens: it gives up on the server
     remote(feats, vad.model.make_cache(1), list(vad.options.sil_pdf_ids))

@@ -248,8 +248,8 @@ class FsmnVADStream(VADStream):
         feats, waves = self.front(audio, is_final)
         if feats is None:  # forward() returns nothing for a chunk without frames
             return []
-        sil, self.cache = self.vad.network(feats[None], self.cache, ep.o.sil_pdf_ids)
-        sil = np.ascontiguousarray(sil[0], dtype=np.float32)
+        sil, self.cache = self.vad.network(feats, self.cache, ep.o.sil_pdf_ids)
+        sil = np.ascontiguousarray(sil, dtype=np.float32)
         if self.frame_probs is not None:
             self.frame_probs.append(sil)
         ep.add_frames(sil, _decibels(waves))
@@ -270,9 +270,15 @@ class FsmnVAD(VAD):
         self.cmvn = cmvn
         self.name = name
         self.sample_rate = frontend_conf.fs
-        # (feats (B, T, D), cache, class ids) -> (their posteriors, new cache): the numpy
-        # network, or the same network on a device (fsmn_vad_device.DeviceNetwork)
-        self.network = model.silence
+        # one stream's (features (T, D): LFRFrames or an array, cache, class ids) -> (their
+        # posteriors (T, len(ids)), new cache): this process's numpy network, or the same
+        # network elsewhere (fsmn_vad_device.DeviceNetwork, runner.vad_network)
+        self.network = self.own_network
+
+    def own_network(self, feats, cache: list[np.ndarray], ids) -> tuple[np.ndarray, list]:
+        """The numpy network on one stream's features (``network``'s call)."""
+        probs, cache = self.model.silence(np.asarray(feats, np.float32)[None], cache, ids)
+        return probs[0], cache
 
     def stream(self, *, max_end_silence_time: int | None = None,
                keep_probs: bool = False) -> FsmnVADStream:

@@ -90,9 +90,10 @@ class DeviceNetwork:
         e = mx.exp(x - x.max(axis=-1, keepdims=True))
         return e[..., list(ids)] / e.sum(axis=-1, keepdims=True), new_cache
 
-    def __call__(self, feats: np.ndarray, cache: list, ids: Sequence[int]):
-        """numpy in, numpy out: `Model.silence`'s signature, for one stream or many."""
-        probs, new_cache = self.silence(mx.array(np.asarray(feats, np.float32)),
+    def __call__(self, feats, cache: list, ids: Sequence[int]):
+        """One stream, numpy in and out: `FsmnVAD.network`'s call (features (T, D), cache of
+        (1, ctx, proj_dim) arrays) -> (posteriors (T, len(ids)), new cache)."""
+        probs, new_cache = self.silence(mx.array(np.asarray(feats, np.float32))[None],
                                         [mx.array(c) for c in cache], ids)
         mx.eval(probs, new_cache)
-        return np.array(probs), [np.array(c) for c in new_cache]
+        return np.array(probs[0]), [np.array(c) for c in new_cache]

@@ -2,10 +2,11 @@
 
 Opt-in: BATCHASR_VAD_NETWORK=device, for an fsmn-vad folder given as the run's VAD. A reader
 keeps all of fsmn-vad but its network: decoding, the frontend (fbank, LFR, CMVN), the
-endpoint state machine and the cutting. For each 60 s chunk it sends the features
-(T x 400 float32) and its FSMN cache here and gets back the silence posteriors and the new
-cache; the server puts the chunks waiting from all readers into one padded batch
-(`models.fsmn_vad_device.DeviceNetwork`). Why: the numpy FSMN is most of a reader's CPU in
+endpoint state machine and the cutting. For each 60 s chunk it sends its fbank rows and
+which rows each LFR frame stacks (`kaldi_fbank.LFRFrames`: 2 MB, where the stacked features
+are 9.6 MB) with its FSMN cache, and gets back the silence posteriors and the new cache; the
+server stacks the frames of all waiting chunks with one gather on the device, applies CMVN,
+and runs them as one padded batch (`models.fsmn_vad_device.DeviceNetwork`). Why: the numpy FSMN is most of a reader's CPU in
 a long-recording run, and 16 readers on 16 cores bound it (benchmarks/README.md), where the
 GPU does every stream's GEMMs in milliseconds. The server runs with MLX_ENABLE_TF32=0
 (posteriors within ~1e-6 of the numpy network's; TF32 would move them by ~1e-3).
@@ -35,8 +36,12 @@ import numpy as np
 
 logger = logging.getLogger("batchasr.worker")
 
-MAGIC = b"FSV1"
-HEADER = struct.Struct("<4sII")  # magic, frames T, classes returned
+# request: magic, fbank rows F, output frames T, rows per frame m, row width w, classes,
+# CMVN to apply (1) or already applied (0); then F x w float32 rows, T x m int32 row indices,
+# the FSMN cache (float32). Reply: magic, T, 0, 0, 0, classes, 0; T x classes float32
+# posteriors, the new cache.
+MAGIC = b"FSV2"
+HEADER = struct.Struct("<4sIIIIII")
 ADDRESS_VAR, KEY_VAR = "BATCHASR_VAD_NETWORK_ADDRESS", "BATCHASR_VAD_NETWORK_KEY"
 REPLY_WAIT_S = 120.0  # for a reply, before a reader gives up on the server
 CACHE_LIMIT = 1 << 30  # bytes of freed device buffers the server keeps for reuse
@@ -104,14 +109,15 @@ class NetworkServer:
 def attach(vad) -> None:
     """In a reader: route ``vad``'s network to the server when the run started one."""
     address, key = os.environ.get(ADDRESS_VAR), os.environ.get(KEY_VAR)
-    if address and key and hasattr(vad, "network") and hasattr(vad, "model"):
-        vad.network = RemoteNetwork(address, bytes.fromhex(key), vad.model.silence)
+    if address and key and hasattr(vad, "network") and hasattr(vad, "own_network"):
+        vad.network = RemoteNetwork(address, bytes.fromhex(key), vad.own_network)
 
 
 class RemoteNetwork:
-    """`Model.silence`'s call, answered by the server once it is ready (until then each
-    chunk is computed here: a run's first chunks wait for no start-up); ``fallback`` for
-    good once the server cannot answer."""
+    """`FsmnVAD.network`'s call (one stream), answered by the server once it is ready (until
+    then each chunk is computed here: a run's first chunks wait for no start-up);
+    ``fallback`` for good once the server cannot answer. LFR features travel as their fbank
+    rows and row index (LFRFrames), a fifth of the stacked features' bytes."""
 
     def __init__(self, address: str, key: bytes, fallback):
         self.address, self.key, self.fallback = address, key, fallback
@@ -119,33 +125,41 @@ class RemoteNetwork:
         self.conn = None
         self.failed = False
 
-    def __call__(self, feats: np.ndarray, cache: list[np.ndarray], ids):
+    def __call__(self, feats, cache: list[np.ndarray], ids):
         if not self.failed and (self.conn is not None or os.path.exists(self.ready_path)):
             try:
-                return self._ask(np.asarray(feats, np.float32), cache, len(ids))
+                return self._ask(feats, cache, len(ids))
             except (OSError, EOFError, ValueError, TimeoutError) as e:
                 self._fail(e)
         return self.fallback(feats, cache, ids)
 
-    def _ask(self, feats: np.ndarray, cache: list[np.ndarray], n_ids: int):
+    def _ask(self, feats, cache: list[np.ndarray], n_ids: int):
         from multiprocessing.connection import Client
 
-        B, T, D = feats.shape
-        if B != 1:
-            raise ValueError("one stream per request")
+        from batchasr.models.blocks.kaldi_fbank import LFRFrames
+
+        if isinstance(feats, LFRFrames):
+            rows, index, cmvn = feats.frames, feats.index, feats.cmvn is not None
+        else:  # stacked features: each output frame is one row
+            rows = np.asarray(feats, np.float32)
+            index, cmvn = np.arange(len(rows), dtype=np.int32)[:, None], False
+        rows = np.ascontiguousarray(rows, np.float32)
+        index = np.ascontiguousarray(index, np.int32)
+        (F, w), (T, m) = rows.shape, index.shape
         if self.conn is None:
             self.conn = Client(self.address, family="AF_UNIX", authkey=self.key)
         body = [np.ascontiguousarray(c, np.float32).tobytes() for c in cache]
-        self.conn.send_bytes(b"".join([HEADER.pack(MAGIC, T, n_ids), feats.tobytes()] + body))
+        header = HEADER.pack(MAGIC, F, T, m, w, n_ids, int(cmvn))
+        self.conn.send_bytes(b"".join([header, rows.tobytes(), index.tobytes()] + body))
         if not self.conn.poll(REPLY_WAIT_S):
             raise TimeoutError("the VAD network server did not answer")
         data = self.conn.recv_bytes()
-        magic, t, n = HEADER.unpack_from(data)
+        magic, t, _, _, _, n, _ = HEADER.unpack_from(data)
         sizes = [T * n_ids] + [c.size for c in cache]
         if magic != MAGIC or t != T or n != n_ids or len(data) != HEADER.size + 4 * sum(sizes):
             raise ValueError("a malformed reply from the VAD network server")
         flat = np.frombuffer(data, np.float32, offset=HEADER.size)
-        probs = flat[: sizes[0]].reshape(1, T, n_ids)
+        probs = flat[: sizes[0]].reshape(T, n_ids)
         at, new_cache = sizes[0], []
         for c in cache:
             new_cache.append(flat[at : at + c.size].reshape(c.shape).copy())
@@ -202,12 +216,38 @@ def serve(vad_spec: str, address: str, key: bytes, parent: int) -> None:
     a = vad.model.args
     D, ctx = a.input_dim, (a.lorder - 1) * a.lstride
     cache_size = ctx * a.proj_dim
+    # the readers' OnlineFrontend applies the same am.mvn (cut to D)
+    cmvn = None if vad.cmvn is None else np.asarray(vad.cmvn[:, :D], np.float32)
+    lfr_m = vad.frontend_conf.lfr_m  # every request is brought to (lfr_m, D // lfr_m) rows
     folder = os.path.dirname(address)
     # the kernels built before the first reader is sent here (a full 60 s chunk's shape)
     mx.eval(net.silence(mx.zeros((1, 6000, D)), net.make_cache(1), ids, [6000]))
     _write(os.path.join(folder, "ready"), "")
     served = [0, 0]  # chunks, batches: written beside the socket after each batch
     stats = os.path.join(folder, "served")
+
+    def parse(data: bytes):
+        """(rows (F, w), index (T, m), apply CMVN, caches (layers, ctx, proj)) of a request."""
+        magic, F, T, m, w, n, with_cmvn = HEADER.unpack_from(data)
+        if (magic != MAGIC or n != len(ids) or not T or not F or m * w != D
+                or with_cmvn not in (0, 1) or (with_cmvn and cmvn is None)
+                or len(data) != HEADER.size + 4 * (F * w + T * m + a.fsmn_layers * cache_size)):
+            raise ValueError("malformed request")
+        at = HEADER.size
+        rows = np.frombuffer(data, np.float32, F * w, at).reshape(F, w)
+        at += 4 * F * w
+        index = np.frombuffer(data, np.int32, T * m, at).reshape(T, m)
+        at += 4 * T * m
+        if index.min() < 0 or index.max() >= F:
+            raise ValueError("row index out of range")
+        caches = np.frombuffer(data, np.float32, a.fsmn_layers * cache_size, at)
+        if (m, w) == (1, D) and lfr_m > 1:  # stacked features: each row as lfr_m rows
+            rows = rows.reshape(F * lfr_m, D // lfr_m)
+            index = index * lfr_m + np.arange(lfr_m, dtype=np.int32)
+        elif (m, w) != (lfr_m, D // lfr_m):
+            raise ValueError("features of another layout")
+        return rows, index, bool(with_cmvn), caches.reshape(a.fsmn_layers, ctx, a.proj_dim)
+
     while True:
         with lock:
             current = list(conns)
@@ -217,32 +257,37 @@ def serve(vad_spec: str, address: str, key: bytes, parent: int) -> None:
         batch = []
         for conn in wait(current, timeout=0.05):
             try:
-                data = conn.recv_bytes()
-                magic, T, n = HEADER.unpack_from(data)
-                if magic != MAGIC or n != len(ids) or T == 0 or len(data) != HEADER.size + 4 * (
-                        T * D + a.fsmn_layers * cache_size):
-                    raise ValueError("malformed request")
+                batch.append((conn, *parse(conn.recv_bytes())))
             except (EOFError, OSError, ValueError, struct.error):
                 with lock:
                     conns.remove(conn)
                 conn.close()
-                continue
-            flat = np.frombuffer(data, np.float32, offset=HEADER.size)
-            caches = flat[T * D :].reshape(a.fsmn_layers, ctx, a.proj_dim)
-            batch.append((conn, T, flat[: T * D].reshape(T, D), caches))
         if not batch:
             continue
-        lengths = [b[1] for b in batch]
-        x = np.zeros((len(batch), max(lengths), D), np.float32)
-        for i, b in enumerate(batch):
-            x[i, : b[1]] = b[2]
-        cache = [mx.array(np.stack([b[3][layer] for b in batch]))
+        # every request's rows in one array, each frame's rows found by one gather on the
+        # device (padding frames take row 0: their outputs are never read)
+        lengths = [len(b[2]) for b in batch]
+        T_max = max(lengths)
+        rows = np.concatenate([b[1] for b in batch])
+        index = np.zeros((len(batch), T_max, lfr_m), np.int32)
+        shift = np.zeros((len(batch), 1, D), np.float32)
+        scale = np.ones((len(batch), 1, D), np.float32)
+        first = 0
+        for i, (_, r, idx, with_cmvn, _) in enumerate(batch):
+            index[i, : len(idx)] = idx + first
+            first += len(r)
+            if with_cmvn:
+                shift[i, 0], scale[i, 0] = cmvn[0], cmvn[1]
+        x = mx.take(mx.array(rows), mx.array(index.reshape(-1)), axis=0)
+        x = (x.reshape(len(batch), T_max, D) + mx.array(shift)) * mx.array(scale)
+        cache = [mx.array(np.stack([b[4][layer] for b in batch]))
                  for layer in range(a.fsmn_layers)]
-        probs, new_cache = net.silence(mx.array(x), cache, ids, lengths)
+        probs, new_cache = net.silence(x, cache, ids, lengths)
         mx.eval(probs, new_cache)
         probs, new_cache = np.array(probs), [np.array(c) for c in new_cache]
-        for i, (conn, T, _, _) in enumerate(batch):
-            reply = [HEADER.pack(MAGIC, T, len(ids)), probs[i, :T].tobytes()]
+        for i, (conn, *_) in enumerate(batch):
+            T = lengths[i]
+            reply = [HEADER.pack(MAGIC, T, 0, 0, 0, len(ids), 0), probs[i, :T].tobytes()]
             reply += [c[i].tobytes() for c in new_cache]
             try:
                 conn.send_bytes(b"".join(reply))

@@ -163,6 +163,32 @@ def fbank(wave: np.ndarray, conf: FrontendConfig) -> np.ndarray:
     return np.log(np.maximum(mel, np.float32(LOG_FLOOR)))
 
 
+class LFRFrames:
+    """LFR + CMVN features of consecutive frames, not yet stacked: the fbank rows they use
+    and, per output frame, the m rows it stacks. ``np.asarray`` stacks them (then CMVN) into
+    (T, m * n_mels) float32; a consumer elsewhere (runner.vad_network) is sent the rows and
+    the index, 5 times fewer bytes than the stacked features."""
+
+    def __init__(self, frames: np.ndarray, index: np.ndarray, cmvn: np.ndarray | None):
+        lo, hi = int(index.min()), int(index.max()) + 1
+        self.frames = frames[lo:hi]  # (F, n_mels)
+        self.index = (index - lo).astype(np.int32)  # (T, m) rows of `frames`
+        self.cmvn = cmvn  # (2, m * n_mels) shift and scale, or None
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self.index), self.index.shape[1] * self.frames.shape[1]
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        feats = self.frames[self.index.reshape(-1)].reshape(self.shape)
+        if self.cmvn is not None:
+            feats = (feats + self.cmvn[0]) * self.cmvn[1]
+        return feats if dtype is None else feats.astype(dtype, copy=False)
+
+
 class OnlineFrontend:
     """WavFrontendOnline (fbank -> LFR m, n=1 -> CMVN) fed in chunks, with the official
     frame counts: a non-final chunk emits the LFR frames whose right context it has (all but
@@ -185,7 +211,8 @@ class OnlineFrontend:
         self.wave = np.zeros(0, np.float32)  # samples from frame n_out's start on
 
     def __call__(self, chunk: np.ndarray, is_final: bool):
-        """(LFR+CMVN features (T, n_mels * lfr_m) or None, waveforms (T, frame_len))."""
+        """(LFR+CMVN features (LFRFrames: T x n_mels * lfr_m) or None, waveforms
+        (T, frame_len))."""
         buf = np.concatenate([self.tail, chunk]) if len(self.tail) else chunk
         n_new = (len(buf) - self.frame_len) // self.shift + 1 if len(buf) >= self.frame_len else 0
         frames = self.hist  # fbank frames [first, n_fbank) of the file
@@ -203,12 +230,10 @@ class OnlineFrontend:
         end = total if is_final else (max(total - self.ctx, self.n_out) if n_new else self.n_out)
         feats = waves = None
         if end > self.n_out:
-            m, D = self.conf.lfr_m, self.conf.n_mels
+            m = self.conf.lfr_m
             k = np.arange(self.n_out, end)
             idx = np.clip(k[:, None] + np.arange(m)[None, :] - self.ctx, 0, total - 1) - first
-            feats = frames[idx.reshape(-1)].reshape(len(k), m * D)
-            if self.cmvn is not None:
-                feats = (feats + self.cmvn[0]) * self.cmvn[1]
+            feats = LFRFrames(frames, idx, self.cmvn)
             # each frame's samples as a strided view (a gather copied 25 ms per 10 ms frame)
             waves = np.lib.stride_tricks.sliding_window_view(
                 self.wave, self.frame_len)[:: self.shift][: len(k)]
