@@ -99,8 +99,9 @@ class Attention(nn.Module):
                           self.q_proj.weight.shape[0] + self.k_proj.weight.shape[0]]
         del self["q_proj"], self["k_proj"], self["v_proj"]
 
-    def __call__(self, x: mx.array, mask: mx.array | None, cache) -> mx.array:
-        """x: (B, L, D); mask: None or bool (B, 1, L, S); cache: per-layer KV cache."""
+    def __call__(self, x: mx.array, mask: mx.array | None, cache, offset=None) -> mx.array:
+        """x: (B, L, D); mask: None or bool (B, 1, L, S); cache: per-layer KV cache; offset:
+        its RoPE positions (`cache.offset`, which every layer shares: computed once)."""
         B, L, _ = x.shape
         if "qkv_proj" in self:
             q, k, v = mx.split(self.qkv_proj(x), self.qkv_split, axis=-1)
@@ -110,7 +111,7 @@ class Attention(nn.Module):
         k = self.k_norm(k.reshape(B, L, self.n_kv_heads, -1)).transpose(0, 2, 1, 3)
         v = v.reshape(B, L, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
         rope = dict(traditional=False, base=None, freqs=self._freqs, scale=1.0,
-                    offset=cache.offset)
+                    offset=cache.offset if offset is None else offset)
         q = mx.fast.rope(q, self.head_dim, **rope)
         k = mx.fast.rope(k, self.head_dim, **rope)
         k, v = cache.update_and_fetch(k, v)
@@ -165,8 +166,8 @@ class TransformerBlock(nn.Module):
         self.input_layernorm = nn.RMSNorm(args.hidden_size, eps=args.rms_norm_eps)
         self.post_attention_layernorm = nn.RMSNorm(args.hidden_size, eps=args.rms_norm_eps)
 
-    def __call__(self, x: mx.array, mask: mx.array | None, cache) -> mx.array:
-        h = x + self.self_attn(self.input_layernorm(x), mask, cache)
+    def __call__(self, x: mx.array, mask: mx.array | None, cache, offset=None) -> mx.array:
+        h = x + self.self_attn(self.input_layernorm(x), mask, cache, offset)
         return h + self.mlp(self.post_attention_layernorm(h))
 
 
@@ -178,8 +179,11 @@ class Qwen3Model(nn.Module):
         self.norm = nn.RMSNorm(args.hidden_size, eps=args.rms_norm_eps)
 
     def __call__(self, h: mx.array, mask: mx.array | None, cache: list) -> mx.array:
+        # the layers' caches advance together: one RoPE offset for all (a batch cache's is
+        # an array op, one launch per step instead of one per layer)
+        offset = cache[0].offset if cache else None
         for layer, c in zip(self.layers, cache):
-            h = layer(h, mask, c)
+            h = layer(h, mask, c, offset)
         return self.norm(h)
 
 
