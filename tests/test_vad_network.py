@@ -93,25 +93,34 @@ def test_the_server_answers_no_stranger(tmp_path):
         bad.send_bytes(b"FSV2 and then nonsense")
         with pytest.raises(EOFError):
             bad.poll(60) and bad.recv_bytes()
-        # and good ones are still answered: stacked features, and LFR rows with their index
+        # and a good one is still answered: LFR rows with their index
         vad = load_vad(FSMN)
-        remote = vad_network.RemoteNetwork(server.address, server.key, None)
+        here = []
+
+        def fallback(feats, cache, ids):
+            here.append(feats)
+            return vad.own_network(feats, cache, ids)
+
+        remote = vad_network.RemoteNetwork(server.address, server.key, fallback)
         rng = np.random.default_rng(0)
         ids = list(vad.options.sil_pdf_ids)
         m, D = vad.frontend_conf.lfr_m, vad.model.args.input_dim
         rows = rng.standard_normal((44, D // m)).astype(np.float32)
         index = np.clip(np.arange(40)[:, None] + np.arange(m)[None, :] - 2, 0, 43)
         lfr = LFRFrames(rows, index, vad.cmvn[:, :D].astype(np.float32))
-        for feats in (rng.standard_normal((40, D)).astype(np.float32), lfr):
-            cache = [rng.standard_normal(c.shape).astype(np.float32)
-                     for c in vad.model.make_cache(1)]
-            probs, new_cache = remote(feats, cache, ids)
-            want, want_cache = vad.own_network(feats, cache, ids)
-            assert probs.shape == want.shape == (40, len(ids))
-            np.testing.assert_allclose(probs, want, atol=1e-6)
-            for a, b in zip(new_cache, want_cache):
-                np.testing.assert_allclose(a, b, atol=1e-5)
-        assert not remote.failed
+        cache = [rng.standard_normal(c.shape).astype(np.float32)
+                 for c in vad.model.make_cache(1)]
+        probs, new_cache = remote(lfr, cache, ids)
+        want, want_cache = vad.own_network(lfr, cache, ids)
+        assert probs.shape == want.shape == (40, len(ids)) and here == []  # the server's
+        np.testing.assert_allclose(probs, want, atol=1e-6)
+        for a, b in zip(new_cache, want_cache):
+            np.testing.assert_allclose(a, b, atol=1e-5)
+        # stacked features are not sent: computed here, and the server stays in use
+        stacked = np.asarray(lfr)
+        probs, _ = remote(stacked, cache, ids)
+        assert len(here) == 1 and here[0] is stacked and not remote.failed
+        np.testing.assert_array_equal(probs, want)
     finally:
         server.close()
     assert not os.path.exists(server.dir)
@@ -159,7 +168,9 @@ def test_before_the_server_is_ready_a_reader_computes_the_chunk_itself(tmp_path)
         return vad.own_network(feats, cache, ids)
 
     remote = vad_network.RemoteNetwork(str(tmp_path / "socket"), b"key", own)
-    feats = np.zeros((10, vad.model.args.input_dim), np.float32)
+    m, D = vad.frontend_conf.lfr_m, vad.model.args.input_dim
+    feats = LFRFrames(np.zeros((14, D // m), np.float32),
+                      np.clip(np.arange(10)[:, None] + np.arange(m)[None, :] - 2, 0, 13), None)
     probs, _ = remote(feats, vad.model.make_cache(1), list(vad.options.sil_pdf_ids))
     assert calls == [(10, vad.model.args.input_dim)] and probs.shape == (10, 1)
     assert remote.conn is None and not remote.failed  # it will ask once the server is ready

@@ -75,6 +75,11 @@ class ModelArgs(BaseModelArgs):
                              f"{fconf.lfr_n}) does not feed input_dim {args.input_dim}")
         return args
 
+    @property
+    def context(self) -> int:
+        """Frames of its past each causal FSMN memory reaches back (the streaming cache)."""
+        return (self.lorder - 1) * self.lstride
+
     def __post_init__(self):
         if self.rorder:  # the official right-context branch is marked "maybe need to check"
             raise ValueError(f"FSMN with rorder={self.rorder} is not supported (only causal "
@@ -136,8 +141,7 @@ class Model:
 
     def make_cache(self, batch_size: int = 1) -> list[np.ndarray]:
         """Zero memories, as the official streaming cache starts."""
-        ctx = (self.args.lorder - 1) * self.args.lstride
-        return [np.zeros((batch_size, ctx, self.args.proj_dim), np.float32)
+        return [np.zeros((batch_size, self.args.context, self.args.proj_dim), np.float32)
                 for _ in range(self.args.fsmn_layers)]
 
     def _memory(self, x: np.ndarray, cache: np.ndarray, w: np.ndarray):
@@ -155,8 +159,7 @@ class Model:
                 s = k * self.args.lstride
                 np.multiply(xp[:, a + s : b + s], w[k], out=t)
                 o += t
-        context = (self.args.lorder - 1) * self.args.lstride
-        return out, xp[:, xp.shape[1] - context :].copy()
+        return out, xp[:, xp.shape[1] - self.args.context :].copy()
 
     def __call__(self, feats: np.ndarray, cache: list[np.ndarray]) -> tuple[np.ndarray, list]:
         """feats (B, T, input_dim) -> (posteriors or logits (B, T, output_dim), new cache)."""

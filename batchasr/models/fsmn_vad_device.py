@@ -39,8 +39,7 @@ class DeviceNetwork:
 
     def make_cache(self, batch_size: int = 1) -> list[mx.array]:
         """Zero memories, as the official streaming cache starts."""
-        ctx = (self.args.lorder - 1) * self.args.lstride
-        return [mx.zeros((batch_size, ctx, self.args.proj_dim), mx.float32)
+        return [mx.zeros((batch_size, self.args.context, self.args.proj_dim), mx.float32)
                 for _ in range(self.args.fsmn_layers)]
 
     def _linear(self, x: mx.array, name: str) -> mx.array:
@@ -60,8 +59,7 @@ class DeviceNetwork:
             out = out + xp[:, s : s + T] * w[k]
         if ends is not None:
             return out, mx.take_along_axis(xp, ends[..., None], axis=1)
-        context = (self.args.lorder - 1) * self.args.lstride
-        return out, xp[:, xp.shape[1] - context :]
+        return out, xp[:, xp.shape[1] - self.args.context :]
 
     def logits(self, feats: mx.array, cache: list[mx.array],
                lengths: Sequence[int] | None = None) -> tuple[mx.array, list]:
@@ -70,9 +68,8 @@ class DeviceNetwork:
         so padding changes no earlier frame; each row's new cache ends at its length)."""
         ends = None
         if lengths is not None:
-            ctx = (self.args.lorder - 1) * self.args.lstride
             ends = mx.array(np.asarray(lengths, np.int32)[:, None]
-                            + np.arange(ctx, dtype=np.int32)[None, :])
+                            + np.arange(self.args.context, dtype=np.int32)[None, :])
         x = mx.maximum(self._linear(self._linear(feats, "in_linear1"), "in_linear2"), 0)
         new_cache = []
         for i, c in enumerate(cache):

@@ -48,7 +48,6 @@ from batchasr.audio.decode import SAMPLE_RATE
 from batchasr.errors import AudioError
 from batchasr.runner import vad_network
 from batchasr.runner.hooks import reader_dies_on
-from batchasr.runner.vad_network import NetworkServer
 
 logger = logging.getLogger("batchasr.worker")  # the name log lines show (stable)
 
@@ -304,7 +303,7 @@ class ReadProcesses:
         if vad_network.wanted(self.vad_spec):
             with _SPAWN_LOCK:  # not the environment a reader's start changes for a moment
                 environ = dict(os.environ)
-            self._network = NetworkServer(self.vad_spec, environ)
+            self._network = vad_network.NetworkServer(self.vad_spec, environ)
 
     def start(self) -> None:
         """Start every process now (each boots while the run gets ready, and a file's first

@@ -6,10 +6,11 @@ endpoint state machine and the cutting. For each 60 s chunk it sends its fbank r
 which rows each LFR frame stacks (`kaldi_fbank.LFRFrames`: 2 MB, where the stacked features
 are 9.6 MB) with its FSMN cache, and gets back the silence posteriors and the new cache; the
 server stacks the frames of all waiting chunks with one gather on the device, applies CMVN,
-and runs them as one padded batch (`models.fsmn_vad_device.DeviceNetwork`). Why: the numpy FSMN is most of a reader's CPU in
-a long-recording run, and 16 readers on 16 cores bound it (benchmarks/README.md), where the
-GPU does every stream's GEMMs in milliseconds. The server runs with MLX_ENABLE_TF32=0
-(posteriors within ~1e-6 of the numpy network's; TF32 would move them by ~1e-3).
+and runs them as one padded batch (`models.fsmn_vad_device.DeviceNetwork`). Why: the numpy
+FSMN is most of a reader's CPU in a long-recording run, and 16 readers on 16 cores bound it
+(benchmarks/README.md), where the GPU does every stream's GEMMs in milliseconds. The server
+runs with MLX_ENABLE_TF32=0 (posteriors within ~1e-6 of the numpy network's; TF32 would move
+them by ~1e-3).
 
 The wire carries raw float32 behind a fixed header (`send_bytes`/`recv_bytes`), never a
 pickle; the socket lives in a private (0700) folder and the Listener authenticates each
@@ -37,8 +38,8 @@ import numpy as np
 logger = logging.getLogger("batchasr.worker")
 
 # request: magic, fbank rows F, output frames T, rows per frame m, row width w, classes,
-# CMVN to apply (1) or already applied (0); then F x w float32 rows, T x m int32 row indices,
-# the FSMN cache (float32). Reply: magic, T, 0, 0, 0, classes, 0; T x classes float32
+# CMVN to apply (1) or not (0, a folder without am.mvn); then F x w float32 rows, T x m int32
+# row indices, the FSMN cache (float32). Reply: magic, T, 0, 0, 0, classes, 0; T x classes float32
 # posteriors, the new cache.
 MAGIC = b"FSV2"
 HEADER = struct.Struct("<4sIIIIII")
@@ -117,7 +118,8 @@ class RemoteNetwork:
     """`FsmnVAD.network`'s call (one stream), answered by the server once it is ready (until
     then each chunk is computed here: a run's first chunks wait for no start-up);
     ``fallback`` for good once the server cannot answer. LFR features travel as their fbank
-    rows and row index (LFRFrames), a fifth of the stacked features' bytes."""
+    rows and row index (LFRFrames), a fifth of the stacked features' bytes; anything else
+    (stacked features) is computed here."""
 
     def __init__(self, address: str, key: bytes, fallback):
         self.address, self.key, self.fallback = address, key, fallback
@@ -126,7 +128,10 @@ class RemoteNetwork:
         self.failed = False
 
     def __call__(self, feats, cache: list[np.ndarray], ids):
-        if not self.failed and (self.conn is not None or os.path.exists(self.ready_path)):
+        from batchasr.models.blocks.kaldi_fbank import LFRFrames
+
+        if isinstance(feats, LFRFrames) and not self.failed and (
+                self.conn is not None or os.path.exists(self.ready_path)):
             try:
                 return self._ask(feats, cache, len(ids))
             except (OSError, EOFError, ValueError, TimeoutError) as e:
@@ -136,16 +141,9 @@ class RemoteNetwork:
     def _ask(self, feats, cache: list[np.ndarray], n_ids: int):
         from multiprocessing.connection import Client
 
-        from batchasr.models.blocks.kaldi_fbank import LFRFrames
-
-        if isinstance(feats, LFRFrames):
-            rows, index, cmvn = feats.frames, feats.index, feats.cmvn is not None
-        else:  # stacked features: each output frame is one row
-            rows = np.asarray(feats, np.float32)
-            index, cmvn = np.arange(len(rows), dtype=np.int32)[:, None], False
-        rows = np.ascontiguousarray(rows, np.float32)
-        index = np.ascontiguousarray(index, np.int32)
-        (F, w), (T, m) = rows.shape, index.shape
+        rows = np.ascontiguousarray(feats.frames, np.float32)
+        index = np.ascontiguousarray(feats.index, np.int32)
+        (F, w), (T, m), cmvn = rows.shape, index.shape, feats.cmvn is not None
         if self.conn is None:
             self.conn = Client(self.address, family="AF_UNIX", authkey=self.key)
         body = [np.ascontiguousarray(c, np.float32).tobytes() for c in cache]
@@ -214,11 +212,11 @@ def serve(vad_spec: str, address: str, key: bytes, parent: int) -> None:
     net = DeviceNetwork(vad.model)
     ids = list(vad.options.sil_pdf_ids)
     a = vad.model.args
-    D, ctx = a.input_dim, (a.lorder - 1) * a.lstride
+    D, ctx = a.input_dim, a.context
     cache_size = ctx * a.proj_dim
     # the readers' OnlineFrontend applies the same am.mvn (cut to D)
     cmvn = None if vad.cmvn is None else np.asarray(vad.cmvn[:, :D], np.float32)
-    lfr_m = vad.frontend_conf.lfr_m  # every request is brought to (lfr_m, D // lfr_m) rows
+    lfr_m = vad.frontend_conf.lfr_m  # every request: rows of D // lfr_m, lfr_m per frame
     folder = os.path.dirname(address)
     # the kernels built before the first reader is sent here (a full 60 s chunk's shape)
     mx.eval(net.silence(mx.zeros((1, 6000, D)), net.make_cache(1), ids, [6000]))
@@ -229,7 +227,7 @@ def serve(vad_spec: str, address: str, key: bytes, parent: int) -> None:
     def parse(data: bytes):
         """(rows (F, w), index (T, m), apply CMVN, caches (layers, ctx, proj)) of a request."""
         magic, F, T, m, w, n, with_cmvn = HEADER.unpack_from(data)
-        if (magic != MAGIC or n != len(ids) or not T or not F or m * w != D
+        if (magic != MAGIC or n != len(ids) or not T or not F or (m, w) != (lfr_m, D // lfr_m)
                 or with_cmvn not in (0, 1) or (with_cmvn and cmvn is None)
                 or len(data) != HEADER.size + 4 * (F * w + T * m + a.fsmn_layers * cache_size)):
             raise ValueError("malformed request")
@@ -241,11 +239,6 @@ def serve(vad_spec: str, address: str, key: bytes, parent: int) -> None:
         if index.min() < 0 or index.max() >= F:
             raise ValueError("row index out of range")
         caches = np.frombuffer(data, np.float32, a.fsmn_layers * cache_size, at)
-        if (m, w) == (1, D) and lfr_m > 1:  # stacked features: each row as lfr_m rows
-            rows = rows.reshape(F * lfr_m, D // lfr_m)
-            index = index * lfr_m + np.arange(lfr_m, dtype=np.int32)
-        elif (m, w) != (lfr_m, D // lfr_m):
-            raise ValueError("features of another layout")
         return rows, index, bool(with_cmvn), caches.reshape(a.fsmn_layers, ctx, a.proj_dim)
 
     while True:
