@@ -23,8 +23,9 @@ NCPU=$(nproc)
 for step in "$@"; do
   start=$(date +%s)
   case "$step" in
-    longform) python3 benchmarks/longform.py --files 16 --minutes 20 --fsmn-vad "$FSMN" \
-                --baseline --ncpu "$NCPU" ;;
+    longform) # fsmn-vad's network served from the GPU (the default there) and in the readers
+              python3 benchmarks/longform.py --files 16 --minutes 20 --fsmn-vad "$FSMN" \
+                --baseline --ncpu "$NCPU" --vad-networks auto,host ;;
     short) python3 benchmarks/bench.py paraformer --audio-s 18000 --dtypes bfloat16 --baseline \
              --repeats 2 --readers 8 --batch-seconds 1000 --ncpu "$NCPU" ;;
     upload-ab) # the frontend's upload read in place (default) and on a stream of its own
@@ -73,8 +74,8 @@ for step in "$@"; do
               lscpu > "$OUT/lscpu.txt" 2>&1
               python3 benchmarks/vad_scaling.py --wav /tmp/batchasr-longform/audio-16x20min/long000.wav \
                 --vads "silero,$FSMN" --processes "1,8,$NCPU" --vad-network host,device ;;
-    vadnet) # long recordings with fsmn-vad's network served from the GPU (after longform:
-            # its official figure is the baseline)
+    vadnet) # long recordings with fsmn-vad's network served from the GPU, once more (after
+            # longform: its official figure is the baseline)
             BATCHASR_VAD_NETWORK=device python3 benchmarks/longform.py --files 16 --minutes 20 \
               --vads fsmn --fsmn-vad "$FSMN" --ncpu "$NCPU" ;;
     fsmndevice) # fsmn-vad's network on the GPU (TF32 off and on) against the readers' numpy

@@ -40,6 +40,7 @@ import batchasr  # noqa: E402,F401  (first: preloads the CPU BLAS before mlx)
 import mlx.core as mx  # noqa: E402
 import numpy as np  # noqa: E402
 
+from batchasr.runner import vad_network  # noqa: E402
 from benchmarks.gpu_busy import GPUBusy  # noqa: E402
 
 from benchmarks.bench import append_results, machine, peak_rss_gb  # noqa: E402
@@ -145,6 +146,9 @@ def main(argv=None):
                     help="comma-separated: default (the runner's choice for the device), readers "
                     "(the VAD in the reader processes), model (on the model's thread); each VAD is "
                     "timed once per placement")
+    ap.add_argument("--vad-networks", default="auto",
+                    help="comma-separated BATCHASR_VAD_NETWORK values for fsmn-vad's runs: auto "
+                    "(the default: served from the GPU on a GPU), host (in every reader), device")
     ap.add_argument("--workdir", default="/tmp/batchasr-longform")
     ap.add_argument("--baseline", action="store_true", help="also time the official funasr")
     ap.add_argument("--baseline-python", default=sys.executable)
@@ -181,14 +185,18 @@ def main(argv=None):
     command = "python benchmarks/" + " ".join([Path(sys.argv[0]).name] + sys.argv[1:])
     records = []
     placements = [p.strip() for p in args.vad_placements.split(",") if p.strip()]
-    runs = [(vad, placement) for placement in placements for vad in vads]
-    for vad, placement in runs:
+    networks = [n.strip() for n in args.vad_networks.split(",") if n.strip()]
+    runs = [(vad, placement, network) for placement in placements for vad in vads
+            for network in (networks if vad == "fsmn" else networks[:1])]
+    for vad, placement, network in runs:
         os.environ.pop("BATCHASR_VAD_IN_READERS", None)
         if placement != "default":
             os.environ["BATCHASR_VAD_IN_READERS"] = "1" if placement == "readers" else "0"
-        r = run_batchasr(asr, manifest, str(args.fsmn_vad) if vad == "fsmn" else vad, args)
+        os.environ["BATCHASR_VAD_NETWORK"] = network
+        spec = str(args.fsmn_vad) if vad == "fsmn" else vad
+        r = run_batchasr(asr, manifest, spec, args)
         r.update(vad_placement=placement, vad_in_reader_processes=vad_in_reader_processes(),
-                 vad_network=os.environ.get("BATCHASR_VAD_NETWORK", "host"))
+                 vad_network=("device" if vad_network.wanted(spec) else "host"))
         r.update(metric=f"rtfx_longform_{vad}", date=date, machine=machine(),
                  model="paraformer-large (random weights)", dtype=args.dtype,
                  batch_seconds=args.batch_seconds, readers=args.readers, command=command,

@@ -180,6 +180,14 @@ def test_idle_rows_setting_is_read_at_load(monkeypatch):
     assert asr.retire_at == 0.25 and load_model(FIXTURES / "plain").retire_at == 0.0
 
 
+def test_idle_rows_are_the_gpu_default_and_not_the_cpu_one():
+    from batchasr.models.blocks.tuning import Tuning
+
+    assert Tuning.from_env({}, cpu=False).retire_at == 0.25  # fewer cache rebuilds on a GPU
+    assert Tuning.from_env({}, cpu=True).retire_at == 0.0  # an idle row's step is real work
+    assert Tuning.from_env({"BATCHASR_RETIRE_AT": "0"}, cpu=False).retire_at == 0.0
+
+
 def test_padded_encoder_rows_equal_single_rows():
     asr = load_model(FIXTURES / "ctc")
     wavs = [audio("ctc", c) for c in ("utt_2s", "utt_11s", "utt_short")]

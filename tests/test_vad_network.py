@@ -177,3 +177,44 @@ def test_before_the_server_is_ready_a_reader_computes_the_chunk_itself(tmp_path)
     (tmp_path / "ready").touch()  # ready, but nobody listens: it gives up on the server
     remote(feats, vad.model.make_cache(1), list(vad.options.sil_pdf_ids))
     assert remote.failed and len(calls) == 2
+
+
+def test_by_default_only_a_gpu_run_with_fsmn_vad_serves_the_network(monkeypatch):
+    import mlx.core as mx
+
+    from batchasr.runner import device
+
+    monkeypatch.delenv("BATCHASR_VAD_NETWORK", raising=False)
+    assert not vad_network.wanted("silero")
+    assert not vad_network.wanted(None)
+    monkeypatch.setattr(device, "gpu_available", lambda: False)
+    assert not vad_network.wanted(str(FSMN))  # a CPU run: the readers keep the network
+    monkeypatch.setattr(device, "gpu_available", lambda: True)
+    monkeypatch.setattr(mx, "default_device", lambda: mx.gpu)
+    assert vad_network.wanted(str(FSMN))
+    monkeypatch.setattr(mx, "default_device", lambda: mx.cpu)  # --device cpu on a GPU machine
+    assert not vad_network.wanted(str(FSMN))
+    monkeypatch.setenv("BATCHASR_VAD_NETWORK", "host")
+    monkeypatch.setattr(mx, "default_device", lambda: mx.gpu)
+    assert not vad_network.wanted(str(FSMN))
+
+
+def test_the_run_leaves_the_server_room_on_their_gpu_once(monkeypatch):
+    import mlx.core as mx
+
+    from batchasr.runner import device
+
+    monkeypatch.setattr(device, "gpu_available", lambda: True)
+    monkeypatch.setattr(device, "_left_to_others", 0)
+    before_memory, before_cache = mx.get_memory_limit(), mx.set_cache_limit(1 << 40)
+    mx.set_cache_limit(1 << 40)
+    try:
+        room = vad_network.SERVER_ROOM
+        assert device.leave_gpu_memory(room) == before_memory - room
+        assert mx.get_memory_limit() == before_memory - room
+        assert mx.set_cache_limit(1 << 40) == before_memory - room  # the cache within it
+        assert device.leave_gpu_memory(room) is None  # a second run's server: room left already
+        assert mx.get_memory_limit() == before_memory - room
+    finally:
+        mx.set_memory_limit(before_memory)
+        mx.set_cache_limit(before_cache)

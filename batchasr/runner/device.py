@@ -126,6 +126,25 @@ def share_gpu_memory(workers: int) -> int | None:
     return share
 
 
+_left_to_others = 0  # bytes of this process's GPU that leave_gpu_memory has given up
+
+
+def leave_gpu_memory(nbytes: int) -> int | None:
+    """Lower this process's MLX memory and cache limits by ``nbytes`` that another process on
+    the same GPU needs (the run's fsmn-vad network server). MLX's CUDA allocator lets its
+    buffer cache grow to 95 % of the device's memory, counting only its own process: on an
+    H100 a long-recording run with the server beside it failed with `cudaMallocAsync ... out of
+    memory` in the model's process. Returns the limit set (None without a GPU)."""
+    global _left_to_others
+    if not gpu_available() or nbytes <= _left_to_others:  # left already (another run's server)
+        return None
+    nbytes, _left_to_others = nbytes - _left_to_others, nbytes
+    limit = max(mx.get_memory_limit() - nbytes, nbytes)
+    mx.set_memory_limit(limit)
+    mx.set_cache_limit(min(mx.set_cache_limit(limit), limit))
+    return limit
+
+
 def open_model(model, weights, dtype, device, download, **options):
     """Load a recognizer on ``device`` (``dtype`` by name) and set its decoding options
     (``max_new_tokens``, ``hotwords``, ``no_guard``: only models that have them accept them)."""

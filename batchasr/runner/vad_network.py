@@ -1,6 +1,8 @@
 """fsmn-vad's network served to the reader processes by one process on the accelerator.
 
-Opt-in: BATCHASR_VAD_NETWORK=device, for an fsmn-vad folder given as the run's VAD. A reader
+On by default where the run's model is on a GPU and its VAD is an fsmn-vad folder
+(BATCHASR_VAD_NETWORK=auto); BATCHASR_VAD_NETWORK=host keeps the network in every reader,
+=device serves it wherever the run is (tests use it on the CPU). A reader
 keeps all of fsmn-vad but its network: decoding, the frontend (fbank, LFR, CMVN), the
 endpoint state machine and the cutting. For each 60 s chunk it sends its fbank rows and
 which rows each LFR frame stacks (`kaldi_fbank.LFRFrames`: 2 MB, where the stacked features
@@ -46,15 +48,29 @@ HEADER = struct.Struct("<4sIIIIII")
 ADDRESS_VAR, KEY_VAR = "BATCHASR_VAD_NETWORK_ADDRESS", "BATCHASR_VAD_NETWORK_KEY"
 REPLY_WAIT_S = 120.0  # for a reply, before a reader gives up on the server
 CACHE_LIMIT = 1 << 30  # bytes of freed device buffers the server keeps for reuse
+MEMORY_LIMIT = 2 << 30  # the server's MLX memory limit: beyond it, freed buffers are released
+# what the run's own process leaves to the server on their GPU: the server's limit, its CUDA
+# context and the kernels' workspaces
+SERVER_ROOM = 4 << 30
 
 
 def wanted(vad_spec: str | None) -> bool:
-    """Whether a run with the VAD ``vad_spec`` serves fsmn-vad's network from the device."""
-    if os.environ.get("BATCHASR_VAD_NETWORK", "host") != "device" or not vad_spec:
+    """Whether a run with the VAD ``vad_spec`` serves fsmn-vad's network from the device
+    (asked in the run's process, after its device is set)."""
+    mode = os.environ.get("BATCHASR_VAD_NETWORK", "auto")
+    if mode not in ("auto", "device") or not vad_spec:
         return False
     from batchasr.models.vads import SILERO_NAMES
 
-    return vad_spec not in SILERO_NAMES and os.path.isdir(vad_spec)
+    if vad_spec in SILERO_NAMES or not os.path.isdir(vad_spec):
+        return False
+    if mode == "device":
+        return True
+    import mlx.core as mx
+
+    from batchasr.runner.device import gpu_available
+
+    return gpu_available() and mx.default_device() == mx.gpu
 
 
 class NetworkServer:
@@ -62,6 +78,9 @@ class NetworkServer:
 
     def __init__(self, vad_spec: str, environ: dict[str, str] | None = None):
         """``environ``: the run's environment (default os.environ), the GPU it sees included."""
+        from batchasr.runner.device import leave_gpu_memory
+
+        leave_gpu_memory(SERVER_ROOM)  # this process shares its GPU with the server
         environ = dict(os.environ if environ is None else environ)
         self.dir = tempfile.mkdtemp(prefix="batchasr-vadnet-")  # mode 0700
         self.address = os.path.join(self.dir, "socket")
@@ -207,7 +226,8 @@ def serve(vad_spec: str, address: str, key: bytes, parent: int) -> None:
     from batchasr.models.fsmn_vad_device import DeviceNetwork
     from batchasr.models.vads import open_vad
 
-    mx.set_cache_limit(CACHE_LIMIT)  # the model's process shares the device
+    mx.set_memory_limit(MEMORY_LIMIT)  # the model's process shares the device
+    mx.set_cache_limit(CACHE_LIMIT)
     vad = open_vad(vad_spec)
     net = DeviceNetwork(vad.model)
     ids = list(vad.options.sil_pdf_ids)

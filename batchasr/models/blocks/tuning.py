@@ -27,8 +27,8 @@ environment, so a loaded model keeps the switches it was built with.
                                                            place by the frontend's first
                                                            kernel, or first copied to the
                                                            device on a stream of their own
-    BATCHASR_RETIRE_AT     0 (default) .. 1                Fun-ASR-Nano's continuous decoding:
-                                                           finished rows stay in the batch,
+    BATCHASR_RETIRE_AT     0 .. 1 (0.25 on a GPU, 0 on     Fun-ASR-Nano's continuous decoding:
+                           the CPU)                        finished rows stay in the batch,
                                                            idle, until they are this fraction
                                                            of it (fewer cache rebuilds; the
                                                            same tokens), 0 retires at once
@@ -36,8 +36,10 @@ environment, so a loaded model keeps the switches it was built with.
 The grouped convolution and the compiled layers are faster on GPUs but opt-in until they are
 known to be stable on MLX's CUDA backend; the upload stream is opt-in until an A/B on a GPU
 (`benchmarks/gpu_session.sh upload-ab`) says it pays; the unfused attention and the matmul
-CIF avoid a cuDNN plan per new batch shape on NVIDIA GPUs; Nano's idle rows are opt-in until
-`benchmarks/gpu_session.sh nano-ab` measures them.
+CIF avoid a cuDNN plan per new batch shape on NVIDIA GPUs. Nano's idle rows are the GPU's
+default: on an H100 (`benchmarks/gpu_session.sh nano-ab`, alternating) 604 s end to end took
+1.25 s in the model stage against 1.34-1.40 s retiring at once; on the CPU an idle row's step
+is real work, so rows retire at once there.
 """
 from __future__ import annotations
 
@@ -54,7 +56,7 @@ class Tuning:
     compile: bool = False
     upload: str = "inline"
     dft: str = "fft"
-    retire_at: float = 0.0
+    retire_at: float = 0.25
 
     @classmethod
     def from_env(cls, env=None, *, cpu: bool = False) -> "Tuning":
@@ -62,6 +64,7 @@ class Tuning:
         on the CPU."""
         env = os.environ if env is None else env
         bucket = 1 if cpu else cls.frame_bucket
+        retire_at = 0.0 if cpu else cls.retire_at
         return cls(fsmn=env.get("BATCHASR_FSMN", cls.fsmn),
                    attention=env.get("BATCHASR_ATTENTION", cls.attention),
                    cif_conv=env.get("BATCHASR_CIF_CONV", cls.cif_conv),
@@ -69,7 +72,7 @@ class Tuning:
                    compile=env.get("BATCHASR_COMPILE") == "1",
                    upload=env.get("BATCHASR_UPLOAD", cls.upload),
                    dft=env.get("BATCHASR_DFT", cls.dft),
-                   retire_at=float(env.get("BATCHASR_RETIRE_AT", cls.retire_at)))
+                   retire_at=float(env.get("BATCHASR_RETIRE_AT", retire_at)))
 
 
 def tune(model, tuning: Tuning) -> None:
