@@ -146,9 +146,10 @@ def main(argv=None):
                     help="comma-separated: default (the runner's choice for the device), readers "
                     "(the VAD in the reader processes), model (on the model's thread); each VAD is "
                     "timed once per placement")
-    ap.add_argument("--vad-networks", default="auto",
-                    help="comma-separated BATCHASR_VAD_NETWORK values for fsmn-vad's runs: auto "
-                    "(the default: served from the GPU on a GPU), host (in every reader), device")
+    ap.add_argument("--vad-networks", default="host",
+                    help="comma-separated BATCHASR_VAD_NETWORK values for fsmn-vad's runs: host "
+                    "(the default: in every reader), device (served from one process on the "
+                    "accelerator), auto (served where the model is on a GPU)")
     ap.add_argument("--workdir", default="/tmp/batchasr-longform")
     ap.add_argument("--baseline", action="store_true", help="also time the official funasr")
     ap.add_argument("--baseline-python", default=sys.executable)

@@ -179,24 +179,24 @@ def test_before_the_server_is_ready_a_reader_computes_the_chunk_itself(tmp_path)
     assert remote.failed and len(calls) == 2
 
 
-def test_by_default_only_a_gpu_run_with_fsmn_vad_serves_the_network(monkeypatch):
+def test_the_network_is_served_only_when_asked_and_auto_only_on_a_gpu(monkeypatch):
     import mlx.core as mx
 
     from batchasr.runner import device
 
-    monkeypatch.delenv("BATCHASR_VAD_NETWORK", raising=False)
-    assert not vad_network.wanted("silero")
-    assert not vad_network.wanted(None)
-    monkeypatch.setattr(device, "gpu_available", lambda: False)
-    assert not vad_network.wanted(str(FSMN))  # a CPU run: the readers keep the network
     monkeypatch.setattr(device, "gpu_available", lambda: True)
     monkeypatch.setattr(mx, "default_device", lambda: mx.gpu)
+    monkeypatch.delenv("BATCHASR_VAD_NETWORK", raising=False)
+    assert not vad_network.wanted(str(FSMN))  # the default: every reader its own network
+    monkeypatch.setenv("BATCHASR_VAD_NETWORK", "auto")
     assert vad_network.wanted(str(FSMN))
+    assert not vad_network.wanted("silero") and not vad_network.wanted(None)
     monkeypatch.setattr(mx, "default_device", lambda: mx.cpu)  # --device cpu on a GPU machine
     assert not vad_network.wanted(str(FSMN))
-    monkeypatch.setenv("BATCHASR_VAD_NETWORK", "host")
-    monkeypatch.setattr(mx, "default_device", lambda: mx.gpu)
+    monkeypatch.setattr(device, "gpu_available", lambda: False)
     assert not vad_network.wanted(str(FSMN))
+    monkeypatch.setenv("BATCHASR_VAD_NETWORK", "device")  # wherever the run is
+    assert vad_network.wanted(str(FSMN))
 
 
 def test_the_run_leaves_the_server_room_on_their_gpu_once(monkeypatch):

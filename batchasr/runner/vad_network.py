@@ -1,8 +1,11 @@
 """fsmn-vad's network served to the reader processes by one process on the accelerator.
 
-On by default where the run's model is on a GPU and its VAD is an fsmn-vad folder
-(BATCHASR_VAD_NETWORK=auto); BATCHASR_VAD_NETWORK=host keeps the network in every reader,
-=device serves it wherever the run is (tests use it on the CPU). A reader
+Opt-in: BATCHASR_VAD_NETWORK=device serves it for an fsmn-vad folder given as the run's VAD
+(tests use it on the CPU), =auto only where the run's model is on a GPU; the default, host,
+keeps the network in every reader. Why not the default: on an H200 host the served run took
+15.8 s for 16 files of 20 min against 10.8 s with the readers' own network, its readers
+waiting 4.6 s for audio against 1.4 s (`benchmarks/README.md`): the server's kernels share
+the GPU with the model's batches. A reader
 keeps all of fsmn-vad but its network: decoding, the frontend (fbank, LFR, CMVN), the
 endpoint state machine and the cutting. For each 60 s chunk it sends its fbank rows and
 which rows each LFR frame stacks (`kaldi_fbank.LFRFrames`: 2 MB, where the stacked features
@@ -57,7 +60,7 @@ SERVER_ROOM = 4 << 30
 def wanted(vad_spec: str | None) -> bool:
     """Whether a run with the VAD ``vad_spec`` serves fsmn-vad's network from the device
     (asked in the run's process, after its device is set)."""
-    mode = os.environ.get("BATCHASR_VAD_NETWORK", "auto")
+    mode = os.environ.get("BATCHASR_VAD_NETWORK", "host")
     if mode not in ("auto", "device") or not vad_spec:
         return False
     from batchasr.models.vads import SILERO_NAMES
