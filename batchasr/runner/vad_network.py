@@ -4,8 +4,8 @@ Opt-in: BATCHASR_VAD_NETWORK=device serves it for an fsmn-vad folder given as th
 (tests use it on the CPU), =auto only where the run's model is on a GPU; the default, host,
 keeps the network in every reader. Why not the default: on an H200 host the served run took
 15.8 s for 16 files of 20 min against 10.8 s with the readers' own network, its readers
-waiting 4.6 s for audio against 1.4 s (`benchmarks/README.md`): the server's kernels share
-the GPU with the model's batches. A reader
+waiting 4.6 s for audio against 1.4 s (`benchmarks/README.md`; likely because the server's
+kernels and the model's share the GPU by time slices). A reader
 keeps all of fsmn-vad but its network: decoding, the frontend (fbank, LFR, CMVN), the
 endpoint state machine and the cutting. For each 60 s chunk it sends its fbank rows and
 which rows each LFR frame stacks (`kaldi_fbank.LFRFrames`: 2 MB, where the stacked features
