@@ -29,9 +29,10 @@ sys.path.insert(0, str(ROOT))
 def _features(vad, audio):
     """The stream's frontend over the file, chunk by chunk: [(feats (T, D), is_final)]."""
     from batchasr.models.blocks.kaldi_fbank import OnlineFrontend
+    from batchasr.models.fsmn_vad import CHUNK_MS
 
     front = OnlineFrontend(vad.frontend_conf, vad.cmvn)
-    chunk = int(60000 * vad.sample_rate / 1000)
+    chunk = int(CHUNK_MS * vad.sample_rate / 1000)  # the stream's chunks
     out = []
     for a in range(0, max(len(audio), 1), chunk):
         part = audio[a : a + chunk]
