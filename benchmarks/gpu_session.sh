@@ -58,6 +58,27 @@ for step in "$@"; do
         done
         unset BATCHASR_ATTENTION BATCHASR_CIF_CONV BATCHASR_DFT BATCHASR_UPLOAD BATCHASR_STABLE_SHAPES \
           BATCHASR_COMPILE BATCHASR_FSMN ;;
+    graphs-ab) # MLX's CUDA graphs (MLX_USE_CUDA_GRAPHS, MLX_CUDA_GRAPH_CACHE_SIZE,
+               # MLX_MAX_OPS_PER_BUFFER) against its defaults: what a new batch shape costs
+               # (shape_cost.py) and 18000 s of short clips end to end, beside the decoder's token
+               # axis bucketed (alone and with stable shapes); GRAPHS_ARMS picks the arms
+               for c in ${GRAPHS_ARMS:-default nographs cache4000 ops400}; do
+                 unset MLX_USE_CUDA_GRAPHS MLX_CUDA_GRAPH_CACHE_SIZE MLX_MAX_OPS_PER_BUFFER \
+                   BATCHASR_TOKEN_BUCKET BATCHASR_STABLE_SHAPES
+                 case $c in
+                   nographs) export MLX_USE_CUDA_GRAPHS=0 ;;
+                   cache4000) export MLX_CUDA_GRAPH_CACHE_SIZE=4000 ;;
+                   ops400) export MLX_MAX_OPS_PER_BUFFER=400 ;;
+                   tokens16) export BATCHASR_TOKEN_BUCKET=16 ;;  # the decoder's token axis
+                   stable-tokens16) export BATCHASR_TOKEN_BUCKET=16 BATCHASR_STABLE_SHAPES=1 ;;
+                 esac
+                 echo "== $c"
+                 python3 benchmarks/shape_cost.py --dtype bfloat16 --stages
+                 python3 benchmarks/bench.py paraformer --audio-s 18000 --dtypes bfloat16 --repeats 2 \
+                   --readers 8 --batch-seconds 1000 --note "graphs=$c"
+               done
+               unset MLX_USE_CUDA_GRAPHS MLX_CUDA_GRAPH_CACHE_SIZE MLX_MAX_OPS_PER_BUFFER \
+                 BATCHASR_TOKEN_BUCKET BATCHASR_STABLE_SHAPES ;;
     short1800) python3 benchmarks/bench.py paraformer --audio-s 1800 --dtypes bfloat16 \
                  --baseline --repeats 2 --readers 8 --batch-seconds 1000 --ncpu "$NCPU" ;;
     sensevoice) python3 benchmarks/bench.py sensevoice --audio-s 1800 --dtypes bfloat16,float32 \
@@ -95,6 +116,11 @@ for step in "$@"; do
                  unset BATCHASR_ATTENTION BATCHASR_CIF_CONV ;;
     nano) python3 benchmarks/bench.py nano --audio-s 600 --dtypes bfloat16 --baseline --readers 8 \
             --batch-seconds 1000 --modes continuous ;;
+    nano-graphs) # Nano's launch-bound decode with MLX's CUDA graphs off and on, alternating
+                 for g in 0 1 0 1; do
+                   MLX_USE_CUDA_GRAPHS=$g python3 benchmarks/bench.py nano --audio-s 600 --dtypes bfloat16 \
+                     --readers 8 --batch-seconds 1000 --modes continuous --note "cuda_graphs=$g"
+                 done ;;
     nano-ab) # Nano's idle rows (BATCHASR_RETIRE_AT) against retiring at once, alternating
              for r in 0 0.25 0 0.25; do
                BATCHASR_RETIRE_AT=$r python3 benchmarks/bench.py nano --audio-s 600 --dtypes bfloat16 \

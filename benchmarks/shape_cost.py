@@ -21,12 +21,46 @@ import numpy as np  # noqa: E402
 from benchmarks.bench import speechlike  # noqa: E402
 
 
+def staged_pass(asr, waves) -> dict:
+    """One batch through Paraformer stage by stage, each forced with mx.eval: seconds per
+    stage and the decoder's token length (a shape of its own)."""
+    from batchasr.models.paraformer import DecodeRun
+
+    out = {}
+    t = time.perf_counter()
+    feats, lengths = asr.features(waves)
+    pad = -feats.shape[1] % asr.frame_bucket
+    if pad:
+        feats = mx.pad(feats, [(0, 0), (0, pad), (0, 0)])
+    feats = feats.astype(asr.dtype)
+    mx.eval(feats, lengths)
+    out["frontend"] = time.perf_counter() - t
+    t = time.perf_counter()
+    run = DecodeRun(asr.model, feats, lengths)
+    mx.eval(run.enc, run.alphas)
+    out["encoder"] = time.perf_counter() - t
+    t = time.perf_counter()
+    run.launch_decoder()
+    if run.ids is not None:
+        mx.eval(run.ids)
+    out["decoder"] = time.perf_counter() - t
+    t = time.perf_counter()
+    run.finish()
+    out["finish"] = time.perf_counter() - t
+    out = {k: round(v, 4) for k, v in out.items()}
+    out["tokens"] = int(run.cif.token_num.max())
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--shapes", default="16x10,16x11,17x10,24x12,32x9,8x20,9x20,40x7",
                     help="batch x seconds per clip")
+    ap.add_argument("--stages", action="store_true",
+                    help="time the frontend, encoder+predictor, decoder and host finish apart "
+                         "(each forced with mx.eval)")
     args = ap.parse_args(argv)
     from batchasr.models.loader import load_model
     from batchasr.runner.device import setup_device
@@ -39,13 +73,18 @@ def main(argv=None):
     for spec in args.shapes.split(","):
         b, sec = spec.split("x")
         waves = [speechlike(float(sec), rng) for _ in range(int(b))]
-        times = []
+        times, stages = [], []
         for _ in range(3):
             t = time.perf_counter()
-            asr.transcribe(waves)
+            parts = staged_pass(asr, waves) if args.stages else {}
+            if not args.stages:
+                asr.transcribe(waves)
             times.append(round(time.perf_counter() - t, 4))
-        rows.append({"batch": int(b), "seconds": float(sec), "first_s": times[0],
-                     "again_s": times[1:]})
+            stages.append(parts)
+        row = {"batch": int(b), "seconds": float(sec), "first_s": times[0], "again_s": times[1:]}
+        if args.stages:
+            row["stages_first_s"], row["stages_again_s"] = stages[0], stages[1:]
+        rows.append(row)
     print(json.dumps({"device": str(mx.default_device()), "dtype": args.dtype,
                       "shapes": rows}))
 

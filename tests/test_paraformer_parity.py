@@ -199,6 +199,22 @@ def test_batches_in_flight_give_the_same_results(fixture_model):
     assert key(got) == key(want)
 
 
+def test_token_bucket_gives_the_same_results(fixture_model, monkeypatch):
+    """BATCHASR_TOKEN_BUCKET pads the decoder's token axis with masked rows (fewer distinct
+    decoder shapes on a GPU): the same tokens and times as the official fixtures' decoder
+    length, in batches and alone."""
+    name, asr = fixture_model
+    monkeypatch.setenv("BATCHASR_TOKEN_BUCKET", "16")
+    bucketed = load_model(FIXTURES / name)
+    assert bucketed.model.predictor.token_bucket == 16
+    waves = [tensors(name, clip)["waveform"] for clip in clips(name)]
+    key = lambda ts: [(t.text, [(k.id, k.start_ms, k.end_ms) for k in t.tokens]) for t in ts]
+    assert key(bucketed.transcribe(waves)) == key(asr.transcribe(waves))
+    for clip, exp in clips(name).items():
+        got = bucketed.transcribe([tensors(name, clip)["waveform"]])[0]
+        assert [t.id for t in got.tokens] == exp["token_ids"], (name, clip)
+
+
 def test_upload_on_a_stream_of_its_own_gives_the_same_results(fixture_model, monkeypatch):
     """BATCHASR_UPLOAD=stream (opt-in) copies each batch's waveforms on a stream of
     the thread's own before the frontend reads them: same transcripts, batches in flight

@@ -308,7 +308,8 @@ class DecodeRun:
         hidden = enc
         if cif.alphas.shape[1] > T:
             hidden = mx.pad(enc, [(0, 0), (0, cif.alphas.shape[1] - T), (0, 0)])
-        embeds = cif_embeddings(hidden.astype(mx.float32), cif).astype(enc.dtype)
+        embeds = cif_embeddings(hidden.astype(mx.float32), cif,
+                                model.predictor.token_bucket).astype(enc.dtype)
         token_mask = mx.arange(embeds.shape[1])[None, :] < mx.array(cif.token_num)[:, None]
         memory_mask = mx.arange(T)[None, :] < self.lengths[:, None]
         logp = model.decoder(enc, memory_mask, embeds, token_mask)

@@ -40,6 +40,7 @@ class CifPredictorV2(nn.Module):
     GEMM over stacked shifted frames: no cuDNN convolution plan per new batch shape."""
 
     matmul = False
+    token_bucket = 1  # the decoder's token axis is padded to a multiple of this (Tuning)
 
     def __init__(self, args: PredictorArgs):
         super().__init__()
@@ -51,6 +52,7 @@ class CifPredictorV2(nn.Module):
 
     def tune(self, tuning: Tuning) -> None:
         self.matmul = tuning.cif_conv == "matmul"
+        self.token_bucket = tuning.token_bucket
 
     def alphas(self, hidden: mx.array, mask: mx.array) -> mx.array:
         """Per-frame firing weights (B, T), zero on padded frames."""
@@ -104,14 +106,16 @@ def cif_fire(alphas: np.ndarray, lengths: np.ndarray, tail_threshold: float,
                      [np.flatnonzero(fired[b]) for b in range(B)])
 
 
-def cif_embeddings(hidden: mx.array, cif: CifResult) -> mx.array:
+def cif_embeddings(hidden: mx.array, cif: CifResult, bucket: int = 1) -> mx.array:
     """Acoustic embeddings (B, max tokens, D) from hidden (B, T', D), as cif_v1 builds them:
     differences of the float32 prefix sums of alpha*hidden at fire frames, the frame that
-    crosses a boundary split by its fractional remainder."""
+    crosses a boundary split by its fractional remainder. ``bucket``: the token axis is padded
+    with zero rows to a multiple of it (fewer distinct decoder shapes)."""
     B, Tp, D = hidden.shape
     n_out = int(cif.token_num.max()) if B else 0
     if n_out <= 0:
         return mx.zeros((B, 0, D), hidden.dtype)
+    n_fired, n_out = n_out, -(-n_out // bucket) * bucket
     alphas = mx.array(cif.alphas)
     prefix_hidden = mx.cumsum(alphas[..., None] * hidden, axis=1)
     remains = cif.fires - np.floor(cif.fires)
@@ -122,7 +126,7 @@ def cif_embeddings(hidden: mx.array, cif: CifResult) -> mx.array:
     has_prev = np.zeros((B, n_out), np.float32)
     valid = np.zeros((B, n_out), np.float32)
     for b, frames in enumerate(cif.fire_frames):
-        frames = frames[:n_out]
+        frames = frames[:n_fired]
         k = len(frames)
         idx[b, :k] = frames
         rem[b, :k] = remains[b, frames]

@@ -19,6 +19,9 @@ environment, so a loaded model keeps the switches it was built with.
                                                            shapes for GPU kernels and plans;
                                                            on the CPU a shape costs nothing
                                                            and padding is pure work)
+    BATCHASR_TOKEN_BUCKET  1 (default)                     Paraformer's decoder runs on a token
+                                                           axis padded to a multiple of this
+                                                           (masked rows: the same tokens)
     BATCHASR_COMPILE       1 to use mx.compile'd layers    (Paraformer)
     BATCHASR_DFT           fft (default) | matmul          the fbank's power spectrum by FFT,
                                                            or by one GEMM with the DFT's rows
@@ -53,6 +56,7 @@ class Tuning:
     attention: str = "auto"
     cif_conv: str = "conv"
     frame_bucket: int = 16
+    token_bucket: int = 1
     compile: bool = False
     upload: str = "inline"
     dft: str = "fft"
@@ -69,6 +73,7 @@ class Tuning:
                    attention=env.get("BATCHASR_ATTENTION", cls.attention),
                    cif_conv=env.get("BATCHASR_CIF_CONV", cls.cif_conv),
                    frame_bucket=int(env.get("BATCHASR_FRAME_BUCKET", str(bucket))),
+                   token_bucket=int(env.get("BATCHASR_TOKEN_BUCKET", "1")),
                    compile=env.get("BATCHASR_COMPILE") == "1",
                    upload=env.get("BATCHASR_UPLOAD", cls.upload),
                    dft=env.get("BATCHASR_DFT", cls.dft),
