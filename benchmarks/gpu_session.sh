@@ -64,12 +64,14 @@ for step in "$@"; do
                # axis bucketed (alone and with stable shapes); GRAPHS_ARMS picks the arms
                for c in ${GRAPHS_ARMS:-default nographs cache4000 ops400}; do
                  unset MLX_USE_CUDA_GRAPHS MLX_CUDA_GRAPH_CACHE_SIZE MLX_MAX_OPS_PER_BUFFER \
-                   BATCHASR_TOKEN_BUCKET BATCHASR_STABLE_SHAPES
+                   BATCHASR_TOKEN_BUCKET BATCHASR_STABLE_SHAPES BATCHASR_FSMN
                  case $c in
                    nographs) export MLX_USE_CUDA_GRAPHS=0 ;;
                    cache4000) export MLX_CUDA_GRAPH_CACHE_SIZE=4000 ;;
                    ops400) export MLX_MAX_OPS_PER_BUFFER=400 ;;
                    tokens16) export BATCHASR_TOKEN_BUCKET=16 ;;  # the decoder's token axis
+                   kernel) export BATCHASR_FSMN=kernel ;;  # the FSMN memory as one CUDA kernel
+                   kernel-nographs) export BATCHASR_FSMN=kernel MLX_USE_CUDA_GRAPHS=0 ;;
                    stable-tokens16) export BATCHASR_TOKEN_BUCKET=16 BATCHASR_STABLE_SHAPES=1 ;;
                  esac
                  echo "== $c"
@@ -78,7 +80,15 @@ for step in "$@"; do
                    --readers 8 --batch-seconds 1000 --note "graphs=$c"
                done
                unset MLX_USE_CUDA_GRAPHS MLX_CUDA_GRAPH_CACHE_SIZE MLX_MAX_OPS_PER_BUFFER \
-                 BATCHASR_TOKEN_BUCKET BATCHASR_STABLE_SHAPES ;;
+                 BATCHASR_TOKEN_BUCKET BATCHASR_STABLE_SHAPES BATCHASR_FSMN ;;
+    kernel-check) # the FSMN kernel against the shifted sums, then the fixtures' parity tests
+                  # with it and without (float32 on the GPU; pytest comes from .whl)
+                  python3 tests/test_fsmn_kernel.py
+                  for f in kernel shift; do
+                    echo "== BATCHASR_FSMN=$f"
+                    BATCHASR_FSMN=$f python3 -m pytest -q -p no:cacheprovider tests/test_fsmn_kernel.py \
+                      tests/test_paraformer_parity.py 2>&1 | tail -15
+                  done ;;
     short1800) python3 benchmarks/bench.py paraformer --audio-s 1800 --dtypes bfloat16 \
                  --baseline --repeats 2 --readers 8 --batch-seconds 1000 --ncpu "$NCPU" ;;
     sensevoice) python3 benchmarks/bench.py sensevoice --audio-s 1800 --dtypes bfloat16,float32 \

@@ -118,9 +118,7 @@ class MultiHeadedAttentionSANMDecoder(nn.Module):
         self.fsmn_block = FSMNBlock(n_feat, kernel_size, fsmn_padding(kernel_size, sanm_shfit))
 
     def __call__(self, x: mx.array, mask: mx.array) -> mx.array:
-        m = mask[..., None].astype(x.dtype)
-        x = x * m
-        return (self.fsmn_block(x) + x) * m
+        return self.fsmn_block.memory(x, mask)
 
 
 class MultiHeadedAttentionCrossAtt(TunedAttention, nn.Module):

@@ -18,7 +18,7 @@ import mlx.nn as nn
 import numpy as np
 
 from batchasr.models.base import BaseModelArgs
-from batchasr.models.blocks import host_softmax
+from batchasr.models.blocks import fsmn_kernel, host_softmax
 from batchasr.models.blocks.tuning import Tuning
 
 LAYER_NORM_EPS = 1e-12  # funasr.models.transformer.layer_norm.LayerNorm
@@ -65,7 +65,8 @@ class FSMNBlock(nn.Module):
 
     `weight` keeps the torch layout (channels, 1, kernel) of `fsmn_block.weight`. `method`
     (Tuning.fsmn, BATCHASR_FSMN): "shift", a sum of shifted, scaled copies (exact, the
-    default), "conv", a grouped convolution, or "auto" (conv on GPUs).
+    default), "conv", a grouped convolution, "auto" (conv on GPUs), or "kernel" (`memory`
+    as one CUDA kernel; "shift" where MLX's CUDA backend is not the device).
     """
 
     method = Tuning.fsmn
@@ -79,12 +80,36 @@ class FSMNBlock(nn.Module):
     def tune(self, tuning: Tuning) -> None:
         self.method = tuning.fsmn
 
+    def memory(self, v: mx.array, mask: mx.array | None) -> mx.array:
+        """The SAN-M memory branch: ``(fsmn(v * m) + v * m) * m``, m the (B, T) mask (None:
+        every frame real). Method "kernel" runs it as one CUDA kernel (`fsmn_kernel`) where
+        MLX's CUDA backend is the device, and falls back to "shift" elsewhere."""
+        if self.method == "kernel" and fsmn_kernel.available():
+            if mask is None:
+                mask = mx.ones(v.shape[:2], mx.bool_)
+            return fsmn_kernel.fsmn_memory(v, mask, self._weight_kc(), self.left_padding)
+        m = None if mask is None else mask[..., None].astype(v.dtype)
+        v_in = v if m is None else v * m
+        out = self(v_in) + v_in
+        return out if m is None else out * m
+
+    def _weight_kc(self) -> mx.array:
+        """The (K, C) float32 row-contiguous weight the kernel reads, made once per weight
+        (kept outside the module's parameters)."""
+        cached = self.__dict__.get("_kc")
+        if cached is None or cached[0] is not self.weight:
+            kc = mx.contiguous(self.weight[:, 0, :].T.astype(mx.float32))
+            mx.eval(kc)
+            object.__setattr__(self, "_kc", (self.weight, kc))
+            cached = (self.weight, kc)
+        return cached[1]
+
     def __call__(self, x: mx.array) -> mx.array:
         """x: (B, T, C) -> (B, T, C)."""
         B, T, C = x.shape
         K, left = self.kernel_size, self.left_padding
         xp = mx.pad(x, [(0, 0), (left, K - 1 - left), (0, 0)])
-        method = self.method
+        method = "shift" if self.method == "kernel" else self.method
         if method == "auto":
             method = "shift" if mx.default_device() == mx.cpu else "conv"
         if method == "conv":
@@ -168,11 +193,7 @@ class MultiHeadedAttentionSANM(TunedAttention, nn.Module):
         qkv = self.linear_q_k_v(x)
         q, k, v = mx.split(qkv, 3, axis=-1)
         # FSMN memory: masked v, depthwise conv, plus v itself, masked again
-        m = None if mask is None else mask[..., None].astype(x.dtype)
-        v_in = v if m is None else v * m
-        memory = self.fsmn_block(v_in) + v_in
-        if m is not None:
-            memory = memory * m
+        memory = self.fsmn_block.memory(v, mask)
         out = attention(split_heads(q, self.h), split_heads(k, self.h),
                         split_heads(v, self.h), mask, self.method)
         return self.linear_out(merge_heads(out)) + memory

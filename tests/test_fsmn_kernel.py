@@ -1,0 +1,90 @@
+"""The FSMN memory's forms (BATCHASR_FSMN): "kernel" is one CUDA kernel where MLX's CUDA
+backend is the device and the shifted sums elsewhere; the CUDA checks run only on such a
+machine (`benchmarks/gpu_session.sh fsmn-kernel` runs them there without pytest)."""
+from __future__ import annotations
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from batchasr.models.blocks import fsmn_kernel
+from batchasr.models.blocks.sanm import FSMNBlock, fsmn_padding
+from batchasr.models.blocks.tuning import Tuning
+
+cuda = pytest.mark.skipif(not fsmn_kernel.available(), reason="needs MLX's CUDA backend")
+
+
+def block(method: str, C=48, K=11, shift=0, seed=0) -> FSMNBlock:
+    b = FSMNBlock(C, K, fsmn_padding(K, shift))
+    b.weight = mx.array(np.random.default_rng(seed).normal(0, 0.3, (C, 1, K)).astype(np.float32))
+    b.tune(Tuning(fsmn=method))
+    return b
+
+
+def inputs(B=3, T=37, C=48, seed=1):
+    rng = np.random.default_rng(seed)
+    qkv = mx.array(rng.normal(0, 1, (B, T, 3 * C)).astype(np.float32))
+    lens = np.array([T, T - 9, 5][:B])
+    mask = mx.arange(T)[None, :] < mx.array(lens)[:, None]
+    return qkv, mask
+
+
+def reference(b: FSMNBlock, v: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """(conv(v*m) + v*m) * m in float64, the depthwise convolution written out."""
+    w = np.array(b.weight, dtype=np.float64)[:, 0, :]  # (C, K)
+    K, left = b.kernel_size, b.left_padding
+    m = mask[..., None].astype(np.float64)
+    vm = v.astype(np.float64) * m
+    T = v.shape[1]
+    conv = np.zeros_like(vm)
+    for k in range(K):
+        for t in range(T):
+            s = t + k - left
+            if 0 <= s < T:
+                conv[:, t] += vm[:, s] * w[:, k]
+    return (conv + vm) * m
+
+
+@pytest.mark.parametrize("shift", [0, 2])
+def test_memory_is_the_masked_convolution_plus_input(shift):
+    b = block("shift", shift=shift)
+    qkv, mask = inputs()
+    v = mx.split(qkv, 3, axis=-1)[2]
+    got = np.array(b.memory(v, mask))
+    np.testing.assert_allclose(got, reference(b, np.array(v), np.array(mask)), atol=2e-5)
+    whole = np.array(b.memory(v, None))
+    np.testing.assert_allclose(whole, reference(b, np.array(v), np.ones(mask.shape, bool)),
+                               atol=2e-5)
+
+
+def test_kernel_method_falls_back_to_the_shifted_sums_off_cuda(monkeypatch):
+    monkeypatch.setattr(fsmn_kernel, "available", lambda: False)
+    qkv, mask = inputs()
+    v = mx.split(qkv, 3, axis=-1)[2]
+    want = np.array(block("shift").memory(v, mask))
+    assert np.array_equal(np.array(block("kernel").memory(v, mask)), want)
+
+
+@cuda
+@pytest.mark.parametrize("dtype, tol", [(mx.float32, 2e-5), (mx.bfloat16, 3e-2)])
+@pytest.mark.parametrize("shift", [0, 2])
+def test_cuda_kernel_matches_the_shifted_sums(dtype, tol, shift):
+    qkv, mask = inputs(B=3, T=203, C=512)
+    qkv = qkv.astype(dtype)
+    v = mx.split(qkv, 3, axis=-1)[2]  # a strided view, read in place
+    kern, ref = block("kernel", C=512, shift=shift), block("shift", C=512, shift=shift)
+    got = kern.memory(v, mask)
+    assert got.dtype == dtype and got.shape == v.shape
+    want = reference(ref, np.array(v.astype(mx.float32)), np.array(mask))
+    np.testing.assert_allclose(np.array(got.astype(mx.float32)), want, atol=tol, rtol=tol)
+    whole = reference(ref, np.array(v.astype(mx.float32)), np.ones(mask.shape, bool))
+    np.testing.assert_allclose(np.array(kern.memory(v, None).astype(mx.float32)), whole,
+                               atol=tol, rtol=tol)
+
+
+if __name__ == "__main__":  # the GPU machine has no pytest
+    for s in (0, 2):
+        test_memory_is_the_masked_convolution_plus_input(s)
+        for d, t in ((mx.float32, 2e-5), (mx.bfloat16, 3e-2)):
+            test_cuda_kernel_matches_the_shifted_sums(d, t, s)
+    print("fsmn kernel checks passed")
