@@ -75,7 +75,8 @@ for step in "$@"; do
                    stable-tokens16) export BATCHASR_TOKEN_BUCKET=16 BATCHASR_STABLE_SHAPES=1 ;;
                  esac
                  echo "== $c"
-                 python3 benchmarks/shape_cost.py --dtype bfloat16 --stages
+                 python3 benchmarks/shape_cost.py --dtype bfloat16 --stages \
+                   --shapes 16x10,16x11,17x10,24x12,32x9,8x20,9x20,40x7,16x60,17x55
                  python3 benchmarks/bench.py paraformer --audio-s 18000 --dtypes bfloat16 --repeats 2 \
                    --readers 8 --batch-seconds 1000 --note "graphs=$c"
                done

@@ -293,6 +293,27 @@ def test_frontend_reuses_its_host_array_without_leftovers():
     assert np.array_equal(np.array(got), np.array(want))
 
 
+@pytest.mark.parametrize("bucket", [16, 5])
+def test_frontend_bucket_pads_every_shape_without_changing_features(bucket):
+    """WavFrontend(..., frame_bucket=N) (a GPU batch's, Tuning.frame_bucket): the output
+    frames and every intermediate shape padded to a bucket; the features are the unbucketed
+    ones, zeros past each row's length (short clips included)."""
+    from batchasr.models.blocks.frontend import FrontendConfig, WavFrontend
+
+    conf = FrontendConfig(lfr_m=7, lfr_n=6)
+    rng = np.random.default_rng(5)
+    cmvn = np.stack([rng.normal(0, 1, 560), rng.uniform(0.5, 2, 560)]).astype(np.float32)
+    for sizes in [(48000, 16000, 7000), (40000, 300, 15360), (15360 * 2,)]:
+        waves = [rng.uniform(-0.3, 0.3, n).astype(np.float32) for n in sizes]
+        want, want_lens = WavFrontend(conf, cmvn)(waves)
+        got, got_lens = WavFrontend(conf, cmvn)(waves, frame_bucket=bucket)
+        assert np.array_equal(np.array(got_lens), np.array(want_lens))
+        T = want.shape[1]
+        assert got.shape[1] == -(-T // bucket) * bucket
+        np.testing.assert_array_equal(np.array(got[:, :T]), np.array(want))
+        assert not np.array(got[:, T:]).any()
+
+
 def test_frontend_dft_by_matmul_matches_the_fft():
     """BATCHASR_DFT=matmul (the power spectrum as one GEMM with the DFT's rows) gives the FFT
     frontend's features within float32 rounding, short clips (the shrunk window) included."""

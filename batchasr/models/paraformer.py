@@ -365,8 +365,11 @@ class ParaformerASR:
             raise ValueError(f"tokens.json has {len(tokens)} entries, the model's output layer "
                              f"{model.args.vocab_size}")
 
-    def features(self, waveforms: Sequence[np.ndarray]) -> tuple[mx.array, mx.array]:
-        return self.frontend(waveforms)
+    def features(self, waveforms: Sequence[np.ndarray], *,
+                 frame_bucket: int = 1) -> tuple[mx.array, mx.array]:
+        """Padded features and their lengths (see WavFrontend; a batch asks for its frame
+        bucket, so that every shape of its frontend follows it)."""
+        return self.frontend(waveforms, frame_bucket=frame_bucket)
 
     @property
     def length_quantum(self) -> int:
@@ -417,7 +420,7 @@ class PendingBatch:
         self.asr = asr
         self.n = len(waveforms)
         self.results: list[Transcript | None] = [None] * self.n
-        feats, lengths = asr.features(waveforms)
+        feats, lengths = asr.features(waveforms, frame_bucket=asr.frame_bucket)
         lens = np.array(lengths)
         self.live = [i for i in range(self.n) if lens[i] > 0]
         for i in range(self.n):

@@ -318,8 +318,11 @@ class SenseVoiceASR:
                              f"(known: {', '.join(LID)})")
         return key
 
-    def features(self, waveforms: Sequence[np.ndarray]) -> tuple[mx.array, mx.array]:
-        return self.frontend(waveforms)
+    def features(self, waveforms: Sequence[np.ndarray], *,
+                 frame_bucket: int = 1) -> tuple[mx.array, mx.array]:
+        """Padded features and their lengths (see WavFrontend; a batch asks for its frame
+        bucket, so that every shape of its frontend follows it)."""
+        return self.frontend(waveforms, frame_bucket=frame_bucket)
 
     @property
     def length_quantum(self) -> int:
@@ -386,7 +389,7 @@ class PendingBatch:
     def __init__(self, asr: SenseVoiceASR, waveforms: list[np.ndarray], languages: list[str]):
         self.asr, self.waveforms = asr, waveforms
         self.results: list[Transcript | None] = [None] * len(waveforms)
-        feats, lengths = asr.features(waveforms)
+        feats, lengths = asr.features(waveforms, frame_bucket=asr.frame_bucket)
         lens = np.array(lengths)
         self.live = [i for i in range(len(waveforms)) if lens[i] > 0]
         for i in range(len(waveforms)):

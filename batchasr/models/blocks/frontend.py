@@ -37,13 +37,15 @@ from batchasr.models.blocks.kaldi_fbank import (  # noqa: F401 (the frontend's s
 
 
 def fbank(waveforms: mx.array, lengths: Sequence[int], conf: FrontendConfig,
-          frame_length_ms: float | None = None, dft: str = "fft") -> mx.array:
+          frame_length_ms: float | None = None, dft: str = "fft",
+          n_frames: int | None = None) -> mx.array:
     """Log mel filterbank of padded waveforms (B, N) in [-1, 1] -> (B, T, n_mels).
 
     Frames past a row's own frame count hold garbage; callers mask them with the lengths.
     ``dft``: the power spectrum by FFT ("fft"), or by one GEMM with the real DFT's cosine and
     sine rows ("matmul", BATCHASR_DFT): the same values within float32 rounding, and no FFT
-    plan per new batch shape on GPUs.
+    plan per new batch shape on GPUs. ``n_frames``: compute this many frames (at least the
+    longest row's; the waveforms must be wide enough), so that the shapes follow a bucket.
     """
     size, shift, padded = window_sizes(conf.fs, frame_length_ms or conf.frame_length,
                                         conf.frame_shift)
@@ -51,6 +53,10 @@ def fbank(waveforms: mx.array, lengths: Sequence[int], conf: FrontendConfig,
     T = max(1 + (max(lengths) - size) // shift, 0) if max(lengths) >= size else 0
     if T == 0:
         return mx.zeros((B, 0, conf.n_mels), mx.float32)
+    if n_frames is not None:
+        T = max(T, n_frames)
+        if (T - 1) * shift + size > N:
+            raise ValueError(f"{T} frames need {(T - 1) * shift + size} samples, not {N}")
     x = waveforms.astype(mx.float32)
     if conf.upsacle_samples:
         x = x * WAVEFORM_SCALE
@@ -81,12 +87,14 @@ def dft_matrix(size: int, n_fft: int) -> np.ndarray:
     return np.concatenate([np.cos(angle), -np.sin(angle)], axis=1).astype(np.float32)
 
 
-def lfr(feats: mx.array, frame_counts: Sequence[int], m: int, n: int) -> mx.array:
-    """Stack m frames every n (B, T, D) -> (B, ceil(T/n), m*D), per row as FunASR's apply_lfr."""
+def lfr(feats: mx.array, frame_counts: Sequence[int], m: int, n: int,
+        T_out: int | None = None) -> mx.array:
+    """Stack m frames every n (B, T, D) -> (B, ceil(T/n), m*D), per row as FunASR's apply_lfr.
+    ``T_out``: this many output frames (rows past a row's own count repeat its last frame)."""
     B, T, D = feats.shape
     if m == 1 and n == 1:
-        return feats
-    T_out = max(-(-t // n) for t in frame_counts)
+        return feats if T_out is None else feats[:, :T_out]
+    T_out = max([-(-t // n) for t in frame_counts] + [T_out or 0])
     # output frame i takes padded frames [n*i, n*i + m) where padded[j] = frame[clip(j - (m-1)//2)]
     src = np.arange(T_out)[:, None] * n + np.arange(m)[None, :] - (m - 1) // 2
     counts = np.asarray(frame_counts)[:, None, None]
@@ -138,7 +146,12 @@ class WavFrontend:
             stream = self._streams[tid] = mx.new_stream(mx.default_device())
         return mx.multiply(x, 1.0, stream=stream)  # a copy in device memory
 
-    def __call__(self, waveforms: Sequence[np.ndarray]) -> tuple[mx.array, mx.array]:
+    def __call__(self, waveforms: Sequence[np.ndarray], *,
+                 frame_bucket: int = 1) -> tuple[mx.array, mx.array]:
+        """``frame_bucket``: the output frames padded to a multiple of it, and every
+        intermediate shape with them (the samples, the fbank frames), so that a GPU meets
+        each batch shape again (FFT plans, GEMM heuristics); the features are the same, zeros
+        past each row's length."""
         conf = self.conf
         lengths = [int(len(w)) for w in waveforms]
         B = len(waveforms)
@@ -148,19 +161,27 @@ class WavFrontend:
         T_out = max(out_lens, default=0)
         if T_out == 0:
             return mx.zeros((B, 0, dim)), mx.array(out_lens, dtype=mx.int32)
+        T_out = -(-T_out // frame_bucket) * frame_bucket
+        bucketed = frame_bucket > 1
 
         regular = [i for i in range(B) if lengths[i] * 1000 >= conf.frame_length * conf.fs]
         short = [i for i in range(B) if i not in set(regular) and frame_counts[i] > 0]
         parts: dict[int, mx.array] = {}  # row index -> its (T, dim) features, unmasked
         if regular:
             n_max = max(lengths[i] for i in regular)
+            n_frames = None
+            if bucketed:  # frames for every output frame of the bucket, and samples for them
+                size, shift, _ = window_sizes(conf.fs, conf.frame_length, conf.frame_shift)
+                n_frames = T_out * conf.lfr_n
+                n_max = max(n_max, (n_frames - 1) * shift + size)
             padded = self._host_batch(len(regular), n_max)
             for r, i in enumerate(regular):
                 padded[r, : lengths[i]] = waveforms[i]
                 padded[r, lengths[i]:] = 0.0
             fb = fbank(self._device_array(padded), [lengths[i] for i in regular], conf,
-                       dft=self.dft)
-            feats = lfr(fb, [frame_counts[i] for i in regular], conf.lfr_m, conf.lfr_n)
+                       dft=self.dft, n_frames=n_frames)
+            feats = lfr(fb, [frame_counts[i] for i in regular], conf.lfr_m, conf.lfr_n,
+                        T_out if bucketed else None)
             if len(regular) == B:  # the usual case: one batched graph, no per-row ops
                 return self._finish(feats, out_lens, T_out), mx.array(out_lens, dtype=mx.int32)
             for r, i in enumerate(regular):
