@@ -82,6 +82,41 @@ def test_cuda_kernel_matches_the_shifted_sums(dtype, tol, shift):
                                atol=tol, rtol=tol)
 
 
+@cuda
+@pytest.mark.parametrize("dtype, enc_tol", [("float32", 1e-4), ("float16", 5e-3),
+                                            ("bfloat16", 3e-2)])
+def test_cuda_kernel_in_the_models(dtype, enc_tol, monkeypatch):
+    """The fixtures' Paraformers with the kernel against the shifted sums: encoder outputs
+    within the dtype's tolerance, and in float32 the same tokens, plain and compiled."""
+    import json
+    from pathlib import Path
+
+    from batchasr.models.loader import load_model
+
+    folder = Path(__file__).parent / "fixtures" / "paraformer"
+    for name in ("zh_mixed", "en"):
+        clips = json.loads((folder / name / "expected.json").read_text())["clips"]
+        waves = [np.load(folder / name / "tensors" / f"{c}.npz")["waveform"] for c in clips]
+        models = {}
+        for method in ("shift", "kernel"):
+            monkeypatch.setenv("BATCHASR_FSMN", method)
+            models[method] = load_model(folder / name, dtype=getattr(mx, dtype))
+        feats, lens = models["shift"].features(waves)
+        feats = feats.astype(getattr(mx, dtype))
+        ref = np.array(models["shift"].model(feats, lens)[0].astype(mx.float32))
+        got = np.array(models["kernel"].model(feats, lens)[0].astype(mx.float32))
+        assert np.abs(got - ref).max() / np.abs(ref).max() < enc_tol, (name, dtype)
+        if dtype == "float32":
+            key = lambda ts: [[k.id for k in t.tokens] for t in ts]  # noqa: E731
+            want = key(models["shift"].transcribe(waves))
+            assert key(models["kernel"].transcribe(waves)) == want, name
+            models["kernel"].model.compile()
+            try:
+                assert key(models["kernel"].transcribe(waves)) == want, (name, "compiled")
+            finally:
+                models["kernel"].model.compile(False)
+
+
 if __name__ == "__main__":  # the GPU machine has no pytest
     for s in (0, 2):
         test_memory_is_the_masked_convolution_plus_input(s)

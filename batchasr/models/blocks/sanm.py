@@ -64,9 +64,9 @@ class FSMNBlock(nn.Module):
     """Depthwise 1-D convolution over time with zero padding (the FSMN memory).
 
     `weight` keeps the torch layout (channels, 1, kernel) of `fsmn_block.weight`. `method`
-    (Tuning.fsmn, BATCHASR_FSMN): "shift", a sum of shifted, scaled copies (exact, the
-    default), "conv", a grouped convolution, "auto" (conv on GPUs), or "kernel" (`memory`
-    as one CUDA kernel; "shift" where MLX's CUDA backend is not the device).
+    (Tuning.fsmn, BATCHASR_FSMN): "kernel" (the default), `memory` as one CUDA kernel where
+    MLX's CUDA backend is the device, else "shift"; "shift", a sum of shifted, scaled copies;
+    "conv", a grouped convolution; "auto", conv on GPUs.
     """
 
     method = Tuning.fsmn
@@ -87,22 +87,11 @@ class FSMNBlock(nn.Module):
         if self.method == "kernel" and fsmn_kernel.available():
             if mask is None:
                 mask = mx.ones(v.shape[:2], mx.bool_)
-            return fsmn_kernel.fsmn_memory(v, mask, self._weight_kc(), self.left_padding)
+            return fsmn_kernel.fsmn_memory(v, mask, self.weight, self.left_padding)
         m = None if mask is None else mask[..., None].astype(v.dtype)
         v_in = v if m is None else v * m
         out = self(v_in) + v_in
         return out if m is None else out * m
-
-    def _weight_kc(self) -> mx.array:
-        """The (K, C) float32 row-contiguous weight the kernel reads, made once per weight
-        (kept outside the module's parameters)."""
-        cached = self.__dict__.get("_kc")
-        if cached is None or cached[0] is not self.weight:
-            kc = mx.contiguous(self.weight[:, 0, :].T.astype(mx.float32))
-            mx.eval(kc)
-            object.__setattr__(self, "_kc", (self.weight, kc))
-            cached = (self.weight, kc)
-        return cached[1]
 
     def __call__(self, x: mx.array) -> mx.array:
         """x: (B, T, C) -> (B, T, C)."""

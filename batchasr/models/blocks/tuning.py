@@ -4,7 +4,10 @@ They choose between equivalent kernels (same results within float tolerance) and
 what is recognised. Forward calls read only the fields `tune` sets on the modules, never the
 environment, so a loaded model keeps the switches it was built with.
 
-    BATCHASR_FSMN          shift (default) | conv | auto   FSMN memory: shifted sums or a
+    BATCHASR_FSMN          kernel (default) | shift |      FSMN memory: one CUDA kernel for
+                           conv | auto                     the whole memory branch (the
+                                                           shifted sums where MLX's CUDA is
+                                                           not the device), shifted sums, or a
                                                            grouped convolution ("auto": conv
                                                            on GPUs, shift on the CPU)
     BATCHASR_ATTENTION     auto (default) | fast |         MLX's fused attention kernel, two
@@ -42,7 +45,10 @@ known to be stable on MLX's CUDA backend; the upload stream is opt-in until an A
 CIF avoid a cuDNN plan per new batch shape on NVIDIA GPUs. Nano's idle rows are the GPU's
 default: on an H100 (`benchmarks/gpu_session.sh nano-ab`, alternating) 604 s end to end took
 1.25 s in the model stage against 1.34-1.40 s retiring at once; on the CPU an idle row's step
-is real work, so rows retire at once there.
+is real work, so rows retire at once there. The FSMN kernel is the default: on an H100
+(`gpu_session.sh graphs-ab`, 18003 s of clips) a warm encoder pass took 0.011 s against 0.024 s
+and the in-memory pass ran at 8222 RTFx against 6559 (9810 with CUDA graphs off, as batchasr
+sets them, see batchasr/__init__.py).
 """
 from __future__ import annotations
 
@@ -52,7 +58,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Tuning:
-    fsmn: str = "shift"
+    fsmn: str = "kernel"
     attention: str = "auto"
     cif_conv: str = "conv"
     frame_bucket: int = 16
