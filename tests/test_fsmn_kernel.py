@@ -3,6 +3,8 @@ backend is the device and the shifted sums elsewhere; the CUDA checks run only o
 machine (`benchmarks/gpu_session.sh fsmn-kernel` runs them there without pytest)."""
 from __future__ import annotations
 
+import os
+
 import mlx.core as mx
 import numpy as np
 import pytest
@@ -82,12 +84,17 @@ def test_cuda_kernel_matches_the_shifted_sums(dtype, tol, shift):
                                atol=tol, rtol=tol)
 
 
+TF32 = os.environ.get("MLX_ENABLE_TF32") != "0"  # MLX's CUDA default: float32 GEMMs as TF32
+
+
 @cuda
-@pytest.mark.parametrize("dtype, enc_tol", [("float32", 1e-4), ("float16", 5e-3),
-                                            ("bfloat16", 3e-2)])
+@pytest.mark.parametrize("dtype, enc_tol", [("float32", 1e-3 if TF32 else 1e-4),
+                                            ("float16", 5e-3), ("bfloat16", 3e-2)])
 def test_cuda_kernel_in_the_models(dtype, enc_tol, monkeypatch):
     """The fixtures' Paraformers with the kernel against the shifted sums: encoder outputs
-    within the dtype's tolerance, and in float32 the same tokens, plain and compiled."""
+    within the dtype's tolerance (float32 with TF32 GEMMs: 50 layers turn the sums' last-bit
+    differences into 2.4e-4, measured on an H100), and in exact float32 (MLX_ENABLE_TF32=0)
+    the same tokens, plain and compiled."""
     import json
     from pathlib import Path
 
@@ -106,7 +113,7 @@ def test_cuda_kernel_in_the_models(dtype, enc_tol, monkeypatch):
         ref = np.array(models["shift"].model(feats, lens)[0].astype(mx.float32))
         got = np.array(models["kernel"].model(feats, lens)[0].astype(mx.float32))
         assert np.abs(got - ref).max() / np.abs(ref).max() < enc_tol, (name, dtype)
-        if dtype == "float32":
+        if dtype == "float32" and not TF32:
             key = lambda ts: [[k.id for k in t.tokens] for t in ts]  # noqa: E731
             want = key(models["shift"].transcribe(waves))
             assert key(models["kernel"].transcribe(waves)) == want, name
