@@ -58,21 +58,28 @@ for step in "$@"; do
         done
         unset BATCHASR_ATTENTION BATCHASR_CIF_CONV BATCHASR_DFT BATCHASR_UPLOAD BATCHASR_STABLE_SHAPES \
           BATCHASR_COMPILE BATCHASR_FSMN ;;
-    graphs-ab) # MLX's CUDA graphs (MLX_USE_CUDA_GRAPHS, MLX_CUDA_GRAPH_CACHE_SIZE,
-               # MLX_MAX_OPS_PER_BUFFER) against its defaults: what a new batch shape costs
-               # (shape_cost.py) and 18000 s of short clips end to end, beside the decoder's token
-               # axis bucketed (alone and with stable shapes); GRAPHS_ARMS picks the arms
-               for c in ${GRAPHS_ARMS:-default nographs cache4000 ops400}; do
-                 unset MLX_USE_CUDA_GRAPHS MLX_CUDA_GRAPH_CACHE_SIZE MLX_MAX_OPS_PER_BUFFER \
-                   BATCHASR_TOKEN_BUCKET BATCHASR_STABLE_SHAPES BATCHASR_FSMN
+    graphs-ab) # launch-bound A/B: what a new batch shape costs (shape_cost.py, per stage) and
+               # 18000 s of short clips end to end, one arm each; GRAPHS_ARMS picks the arms.
+               # Each arm sets what it names, so its meaning does not move with the defaults
+               # (since the fifth session: the FSMN kernel and MLX's CUDA graphs off)
+               ARM_VARS="MLX_USE_CUDA_GRAPHS MLX_CUDA_GRAPH_CACHE_SIZE MLX_MAX_OPS_PER_BUFFER
+                 MLX_CUDA_USE_CUDNN_SDPA BATCHASR_TOKEN_BUCKET BATCHASR_STABLE_SHAPES BATCHASR_FSMN
+                 BATCHASR_ATTENTION BATCHASR_CIF_CONV"
+               for c in ${GRAPHS_ARMS:-default old-defaults tokens16 stable-tokens16 planfree cudnn-off}; do
+                 unset $ARM_VARS
                  case $c in
                    nographs) export MLX_USE_CUDA_GRAPHS=0 ;;
+                   graphs) export MLX_USE_CUDA_GRAPHS=1 ;;
+                   kernel) export BATCHASR_FSMN=kernel ;;  # the FSMN memory as one CUDA kernel
+                   shift) export BATCHASR_FSMN=shift ;;
+                   kernel-nographs) export BATCHASR_FSMN=kernel MLX_USE_CUDA_GRAPHS=0 ;;
+                   old-defaults) export BATCHASR_FSMN=shift MLX_USE_CUDA_GRAPHS=1 ;;  # before 2e8cb6a
                    cache4000) export MLX_CUDA_GRAPH_CACHE_SIZE=4000 ;;
                    ops400) export MLX_MAX_OPS_PER_BUFFER=400 ;;
                    tokens16) export BATCHASR_TOKEN_BUCKET=16 ;;  # the decoder's token axis
-                   kernel) export BATCHASR_FSMN=kernel ;;  # the FSMN memory as one CUDA kernel
-                   kernel-nographs) export BATCHASR_FSMN=kernel MLX_USE_CUDA_GRAPHS=0 ;;
                    stable-tokens16) export BATCHASR_TOKEN_BUCKET=16 BATCHASR_STABLE_SHAPES=1 ;;
+                   planfree) export BATCHASR_ATTENTION=unfused BATCHASR_CIF_CONV=matmul ;;
+                   cudnn-off) export MLX_CUDA_USE_CUDNN_SDPA=0 ;;  # MLX's own attention kernels
                  esac
                  echo "== $c"
                  python3 benchmarks/shape_cost.py --dtype bfloat16 --stages \
@@ -80,8 +87,7 @@ for step in "$@"; do
                  python3 benchmarks/bench.py paraformer --audio-s 18000 --dtypes bfloat16 --repeats 2 \
                    --readers 8 --batch-seconds 1000 --note "graphs=$c"
                done
-               unset MLX_USE_CUDA_GRAPHS MLX_CUDA_GRAPH_CACHE_SIZE MLX_MAX_OPS_PER_BUFFER \
-                 BATCHASR_TOKEN_BUCKET BATCHASR_STABLE_SHAPES BATCHASR_FSMN ;;
+               unset $ARM_VARS ;;
     kernel-check) # the FSMN kernel against the shifted sums (alone and in the fixtures' models),
                   # then the fixtures' parity tests with it (float32 on the GPU runs TF32, so
                   # some fail with any FSMN form: compare KERNEL_CHECK_FORMS); pytest from .whl

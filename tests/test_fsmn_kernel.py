@@ -124,6 +124,22 @@ def test_cuda_kernel_in_the_models(dtype, enc_tol, monkeypatch):
                 models["kernel"].model.compile(False)
 
 
+@pytest.mark.parametrize("given, expected", [(None, "0"), ("1", "1")])
+def test_importing_batchasr_turns_cuda_graphs_off_unless_set(given, expected):
+    """MLX_USE_CUDA_GRAPHS defaults to 0 once batchasr is imported (direct launches measured
+    faster); a value the user set is kept."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "MLX_USE_CUDA_GRAPHS"}
+    if given is not None:
+        env["MLX_USE_CUDA_GRAPHS"] = given
+    code = "import os, batchasr; print(os.environ['MLX_USE_CUDA_GRAPHS'])"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == expected
+
+
 if __name__ == "__main__":  # the GPU machine has no pytest
     for s in (0, 2):
         test_memory_is_the_masked_convolution_plus_input(s)
