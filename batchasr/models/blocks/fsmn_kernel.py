@@ -4,10 +4,11 @@ The layer's other forms take about 26 launches for it (a mask multiply, a pad, e
 multiply-adds of shifted copies, the residual and the mask again; "conv" is one cuDNN
 convolution but a new plan per batch shape). On NVIDIA GPUs the model's process is bound by
 launching kernels, not by running them, and the memory is the larger part of an encoder
-layer's launches. This kernel reads ``v`` in place (a strided view of the fused q/k/v output),
-reads the weight in its checkpoint layout, accumulates in float32 and writes the layer's dtype: the same values as the shifted sums
-within the dtype's rounding. Built once per (kernel size, left padding, dtype) by MLX's
-NVRTC path; batch shapes are runtime arguments, so a new shape costs no build.
+layer's launches. This kernel reads ``v`` in place (a strided view of the fused q/k/v output)
+and the weight in its checkpoint layout, accumulates in float32 and writes the layer's dtype:
+the same values as the shifted sums within the dtype's rounding. Built once per (kernel size,
+left padding, dtype) by MLX's NVRTC path; batch shapes are runtime arguments, so a new shape
+costs no build.
 """
 from __future__ import annotations
 
