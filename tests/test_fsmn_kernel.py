@@ -1,6 +1,6 @@
 """The FSMN memory's forms (BATCHASR_FSMN): "kernel" is one CUDA kernel where MLX's CUDA
 backend is the device and the shifted sums elsewhere; the CUDA checks run only on such a
-machine (`benchmarks/gpu_session.sh fsmn-kernel` runs them there without pytest)."""
+machine (`benchmarks/gpu_session.sh kernel-check` runs them there)."""
 from __future__ import annotations
 
 import os
@@ -139,10 +139,3 @@ def test_importing_batchasr_turns_cuda_graphs_off_unless_set(given, expected):
                          check=True).stdout.strip()
     assert out == expected
 
-
-if __name__ == "__main__":  # the GPU machine has no pytest
-    for s in (0, 2):
-        test_memory_is_the_masked_convolution_plus_input(s)
-        for d, t in ((mx.float32, 2e-5), (mx.bfloat16, 3e-2)):
-            test_cuda_kernel_matches_the_shifted_sums(d, t, s)
-    print("fsmn kernel checks passed")
