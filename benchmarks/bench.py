@@ -122,8 +122,14 @@ def timed_job(asr, manifest: Path, args, tag: str):
         mx.reset_peak_memory()
         with GPUBusy() as busy:
             summary = run_job(job, asr, batch_seconds=args.batch_seconds, progress=False,
-                              readers=args.readers, reader_processes=args.reader_processes)
+                              readers=args.readers, reader_processes=args.reader_processes,
+                              subtitle_formats=subtitle_formats(args))
     return summary, busy.percent
+
+
+def subtitle_formats(args) -> tuple[str, ...]:
+    """The job's subtitle formats (``--subtitles``; "none" writes none)."""
+    return tuple(f for f in args.subtitles.split(",") if f and f != "none")
 
 
 def decoded_batches(manifest: Path, batch_seconds: float):
@@ -390,7 +396,13 @@ def main(argv=None):
     ap.add_argument("--ncpu", type=int, default=4, help="torch threads of the baseline")
     ap.add_argument("--no-append", action="store_true", help="do not write results.json")
     ap.add_argument("--note", default=None, help="a note kept in every record written")
+    ap.add_argument("--subtitles", default="srt",
+                    help="end to end: the job's subtitle formats, comma-separated, or none")
+    ap.add_argument("--switch-interval", type=float, default=None,
+                    help="the interpreter's thread switch interval (s), for the whole bench")
     args = ap.parse_args(argv)
+    if args.switch_interval is not None:
+        sys.setswitchinterval(args.switch_interval)
 
     from batchasr.runner.device import setup_device
 

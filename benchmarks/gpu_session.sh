@@ -67,6 +67,7 @@ for step in "$@"; do
                  BATCHASR_ATTENTION BATCHASR_CIF_CONV"
                for c in ${GRAPHS_ARMS:-default old-defaults tokens16 stable-tokens16 planfree cudnn-off}; do
                  unset $ARM_VARS
+                 BENCH_ARGS=""  # arms of the job around the model (the GIL it shares)
                  case $c in
                    nographs) export MLX_USE_CUDA_GRAPHS=0 ;;
                    graphs) export MLX_USE_CUDA_GRAPHS=1 ;;
@@ -80,6 +81,8 @@ for step in "$@"; do
                    stable-tokens16) export BATCHASR_TOKEN_BUCKET=16 BATCHASR_STABLE_SHAPES=1 ;;
                    planfree) export BATCHASR_ATTENTION=unfused BATCHASR_CIF_CONV=matmul ;;
                    cudnn-off) export MLX_CUDA_USE_CUDNN_SDPA=0 ;;  # MLX's own attention kernels
+                   nosubs) BENCH_ARGS="--subtitles none" ;;  # no subtitle threads in the job
+                   switch) BENCH_ARGS="--switch-interval 0.0005" ;;  # the GIL handed over sooner
                    planfree-tokens16) export BATCHASR_ATTENTION=unfused BATCHASR_CIF_CONV=matmul \
                                         BATCHASR_TOKEN_BUCKET=16 ;;
                    planfree-stable-tokens16) export BATCHASR_ATTENTION=unfused BATCHASR_CIF_CONV=matmul \
@@ -89,7 +92,7 @@ for step in "$@"; do
                  python3 benchmarks/shape_cost.py --dtype bfloat16 --stages \
                    --shapes 16x10,16x11,17x10,24x12,32x9,8x20,9x20,40x7,16x60,17x55
                  python3 benchmarks/bench.py paraformer --audio-s 18000 --dtypes bfloat16 --repeats 2 \
-                   --readers 8 --batch-seconds 1000 --note "graphs=$c"
+                   --readers 8 --batch-seconds 1000 --note "graphs=$c" $BENCH_ARGS
                done
                unset $ARM_VARS ;;
     kernel-check) # the FSMN kernel against the shifted sums (alone and in the fixtures' models),
