@@ -64,6 +64,8 @@ def main(argv=None):
     ap.add_argument("--no-append", action="store_true", help="do not write results.json")
     ap.add_argument("--profile", metavar="FILE", help="sample the run's threads with py-spy "
                     "(raw stacks to FILE; needs the py-spy package)")
+    ap.add_argument("--native", action="store_true",
+                    help="with --profile: C/C++ frames too (where MLX's launches spend it)")
     args = ap.parse_args(argv)
 
     work = Path(args.workdir)
@@ -77,7 +79,9 @@ def main(argv=None):
     if args.profile:
         spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
         cmd = [spy, "record", "-f", "raw", "-r", "100",
-               "--threads", "--idle", "--nonblocking", "-o", args.profile, "--", *cmd]
+               "--threads", "--idle",  # native frames need the process paused per sample
+               *(["--native"] if args.native else ["--nonblocking"]),
+               "-o", args.profile, "--", *cmd]
     t = time.perf_counter()
     with GPUBusy() as busy:
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)

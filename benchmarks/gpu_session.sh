@@ -83,6 +83,7 @@ for step in "$@"; do
                    cudnn-off) export MLX_CUDA_USE_CUDNN_SDPA=0 ;;  # MLX's own attention kernels
                    nosubs) BENCH_ARGS="--subtitles none" ;;  # no subtitle threads in the job
                    switch) BENCH_ARGS="--switch-interval 0.0005" ;;  # the GIL handed over sooner
+                   readers4) BENCH_ARGS="--reader-processes 4" ;;  # fewer cores busy beside the model
                    planfree-tokens16) export BATCHASR_ATTENTION=unfused BATCHASR_CIF_CONV=matmul \
                                         BATCHASR_TOKEN_BUCKET=16 ;;
                    planfree-stable-tokens16) export BATCHASR_ATTENTION=unfused BATCHASR_CIF_CONV=matmul \
@@ -119,10 +120,16 @@ for step in "$@"; do
             M=/tmp/batchasr-bench/paraformer-large-random
             if [ -f $M/model.pt ]; then python3 benchmarks/bigjob.py --hours 50 --model $M --weights checkpoint
             else python3 benchmarks/bigjob.py --hours 50; fi ;;
-    profile) # where the model's process spends its time in a 10 h job (py-spy, all threads)
+    profile|profile-native) # where the model's process spends its time in a 10 h job (py-spy,
+             # all threads; -native: 5 h with C/C++ frames, MLX's launches); py-spy's own target
+             # folder (pip --target skips bin/ when /tmp/site has one)
+             [ -x /tmp/pyspy/bin/py-spy ] || python3 -m pip install -q --no-index --no-deps \
+               --target /tmp/pyspy .whl/py_spy*.whl
              M=/tmp/batchasr-bench/paraformer-large-random
-             PATH=/tmp/site/bin:$PATH python3 benchmarks/bigjob.py --hours 10 --model $M \
-               --weights checkpoint --no-append --profile "$OUT/pyspy-10h.txt" ;;
+             if [ -f $M/model.pt ]; then W="--model $M --weights checkpoint"; else W=""; fi
+             if [ $step = profile ]; then H=10 NATIVE=""; else H=5 NATIVE="--native"; fi
+             PATH=/tmp/pyspy/bin:$PATH python3 benchmarks/bigjob.py --hours $H $W --no-append \
+               $NATIVE --profile "$OUT/pyspy-${H}h$NATIVE.txt" ;;
     vadscale) # the VADs' CPU per file with 1..16 reader-like processes at once (longform's audio)
               lscpu > "$OUT/lscpu.txt" 2>&1
               python3 benchmarks/vad_scaling.py --wav /tmp/batchasr-longform/audio-16x20min/long000.wav \
