@@ -155,8 +155,13 @@ def test_compiled_layers_give_the_same_results(fixture_model):
             [(t.id, t.start_ms, t.end_ms) for t in b.tokens]
 
 
+# One 60 ms frame, as a time in ms: the official truncates ``frames * 0.06 * 1000`` to an int,
+# so a one-frame move shows as 59-61 ms (61 ms on an H100 with the FSMN kernel in float16).
+ONE_FRAME_MS = 61
+
+
 @pytest.mark.parametrize("dtype, enc_tol, min_same, ms_tol",
-                         [("float16", 5e-3, 1.0, 60), ("bfloat16", 3e-2, 0.7, None)])
+                         [("float16", 5e-3, 1.0, ONE_FRAME_MS), ("bfloat16", 3e-2, 0.7, None)])
 def test_half_precision_within_tolerance(dtype, enc_tol, min_same, ms_tol):
     """The fast GPU precisions: float16 keeps every token on the fixtures, times within one
     60 ms frame; bfloat16 (times not compared: the timestamp curve's fallback re-fires with a
