@@ -232,6 +232,10 @@ class Runner:
                                 crash=crash, slow_s=slow_batch_s(), lanes=cpu_lanes())
         cut = opts.cut(model, spill_dir=str(job_dir))
         self.read_processes = _read_processes(opts, cut)
+        # where the readers are processes (the GPU default), the subtitles are too: laying
+        # out cues on threads here took the interpreter from the model's launches
+        self.completion.subtitle_process = (opts.subtitle_process if opts.subtitle_process
+                                            is not None else self.read_processes is not None)
         self.vad_pool = None if self.read_processes is not None else _vad_pool(opts, cut)
         self.feed = Feed(job_dir, queue, opts, cut, self.summary, self.pool, self.completion,
                          works, crash, owner, budget, vad_pool=self.vad_pool,

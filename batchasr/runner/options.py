@@ -119,6 +119,9 @@ class RunOptions:
     # Outputs written next to each part (besides the Parquet rows): subtitles per item.
     subtitle_formats: tuple[str, ...] = ("srt",)
     subtitle_options: Any = None  # outputs.cues.SubtitleOptions
+    # Subtitle files written by a process of their own (runner.subtitle_process); None: where
+    # the readers are processes
+    subtitle_process: bool | None = None
 
     def __post_init__(self):
         if self.batch_seconds <= 0 or self.max_window_s <= 0:

@@ -121,7 +121,7 @@ class _Slot:
                                 args=(child, self.shm.name, n_samples, vad_spec, cut_fields,
                                       os.getpid(), {**_run_settings(), **(settings or {})}),
                                 daemon=True)
-        _start_without_main(self.proc)
+        start_stage_process(self.proc)
         child.close()  # ours is closed: the pipe ends when the process dies
 
     def close(self) -> None:
@@ -163,7 +163,8 @@ READER_MALLOC = "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshol
 # competing for the cores at the start of every run.
 _PRELOAD = ["numpy", "soundfile", "soxr", "batchasr.audio.cut", "batchasr.models.vads",
             "batchasr.models.fsmn_vad", "batchasr.models.silero_vad",
-            "batchasr.runner.read_processes", "batchasr.runner.vad_network"]
+            "batchasr.runner.read_processes", "batchasr.runner.vad_network",
+            "batchasr.runner.subtitle_process"]
 _server = None  # this process's fork server for readers (multiprocessing.forkserver.ForkServer)
 
 
@@ -265,8 +266,9 @@ def _reader_start_context():
                     os.environ[k] = v
 
 
-def _start_without_main(proc) -> None:
-    """Start a reader process (see _reader_start_context)."""
+def start_stage_process(proc) -> None:
+    """Start a reader process, or another CPU stage's (the subtitle process), from the
+    readers' fork server with their environment (see _reader_start_context)."""
     with _reader_start_context():
         proc.start()
 

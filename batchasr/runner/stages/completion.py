@@ -32,6 +32,7 @@ from batchasr.runner.stages.model import model_error
 from batchasr.runner.stages.pool import Pool
 from batchasr.runner.stages.progress import Progress
 from batchasr.runner.stages.work import Piece, Work
+from batchasr.runner.subtitle_process import SUBTITLE_WRITERS, SubtitleProcess, SubtitleProcessDied
 from batchasr.transcript import ASRModel, Transcript
 
 logger = logging.getLogger("batchasr.worker")  # the name log lines show (stable)
@@ -72,9 +73,11 @@ class Completion:
         self.crash, self.owner = crash, owner
         self.ready: list[Work] = []  # every piece transcribed, not yet written
         self.writer: Writer | None = None
+        self.subtitle_process = False  # the writer's subtitles in a process (see Writer)
 
     def initialize(self) -> None:
-        self.writer = Writer(self.job_dir, self.model.name, self.opts, self.crash, self.owner)
+        self.writer = Writer(self.job_dir, self.model.name, self.opts, self.crash, self.owner,
+                             subtitle_process=self.subtitle_process)
 
     def step(self) -> None:
         """Count what the writer committed; stop the run if the writer failed."""
@@ -190,16 +193,15 @@ class Completion:
             self.works.pop(w.item.id, None)
 
 
-SUBTITLE_WRITERS = 8
-
-
 class Writer:
     """The writer thread: for each batch of finished items, part -> subtitles -> complete,
     in hand-over order, on a queue connection of its own. ``done`` hands each committed
-    batch back to the main thread; ``error`` is the exception that stopped it, if any."""
+    batch back to the main thread; ``error`` is the exception that stopped it, if any.
+    ``subtitle_process``: the subtitle files are written by a process of their own
+    (``runner.subtitle_process``), else on threads here."""
 
     def __init__(self, job_dir: Path, model_name: str, opts: RunOptions, crash: CrashHook,
-                 owner: str):
+                 owner: str, *, subtitle_process: bool = False):
         self.job_dir, self.model_name, self.opts, self.crash = job_dir, model_name, opts, crash
         self.owner = owner
         self.inbox: stdqueue.Queue = stdqueue.Queue(maxsize=2)  # back-pressure on the model
@@ -208,6 +210,13 @@ class Writer:
         self.write_s = 0.0
         # subtitle files written (and fsynced) several at once
         self._syncs = ThreadPoolExecutor(SUBTITLE_WRITERS, thread_name_prefix="batchasr-subtitles")
+        self._subtitles: SubtitleProcess | None = None
+        if subtitle_process and opts.subtitle_formats:
+            try:
+                self._subtitles = SubtitleProcess()
+            except Exception as e:  # e.g. no processes allowed here: the threads write them
+                logger.warning("subtitles are written in this process (%s: %s)",
+                               type(e).__name__, e)
         self.thread = threading.Thread(target=self._loop, name="batchasr-writer", daemon=True)
         self.thread.start()
 
@@ -231,6 +240,8 @@ class Writer:
                     pass
             self.thread.join()
         self._syncs.shutdown(wait=True)
+        if self._subtitles is not None:
+            self._subtitles.close()
 
     def _loop(self) -> None:
         try:
@@ -260,7 +271,7 @@ class Writer:
                 for w in works]
         part = parquet.write_part(self.job_dir, rows)
         self.crash("after_part")
-        self._write_subtitles(works, transcripts)
+        self._write_subtitles(works, transcripts, rows)
         committed = queue.complete([w.item.id for w in works], part, owner=self.owner,
                                    durations={w.item.id: w.duration_s for w in works})
         if committed < len(works):
@@ -274,12 +285,19 @@ class Writer:
         self.crash("after_complete")
         return committed
 
-    def _write_subtitles(self, works: Sequence[Work], transcripts: dict[str, Transcript]) -> None:
+    def _write_subtitles(self, works: Sequence[Work], transcripts: dict[str, Transcript],
+                         rows: Sequence[dict]) -> None:
         # Subtitles are a convenience copy (the export renders them from the parts), so a
         # problem with one is logged and does not fail its item. Files are written (each
         # atomically, fsynced) several at once: an fsync waits on the disk, not on the
         # interpreter, and the journal commits concurrent ones together. One folder fsync
         # per batch.
+        if self._subtitles is not None:
+            try:
+                return self._write_subtitles_elsewhere(works, rows)
+            except SubtitleProcessDied as e:
+                logger.warning("%s: subtitles are written in this process from now on", e)
+                self._subtitles = None
         folders = set()
         for fmt in self.opts.subtitle_formats:
             folder = names.default_folder(self.job_dir, fmt)
@@ -305,3 +323,18 @@ class Writer:
                                  exc_info=error)
         for folder in folders:
             fsync_dir(folder)
+
+    def _write_subtitles_elsewhere(self, works: Sequence[Work], rows: Sequence[dict]) -> None:
+        """The subtitle process writes them, from the part's rows (export's path)."""
+        items = [(w.item.id, row, w.duration_s) for w, row in zip(works, rows)
+                 if row["status"] == "done"]
+        for fmt in self.opts.subtitle_formats:
+            folder = names.default_folder(self.job_dir, fmt)
+            errors = self._subtitles.write(fmt, folder, self.opts.subtitle_options, items)
+            for (item_id, _, _), error in zip(items, errors):
+                if error is None:
+                    continue
+                if is_disk_full(error):  # stops the run as a part would: not done
+                    raise error
+                logger.error("could not write %s subtitles for %s", fmt, item_id,
+                             exc_info=error)

@@ -1,0 +1,130 @@
+"""The subtitle files of a run written by a process of their own (runs with reader processes,
+the GPU default).
+
+Laying out cues is Python, several files at once on threads: in the model's process it took
+the interpreter from the thread that launches the model's kernels (on an H100, 18003 s of
+clips end to end ran at 3109 RTFx without subtitles against 2708 with them). Here the
+writer thread sends a batch's result rows (the Parquet part's rows, from which ``export``
+renders the same files) and waits for the reply before it commits the batch, so the order
+part -> subtitles -> commit, and what a kill leaves, are unchanged.
+
+Rows cross the pipe pickled, between this run's own processes only. A process that dies is
+reported and the writer goes on writing subtitles on its own threads (nothing is lost: the
+batch asking is written again there).
+"""
+from __future__ import annotations
+
+import logging
+import multiprocessing
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Sequence
+
+from batchasr.files import fsync_dir
+from batchasr.outputs import writers
+from batchasr.outputs.rows import row_to_transcript
+from batchasr.runner.read_processes import start_method, start_stage_process
+
+logger = logging.getLogger("batchasr.worker")  # the name log lines show (stable)
+
+SUBTITLE_WRITERS = 8  # files written (and fsynced) at once: an fsync waits on the disk
+
+
+class SubtitleProcessDied(RuntimeError):
+    pass
+
+
+class SubtitleProcess:
+    """One process writing subtitle files for the writer thread (one request at a time)."""
+
+    def __init__(self):
+        ctx = multiprocessing.get_context(start_method())
+        self.conn, child = ctx.Pipe(duplex=True)
+        self.proc = ctx.Process(target=_main, args=(child,),
+                                name="batchasr-subtitle-process", daemon=True)
+        start_stage_process(self.proc)
+        child.close()  # ours is closed: the pipe ends when the process dies
+
+    def write(self, fmt: str, folder: Path, options: Any,
+              items: Sequence[tuple[str, dict, float | None]]) -> list[BaseException | None]:
+        """Write ``items`` ((id, result row, duration) each) as ``fmt`` files into ``folder``
+        and fsync it: per item None, or the error its file met. SubtitleProcessDied when
+        the process is gone (nothing of the request can be relied on); the folder's fsync
+        failing raises its error, as the writer's own fsync would."""
+        try:
+            self.conn.send(("write", fmt, str(folder), options, list(items)))
+            errors, folder_error = self.conn.recv()
+        except (OSError, EOFError) as e:
+            raise SubtitleProcessDied(f"the subtitle process ended ({self._exit()})") from e
+        if folder_error is not None:
+            raise _rebuilt(folder_error)
+        return [None if e is None else _rebuilt(e) for e in errors]
+
+    def close(self) -> None:
+        try:
+            self.conn.send(("stop",))
+        except (OSError, EOFError):
+            pass
+        self.proc.join(timeout=5)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join(timeout=5)
+        self.conn.close()
+
+    def _exit(self) -> str:
+        self.proc.join(timeout=5)
+        code = self.proc.exitcode
+        return f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+
+
+def _rebuilt(error: tuple) -> BaseException:
+    """The exception a file met, from what crossed the pipe: OSErrors keep their errno (a
+    full disk stops the run, see batchasr.errors.is_disk_full)."""
+    kind, errno, message = error
+    if kind == "OSError":
+        return OSError(errno, message) if errno is not None else OSError(message)
+    return RuntimeError(message)
+
+
+def _described(e: BaseException) -> tuple:
+    if isinstance(e, OSError):
+        return ("OSError", e.errno, e.strerror or str(e))
+    return (type(e).__name__, None, f"{type(e).__name__}: {e}")
+
+
+# ---- in the subtitle process -------------------------------------------------------------------
+def _main(conn) -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the run stops it (Ctrl-C reaches the group)
+    with ThreadPoolExecutor(SUBTITLE_WRITERS) as pool:
+        while True:
+            try:
+                msg = conn.recv()
+            except (OSError, EOFError):  # the run's process is gone
+                return
+            if msg[0] != "write":
+                return
+            _, fmt, folder, options, items = msg
+
+            def write(item) -> tuple | None:
+                item_id, row, duration_s = item
+                try:
+                    writers.write_item_subtitles(None, item_id, row_to_transcript(row), options,
+                                                 duration_s=duration_s, fmt=fmt, folder=folder,
+                                                 sync_dir=False)
+                    return None
+                except Exception as e:
+                    return _described(e)
+
+            errors = list(pool.map(write, items))
+            folder_error = None
+            if any(e is None for e in errors):  # one folder fsync for the batch's new names
+                try:
+                    fsync_dir(folder)
+                except OSError as e:
+                    folder_error = _described(e)
+            try:
+                conn.send((errors, folder_error))
+            except (OSError, EOFError):
+                return
