@@ -22,6 +22,7 @@ from batchasr.queue.store import JobQueue
 from batchasr.runner.local import run_job
 from batchasr.runner.read_processes import (PROCESS_NAME, Cut, End, Plan, ReadProcesses,
                                           VADWindow, Window)
+from batchasr.runner.subtitle_process import PROCESS_NAME as SUBTITLES_NAME
 
 from test_vad_processes import FSMN, MODEL, _marked_processes, gone, long_files, \
     resumes_exactly_once, rows_of
@@ -213,6 +214,9 @@ def test_kill_9_of_the_run_leaves_no_reader_and_no_shared_memory(tmp_path):
     before = _shm_names()
     proc, args, env, mark, job = start_run(tmp_path)
     time.sleep(1.0)
+    # the subtitle process too (runs with reader processes write their subtitles there)
+    assert any(Path(f"/proc/{pid}/comm").read_text().strip() == SUBTITLES_NAME
+               for pid in _marked_processes(mark))
     proc.kill()
     proc.wait(timeout=30)
     assert gone(mark), "reader processes outlived the run"

@@ -3,7 +3,8 @@ the GPU default).
 
 Laying out cues is Python, several files at once on threads: in the model's process it took
 the interpreter from the thread that launches the model's kernels (on an H100, 18003 s of
-clips end to end ran at 3109 RTFx without subtitles against 2708 with them). Here the
+clips end to end ran at 3109 RTFx without subtitles against 2708 with them, one run each).
+Here the
 writer thread sends a batch's result rows (the Parquet part's rows, from which ``export``
 renders the same files) and waits for the reply before it commits the batch, so the order
 part -> subtitles -> commit, and what a kill leaves, are unchanged.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Sequence
@@ -28,6 +30,7 @@ from batchasr.runner.read_processes import start_method, start_stage_process
 logger = logging.getLogger("batchasr.worker")  # the name log lines show (stable)
 
 SUBTITLE_WRITERS = 8  # files written (and fsynced) at once: an fsync waits on the disk
+PROCESS_NAME = "batchasr-subs"  # what ps shows for it (Linux)
 
 
 class SubtitleProcessDied(RuntimeError):
@@ -40,7 +43,7 @@ class SubtitleProcess:
     def __init__(self):
         ctx = multiprocessing.get_context(start_method())
         self.conn, child = ctx.Pipe(duplex=True)
-        self.proc = ctx.Process(target=_main, args=(child,),
+        self.proc = ctx.Process(target=_main, args=(child, os.getpid()),
                                 name="batchasr-subtitle-process", daemon=True)
         start_stage_process(self.proc)
         child.close()  # ours is closed: the pipe ends when the process dies
@@ -93,10 +96,15 @@ def _described(e: BaseException) -> tuple:
 
 
 # ---- in the subtitle process -------------------------------------------------------------------
-def _main(conn) -> None:
+def _main(conn, parent: int) -> None:
     import signal
 
+    from batchasr.runner.parent import die_with, set_process_name
+
+    set_process_name(PROCESS_NAME)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the run stops it (Ctrl-C reaches the group)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked by the start
+    die_with(parent)  # the run's process, not the fork server that is our parent
     with ThreadPoolExecutor(SUBTITLE_WRITERS) as pool:
         while True:
             try:
