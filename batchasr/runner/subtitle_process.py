@@ -4,10 +4,9 @@ the GPU default).
 Laying out cues is Python, several files at once on threads: in the model's process it took
 the interpreter from the thread that launches the model's kernels (on an H100, 18003 s of
 clips end to end ran at 3109 RTFx without subtitles against 2708 with them, one run each).
-Here the
-writer thread sends a batch's result rows (the Parquet part's rows, from which ``export``
-renders the same files) and waits for the reply before it commits the batch, so the order
-part -> subtitles -> commit, and what a kill leaves, are unchanged.
+Here the writer thread sends a batch's result rows (the Parquet part's rows, from which
+``export`` renders the same files) and waits for the reply before it commits the batch, so
+the order part -> subtitles -> commit, and what a kill leaves, are unchanged.
 
 Rows cross the pipe pickled, between this run's own processes only. A process that dies is
 reported and the writer goes on writing subtitles on its own threads (nothing is lost: the
