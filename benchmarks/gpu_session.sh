@@ -61,11 +61,12 @@ for step in "$@"; do
     graphs-ab) # launch-bound A/B: what a new batch shape costs (shape_cost.py, per stage) and
                # 18000 s of short clips end to end, one arm each; GRAPHS_ARMS picks the arms.
                # Each arm sets what it names, so its meaning does not move with the defaults
-               # (since the fifth session: the FSMN kernel and MLX's CUDA graphs off)
+               # (since the fifth session: the FSMN kernel and MLX's CUDA graphs off; since the
+               # sixth, the plan-free attention and CIF: "planfree" is then the default)
                ARM_VARS="MLX_USE_CUDA_GRAPHS MLX_CUDA_GRAPH_CACHE_SIZE MLX_MAX_OPS_PER_BUFFER
                  MLX_CUDA_USE_CUDNN_SDPA BATCHASR_TOKEN_BUCKET BATCHASR_STABLE_SHAPES BATCHASR_FSMN
                  BATCHASR_ATTENTION BATCHASR_CIF_CONV"
-               for c in ${GRAPHS_ARMS:-default old-defaults tokens16 stable-tokens16 planfree cudnn-off}; do
+               for c in ${GRAPHS_ARMS:-default cudnn nosubs readers4 stable-tokens16}; do
                  unset $ARM_VARS
                  BENCH_ARGS=""  # arms of the job around the model (the GIL it shares)
                  case $c in
@@ -74,7 +75,9 @@ for step in "$@"; do
                    kernel) export BATCHASR_FSMN=kernel ;;  # the FSMN memory as one CUDA kernel
                    shift) export BATCHASR_FSMN=shift ;;
                    kernel-nographs) export BATCHASR_FSMN=kernel MLX_USE_CUDA_GRAPHS=0 ;;
-                   old-defaults) export BATCHASR_FSMN=shift MLX_USE_CUDA_GRAPHS=1 ;;  # before 2e8cb6a
+                   old-defaults) export BATCHASR_FSMN=shift MLX_USE_CUDA_GRAPHS=1 \
+                                   BATCHASR_ATTENTION=fast BATCHASR_CIF_CONV=conv ;;  # before 2e8cb6a
+                   cudnn) export BATCHASR_ATTENTION=fast BATCHASR_CIF_CONV=conv ;;  # the defaults before the sixth session
                    cache4000) export MLX_CUDA_GRAPH_CACHE_SIZE=4000 ;;
                    ops400) export MLX_MAX_OPS_PER_BUFFER=400 ;;
                    tokens16) export BATCHASR_TOKEN_BUCKET=16 ;;  # the decoder's token axis
@@ -142,12 +145,13 @@ for step in "$@"; do
                 # network: segments per file, and all 16 files batched (after longform)
                 python3 benchmarks/fsmn_device.py --fsmn-vad "$FSMN" \
                   --wavs /tmp/batchasr-longform/audio-16x20min ;;
-    planfree-ab) # cuDNN-plan-free kernels (unfused attention, matmul CIF) against the defaults
+    planfree-ab) # the plan-free kernels (unfused attention, matmul CIF; the CUDA default since
+                 # the sixth session) against cuDNN's (MLX's fused attention, the convolution)
                  M=/tmp/batchasr-bench/paraformer-large-random
                  [ -f $M/model.pt ] || M=/tmp/batchasr-longform/paraformer-large-random
-                 for v in ${PLANFREE_ORDER:-default planfree default planfree}; do
+                 for v in ${PLANFREE_ORDER:-cudnn planfree cudnn planfree}; do
                    if [ $v = planfree ]; then export BATCHASR_ATTENTION=unfused BATCHASR_CIF_CONV=matmul
-                   else unset BATCHASR_ATTENTION BATCHASR_CIF_CONV; fi
+                   else export BATCHASR_ATTENTION=fast BATCHASR_CIF_CONV=conv; fi
                    echo "== $v"; python3 benchmarks/shape_cost.py --dtype bfloat16
                    if [ -f $M/model.pt ]; then W="--model $M --weights checkpoint"; else W=""; fi
                    python3 benchmarks/bigjob.py --hours "${PLANFREE_HOURS:-10}" $W --no-append

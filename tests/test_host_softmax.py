@@ -39,3 +39,29 @@ def test_attention_forms_agree(method):
     ref = attention(q, kk, v, mask, "unfused")
     np.testing.assert_allclose(np.array(attention(q, kk, v, mask, method)), np.array(ref),
                                atol=1e-5)
+
+
+@pytest.mark.parametrize("cuda, cpu, form", [(True, False, "unfused"), (False, False, "fast"),
+                                             (False, True, "host")])
+def test_auto_picks_the_form_of_the_device(monkeypatch, cuda, cpu, form):
+    """"auto": numpy's softmax on the CPU, the plan-free GEMMs where MLX's CUDA backend is the
+    device (no cuDNN plan per new batch shape), MLX's fused kernel on other GPUs; the CIF
+    convolution likewise as one GEMM on CUDA."""
+    from batchasr.models.blocks import cif, sanm
+    from batchasr.models.blocks.cif import CifPredictorV2, PredictorArgs
+
+    monkeypatch.setattr(sanm, "on_cuda", lambda: cuda)
+    monkeypatch.setattr(cif, "on_cuda", lambda: cuda)
+    monkeypatch.setattr(host_softmax, "on_cpu", lambda: cpu)
+    used = []
+    real_host = host_softmax.softmax
+    monkeypatch.setattr(host_softmax, "softmax",
+                        lambda *a: used.append("host") or real_host(*a))
+    real_fast = mx.fast.scaled_dot_product_attention
+    monkeypatch.setattr(mx.fast, "scaled_dot_product_attention",
+                        lambda *a, **k: used.append("fast") or real_fast(*a, **k))
+    q = mx.random.normal((1, 2, 5, 8), key=mx.random.key(4))
+    attention(q, q, q, None, "auto")
+    assert used == ([] if form == "unfused" else [form])
+    predictor = CifPredictorV2(PredictorArgs(idim=8))
+    assert predictor.matmul == cuda

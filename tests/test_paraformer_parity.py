@@ -247,7 +247,7 @@ def test_upload_on_a_stream_of_its_own_gives_the_same_results(fixture_model, mon
 def test_tuning_switches_are_read_once_at_load(monkeypatch):
     from batchasr.models.blocks.tuning import Tuning
 
-    assert Tuning.from_env({}) == Tuning(fsmn="kernel", attention="auto", cif_conv="conv",
+    assert Tuning.from_env({}) == Tuning(fsmn="kernel", attention="auto", cif_conv="auto",
                                          frame_bucket=16, compile=False)
     assert Tuning.from_env({}, cpu=True).frame_bucket == 1  # no padding for shapes' sake
     assert Tuning.from_env({}).upload == "inline"  # "stream": opt-in until measured on a GPU

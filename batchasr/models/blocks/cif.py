@@ -16,7 +16,7 @@ import mlx.nn as nn
 import numpy as np
 
 from batchasr.models.base import BaseModelArgs
-from batchasr.models.blocks.tuning import Tuning
+from batchasr.models.blocks.tuning import Tuning, on_cuda
 
 
 @dataclass
@@ -36,10 +36,11 @@ class PredictorArgs(BaseModelArgs):
 # --------------------------------------------------------------------------------------------
 class CifPredictorV2(nn.Module):
     """Per-frame firing weights: conv over (l_order, r_order) context -> ReLU -> linear ->
-    sigmoid. `matmul` (Tuning.cif_conv "matmul", BATCHASR_CIF_CONV) runs the convolution as one
-    GEMM over stacked shifted frames: no cuDNN convolution plan per new batch shape."""
+    sigmoid. `conv_form` (Tuning.cif_conv, BATCHASR_CIF_CONV) "matmul" runs the convolution as
+    one GEMM over stacked shifted frames: no cuDNN convolution plan per new batch shape;
+    "auto" does so where MLX's CUDA backend is the device."""
 
-    matmul = False
+    conv_form = "auto"
     token_bucket = 1  # the decoder's token axis is padded to a multiple of this (Tuning)
 
     def __init__(self, args: PredictorArgs):
@@ -51,8 +52,13 @@ class CifPredictorV2(nn.Module):
         self.cif_output = nn.Linear(args.idim, 1)
 
     def tune(self, tuning: Tuning) -> None:
-        self.matmul = tuning.cif_conv == "matmul"
+        self.conv_form = tuning.cif_conv
         self.token_bucket = tuning.token_bucket
+
+    @property
+    def matmul(self) -> bool:
+        """Whether the convolution runs as one GEMM (see conv_form)."""
+        return self.conv_form == "matmul" or (self.conv_form == "auto" and on_cuda())
 
     def alphas(self, hidden: mx.array, mask: mx.array) -> mx.array:
         """Per-frame firing weights (B, T), zero on padded frames."""

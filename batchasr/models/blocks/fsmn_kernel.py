@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import mlx.core as mx
 
+from batchasr.models.blocks.tuning import on_cuda
+
 _SOURCE = """
     const int B = x_shape[0], T = x_shape[1], C = x_shape[2];
     const unsigned long long idx = cg::this_grid().thread_rank();
@@ -45,7 +47,7 @@ _kernel = None
 
 def available() -> bool:
     """Whether the kernel can run here: MLX's CUDA backend, the default device a GPU."""
-    return mx.cuda.is_available() and mx.default_device() == mx.gpu
+    return on_cuda()
 
 
 def fsmn_memory(x: mx.array, mask: mx.array, weight: mx.array, left: int) -> mx.array:

@@ -19,7 +19,7 @@ import numpy as np
 
 from batchasr.models.base import BaseModelArgs
 from batchasr.models.blocks import fsmn_kernel, host_softmax
-from batchasr.models.blocks.tuning import Tuning
+from batchasr.models.blocks.tuning import Tuning, on_cuda
 
 LAYER_NORM_EPS = 1e-12  # funasr.models.transformer.layer_norm.LayerNorm
 
@@ -123,10 +123,10 @@ def attention(q: mx.array, k: mx.array, v: mx.array, key_mask: mx.array | None,
     `method` (Tuning.attention, BATCHASR_ATTENTION): "fast", MLX's fused kernel; "unfused",
     two batched GEMMs around a float32 softmax (on NVIDIA GPUs the fused kernel sets up a
     cuDNN plan per new batch shape); "host", the same GEMMs around numpy's softmax (MLX's CPU
-    backend runs exp one element at a time: `host_softmax`); "auto", host on the CPU and fast
-    elsewhere."""
+    backend runs exp one element at a time: `host_softmax`); "auto", host on the CPU,
+    unfused where MLX's CUDA backend is the device, fast elsewhere (Apple GPUs)."""
     if method == "auto":
-        method = "host" if host_softmax.on_cpu() else "fast"
+        method = "host" if host_softmax.on_cpu() else "unfused" if on_cuda() else "fast"
     scale = q.shape[-1] ** -0.5
     mask = None if key_mask is None else key_mask[:, None, None, :]
     if method == "fast":

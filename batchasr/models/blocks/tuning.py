@@ -13,10 +13,14 @@ environment, so a loaded model keeps the switches it was built with.
     BATCHASR_ATTENTION     auto (default) | fast |         MLX's fused attention kernel, two
                            unfused | host                  GEMMs around a float32 softmax, or
                                                            the GEMMs around numpy's softmax
-                                                           ("auto": host on the CPU, fast
-                                                           elsewhere and in compiled layers)
-    BATCHASR_CIF_CONV      conv (default) | matmul         the CIF convolution, or one GEMM
+                                                           ("auto": host on the CPU, unfused
+                                                           where MLX's CUDA backend is the
+                                                           device, fast elsewhere and in
+                                                           compiled layers)
+    BATCHASR_CIF_CONV      auto (default) | conv | matmul  the CIF convolution, or one GEMM
                                                            over stacked shifted frames
+                                                           ("auto": matmul where MLX's CUDA
+                                                           backend is the device)
     BATCHASR_FRAME_BUCKET  16 (default on GPUs; 1 on the   Paraformer batches are padded to a
                            CPU)                            multiple of this many frames (few
                                                            shapes for GPU kernels and plans;
@@ -41,8 +45,13 @@ environment, so a loaded model keeps the switches it was built with.
 
 The grouped convolution and the compiled layers are faster on GPUs but opt-in until they are
 known to be stable on MLX's CUDA backend; the upload stream is opt-in until an A/B on a GPU
-(`benchmarks/gpu_session.sh upload-ab`) says it pays; the unfused attention and the matmul
-CIF avoid a cuDNN plan per new batch shape on NVIDIA GPUs. Nano's idle rows are the GPU's
+(`benchmarks/gpu_session.sh upload-ab`) says it pays. The unfused attention and the matmul
+CIF are what "auto" runs on NVIDIA GPUs: they need no cuDNN plan per new batch shape. On an
+H100 (`gpu_session.sh graphs-ab`, sixth session) a new shape's first encoder pass took
+0.026-0.030 s with them against 0.068-0.085 s with cuDNN's attention and convolution, its
+first decoder pass 0.017-0.018 s against 0.056-0.069 s, and a warm pass the same (0.015-0.018
+s); end to end on 18003 s of clips they were within one run's noise (2693-2783 RTFx against
+2708). A job's process meets every batch shape for the first time. Nano's idle rows are the GPU's
 default: on an H100 (`benchmarks/gpu_session.sh nano-ab`, alternating) 604 s end to end took
 1.25 s in the model stage against 1.34-1.40 s retiring at once; on the CPU an idle row's step
 is real work, so rows retire at once there. The FSMN kernel is the default: on an H100
@@ -55,12 +64,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+import mlx.core as mx
+
 
 @dataclass(frozen=True)
 class Tuning:
     fsmn: str = "kernel"
     attention: str = "auto"
-    cif_conv: str = "conv"
+    cif_conv: str = "auto"
     frame_bucket: int = 16
     token_bucket: int = 1
     compile: bool = False
@@ -84,6 +95,11 @@ class Tuning:
                    upload=env.get("BATCHASR_UPLOAD", cls.upload),
                    dft=env.get("BATCHASR_DFT", cls.dft),
                    retire_at=float(env.get("BATCHASR_RETIRE_AT", retire_at)))
+
+
+def on_cuda() -> bool:
+    """Whether MLX's CUDA backend is the device: the default device a GPU of a CUDA build."""
+    return mx.cuda.is_available() and mx.default_device() == mx.gpu
 
 
 def tune(model, tuning: Tuning) -> None:
