@@ -78,7 +78,7 @@ def test_a_full_disk_in_the_process_stops_the_run_and_resume_completes(tmp_path,
         out = real(self, fmt, folder, options, items)
         if calls[0] == 2:  # as the process reports ENOSPC
             return [_rebuilt(_described(OSError(errno.ENOSPC, "No space left on device")))
-                    for _ in items]
+                    for _ in items], None
         return out
 
     monkeypatch.setattr(SubtitleProcess, "write", full_on_the_second_batch)
@@ -96,9 +96,9 @@ def test_other_errors_are_logged_and_the_item_stays_done(tmp_path, fake_model, m
     real = SubtitleProcess.write
 
     def item1_fails(self, fmt, folder, options, items):
-        out = real(self, fmt, folder, options, items)
+        errors, folder_error = real(self, fmt, folder, options, items)
         return [RuntimeError("cue trouble") if item_id == "item1" else e
-                for (item_id, _, _), e in zip(items, out)]
+                for (item_id, _, _), e in zip(items, errors)], folder_error
 
     monkeypatch.setattr(SubtitleProcess, "write", item1_fails)
     s = run_job(job, fake_model, batch_seconds=10.0, progress=False, subtitle_process=True)
@@ -119,3 +119,22 @@ def test_the_process_ends_with_the_run(tmp_path, fake_model, monkeypatch):
     run_job(job, fake_model, batch_seconds=10.0, progress=False, subtitle_process=True)
     assert len(started) == 1 and not started[0].proc.is_alive()
     assert started[0].proc.exitcode == 0
+
+
+def test_a_failed_folder_fsync_stops_the_run(tmp_path, fake_model, monkeypatch):
+    """The folder's fsync makes the new names durable before the commit: when it fails in the
+    process, the run stops as it would on the writer's own threads, and nothing is done
+    without its files."""
+    job = make_job(tmp_path, DURATIONS[:2])
+    real = SubtitleProcess.write
+
+    def fsync_fails(self, *a, **k):
+        errors, _ = real(self, *a, **k)
+        return errors, OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(SubtitleProcess, "write", fsync_fails)
+    with pytest.raises(OSError, match="Input/output error"):
+        run_job(job, fake_model, batch_seconds=10.0, progress=False, subtitle_process=True)
+    monkeypatch.undo()
+    run_job(job, fake_model, batch_seconds=10.0, progress=False, subtitle_process=True)
+    check_done_exactly_once(job, ["item0", "item1"])

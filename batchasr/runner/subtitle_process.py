@@ -9,12 +9,11 @@ Here the writer thread sends a batch's result rows (the Parquet part's rows, fro
 the order part -> subtitles -> commit, and what a kill leaves, are unchanged.
 
 Rows cross the pipe pickled, between this run's own processes only. A process that dies is
-reported and the writer goes on writing subtitles on its own threads (nothing is lost: the
-batch asking is written again there).
+reported and the writer goes on writing subtitles on its own threads, the same way
+(``write_subtitle_files``; nothing is lost: the batch asking is written again there).
 """
 from __future__ import annotations
 
-import logging
 import multiprocessing
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -25,8 +24,6 @@ from batchasr.files import fsync_dir
 from batchasr.outputs import writers
 from batchasr.outputs.rows import row_to_transcript
 from batchasr.runner.read_processes import start_method, start_stage_process
-
-logger = logging.getLogger("batchasr.worker")  # the name log lines show (stable)
 
 SUBTITLE_WRITERS = 8  # files written (and fsynced) at once: an fsync waits on the disk
 PROCESS_NAME = "batchasr-subs"  # what ps shows for it (Linux)
@@ -48,19 +45,16 @@ class SubtitleProcess:
         child.close()  # ours is closed: the pipe ends when the process dies
 
     def write(self, fmt: str, folder: Path, options: Any,
-              items: Sequence[tuple[str, dict, float | None]]) -> list[BaseException | None]:
-        """Write ``items`` ((id, result row, duration) each) as ``fmt`` files into ``folder``
-        and fsync it: per item None, or the error its file met. SubtitleProcessDied when
-        the process is gone (nothing of the request can be relied on); the folder's fsync
-        failing raises its error, as the writer's own fsync would."""
+              items: Sequence[tuple[str, dict, float | None]]) -> tuple[list, OSError | None]:
+        """What ``write_subtitle_files`` returns, done in the process. SubtitleProcessDied
+        when the process is gone (nothing of the request can be relied on)."""
         try:
             self.conn.send(("write", fmt, str(folder), options, list(items)))
             errors, folder_error = self.conn.recv()
         except (OSError, EOFError) as e:
             raise SubtitleProcessDied(f"the subtitle process ended ({self._exit()})") from e
-        if folder_error is not None:
-            raise _rebuilt(folder_error)
-        return [None if e is None else _rebuilt(e) for e in errors]
+        return ([None if e is None else _rebuilt(e) for e in errors],
+                None if folder_error is None else _rebuilt(folder_error))
 
     def close(self) -> None:
         try:
@@ -77,6 +71,34 @@ class SubtitleProcess:
         self.proc.join(timeout=5)
         code = self.proc.exitcode
         return f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+
+
+def write_subtitle_files(pool: ThreadPoolExecutor, fmt: str, folder: str | Path, options: Any,
+                         items: Sequence[tuple[str, dict, float | None]]
+                         ) -> tuple[list[BaseException | None], OSError | None]:
+    """Write each item ((id, result row, duration)) as a ``fmt`` file into ``folder``, several
+    at once on ``pool`` (each atomically, fsynced: an fsync waits on the disk, and the journal
+    commits concurrent ones together), then fsync the folder once. Returns per item None or
+    the error its file met, and the folder fsync's error. The one way a run writes them, here
+    or in the subtitle process; from the row, as ``export`` does."""
+    def write(item) -> BaseException | None:
+        item_id, row, duration_s = item
+        try:
+            writers.write_item_subtitles(None, item_id, row_to_transcript(row), options,
+                                         duration_s=duration_s, fmt=fmt, folder=folder,
+                                         sync_dir=False)
+            return None
+        except Exception as e:
+            return e
+
+    errors = list(pool.map(write, items))
+    folder_error = None
+    if any(e is None for e in errors):  # new names to make durable
+        try:
+            fsync_dir(folder)
+        except OSError as e:
+            folder_error = e
+    return errors, folder_error
 
 
 def _rebuilt(error: tuple) -> BaseException:
@@ -113,24 +135,9 @@ def _main(conn, parent: int) -> None:
             if msg[0] != "write":
                 return
             _, fmt, folder, options, items = msg
-
-            def write(item) -> tuple | None:
-                item_id, row, duration_s = item
-                try:
-                    writers.write_item_subtitles(None, item_id, row_to_transcript(row), options,
-                                                 duration_s=duration_s, fmt=fmt, folder=folder,
-                                                 sync_dir=False)
-                    return None
-                except Exception as e:
-                    return _described(e)
-
-            errors = list(pool.map(write, items))
-            folder_error = None
-            if any(e is None for e in errors):  # one folder fsync for the batch's new names
-                try:
-                    fsync_dir(folder)
-                except OSError as e:
-                    folder_error = _described(e)
+            errors, folder_error = write_subtitle_files(pool, fmt, folder, options, items)
+            errors = [None if e is None else _described(e) for e in errors]
+            folder_error = None if folder_error is None else _described(folder_error)
             try:
                 conn.send((errors, folder_error))
             except (OSError, EOFError):

@@ -22,8 +22,7 @@ from typing import Any, Sequence
 
 from batchasr.batches.assemble import PieceResult, assemble
 from batchasr.errors import is_disk_full
-from batchasr.files import fsync_dir
-from batchasr.outputs import names, parquet, segment_cache, writers
+from batchasr.outputs import names, parquet, segment_cache
 from batchasr.outputs.rows import failure_to_row, transcript_to_row
 from batchasr.queue.store import JobQueue
 from batchasr.runner.hooks import CrashHook
@@ -32,7 +31,8 @@ from batchasr.runner.stages.model import model_error
 from batchasr.runner.stages.pool import Pool
 from batchasr.runner.stages.progress import Progress
 from batchasr.runner.stages.work import Piece, Work
-from batchasr.runner.subtitle_process import SUBTITLE_WRITERS, SubtitleProcess, SubtitleProcessDied
+from batchasr.runner.subtitle_process import (SUBTITLE_WRITERS, SubtitleProcess,
+                                              SubtitleProcessDied, write_subtitle_files)
 from batchasr.transcript import ASRModel, Transcript
 
 logger = logging.getLogger("batchasr.worker")  # the name log lines show (stable)
@@ -271,7 +271,7 @@ class Writer:
                 for w in works]
         part = parquet.write_part(self.job_dir, rows)
         self.crash("after_part")
-        self._write_subtitles(works, transcripts, rows)
+        self._write_subtitles(works, rows)
         committed = queue.complete([w.item.id for w in works], part, owner=self.owner,
                                    durations={w.item.id: w.duration_s for w in works})
         if committed < len(works):
@@ -285,56 +285,30 @@ class Writer:
         self.crash("after_complete")
         return committed
 
-    def _write_subtitles(self, works: Sequence[Work], transcripts: dict[str, Transcript],
-                         rows: Sequence[dict]) -> None:
+    def _write_subtitles(self, works: Sequence[Work], rows: Sequence[dict]) -> None:
         # Subtitles are a convenience copy (the export renders them from the parts), so a
-        # problem with one is logged and does not fail its item. Files are written (each
-        # atomically, fsynced) several at once: an fsync waits on the disk, not on the
-        # interpreter, and the journal commits concurrent ones together. One folder fsync
-        # per batch.
-        if self._subtitles is not None:
-            try:
-                return self._write_subtitles_elsewhere(works, rows)
-            except SubtitleProcessDied as e:
-                logger.warning("%s: subtitles are written in this process from now on", e)
-                self._subtitles = None
-        folders = set()
+        # problem with one is logged and does not fail its item; a full disk stops the run
+        # as a part would (the batch is then not done).
+        items = [(w.item.id, row, w.duration_s) for w, row in zip(works, rows)]
         for fmt in self.opts.subtitle_formats:
             folder = names.default_folder(self.job_dir, fmt)
-
-            def write(w: Work) -> BaseException | None:
-                try:
-                    writers.write_item_subtitles(
-                        self.job_dir, w.item.id, transcripts[w.item.id],
-                        self.opts.subtitle_options, duration_s=w.duration_s, fmt=fmt,
-                        folder=folder, sync_dir=False,
-                    )
-                    return None
-                except Exception as e:
-                    return e
-
-            for w, error in zip(works, self._syncs.map(write, works)):
-                if error is None:
-                    folders.add(folder)
-                elif is_disk_full(error):  # stops the run as a part would: not done
-                    raise error
-                else:
-                    logger.error("could not write %s subtitles for %s", fmt, w.item.id,
-                                 exc_info=error)
-        for folder in folders:
-            fsync_dir(folder)
-
-    def _write_subtitles_elsewhere(self, works: Sequence[Work], rows: Sequence[dict]) -> None:
-        """The subtitle process writes them, from the part's rows (export's path)."""
-        items = [(w.item.id, row, w.duration_s) for w, row in zip(works, rows)
-                 if row["status"] == "done"]
-        for fmt in self.opts.subtitle_formats:
-            folder = names.default_folder(self.job_dir, fmt)
-            errors = self._subtitles.write(fmt, folder, self.opts.subtitle_options, items)
+            errors, folder_error = self._subtitle_files(fmt, folder, items)
             for (item_id, _, _), error in zip(items, errors):
                 if error is None:
                     continue
-                if is_disk_full(error):  # stops the run as a part would: not done
+                if is_disk_full(error):
                     raise error
                 logger.error("could not write %s subtitles for %s", fmt, item_id,
                              exc_info=error)
+            if folder_error is not None:
+                raise folder_error
+
+    def _subtitle_files(self, fmt: str, folder: Path, items: list) -> tuple[list, OSError | None]:
+        """``write_subtitle_files`` in the subtitle process, else (or once it died) here."""
+        if self._subtitles is not None:
+            try:
+                return self._subtitles.write(fmt, folder, self.opts.subtitle_options, items)
+            except SubtitleProcessDied as e:
+                logger.warning("%s: subtitles are written in this process from now on", e)
+                self._subtitles = None
+        return write_subtitle_files(self._syncs, fmt, folder, self.opts.subtitle_options, items)
