@@ -103,7 +103,11 @@ def _mount_tmpfs(path: Path, size: str) -> None:
         pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
 
 
-def test_cli_full_tmpfs_one_line_error_then_resume(tmp_path):
+@pytest.mark.parametrize("readers", [[], ["--reader-processes", "2"]],
+                         ids=["reader-threads", "reader-processes"])
+def test_cli_full_tmpfs_one_line_error_then_resume(tmp_path, readers):
+    """A real full disk (tmpfs); with reader processes the subtitle files are written by the
+    subtitle process, whose ENOSPC must stop the run the same way."""
     n = 150
     audio = REPO / "sample_manifests" / "audio"
     files = ["en_8k.wav", "zh_22k.ogg", "en_16k_mono.wav"]
@@ -120,7 +124,7 @@ def test_cli_full_tmpfs_one_line_error_then_resume(tmp_path):
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         cmd = [sys.executable, "-m", "batchasr.cli", "run", str(manifest), "--model",
                str(REPO / "tests/fixtures/paraformer/zh_mixed"), "--job-dir", str(job),
-               "--no-progress"]
+               "--no-progress", *readers]
         first = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300,
                                cwd=tmp_path)
         assert first.returncode == 1, first.stderr
