@@ -319,6 +319,22 @@ def test_frontend_bucket_pads_every_shape_without_changing_features(bucket):
         assert not np.array(got[:, T:]).any()
 
 
+def test_bucketed_batch_with_an_empty_clip_gives_each_clip_alone(monkeypatch):
+    """A GPU-style batch (frame bucket 16) holding a clip too short for one fbank window: that
+    clip gets an empty transcript, the others the tokens and times each gets alone, unbucketed
+    (the batch runs on the live rows' frames, which already end at their bucket)."""
+    monkeypatch.setenv("BATCHASR_FRAME_BUCKET", "16")
+    bucketed = load_model(FIXTURES / "en")
+    monkeypatch.setenv("BATCHASR_FRAME_BUCKET", "1")
+    plain = load_model(FIXTURES / "en")
+    waves = [tensors("en", c)["waveform"] for c in clips("en")][:3]
+    batch = [waves[0], np.zeros(100, np.float32), *waves[1:]]
+    key = lambda t: (t.text, [(k.id, k.start_ms, k.end_ms) for k in t.tokens])  # noqa: E731
+    got = [key(t) for t in bucketed.transcribe(batch)]
+    assert got[1] == ("", [])
+    assert got[:1] + got[2:] == [key(plain.transcribe([w])[0]) for w in waves]
+
+
 def test_frontend_dft_by_matmul_matches_the_fft():
     """BATCHASR_DFT=matmul (the power spectrum as one GEMM with the DFT's rows) gives the FFT
     frontend's features within float32 rounding, short clips (the shrunk window) included."""

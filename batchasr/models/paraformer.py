@@ -428,12 +428,9 @@ class PendingBatch:
                 self.results[i] = Transcript(text="")
         self.run = None
         if self.live:
-            if len(self.live) < self.n:
+            if len(self.live) < self.n:  # the frames already end at the live rows' bucket
                 idx = mx.array(np.array(self.live, dtype=np.int32))
-                feats, lengths = feats[idx][:, : int(lens[self.live].max())], lengths[idx]
-            pad = -feats.shape[1] % asr.frame_bucket
-            if pad:
-                feats = mx.pad(feats, [(0, 0), (0, pad), (0, 0)])
+                feats, lengths = feats[idx], lengths[idx]
             self.run = self.start(feats.astype(asr.dtype), lengths)
 
     def start(self, feats: mx.array, lengths: mx.array):

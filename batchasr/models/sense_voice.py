@@ -397,12 +397,9 @@ class PendingBatch:
                 self.results[i] = Transcript(text="")
         self.out = None
         if self.live:
-            if len(self.live) < len(waveforms):
+            if len(self.live) < len(waveforms):  # the frames already end at the live rows' bucket
                 idx = mx.array(np.array(self.live, dtype=np.int32))
-                feats, lengths = feats[idx][:, : int(lens[self.live].max())], lengths[idx]
-            pad = -feats.shape[1] % asr.frame_bucket
-            if pad:
-                feats = mx.pad(feats, [(0, 0), (0, pad), (0, 0)])
+                feats, lengths = feats[idx], lengths[idx]
             _, logp, olens = asr.forward(feats, lengths, [languages[i] for i in self.live])
             # Only the argmax leaves the device: the (B, T, 25055) log-probabilities are
             # 1.7 GB for 1000 s of audio, and copying them took most of a batch's time.
