@@ -141,7 +141,9 @@ def leave_gpu_memory(nbytes: int) -> int | None:
     nbytes, _left_to_others = nbytes - _left_to_others, nbytes
     limit = max(mx.get_memory_limit() - nbytes, nbytes)
     mx.set_memory_limit(limit)
-    mx.set_cache_limit(min(mx.set_cache_limit(limit), limit))
+    previous = mx.set_cache_limit(limit)  # MLX has no getter: setting returns the old one
+    if previous < limit:  # a lower cache limit set before stays
+        mx.set_cache_limit(previous)
     return limit
 
 
