@@ -133,6 +133,25 @@ for step in "$@"; do
              if [ $step = profile ]; then H=10 NATIVE=""; else H=5 NATIVE="--native"; fi
              PATH=/tmp/pyspy/bin:$PATH python3 benchmarks/bigjob.py --hours $H $W --no-append \
                $NATIVE --profile "$OUT/pyspy-${H}h$NATIVE.txt" ;;
+    gap|gap-native) # a job's model calls against the same batches replayed in memory
+               # (dispatch_gap.py; after short: its official folder, CIF firing 4 tokens/s);
+               # -native: py-spy with C/C++ frames, the job and the replay in two processes
+               M=/tmp/batchasr-bench/paraformer-large-random
+               if [ -f $M/model.pt ]; then W="--model $M"; else W=""; fi
+               if [ $step = gap ]; then
+                 python3 benchmarks/dispatch_gap.py --audio-s 18000 $W --per-batch \
+                   --arms job,replay,replay,plan,job,replay
+               else
+                 [ -x /tmp/pyspy/bin/py-spy ] || python3 -m pip install -q --no-index --no-deps \
+                   --target /tmp/pyspy .whl/py_spy*.whl
+                 for a in job replay; do
+                   if [ $a = job ]; then A="--arms job --save /tmp/gap.npz"
+                   else A="--arms replay,replay,replay --load /tmp/gap.npz"; fi
+                   /tmp/pyspy/bin/py-spy record -r 100 -f raw --threads --idle --native \
+                     -o "$OUT/gap-native-$a.txt" -- python3 benchmarks/dispatch_gap.py \
+                     --audio-s 18000 $W $A
+                 done
+               fi ;;
     vadscale) # the VADs' CPU per file with 1..16 reader-like processes at once (longform's audio)
               lscpu > "$OUT/lscpu.txt" 2>&1
               python3 benchmarks/vad_scaling.py --wav /tmp/batchasr-longform/audio-16x20min/long000.wav \
