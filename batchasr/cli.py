@@ -191,10 +191,6 @@ def transcribe(files, model, weights, dtype, device, download, batch_seconds, ba
     from batchasr.runner.transcribe import open_for_files, transcribe_paths
     from batchasr.transcript import to_record
 
-    if batch_seconds is None:
-        from batchasr.runner.device import default_batch_seconds
-
-        batch_seconds = default_batch_seconds(device)
     options = {k: v for k, v in (("max_new_tokens", max_new_tokens), ("hotwords", hotwords),
                                  ("no_guard", no_guard or None), ("itn", itn)) if v is not None}
     from batchasr.runner.read_processes import prestart
@@ -206,6 +202,10 @@ def transcribe(files, model, weights, dtype, device, download, batch_seconds, ba
             max_segment_s=max_segment_s, max_window_s=max_window_s, **options)
     except (BatchasrError, ValueError) as e:
         fail(str(e))
+    if batch_seconds is None:  # the device's default, or what the model asks for there
+        from batchasr.runner.device import default_batch_seconds
+
+        batch_seconds = default_batch_seconds("auto", asr)
     single = len(files) == 1 and not Path(files[0]).is_dir()
     failures = 0
     try:

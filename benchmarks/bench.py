@@ -121,10 +121,25 @@ def timed_job(asr, manifest: Path, args, tag: str):
             q.enqueue(open_manifest(manifest))
         mx.reset_peak_memory()
         with GPUBusy() as busy:
-            summary = run_job(job, asr, batch_seconds=args.batch_seconds, progress=False,
+            summary = run_job(job, asr, batch_seconds=job_batch_seconds(args), progress=False,
                               readers=args.readers, reader_processes=args.reader_processes,
                               subtitle_formats=subtitle_formats(args))
     return summary, busy.percent
+
+
+def job_batch_seconds(args) -> float | None:
+    """The end-to-end job's batch budget: ``--job-batch-seconds`` ("auto": None, the
+    runner's default for the model on this device), else ``--batch-seconds``."""
+    if args.job_batch_seconds is None:
+        return args.batch_seconds
+    return None if args.job_batch_seconds == "auto" else float(args.job_batch_seconds)
+
+
+def resolved_job_batch_seconds(args, asr) -> float:
+    """The budget the end-to-end job ran with (what ``job_batch_seconds`` left to the runner)."""
+    from batchasr.runner.device import default_batch_seconds
+
+    return job_batch_seconds(args) or default_batch_seconds("auto", asr)
 
 
 def subtitle_formats(args) -> tuple[str, ...]:
@@ -226,6 +241,7 @@ def bench_paraformer(args, model_dir: Path | None, manifest: Path, dtype: str) -
     # end to end through the job runner, from the files
     s, busy = timed_job(asr, manifest, args, f"paraformer-{dtype}")
     out.append(end_to_end_record(s, gpu_busy_percent=busy, padding=round(s.padding, 3),
+                                 job_batch_budget_s=resolved_job_batch_seconds(args, asr),
                                  reader_processes=s.reader_processes))
     for r in out:
         r["audio_s"] = round(audio_s, 2)
@@ -252,6 +268,7 @@ def bench_sensevoice(args, model_dir: Path | None, manifest: Path, dtype: str) -
                 peak_memory_gb=round(mx.get_peak_memory() / 1e9, 3))]
     s, busy = timed_job(asr, manifest, args, f"sensevoice-{dtype}")
     out.append(end_to_end_record(s, gpu_busy_percent=busy, padding=round(s.padding, 3),
+                                 job_batch_budget_s=resolved_job_batch_seconds(args, asr),
                                  reader_processes=s.reader_processes))
     for r in out:
         r["audio_s"] = round(audio_s, 2)
@@ -314,7 +331,8 @@ def bench_nano(args, manifest: Path, dtype: str) -> list[dict]:
                         peak_memory_gb=round(mx.get_peak_memory() / 1e9, 3)))
     asr.decode_mode = "continuous"
     s, busy = timed_job(asr, manifest, args, f"nano-{dtype}")
-    out.append(end_to_end_record(s, gpu_busy_percent=busy))
+    out.append(end_to_end_record(s, gpu_busy_percent=busy, padding=round(s.padding, 3),
+                                 job_batch_budget_s=resolved_job_batch_seconds(args, asr)))
     for r in out:
         r["audio_s"] = round(audio_s, 2)
     return out
@@ -382,6 +400,9 @@ def main(argv=None):
     ap.add_argument("--modes", default="continuous,sequential", help="nano decoding modes")
     ap.add_argument("--audio-s", type=float, default=1800.0)
     ap.add_argument("--batch-seconds", type=float, default=300.0)
+    ap.add_argument("--job-batch-seconds", default=None,
+                    help="end to end: the job's batch budget (default: --batch-seconds; auto: "
+                         "the runner's default for the model)")
     ap.add_argument("--dtypes", default="float32", help="comma-separated: float32,float16,bfloat16")
     ap.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto")
     ap.add_argument("--repeats", type=int, default=3)

@@ -100,6 +100,32 @@ def test_a_job_under_two_batches_is_planned_whole(tmp_path, fake_model):
     assert sorted(sorted(n for _, n in b) for b in fake_model.batches) == want
 
 
+def test_the_default_budget_is_the_devices_or_what_the_model_asks_for_there(
+        tmp_path, fake_model, monkeypatch):
+    """Without batch_seconds a job takes the device's budget (30 s on a CPU); on a GPU a
+    model with ``gpu_batch_seconds`` (Fun-ASR-Nano) gets that, and its sorting pool stays
+    bounded (4 such batches, not 16)."""
+    import mlx.core as mx
+
+    from batchasr.models.fun_asr_nano import FunASRNanoASR
+    from batchasr.runner import device
+    from batchasr.runner.options import POOL_MAX_S, pool_samples
+
+    job = make_job(tmp_path, [25.0, 20.0, 15.0])  # 60 s: two 30 s batches at most
+    run_job(job, fake_model, progress=False, reader_processes=0)
+    assert len(fake_model.batches) == 3  # 25 + 20 padded to 25 is over 30 s
+    assert device.default_batch_seconds("cpu", FunASRNanoASR) == device.CPU_BATCH_SECONDS
+    assert device.default_batch_seconds("gpu") == device.GPU_BATCH_SECONDS
+    assert device.default_batch_seconds("gpu", fake_model) == device.GPU_BATCH_SECONDS
+    nano = FunASRNanoASR.gpu_batch_seconds
+    assert device.default_batch_seconds("gpu", FunASRNanoASR) == nano > device.GPU_BATCH_SECONDS
+    monkeypatch.setattr(mx, "default_device", lambda: mx.gpu)  # "auto" after setup_device
+    assert device.default_batch_seconds("auto", FunASRNanoASR) == nano
+    assert pool_samples(None, nano) == 4 * nano * 16000
+    assert pool_samples(None, device.GPU_BATCH_SECONDS) == POOL_MAX_S * 16000
+    assert pool_samples(None, device.CPU_BATCH_SECONDS) == 16 * 30 * 16000
+
+
 def test_an_idle_model_does_not_wait_for_a_full_pool(tmp_path, monkeypatch):
     """Readers slower than the model (long recordings through the VAD): once two batches'
     worth is decoded, an idle model runs a batch instead of waiting for the sorting pool

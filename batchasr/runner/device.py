@@ -27,11 +27,24 @@ def gpu_available() -> bool:
         return mx.default_device() == mx.gpu
 
 
-def default_batch_seconds(device: str = "auto") -> float:
+GPU_BATCH_SECONDS = 1000.0
+CPU_BATCH_SECONDS = 30.0
+
+
+def default_batch_seconds(device: str = "auto", model=None) -> float:
     """Audio seconds per batch: large on GPUs (fewer, fuller launches), small on CPUs (less
-    padding). benchmarks/README.md has the measurements behind both values."""
-    on_gpu = device == "gpu" or (device == "auto" and gpu_available())
-    return 1000.0 if on_gpu else 30.0
+    padding). benchmarks/README.md has the measurements behind both values. On a GPU a
+    recognizer may ask for more (its ``gpu_batch_seconds``: an LLM's decoding loop costs
+    about the same per step whatever the batch, so fewer loops are faster). ``device``
+    "auto": where this process runs MLX now (after ``setup_device``), else whether it has a
+    GPU."""
+    if device == "auto" and model is not None:
+        on_gpu = mx.default_device() == mx.gpu
+    else:
+        on_gpu = device == "gpu" or (device == "auto" and gpu_available())
+    if not on_gpu:
+        return CPU_BATCH_SECONDS
+    return float(getattr(model, "gpu_batch_seconds", None) or GPU_BATCH_SECONDS)
 
 
 def default_reader_processes(device: str = "auto", workers: int = 1) -> int:

@@ -123,7 +123,7 @@ def prepare_job(source: str | None, job: Path, given: dict[str, Any], *, device:
     return prepared
 
 
-def run_prepared(prepared: PreparedJob, source: str | None, *, batch_seconds: float,
+def run_prepared(prepared: PreparedJob, source: str | None, *, batch_seconds: float | None,
                  limit: int | None, max_window_s: float, readers: int, strict_manifest: bool,
                  vad_processes: int = _RUN["vad_processes"],
                  reader_processes: int | None = _RUN["reader_processes"],
@@ -230,10 +230,6 @@ def run(source: str | None = None, *, job_dir: str | None = None, model: str | N
     from batchasr.runner.processes import plan_devices
     from batchasr.runner.options import stop_line
 
-    if batch_seconds is None:
-        from batchasr.runner.device import default_batch_seconds
-
-        batch_seconds = default_batch_seconds(device)
     given = {"model": model, "weights": weights, "dtype": dtype, "vad": vad,
              "max_segment_s": max_segment_s, "punc": punc, "max_new_tokens": max_new_tokens,
              "hotwords": hotwords, "no_guard": no_guard or None, "language": language,
@@ -254,6 +250,10 @@ def run(source: str | None = None, *, job_dir: str | None = None, model: str | N
                       **options}
         longform = {k: filled[k] if k == "max_segment_s" else str(filled[k])
                     for k in ("vad", "max_segment_s", "punc")}
+        if batch_seconds is None:  # the device's (the actors' models are not loaded here)
+            from batchasr.runner.device import default_batch_seconds
+
+            batch_seconds = default_batch_seconds(device)
         return run_on_ray(source, job_dir, model_args, batch_seconds=batch_seconds,
                           limit=limit, max_window_s=max_window_s,
                           strict_manifest=strict_manifest, progress=progress, actors=workers,

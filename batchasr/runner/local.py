@@ -39,7 +39,7 @@ from batchasr.errors import disk_full, is_disk_full
 from batchasr.outputs import segment_cache
 from batchasr.queue.lock import JobLock
 from batchasr.queue.store import JobQueue
-from batchasr.runner.device import (cpu_lanes, default_reader_processes,
+from batchasr.runner.device import (cpu_lanes, default_batch_seconds, default_reader_processes,
                                     stable_shapes_quantum, vad_in_reader_processes)
 from batchasr.runner.hooks import crash_hook_from_env, slow_batch_s
 from batchasr.runner.options import (RunOptions, RunSummary, default_max_segment_s, open_punctuator,
@@ -63,7 +63,7 @@ def run_job(
     job_dir: str | os.PathLike,
     model: ASRModel,
     *,
-    batch_seconds: float,
+    batch_seconds: float | None = None,
     limit: int | None = None,
     max_window_s: float = RunOptions.max_window_s,
     progress: bool = True,
@@ -100,6 +100,8 @@ def run_job(
     if punc is not None and str(punc).lower() != "none" and model_punctuates(model):
         logger.warning("no punctuation model needed: %s's text is punctuated", model.name)
         punc = None
+    if batch_seconds is None:  # the device's default, or what the model asks for there
+        batch_seconds = default_batch_seconds("auto", model)
     opts = RunOptions(batch_seconds=batch_seconds, max_window_s=max_window_s,
                       vad=open_vad(vad), punctuator=open_punctuator(punc),
                       max_segment_s=max_segment_s or default_max_segment_s(model),

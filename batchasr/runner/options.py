@@ -28,6 +28,10 @@ PREFETCH_BATCHES = 2  # decoded audio buffered ahead of the model, in batches
 # It costs memory only: 16 x 1000 s of float32 audio is 1 GB. The runner does not wait for
 # a full pool while the model is idle (runner.local.Runner._idle_start).
 POOL_BATCHES = 16
+# ... but never more than this much audio (1 GB of float32) beyond 4 batches: a model with
+# large batches (Fun-ASR-Nano's 4000 s) sorts its pool of 4 batches.
+POOL_MAX_S = 16000.0
+POOL_MIN_BATCHES = 4
 # The streaming API (runner.transcribe) yields files in input order as they finish, and runs
 # a batch only when its pool is full: a small pool gives the first results sooner.
 STREAM_POOL_BATCHES = 4
@@ -35,8 +39,12 @@ STREAM_POOL_BATCHES = 4
 
 def pool_samples(pool_seconds: float | None, batch_seconds: float,
                  batches: int = POOL_BATCHES) -> int:
-    """The sorting pool's size in samples (default: ``batches`` batches)."""
-    return int((pool_seconds or batches * batch_seconds) * SR)
+    """The sorting pool's size in samples (default: ``batches`` batches, capped at
+    POOL_MAX_S unless that is less than POOL_MIN_BATCHES batches)."""
+    if not pool_seconds:
+        pool_seconds = min(batches * batch_seconds,
+                           max(POOL_MAX_S, min(batches, POOL_MIN_BATCHES) * batch_seconds))
+    return int(pool_seconds * SR)
 
 
 def default_max_segment_s(model: ASRModel) -> float:
