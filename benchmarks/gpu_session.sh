@@ -149,9 +149,11 @@ for step in "$@"; do
                    else A="--arms replay,replay,replay --load /tmp/gap.npz"; fi
                    /tmp/pyspy/bin/py-spy record -r 100 -f raw --threads --idle --native \
                      -o "$OUT/gap-native-$a.txt" -- python3 benchmarks/dispatch_gap.py \
-                     --audio-s 18000 $W $A
+                     --audio-s "${GAP_AUDIO_S:-18000}" $W $A
                  done
                fi ;;
+    opcost) # what an MLX operation costs the host, by kind, and the model's operations
+            python3 benchmarks/op_cost.py --dtype bfloat16 ;;
     vadscale) # the VADs' CPU per file with 1..16 reader-like processes at once (longform's audio)
               lscpu > "$OUT/lscpu.txt" 2>&1
               python3 benchmarks/vad_scaling.py --wav /tmp/batchasr-longform/audio-16x20min/long000.wav \
