@@ -347,3 +347,41 @@ def test_frontend_dft_by_matmul_matches_the_fft():
     got, got_lens = WavFrontend(conf, dft="matmul")(waves)
     assert np.array_equal(np.array(got_lens), np.array(want_lens))
     np.testing.assert_allclose(np.array(got), np.array(want), rtol=1e-4, atol=2e-4)
+
+
+def _official_cif_wo_hidden(alphas: np.ndarray) -> np.ndarray:
+    """funasr's timestamp_tools.cif_wo_hidden for one row, scalar by scalar in float32."""
+    threshold = np.float32(1.0 - 1e-4)
+    integrate, out = np.float32(0.0), np.empty_like(alphas)
+    for t, a in enumerate(alphas):
+        integrate = np.float32(integrate + a)
+        out[t] = integrate
+        if integrate >= threshold:
+            integrate = np.float32(integrate - threshold)
+    return out
+
+
+def test_timestamps_of_a_batch_equal_each_row_alone():
+    """The batch's re-fire (one step per frame over all rows) and the list arithmetic give
+    each row bit for bit what the official per-row float32 loop gives it."""
+    from batchasr.models.blocks import cif
+
+    rng = np.random.default_rng(7)
+    rows = [rng.uniform(0, 0.6, n).astype(np.float32) for n in (1, 5, 40, 173, 300, 0)]
+    for row, got in zip(rows, cif._sequential_cif_rows(rows)):
+        want = _official_cif_wo_hidden(row)
+        assert got.dtype == np.float32 and got.tobytes() == want.tobytes()
+    fires = [r for r in rows if len(r)]
+    alphas = [rng.uniform(0, 1.2, len(r)).astype(np.float32) for r in fires]
+    alphas[0][:] = 1.0  # one row whose fires count is already n_tokens + 1
+    n_tokens = [len(fires[0]) - 1 if len(fires[0]) > 1 else 0, 2, 9, 40, 70]
+    batch = cif.token_timestamps_rows(fires, alphas, n_tokens)
+    for f, a, n, got in zip(fires, alphas, n_tokens, batch):
+        assert got == cif.token_timestamps(f, a, n)
+        curve, peaks = f.copy(), a.copy()
+        place = np.flatnonzero(peaks >= np.float32(1 - 1e-4)) - 1.5
+        if n and len(place) != n + 1:  # the official rescale, then its own loop
+            curve = (curve / np.float32(np.float32(curve.sum(dtype=np.float32))
+                                        / np.float32(n + 1))).astype(np.float32)
+            place = np.flatnonzero(_official_cif_wo_hidden(curve) >= np.float32(1 - 1e-4)) - 1.5
+        assert len(got) == (min(len(place) - 1, n) if n and len(place) else 0)

@@ -35,7 +35,7 @@ from batchasr.models.blocks.cif import (
     PredictorArgs,
     cif_embeddings,
     cif_fire,
-    token_timestamps,
+    token_timestamps_rows,
 )
 from batchasr.models.blocks.frontend import FrontendConfig, WavFrontend, load_cmvn
 from batchasr.models.blocks.sanm import (
@@ -323,16 +323,19 @@ class DecodeRun:
                                     cif if keep_cif else None)
         p = self.model.predictor.args
         ids = np.array(self.ids)
-        all_ids, all_times = [], []
-        for b in range(B):
-            row = [int(i) for i in ids[b, : n_tok[b]] if i not in (BLANK_ID, SOS_ID, EOS_ID)]
-            all_ids.append(row)
-            times = []
-            if timestamps and row:
-                n = lens[b] + 1 if (p.tail_mask and p.tail_threshold > 0.0) else lens[b]
-                n = min(n, cif.alphas.shape[1])
-                times = token_timestamps(cif.fires[b, :n], cif.alphas[b, :n], len(row))
-            all_times.append(times)
+        special = (BLANK_ID, SOS_ID, EOS_ID)
+        all_ids = [[i for i in ids[b, : n_tok[b]].tolist() if i not in special]
+                   for b in range(B)]
+        all_times: list[list] = [[] for _ in range(B)]
+        if timestamps:  # every row's at once (the re-fired curves together)
+            timed = [b for b in range(B) if all_ids[b]]
+            ends = [min(lens[b] + 1 if (p.tail_mask and p.tail_threshold > 0.0) else lens[b],
+                        cif.alphas.shape[1]) for b in timed]
+            times = token_timestamps_rows([cif.fires[b, :n] for b, n in zip(timed, ends)],
+                                          [cif.alphas[b, :n] for b, n in zip(timed, ends)],
+                                          [len(all_ids[b]) for b in timed])
+            for b, t in zip(timed, times):
+                all_times[b] = t
         return ParaformerOutput(all_ids, all_times, lens, cif if keep_cif else None)
 
 

@@ -10,6 +10,7 @@ on GPUs).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -159,14 +160,27 @@ FIRE_THRESHOLD = np.float32(1.0 - 1e-4)
 
 def _sequential_cif(alphas: np.ndarray) -> np.ndarray:
     """timestamp_tools.cif_wo_hidden: float32 integrate-and-fire subtracting the threshold."""
-    integrate = np.float32(0.0)
-    out = np.empty_like(alphas)
-    for t, a in enumerate(alphas):
-        integrate = np.float32(integrate + a)
+    return _sequential_cif_rows([alphas])[0]
+
+
+def _sequential_cif_rows(rows: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """``_sequential_cif`` of each 1-D float32 curve, all rows at once: one step per frame
+    over a vector of rows, the same float32 additions, comparisons and subtractions per
+    element as the official loop does one curve at a time (numpy rounds each array element
+    as it rounds a float32 scalar), so each row is bit-identical to its own loop."""
+    if not rows:
+        return []
+    T = max(len(r) for r in rows)
+    curves = np.zeros((T, len(rows)), np.float32)  # frame-major: each step reads one row
+    for b, r in enumerate(rows):
+        curves[: len(r), b] = r
+    out = np.empty_like(curves)
+    integrate = np.zeros(len(rows), np.float32)
+    for t in range(T):
+        integrate += curves[t]
         out[t] = integrate
-        if integrate >= FIRE_THRESHOLD:
-            integrate = np.float32(integrate - FIRE_THRESHOLD)
-    return out
+        np.subtract(integrate, FIRE_THRESHOLD, out=integrate, where=integrate >= FIRE_THRESHOLD)
+    return [out[: len(r), b].copy() for b, r in enumerate(rows)]
 
 
 def token_timestamps(fires: np.ndarray, alphas: np.ndarray, n_tokens: int,
@@ -179,20 +193,43 @@ def token_timestamps(fires: np.ndarray, alphas: np.ndarray, n_tokens: int,
     and re-fired sequentially. Kept as the official code does it, argument order included.
     ``time_rate``: seconds per frame of the curve (SeACo's 3x upsampled curve: TIME_RATE / 3).
     """
-    TIME_RATE = time_rate  # noqa: N806 (the official name)
-    if n_tokens == 0:
-        return []
-    curve = fires.astype(np.float32).copy()  # the official `alphas`
-    peaks = alphas.astype(np.float32)  # the official `peaks`
-    fire_place = np.flatnonzero(peaks >= FIRE_THRESHOLD) + FORCE_TIME_SHIFT
-    if len(fire_place) != n_tokens + 1:
-        total = np.float32(curve.sum(dtype=np.float32))
-        curve = (curve / np.float32(total / np.float32(n_tokens + 1))).astype(np.float32)
-        peaks = _sequential_cif(curve)
+    return token_timestamps_rows([fires], [alphas], [n_tokens], time_rate)[0]
+
+
+def token_timestamps_rows(fires: Sequence[np.ndarray], alphas: Sequence[np.ndarray],
+                          n_tokens: Sequence[int], time_rate: float = TIME_RATE
+                          ) -> list[list[list[int]]]:
+    """``token_timestamps`` of each row of a batch; the rows that re-fire do it together
+    (``_sequential_cif_rows``), each giving what it gives alone."""
+    out: list[list[list[int]]] = [[] for _ in n_tokens]
+    fire_places: dict[int, np.ndarray] = {}
+    peaks_of: dict[int, np.ndarray] = {}
+    refire: dict[int, np.ndarray] = {}
+    for b, (f, a, n) in enumerate(zip(fires, alphas, n_tokens)):
+        if n == 0:
+            continue
+        peaks = a.astype(np.float32)  # the official `peaks`
         fire_place = np.flatnonzero(peaks >= FIRE_THRESHOLD) + FORCE_TIME_SHIFT
-    if len(fire_place) == 0:
-        return []
-    num_frames = peaks.shape[0]
+        if len(fire_place) != n + 1:
+            curve = f.astype(np.float32)  # the official `alphas`
+            total = np.float32(curve.sum(dtype=np.float32))
+            refire[b] = (curve / np.float32(total / np.float32(n + 1))).astype(np.float32)
+        else:
+            fire_places[b], peaks_of[b] = fire_place, peaks
+    for b, peaks in zip(refire, _sequential_cif_rows(list(refire.values()))):
+        fire_places[b] = np.flatnonzero(peaks >= FIRE_THRESHOLD) + FORCE_TIME_SHIFT
+        peaks_of[b] = peaks
+    for b, fire_place in fire_places.items():
+        if len(fire_place):
+            out[b] = _spans_ms(fire_place.tolist(), peaks_of[b].shape[0], n_tokens[b],
+                               time_rate)
+    return out
+
+
+def _spans_ms(fire_place: list[float], num_frames: int, n_tokens: int,
+              TIME_RATE: float) -> list[list[int]]:  # noqa: N803 (the official name)
+    """The official spans from the fire places (Python floats: the same doubles as numpy's,
+    a fraction of the cost per operation)."""
     spans: list[list[float]] = []
     is_token: list[bool] = []
     if fire_place[0] > START_END_THRESHOLD:
