@@ -120,6 +120,44 @@ def test_reset_running_and_poison_items(q):
     assert q.get("b").status == "pending"
 
 
+def test_a_kill_counts_an_attempt_only_for_the_items_its_worker_began(q):
+    """The recovery gives the attempt back to the items a killed worker had claimed but not
+    begun (its log, queue.started); an item that keeps killing its workers still fails."""
+    from batchasr.queue.started import StartedLog, begun, log_path
+
+    q.enqueue(mrows("a", "b", "c", "d"))
+    q.claim(3, owner="host:1:x", lease_s=60)  # a, b, c; the worker begins b, then is killed
+    StartedLog(q.job_dir, "host:1:x").begin("b")
+    with open(log_path(q.job_dir, "host:1:x"), "ab") as f:
+        f.write(b'"c')  # killed inside the write of c's line: c had not begun
+    q.claim(1, owner="old-run", lease_s=60)  # d, by a run that kept no log: counted
+    assert q.reset_running(max_attempts=3) == (4, 0)
+    assert {i: q.get(i).attempts for i in "abcd"} == {"a": 0, "b": 1, "c": 0, "d": 1}
+    assert begun(q.job_dir, "host:1:x") is None  # spent: the logs are cleared
+    for k in range(2):  # b kills its worker twice more, as soon as it is begun
+        q.claim(4, owner=f"host:{k + 2}:x", lease_s=60)
+        StartedLog(q.job_dir, f"host:{k + 2}:x").begin("b")
+        q.reset_running(max_attempts=3)
+    assert q.get("b").status == "failed" and "died 3 times" in q.get("b").error
+    assert {i: (q.get(i).status, q.get(i).attempts) for i in "acd"} == {
+        "a": ("pending", 0), "c": ("pending", 0), "d": ("pending", 1)}
+
+
+def test_a_clean_end_removes_the_log_and_a_log_that_cannot_be_written_is_dropped(q, tmp_path):
+    from batchasr.queue.started import StartedLog, begun
+
+    log = StartedLog(q.job_dir, "w")
+    log.begin("a")
+    assert begun(q.job_dir, "w") == {"a"}
+    log.close(remove=True)
+    assert begun(q.job_dir, "w") is None
+    log = StartedLog(q.job_dir, "w")
+    os.close(log._fd)  # the next write fails (as on a full disk)
+    log.begin("b")
+    assert begun(q.job_dir, "w") is None and log._fd is None  # its owner keeps every attempt
+    log.begin("c")  # and nothing more is tried
+
+
 def test_release_does_not_count_an_attempt(q):
     q.enqueue(mrows("a"))
     q.claim(1)

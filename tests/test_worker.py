@@ -326,6 +326,55 @@ def test_kill_9_then_resume_does_everything_exactly_once(tmp_path, crash_at):
     assert int(summary[0]) == len(ids) - len(done_before)
 
 
+CLAIM_ALL_RUNNER = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, sys.argv[2])
+    from conftest import FakeModel
+    from batchasr.runner.local import run_job
+    s = run_job(sys.argv[1], FakeModel(), batch_seconds=1.0, progress=False, readers=1,
+                reader_processes=0, claim_size=100, prefetch_seconds=1.0, pool_seconds=1.0)
+    print("SUMMARY", s.done, s.failed, flush=True)
+""")
+
+
+def test_kills_count_attempts_only_for_the_items_begun(tmp_path):
+    """One claim takes the whole job, one reader begins a file at a time: a kill at the first
+    batch leaves every item running, few of them begun. Five kills (max_attempts) then fail
+    only what was begun every time (item0: from the queue's side it killed five workers);
+    the items never begun get their attempts back, and the resume does them exactly once."""
+    from batchasr.queue.started import begun
+    from batchasr.runner.local import recover
+
+    durations = [1.0] * 12
+    job = make_job(tmp_path, durations)
+    env = dict(os.environ, BATCHASR_TEST_CRASH_AT="batch:1")
+    ever_begun: set[str] = set()
+    for kill in range(5):
+        p = subprocess.run([sys.executable, "-c", CLAIM_ALL_RUNNER, str(job), str(TESTS)],
+                           env=env, capture_output=True, text=True, timeout=120)
+        assert p.returncode == -signal.SIGKILL, p.stderr
+        with JobQueue(job) as q:
+            running = {i.id: i for i in q.items("running")}
+            assert len(running) == len(durations)  # one claim took them all
+            listed = begun(job, next(iter(running.values())).lease_owner)
+            assert listed and listed < set(running)  # few begun
+            ever_begun |= listed
+            recover(job, q)
+            after = {i.id: i for i in q.items()}
+        for i, it in running.items():
+            assert after[i].attempts == it.attempts - (i not in listed)
+    failed = {i for i, it in after.items() if it.status == "failed"}
+    assert failed == {"item0"} and "died 5 times" in after["item0"].error
+    never = set(running) - ever_begun
+    assert never and all(after[i].attempts == 0 for i in never)
+    p = subprocess.run([sys.executable, "-c", CLAIM_ALL_RUNNER, str(job), str(TESTS)],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split("SUMMARY")[1].split() == [str(len(durations) - 1), "0"]
+    check_done_exactly_once(job, [f"item{i}" for i in range(1, len(durations))])
+    assert not any((job / "started").glob("*.log"))  # a clean end leaves no log
+
+
 def test_ctrl_c_stops_cleanly_and_twice_stops_at_once(tmp_path):
     job = make_job(tmp_path, KILL_DURATIONS)
     # slow batches so the signals land while the model is working

@@ -1,7 +1,8 @@
 """The job's SQLite store: one row per audio file and its state, plus the job's settings.
 
 A job folder holds ``queue.db`` (this module), ``lock`` (held by the one live run,
-:mod:`batchasr.queue.lock`), ``progress/`` (:mod:`batchasr.queue.progress`) and the result
+:mod:`batchasr.queue.lock`), ``progress/`` (:mod:`batchasr.queue.progress`), ``started/``
+(the items each live worker has begun, :mod:`batchasr.queue.started`) and the result
 files the workers write. Item states::
 
     pending --claim--> running --complete--> done
@@ -42,6 +43,7 @@ import sqlite_utils
 
 from batchasr.errors import JobError, ManifestError
 from batchasr.manifest.read import ManifestRow
+from batchasr.queue import started
 
 DB_NAME = "queue.db"  # results.export reads it by this name
 STATES = ("pending", "running", "done", "failed")
@@ -449,11 +451,15 @@ class JobQueue:
                       now: float | None = None) -> tuple[int, int]:
         """Startup recovery: items left running by a process that died go back to pending.
 
-        With ``max_attempts``, an item that was already claimed that many times is marked
-        failed instead: it has probably been killing the worker (a decoder crash, memory).
-        Call only while holding the job lock. Returns ``(requeued, failed)``.
+        An item its owner had claimed but not begun (not in the owner's log of begun items,
+        :mod:`batchasr.queue.started`) first gets its attempt back: the kill was not its
+        doing. With ``max_attempts``, an item that was already claimed that many times is
+        marked failed instead: it has probably been killing the worker (a decoder crash,
+        memory). Call only while holding the job lock, before any worker of it starts.
+        Returns ``(requeued, failed)``.
         """
         with self.transaction():
+            self._give_back_unbegun_attempts()
             failed = 0
             if max_attempts is not None:
                 failed = self.db.conn.execute(
@@ -465,7 +471,23 @@ class JobQueue:
                 "UPDATE items SET status = 'pending', started_at = NULL, lease_owner = NULL, "
                 "lease_until = NULL WHERE status = 'running'"
             ).rowcount
+        started.clear(self.job_dir)  # nothing of this job runs now: every log is spent
         return requeued, failed
+
+    def _give_back_unbegun_attempts(self) -> None:
+        """In a transaction: one attempt less for each running item whose owner kept a log
+        of the items it began and did not list it."""
+        held: dict[str, list[str]] = {}
+        for item_id, owner in self.db.conn.execute(
+                "SELECT id, lease_owner FROM items WHERE status = 'running' AND attempts > 0 "
+                "AND lease_owner IS NOT NULL"):
+            held.setdefault(owner, []).append(item_id)
+        for owner, ids in held.items():
+            listed = started.begun(self.job_dir, owner)
+            if listed is not None:
+                self.db.conn.executemany(
+                    "UPDATE items SET attempts = attempts - 1 WHERE id = ? AND attempts > 0",
+                    [(i,) for i in ids if i not in listed])
 
     def retry_failed(self) -> int:
         """Move every failed item back to pending with a fresh attempt count."""

@@ -25,6 +25,7 @@ from batchasr.audio.cut import Cut, CutOptions, KnownSegments, SegmentCutter, pl
 from batchasr.audio.decode import SAMPLE_RATE
 from batchasr.errors import AudioError, is_disk_full
 from batchasr.outputs import segment_cache
+from batchasr.queue.started import StartedLog
 from batchasr.queue.store import Item, JobQueue
 from batchasr.runner.hooks import CrashHook
 from batchasr.runner.options import RunOptions, RunSummary
@@ -59,6 +60,7 @@ class Feed:
         self.claimed: deque[Item] = deque()  # claimed, not yet handed to a reader
         self.buffer = Prefetch(opts.prefetch_samples)
         self.readers: ThreadPoolExecutor | None = None
+        self.started: StartedLog | None = None  # opened by initialize()
         self.decode_s = 0.0
         self._decode_lock = threading.Lock()
         self.vad_pool = vad_pool  # long files' segments from VAD processes (None: in-process)
@@ -68,6 +70,9 @@ class Feed:
         self.n_readers = max(opts.readers, read_processes.processes if read_processes else 0)
 
     def initialize(self) -> None:
+        # each item is listed as a reader begins it: a kill then counts an attempt only for
+        # the items it interrupted, not for the rest of the claim (queue.started)
+        self.started = StartedLog(self.job_dir, self.owner)
         self.readers = ThreadPoolExecutor(self.n_readers, thread_name_prefix="batchasr-reader")
         if self.read_processes is not None:
             self.read_processes.start()
@@ -137,6 +142,11 @@ class Feed:
                 logger.warning("could not hand %d unfinished item(s) back (%s); the next run "
                                "puts them back to pending", len(ids), e,
                                exc_info=not is_disk_full(e))
+                if self.started is not None:
+                    self.started.close(remove=False)  # the next run's recovery reads it
+                return
+        if self.started is not None:
+            self.started.close(remove=True)  # nothing of this run is left running
 
     # ---- claiming and reading -------------------------------------------------------------
 
@@ -166,6 +176,7 @@ class Feed:
     def read(self, w: Work) -> None:
         """Reader thread: decode one file into pieces; always ends with one 'end' or
         'error' message (unless the run is cancelled)."""
+        self.started.begin(w.item.id)
         if self.read_processes is not None:
             return self.forward(w)
         busy = 0.0
