@@ -77,7 +77,8 @@ class StartedLog:
         if remove:
             try:
                 self.path.unlink()
-            except FileNotFoundError:
+                self.path.parent.rmdir()  # the last log of the job gone: no empty folder left
+            except OSError:  # gone already, or a sibling worker's log is still there
                 pass
 
 
