@@ -109,21 +109,27 @@ def timed_job(asr, manifest: Path, args, tag: str):
     compiled graphs and caches for every batch shape, as the baseline's warm-up pass does;
     the second is timed. Returns its RunSummary and the GPU busy % over it (None without
     nvidia-smi)."""
+    fresh_job(asr, manifest, args, f"job-{tag}-warmup")
+    return fresh_job(asr, manifest, args, f"job-{tag}-timed")
+
+
+def fresh_job(asr, manifest: Path, args, name: str):
+    """`run_job` over the manifest in a new job folder ``name`` of ``args.workdir``, with the
+    bench's job options. Returns its RunSummary and the GPU busy % over it."""
     from batchasr.manifest.read import open_manifest
     from batchasr.queue.store import JobQueue
     from batchasr.runner.local import run_job
 
-    for attempt in ("warmup", "timed"):
-        job = Path(args.workdir) / f"job-{tag}-{attempt}"
-        shutil.rmtree(job, ignore_errors=True)
-        job.mkdir(parents=True)
-        with JobQueue(job) as q:
-            q.enqueue(open_manifest(manifest))
-        mx.reset_peak_memory()
-        with GPUBusy() as busy:
-            summary = run_job(job, asr, batch_seconds=job_batch_seconds(args), progress=False,
-                              readers=args.readers, reader_processes=args.reader_processes,
-                              subtitle_formats=subtitle_formats(args))
+    job = Path(args.workdir) / name
+    shutil.rmtree(job, ignore_errors=True)
+    job.mkdir(parents=True)
+    with JobQueue(job) as q:
+        q.enqueue(open_manifest(manifest))
+    mx.reset_peak_memory()
+    with GPUBusy() as busy:
+        summary = run_job(job, asr, batch_seconds=job_batch_seconds(args), progress=False,
+                          readers=args.readers, reader_processes=args.reader_processes,
+                          subtitle_formats=subtitle_formats(args))
     return summary, busy.percent
 
 

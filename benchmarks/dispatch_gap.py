@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -31,7 +30,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.bench import FS, _Piece, _CountTokens, decoded_batches, make_audio, machine  # noqa: E402
+from benchmarks.bench import (FS, decoded_batches, fresh_job, machine, make_audio,  # noqa: E402
+                              pipelined_walls)
 
 import mlx.core as mx  # noqa: E402
 import numpy as np  # noqa: E402
@@ -45,19 +45,18 @@ class TimedPending:
     def __init__(self, pending, record: dict):
         self.pending, self.record = pending, record
 
-    def advance(self):
+    def _timed(self, call: str):
         t = time.perf_counter()
         try:
-            return self.pending.advance()
+            return getattr(self.pending, call)()
         finally:
-            self.record["advance"] += time.perf_counter() - t
+            self.record[call] += time.perf_counter() - t
+
+    def advance(self):
+        return self._timed("advance")
 
     def result(self):
-        t = time.perf_counter()
-        try:
-            return self.pending.result()
-        finally:
-            self.record["result"] += time.perf_counter() - t
+        return self._timed("result")
 
 
 class TimedModel:
@@ -112,38 +111,19 @@ def summary(name: str, records: list[dict], wall: float) -> dict:
 
 def run_jobs(asr, manifest: Path, args) -> tuple[TimedModel, float]:
     """The warm-up job, then the timed one through a TimedModel that keeps the batches."""
-    from batchasr.manifest.read import open_manifest
-    from batchasr.queue.store import JobQueue
-    from batchasr.runner.local import run_job
-
-    timed = None
-    for attempt in ("warmup", "timed"):
-        job = Path(args.workdir) / f"gap-job-{attempt}"
-        shutil.rmtree(job, ignore_errors=True)
-        job.mkdir(parents=True)
-        with JobQueue(job) as q:
-            q.enqueue(open_manifest(manifest))
-        timed = TimedModel(asr, keep=attempt == "timed")
-        formats = tuple(f for f in args.subtitles.split(",") if f and f != "none")
-        s = run_job(job, timed, batch_seconds=args.batch_seconds, progress=False,
-                    readers=args.readers, reader_processes=args.reader_processes,
-                    subtitle_formats=formats)
-    return timed, s.wall_s
+    fresh_job(asr, manifest, args, "gap-job-warmup")
+    timed = TimedModel(asr, keep=True)
+    summary, _ = fresh_job(timed, manifest, args, "gap-job-timed")
+    return timed, summary.wall_s
 
 
 def replay(asr, batches: list[list[np.ndarray]]) -> tuple[TimedModel, float]:
     """The batches through the runner's ModelStage in memory, as a job keeps them in flight."""
-    from batchasr.runner.device import cpu_lanes
-    from batchasr.runner.stages.model import ModelStage
-
+    waves = [w for b in batches for w in b]
+    ends = np.cumsum([len(b) for b in batches])
     timed = TimedModel(asr)
-    stage = ModelStage(timed, _CountTokens(), lanes=cpu_lanes())
-    t = time.perf_counter()
-    for b in batches:
-        stage.step([_Piece(w) for w in b])
-    stage.shutdown()
-    wall = time.perf_counter() - t
-    stage.close()
+    [wall], _ = pipelined_walls(timed, waves, [range(e - len(b), e) for b, e in
+                                               zip(batches, ends)], 1)
     return timed, wall
 
 
@@ -180,6 +160,7 @@ def main(argv=None):
     ap.add_argument("--load", default=None, help="replay these batches (no job)")
     ap.add_argument("--workdir", default="/tmp/batchasr-bench")
     ap.add_argument("--per-batch", action="store_true", help="print every batch's record")
+    ap.set_defaults(job_batch_seconds=None)  # bench.fresh_job: the job runs --batch-seconds
     args = ap.parse_args(argv)
 
     from batchasr.models.loader import load_model
@@ -204,9 +185,9 @@ def main(argv=None):
             timed, wall = replay(asr, batches)
         elif arm == "plan":
             waves, _, plan = decoded_batches(manifest, args.batch_seconds)
-            planned = [[waves[i] for i in b] for b in plan]
-            replay(asr, planned)  # its shapes warmed, as bench.py does
-            timed, wall = replay(asr, planned)
+            pipelined_walls(asr, waves, plan, 1)  # its shapes warmed, as bench.py does
+            timed = TimedModel(asr)
+            [wall], _ = pipelined_walls(timed, waves, plan, 1)
         else:
             raise SystemExit(f"unknown arm {arm}")
         results.append(summary(arm, timed.records, wall))
