@@ -202,9 +202,8 @@ def token_timestamps_rows(fires: Sequence[np.ndarray], alphas: Sequence[np.ndarr
     """``token_timestamps`` of each row of a batch; the rows that re-fire do it together
     (``_sequential_cif_rows``), each giving what it gives alone."""
     out: list[list[list[int]]] = [[] for _ in n_tokens]
-    fire_places: dict[int, np.ndarray] = {}
-    peaks_of: dict[int, np.ndarray] = {}
-    refire: dict[int, np.ndarray] = {}
+    fire_places: dict[int, np.ndarray] = {}  # row -> frames where it fires
+    refire: dict[int, np.ndarray] = {}  # row -> its rescaled curve, fired again below
     for b, (f, a, n) in enumerate(zip(fires, alphas, n_tokens)):
         if n == 0:
             continue
@@ -215,14 +214,13 @@ def token_timestamps_rows(fires: Sequence[np.ndarray], alphas: Sequence[np.ndarr
             total = np.float32(curve.sum(dtype=np.float32))
             refire[b] = (curve / np.float32(total / np.float32(n + 1))).astype(np.float32)
         else:
-            fire_places[b], peaks_of[b] = fire_place, peaks
+            fire_places[b] = fire_place
     for b, peaks in zip(refire, _sequential_cif_rows(list(refire.values()))):
         fire_places[b] = np.flatnonzero(peaks >= FIRE_THRESHOLD) + FORCE_TIME_SHIFT
-        peaks_of[b] = peaks
     for b, fire_place in fire_places.items():
-        if len(fire_place):
-            out[b] = _spans_ms(fire_place.tolist(), peaks_of[b].shape[0], n_tokens[b],
-                               time_rate)
+        if len(fire_place):  # the frames of the peaks it fired on
+            frames = len(fires[b]) if b in refire else len(alphas[b])
+            out[b] = _spans_ms(fire_place.tolist(), frames, n_tokens[b], time_rate)
     return out
 
 
