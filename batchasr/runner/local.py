@@ -227,17 +227,18 @@ class Runner:
                          quantum=stable_shapes_quantum(model))
         budget = math.inf if limit is None else max(0, limit)  # items it may claim
         self.progress = Progress(job_dir, queue, owner, self.summary, budget, progress)
-        self.completion = Completion(job_dir, queue, model, opts, self.summary, self.progress,
-                                     self.pool, works, crash, owner)
-        self.model = ModelStage(model, self.completion,
-                                max_failures_in_a_row=opts.max_model_failures_in_a_row,
-                                crash=crash, slow_s=slow_batch_s(), lanes=cpu_lanes())
         cut = opts.cut(model, spill_dir=str(job_dir))
         self.read_processes = _read_processes(opts, cut)
         # where the readers are processes (the GPU default), the subtitles are too: laying
         # out cues on threads here took the interpreter from the model's launches
-        self.completion.subtitle_process = (opts.subtitle_process if opts.subtitle_process
-                                            is not None else self.read_processes is not None)
+        subtitle_process = (opts.subtitle_process if opts.subtitle_process is not None
+                            else self.read_processes is not None)
+        self.completion = Completion(job_dir, queue, model, opts, self.summary, self.progress,
+                                     self.pool, works, crash, owner,
+                                     subtitle_process=subtitle_process)
+        self.model = ModelStage(model, self.completion,
+                                max_failures_in_a_row=opts.max_model_failures_in_a_row,
+                                crash=crash, slow_s=slow_batch_s(), lanes=cpu_lanes())
         self.vad_pool = None if self.read_processes is not None else _vad_pool(opts, cut)
         self.feed = Feed(job_dir, queue, opts, cut, self.summary, self.pool, self.completion,
                          works, crash, owner, budget, vad_pool=self.vad_pool,

@@ -67,13 +67,13 @@ class Completion:
 
     def __init__(self, job_dir: Path, queue: JobQueue, model: ASRModel, opts: RunOptions,
                  summary: RunSummary, progress: Progress, pool: Pool, works: dict[str, Work],
-                 crash: CrashHook, owner: str):
+                 crash: CrashHook, owner: str, *, subtitle_process: bool = False):
         self.job_dir, self.queue, self.model, self.opts = job_dir, queue, model, opts
         self.summary, self.progress, self.pool, self.works = summary, progress, pool, works
         self.crash, self.owner = crash, owner
         self.ready: list[Work] = []  # every piece transcribed, not yet written
         self.writer: Writer | None = None
-        self.subtitle_process = False  # the writer's subtitles in a process (see Writer)
+        self.subtitle_process = subtitle_process  # the writer's subtitles in a process
 
     def initialize(self) -> None:
         self.writer = Writer(self.job_dir, self.model.name, self.opts, self.crash, self.owner,
