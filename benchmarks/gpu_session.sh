@@ -28,8 +28,9 @@ for step in "$@"; do
                 --baseline --ncpu "$NCPU" --vad-networks "${LONGFORM_NETWORKS:-host,device}" ;;
     short) python3 benchmarks/bench.py paraformer --audio-s 18000 --dtypes bfloat16 --baseline \
              --repeats 2 --readers 8 --batch-seconds 1000 --ncpu "$NCPU" ;;
-    upload-ab) # the frontend's upload read in place (default) and on a stream of its own
-               for u in inline stream inline stream; do
+    upload-ab) # the frontend's upload: padded and copied by mx.array (inline, the default)
+               # against UPLOAD_ARMS (fill: rows written into a zeroed MLX buffer; stream)
+               for u in ${UPLOAD_ARMS:-inline fill inline fill}; do
                  BATCHASR_UPLOAD=$u python3 benchmarks/bench.py paraformer --audio-s 18000 \
                    --dtypes bfloat16 --repeats 2 --readers 8 --batch-seconds 1000 --note "upload=$u"
                done ;;

@@ -93,6 +93,65 @@ def op_kinds(dtype):
     return kinds
 
 
+def upload_cost(rows: int, seconds: float, iters: int = 8) -> dict:
+    """ms per batch of ``rows`` clips of ``seconds`` to make the padded waveforms an MLX array
+    (make) and to run a first kernel over them that writes a same-size output, as the
+    frontend's scaling does (run), by each upload; and µs to read a small device result
+    back to numpy (what the host steps do after each batch)."""
+    from batchasr.models.blocks.frontend import CACHE_SPACING, filled_batch
+
+    width = int(seconds * 16000)
+    n = rows * width
+    rng = np.random.default_rng(0)
+    waves = [(0.1 * rng.standard_normal(width - 7 * r)).astype(np.float32) for r in range(rows)]
+    host = np.zeros((rows, width), np.float32)
+    spaced = np.zeros(n + CACHE_SPACING, np.float32)
+    for r, w in enumerate(waves):
+        host[r, : len(w)] = w
+        spaced[r * width: r * width + len(w)] = w
+
+    def padded_copy():  # the inline upload: pad into the host array, then mx.array copies it
+        for r, w in enumerate(waves):
+            host[r, : len(w)] = w
+            host[r, len(w):] = 0.0
+        return mx.array(host)
+
+    arms = {
+        "inline (pad + mx.array)": padded_copy,
+        "mx.array of the padded array": lambda: mx.array(host),
+        "mx.array, spaced from same-size outputs": lambda: mx.array(spaced)[:n].reshape(rows, width),
+        "fill (zeros on the CPU stream, rows copied in)": lambda: filled_batch(waves, width),
+    }
+    out = {}
+    for name, make in arms.items():
+        times = collections.defaultdict(list)
+        for _ in range(iters):
+            t0 = time.perf_counter()
+            x = make()
+            mx.eval(x)
+            t1 = time.perf_counter()
+            y = x * 32768.0
+            mx.eval(y.sum(axis=-1))
+            t2 = time.perf_counter()
+            del x, y  # their buffers go back to MLX's cache, as a finished batch's do
+            times["make"].append(t1 - t0)
+            times["run"].append(t2 - t1)
+        out[name] = {k: round(float(np.median(v[1:])) * 1e3, 2) for k, v in times.items()}
+        print(f"upload {name:48s} {out[name]} ms", flush=True)
+    small = mx.random.normal((rows, 260))
+    mx.eval(small)
+    reads = []
+    for _ in range(50):
+        y = small * 2.0
+        mx.eval(y)
+        t0 = time.perf_counter()
+        np.array(y)
+        reads.append(time.perf_counter() - t0)
+    out["read (rows, 260) float32 to numpy, us"] = round(float(np.median(reads)) * 1e6, 1)
+    print(f"read back: {out['read (rows, 260) float32 to numpy, us']} us", flush=True)
+    return out
+
+
 def graph_ops(out) -> dict:
     """Operations (primitives) of the graph that computes ``out``, by name."""
     path = tempfile.mktemp(suffix=".dot")
@@ -174,6 +233,7 @@ def main(argv=None):
     for name, (step, x) in op_kinds(dtype).items():
         result["ops"][name] = chain_cost(step, x, args.n)
         print(f"{name:45s} {result['ops'][name]}", flush=True)
+    result["upload"] = upload_cost(args.rows, args.seconds)
     if not args.no_model:
         result["model"] = model_cost(dtype, args.rows, args.seconds)
         print(json.dumps(result["model"], indent=1), flush=True)

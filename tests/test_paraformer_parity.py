@@ -244,13 +244,43 @@ def test_upload_on_a_stream_of_its_own_gives_the_same_results(fixture_model, mon
     assert len(streamed.frontend._streams) == 2  # one per thread
 
 
+def test_upload_filled_in_place_gives_the_same_features_and_results(fixture_model,
+                                                                     monkeypatch):
+    """BATCHASR_UPLOAD=fill writes the rows into a zeroed MLX buffer in place of padding a
+    host array and copying it: the same features bit for bit, ragged rows, a row shorter
+    than one window and back-to-back batches of one shape included (the cached buffers of
+    the first batch reused by the next)."""
+    import numpy as np
+
+    from batchasr.models.blocks.frontend import CACHE_SPACING, filled_batch
+
+    name, asr = fixture_model
+    monkeypatch.setenv("BATCHASR_UPLOAD", "fill")
+    filled = load_model(FIXTURES / name)
+    assert filled.frontend.upload == "fill"
+    waves = [tensors(name, clip)["waveform"] for clip in clips(name)]
+    rng = np.random.default_rng(3)
+    ragged = waves + [(0.1 * rng.standard_normal(n)).astype(np.float32) for n in (100, 7001)]
+    for batch in (ragged, ragged[::-1], ragged[1:]):
+        for bucket in (1, 16):
+            want_f, want_n = asr.features(batch, frame_bucket=bucket)
+            got_f, got_n = filled.features(batch, frame_bucket=bucket)
+            assert np.array_equal(np.array(got_n), np.array(want_n))
+            assert np.array_equal(np.array(got_f), np.array(want_f))
+    key = lambda ts: [(t.text, [(k.id, k.start_ms, k.end_ms) for k in t.tokens]) for t in ts]
+    assert key(filled.transcribe(waves)) == key(asr.transcribe(waves))
+    rows = filled_batch([np.ones(3, np.float32), np.full(5, 2.0, np.float32)], 6)
+    assert rows.shape == (2, 6) and rows.tolist() == [[1, 1, 1, 0, 0, 0], [2, 2, 2, 2, 2, 0]]
+    assert CACHE_SPACING * 4 > 2 * 16384  # beyond MLX's cache slack of two 16 KiB pages
+
+
 def test_tuning_switches_are_read_once_at_load(monkeypatch):
     from batchasr.models.blocks.tuning import Tuning
 
     assert Tuning.from_env({}) == Tuning(fsmn="kernel", attention="auto", cif_conv="auto",
                                          frame_bucket=16, compile=False)
     assert Tuning.from_env({}, cpu=True).frame_bucket == 1  # no padding for shapes' sake
-    assert Tuning.from_env({}).upload == "inline"  # "stream": opt-in until measured on a GPU
+    assert Tuning.from_env({}).upload == "inline"  # the others opt-in until measured on a GPU
     monkeypatch.setenv("BATCHASR_FRAME_BUCKET", "8")
     monkeypatch.setenv("BATCHASR_FSMN", "conv")
     asr = load_model(FIXTURES / "en")

@@ -87,6 +87,27 @@ def dft_matrix(size: int, n_fft: int) -> np.ndarray:
     return np.concatenate([np.cos(angle), -np.sin(angle)], axis=1).astype(np.float32)
 
 
+UPLOADS = ("inline", "fill", "stream")
+
+# MLX's CUDA buffer cache hands out a cached buffer up to two 16 KiB pages larger than asked
+# for, device and managed alike: a buffer three pages larger than any same-shape kernel
+# output is never swapped with one.
+CACHE_SPACING = 3 * 16384 // 4  # float32 elements
+
+
+def filled_batch(rows: Sequence[np.ndarray], width: int) -> mx.array:
+    """(len(rows), width) float32: each row's samples from its start, zeros after, written
+    by numpy into a zeroed MLX buffer made on the CPU stream (host-resident managed memory
+    on CUDA), so that the batch is copied once and without the GIL held."""
+    n = len(rows) * width
+    flat = mx.zeros((n + CACHE_SPACING,), mx.float32, stream=mx.cpu)
+    mx.eval(flat)
+    host = np.asarray(memoryview(flat))[:n].reshape(len(rows), width)
+    for r, w in enumerate(rows):
+        host[r, : len(w)] = w
+    return flat[:n].reshape(len(rows), width)
+
+
 def lfr(feats: mx.array, frame_counts: Sequence[int], m: int, n: int,
         T_out: int | None = None) -> mx.array:
     """Stack m frames every n (B, T, D) -> (B, ceil(T/n), m*D), per row as FunASR's apply_lfr.
@@ -106,18 +127,20 @@ def lfr(feats: mx.array, frame_counts: Sequence[int], m: int, n: int,
 class WavFrontend:
     """Waveforms -> padded (B, T_lfr, n_mels * lfr_m) features and their lengths.
 
-    ``upload="stream"`` (opt-in, ``BATCHASR_UPLOAD``): a batch's padded waveforms are
-    first copied to device memory on a stream of their own. An array made from host memory
-    lives in CUDA managed memory with MLX's CUDA backend and migrates page by page when a
-    kernel first reads it, which took 0.09-0.12 s of every 1800 s of audio on an H200; on
-    its own stream that migration may overlap the batch in flight instead of delaying the
-    next one (not yet measured). "inline" (the default): the first kernel of the frontend
-    reads them where they are."""
+    ``upload`` (``BATCHASR_UPLOAD``) says how a batch's padded waveforms reach the device:
+    "inline" (the default): padded into a host array, then copied by ``mx.array`` (holding
+    the GIL) into CUDA managed memory, which the frontend's first kernel reads in place;
+    "fill": the rows copied straight into a zeroed MLX buffer made on the CPU stream (one
+    copy instead of two, numpy's, which lets other threads run), sized apart from the
+    kernel outputs of the same shape so that MLX's buffer cache never hands a device buffer
+    to the upload (it then copies the old contents to managed memory first) nor the upload's
+    managed buffer to a kernel; "stream": "inline", then copied to device memory on a stream
+    of its own."""
 
     def __init__(self, conf: FrontendConfig, cmvn: np.ndarray | None = None, *,
                  upload: str = "inline", dft: str = "fft"):
-        if upload not in ("stream", "inline"):
-            raise ValueError(f"upload must be 'stream' or 'inline', not {upload!r}")
+        if upload not in UPLOADS:
+            raise ValueError(f"upload must be one of {', '.join(UPLOADS)}, not {upload!r}")
         if dft not in ("fft", "matmul"):
             raise ValueError(f"dft must be 'fft' or 'matmul', not {dft!r}")
         self.dft = dft
@@ -174,12 +197,17 @@ class WavFrontend:
                 size, shift, _ = window_sizes(conf.fs, conf.frame_length, conf.frame_shift)
                 n_frames = T_out * conf.lfr_n
                 n_max = max(n_max, (n_frames - 1) * shift + size)
-            padded = self._host_batch(len(regular), n_max)
-            for r, i in enumerate(regular):
-                padded[r, : lengths[i]] = waveforms[i]
-                padded[r, lengths[i]:] = 0.0
-            fb = fbank(self._device_array(padded), [lengths[i] for i in regular], conf,
-                       dft=self.dft, n_frames=n_frames)
+            rows = [waveforms[i] for i in regular]
+            if self.upload == "fill":
+                batch = filled_batch(rows, n_max)
+            else:
+                padded = self._host_batch(len(regular), n_max)
+                for r, w in enumerate(rows):
+                    padded[r, : len(w)] = w
+                    padded[r, len(w):] = 0.0
+                batch = self._device_array(padded)
+            fb = fbank(batch, [lengths[i] for i in regular], conf, dft=self.dft,
+                       n_frames=n_frames)
             feats = lfr(fb, [frame_counts[i] for i in regular], conf.lfr_m, conf.lfr_n,
                         T_out if bucketed else None)
             if len(regular) == B:  # the usual case: one batched graph, no per-row ops
