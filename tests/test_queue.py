@@ -261,3 +261,32 @@ def test_repeated_ids_are_skipped_rows_unless_strict(tmp_path, q):
     with pytest.raises(ManifestError, match="duplicate id 'a'"):
         q.enqueue(open_manifest(tmp_path / "m.csv"))
     assert q.skipped_count() == 3  # a refused manifest changes nothing
+
+
+def test_claims_and_heartbeats_commit_unsynced_and_results_synced(q):
+    """A claim or a lease renewal is committed with synchronous = NORMAL (no fsync: a power
+    cut undoes it whole, losing nothing); completions and failures stay FULL, and the setting
+    is back to FULL after each, an interrupted one included."""
+    q.enqueue(mrows("a", "b", "c"))
+    statements: list[str] = []
+    q.db.conn.set_trace_callback(statements.append)
+
+    def synced_level(call):
+        statements.clear()
+        call()
+        levels = [s for s in statements if "synchronous" in s]
+        commit = next(i for i, s in enumerate(statements) if s == "COMMIT")
+        before = [s for s in statements[:commit] if "synchronous" in s]
+        return before[-1].split("=")[-1].strip() if before else "FULL", levels
+
+    assert synced_level(lambda: q.claim(2, owner="w", lease_s=60))[0] == "NORMAL"
+    assert synced_level(lambda: q.heartbeat("w", lease_s=60))[0] == "NORMAL"
+    assert synced_level(lambda: q.complete(["a"], "p1", owner="w"))[0] == "FULL"
+    assert synced_level(lambda: q.fail("b", "AudioError: b"))[0] == "FULL"
+    q.db.conn.set_trace_callback(None)
+    assert q.db.conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    with pytest.raises(RuntimeError):
+        with q.transaction(durable=False):
+            raise RuntimeError("interrupted")
+    assert q.db.conn.execute("PRAGMA synchronous").fetchone()[0] == 2
+    assert [i.id for i in q.claim(5)] == ["c"]  # the interrupted transaction changed nothing
