@@ -630,3 +630,35 @@ def test_sigterm_reaches_the_workers_and_twice_stops_them_at_once(tmp_path):
     assert time.monotonic() - sent < 6
     assert "died" not in err.text  # a stop is not a dead worker
     check_stopped_then_resume(job, args, err.text, 24)
+
+
+def test_a_take_over_gives_back_the_attempts_of_items_never_begun(q):
+    """A sibling taking over a dead worker's expired items gives back the attempt of each one
+    the dead worker's log of begun items does not list, once (the item is then the sibling's):
+    an item that keeps killing its workers still fails, the others never do."""
+    from batchasr.queue import started
+
+    log = started.StartedLog(q.job_dir, "A")
+    assert len(q.claim(3, owner="A", lease_s=1, max_attempts=2, now=1000)) == 3  # a, b, c
+    log.begin("a")  # A read "a", then died with b and c never begun
+    log.close(remove=False)
+    took = q.claim(2, owner="B", lease_s=1, max_attempts=2, now=1002)
+    assert [(i.id, i.attempts) for i in took] == [("a", 2), ("b", 1)]
+    # c was not taken over by that claim: still A's, its attempt not yet given back
+    assert (q.get("c").lease_owner, q.get("c").attempts) == ("A", 1)
+    assert [(i.id, i.attempts) for i in q.claim(1, owner="B", lease_s=1, max_attempts=2,
+                                                now=1002)] == [("c", 1)]
+    # B dies too, having begun only "a": a fails (2 attempts, begun each time), b and c not
+    blog = started.StartedLog(q.job_dir, "B")
+    blog.begin("a")
+    blog.close(remove=False)
+    took = q.claim(6, owner="C", lease_s=1, max_attempts=2, now=1010)
+    assert [(i.id, i.attempts) for i in took] == [("b", 1), ("c", 1), ("d", 1), ("e", 1),
+                                                  ("f", 1)]
+    assert q.get("a").status == "failed" and "died 2 times" in q.get("a").error
+
+
+def test_a_take_over_from_an_owner_without_a_log_counts_every_attempt(q):
+    q.claim(2, owner="A", lease_s=1, now=1000)
+    assert [(i.id, i.attempts) for i in q.claim(2, owner="B", lease_s=1, now=1002)] == [
+        ("a", 2), ("b", 2)]

@@ -5,10 +5,11 @@ recovery fails an item left running once it has ``max_attempts`` (it has probabl
 killing its workers). But a claim takes hundreds of items at once, and most of them are
 still waiting for a reader when the process is killed: without this log, five kills would
 fail items that were never read. So the runner appends each item's id here as a reader
-begins it, and :meth:`JobQueue.reset_running` gives the attempt back to every item its
-owner's log does not list. An owner without a log (an older run, a claim made without a
-runner) keeps every attempt, as before; so does an item a sibling worker takes over when its
-owner's lease ran out during a run of several workers (``JobQueue.claim``).
+begins it, and the attempt is given back to every item its owner's log does not list: by
+:meth:`JobQueue.reset_running` at the next start, and by :meth:`JobQueue.claim` when a
+sibling worker of a run of several takes over an item whose owner's lease ran out (once:
+the take-over makes it the sibling's). An owner without a log (an older run, a claim made
+without a runner) keeps every attempt, as before.
 
 Invariants: an item is listed before any of its audio is read, so an item that crashes its
 worker is always counted. The lines are not fsynced: a killed process's writes are in the

@@ -37,7 +37,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import sqlite_utils
 
@@ -131,6 +131,11 @@ class SkippedRow:
 
 _DIED_ERROR = ("lease_until = NULL, error = 'the worker died ' || attempts || ' times while "
                "this item was in progress (crash, kill or out of memory)'")
+
+
+def _marks(values: Sequence) -> str:
+    """``?, ?, ...``: one SQL parameter per value."""
+    return ", ".join("?" * len(values))
 
 
 def _iso(now: float | None = None) -> str:
@@ -345,10 +350,13 @@ class JobQueue:
         attempt for each, and return them in manifest order ([] when none).
 
         Without ``owner``: pending items only, with no lease. With ``owner`` and ``lease_s``:
-        first running items whose lease has expired (their worker died or stalled), then
-        pending ones, each leased to ``owner`` until now + ``lease_s``. An expired item
-        already claimed ``max_attempts`` times is failed instead of claimed again: it has
-        probably been killing its workers (the same rule as :meth:`reset_running`).
+        first running items of other owners whose lease has expired (their worker died or
+        stalled), then pending ones, each leased to ``owner`` until now + ``lease_s``. An
+        expired item taken over first gets its attempt back if its owner's log of begun items
+        does not list it (:mod:`batchasr.queue.started`; once: the take-over makes it
+        another owner's). One already claimed ``max_attempts`` times after that is failed
+        instead of claimed again: it has probably been killing its workers (the same rule as
+        :meth:`reset_running`).
         """
         if n <= 0:
             return []
@@ -363,15 +371,21 @@ class JobQueue:
         # their attempts uncounted), and no result can be recorded without a synced commit
         with self.transaction(durable=False):
             if owner is not None:
-                if max_attempts is not None:
+                expired = self.db.conn.execute(  # never our own: we still have them
+                    "SELECT id, lease_owner FROM items WHERE status = 'running' AND "
+                    "lease_until < ? AND lease_owner IS NOT ? ORDER BY seq LIMIT ?",
+                    (t, owner, n)).fetchall()
+                self._give_back_unbegun_attempts(expired)
+                ids = [i for i, _ in expired]
+                if max_attempts is not None and ids:
                     self.db.conn.execute(
                         f"""UPDATE items SET status = 'failed', finished_at = ?, {_DIED_ERROR}
-                            WHERE status = 'running' AND lease_until < ? AND attempts >= ?""",
-                        (_iso(now), t, max_attempts),
-                    )
-                claimed += self._q(claim_sql.format(  # never our own: we still have them
-                    "SELECT id FROM items WHERE status = 'running' AND lease_until < ? "
-                    "AND lease_owner IS NOT ? ORDER BY seq LIMIT ?"), (*stamp, t, owner, n))
+                            WHERE id IN ({_marks(ids)}) AND attempts >= ?""",
+                        (_iso(now), *ids, max_attempts))
+                if ids:
+                    claimed += self._q(claim_sql.format(
+                        f"SELECT id FROM items WHERE id IN ({_marks(ids)}) AND "
+                        "status = 'running'"), (*stamp, *ids))
             if len(claimed) < n:
                 claimed += self._q(claim_sql.format(
                     "SELECT id FROM items WHERE status = 'pending' ORDER BY seq LIMIT ?"),
@@ -473,7 +487,8 @@ class JobQueue:
         Returns ``(requeued, failed)``.
         """
         with self.transaction():
-            self._give_back_unbegun_attempts()
+            self._give_back_unbegun_attempts(self.db.conn.execute(
+                "SELECT id, lease_owner FROM items WHERE status = 'running'").fetchall())
             failed = 0
             if max_attempts is not None:
                 failed = self.db.conn.execute(
@@ -488,14 +503,13 @@ class JobQueue:
         started.clear(self.job_dir)  # nothing of this job runs now: every log is spent
         return requeued, failed
 
-    def _give_back_unbegun_attempts(self) -> None:
-        """In a transaction: one attempt less for each running item whose owner kept a log
-        of the items it began and did not list it."""
+    def _give_back_unbegun_attempts(self, items: Iterable[tuple[str, str | None]]) -> None:
+        """In a transaction: one attempt less for each of ``items`` (running ``(id, lease
+        owner)`` pairs) whose owner kept a log of the items it began and did not list it."""
         held: dict[str, list[str]] = {}
-        for item_id, owner in self.db.conn.execute(
-                "SELECT id, lease_owner FROM items WHERE status = 'running' AND attempts > 0 "
-                "AND lease_owner IS NOT NULL"):
-            held.setdefault(owner, []).append(item_id)
+        for item_id, owner in items:
+            if owner is not None:
+                held.setdefault(owner, []).append(item_id)
         for owner, ids in held.items():
             listed = started.begun(self.job_dir, owner)
             if listed is not None:
