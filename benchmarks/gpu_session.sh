@@ -50,6 +50,8 @@ for step in "$@"; do
             fsmn-conv) export BATCHASR_FSMN=conv ;;  # one grouped conv per FSMN memory, not 22 ops
             planfree-dft) export BATCHASR_ATTENTION=unfused BATCHASR_CIF_CONV=matmul BATCHASR_DFT=matmul ;;
             upload-stream) export BATCHASR_UPLOAD=stream ;;
+            upload-fill) export BATCHASR_UPLOAD=fill ;;  # rows written into a zeroed MLX buffer
+            budget-2000) budget=2000 ;;
             budget-4000) budget=4000 ;;
             stable-shapes) export BATCHASR_STABLE_SHAPES=1 ;;
           esac
@@ -120,6 +122,13 @@ for step in "$@"; do
                  --baseline --repeats 2 --readers 8 --batch-seconds 1000 --ncpu "$NCPU" ;;
     sensevoice) python3 benchmarks/bench.py sensevoice --audio-s 1800 --dtypes bfloat16,float32 \
                   --baseline --repeats 2 --readers 8 --batch-seconds 1000 --ncpu "$NCPU" ;;
+    bigjob-ab) # the 50 h job (BIGJOB_HOURS) at each batch budget of BIGJOB_BUDGETS
+               M=/tmp/batchasr-bench/paraformer-large-random
+               if [ -f $M/model.pt ]; then W="--model $M --weights checkpoint"; else W=""; fi
+               for b in ${BIGJOB_BUDGETS:-1000 4000}; do
+                 echo "== batch budget $b"
+                 python3 benchmarks/bigjob.py --hours "${BIGJOB_HOURS:-50}" $W --run-args "--batch-seconds $b"
+               done ;;
     bigjob) # the bench's official folder (CIF firing 4 tokens/s) when the short step made it
             M=/tmp/batchasr-bench/paraformer-large-random
             if [ -f $M/model.pt ]; then python3 benchmarks/bigjob.py --hours 50 --model $M --weights checkpoint
@@ -153,8 +162,11 @@ for step in "$@"; do
                      --audio-s "${GAP_AUDIO_S:-18000}" $W $A
                  done
                fi ;;
-    opcost) # what an MLX operation costs the host, by kind, and the model's operations
-            python3 benchmarks/op_cost.py --dtype bfloat16 ;;
+    opcost) # what an MLX operation costs the host, by kind, and the model's operations;
+            # then the same with MLX's CUDA graphs on (batchasr sets them off)
+            python3 benchmarks/op_cost.py --dtype bfloat16
+            echo "== MLX_USE_CUDA_GRAPHS=1"
+            MLX_USE_CUDA_GRAPHS=1 python3 benchmarks/op_cost.py --dtype bfloat16 ;;
     vadscale) # the VADs' CPU per file with 1..16 reader-like processes at once (longform's audio)
               lscpu > "$OUT/lscpu.txt" 2>&1
               python3 benchmarks/vad_scaling.py --wav /tmp/batchasr-longform/audio-16x20min/long000.wav \
