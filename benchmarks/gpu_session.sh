@@ -44,13 +44,14 @@ for step in "$@"; do
         # its official figure is this A/B's baseline); AB_CONFIGS picks the arms
         for c in ${AB_CONFIGS:-planfree-dft upload-stream budget-4000}; do
           budget=1000; unset BATCHASR_ATTENTION BATCHASR_CIF_CONV BATCHASR_DFT BATCHASR_UPLOAD BATCHASR_STABLE_SHAPES \
-            BATCHASR_COMPILE BATCHASR_FSMN
+            BATCHASR_COMPILE BATCHASR_FSMN BATCHASR_FINISH
           case $c in
             compile) export BATCHASR_COMPILE=1 ;;  # mx.compile'd encoder/decoder layers
             fsmn-conv) export BATCHASR_FSMN=conv ;;  # one grouped conv per FSMN memory, not 22 ops
             planfree-dft) export BATCHASR_ATTENTION=unfused BATCHASR_CIF_CONV=matmul BATCHASR_DFT=matmul ;;
             upload-stream) export BATCHASR_UPLOAD=stream ;;
             upload-fill) export BATCHASR_UPLOAD=fill ;;  # rows written into a zeroed MLX buffer
+            finish-thread) export BATCHASR_FINISH=thread ;;  # a batch's end on a thread of its own
             budget-2000) budget=2000 ;;
             budget-4000) budget=4000 ;;
             stable-shapes) export BATCHASR_STABLE_SHAPES=1 ;;
@@ -60,7 +61,7 @@ for step in "$@"; do
             --readers 8 --batch-seconds $budget --note "$c"
         done
         unset BATCHASR_ATTENTION BATCHASR_CIF_CONV BATCHASR_DFT BATCHASR_UPLOAD BATCHASR_STABLE_SHAPES \
-          BATCHASR_COMPILE BATCHASR_FSMN ;;
+          BATCHASR_COMPILE BATCHASR_FSMN BATCHASR_FINISH ;;
     graphs-ab) # launch-bound A/B: what a new batch shape costs (shape_cost.py, per stage) and
                # 18000 s of short clips end to end, one arm each; GRAPHS_ARMS picks the arms.
                # Each arm sets what it names, so its meaning does not move with the defaults

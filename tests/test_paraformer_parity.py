@@ -274,6 +274,38 @@ def test_upload_filled_in_place_gives_the_same_features_and_results(fixture_mode
     assert CACHE_SPACING * 4 > 2 * 16384  # beyond MLX's cache slack of two 16 KiB pages
 
 
+def test_batches_finished_on_a_thread_of_their_own_give_the_same_results(fixture_model,
+                                                                         monkeypatch):
+    """BATCHASR_FINISH=thread: after advance() a batch's end (tokens, timestamps, text) runs
+    on the recognizer's finishing thread while the caller starts the next batch; the results
+    are the same, in order, for batches in flight as the runner keeps them, and an error on
+    that thread is raised by result()."""
+    import pytest
+
+    name, asr = fixture_model
+    monkeypatch.setenv("BATCHASR_FINISH", "thread")
+    threaded = load_model(FIXTURES / name)
+    waves = [tensors(name, clip)["waveform"] for clip in clips(name)]
+    key = lambda ts: [(t.text, [(k.id, k.start_ms, k.end_ms) for k in t.tokens]) for t in ts]
+    want = key(asr.transcribe(waves))
+    a = threaded.submit(waves[:2])
+    a.advance()
+    assert a._finishing is not None  # on its way on the finishing thread
+    b = threaded.submit(waves[2:])  # the next batch launched meanwhile
+    got = key(a.result())
+    b.advance()
+    assert got + key(b.result()) == want
+    assert key(threaded.transcribe(waves)) == want  # without advance(): on the caller's thread
+    broken = threaded.submit(waves[:1])
+    broken.run.finish = lambda **kw: (_ for _ in ()).throw(RuntimeError("device lost"))
+    broken.advance()
+    with pytest.raises(RuntimeError, match="device lost"):
+        broken.result()
+    monkeypatch.setenv("BATCHASR_FINISH", "later")
+    with pytest.raises(ValueError, match="finish must be"):
+        load_model(FIXTURES / name)
+
+
 def test_tuning_switches_are_read_once_at_load(monkeypatch):
     from batchasr.models.blocks.tuning import Tuning
 

@@ -18,6 +18,7 @@ hooks); its shared parts already live in blocks/.
 """
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -314,6 +315,10 @@ class DecodeRun:
         self.ids = mx.argmax(logp, axis=-1)
         mx.async_eval(self.ids)
 
+    # finish() only waits for and reads the device's results, then works on the host: it may
+    # run on another thread than the one that launched the run (Tuning.finish)
+    finish_launches = False
+
     def finish(self, *, timestamps: bool = True, keep_cif: bool = False) -> ParaformerOutput:
         self.launch_decoder()
         cif, lens, B = self.cif, self.lens, self.B
@@ -362,6 +367,9 @@ class ParaformerASR:
         self.frontend_conf = FrontendConfig.from_dict(model.args.frontend_conf)
         self.frontend = WavFrontend(self.frontend_conf, cmvn, upload=tuning.upload,
                                     dft=tuning.dft)
+        if tuning.finish not in ("inline", "thread"):
+            raise ValueError(f"finish must be 'inline' or 'thread', not {tuning.finish!r}")
+        self._finisher: ThreadPoolExecutor | None = None
         if tuning.compile:  # opt-in (BATCHASR_COMPILE=1), see batchasr.models.blocks.tuning
             model.compile()
         if len(tokens) != model.args.vocab_size:
@@ -394,6 +402,14 @@ class ParaformerASR:
         (CIF, timestamps, text) overlaps the device work of the next."""
         waveforms = [np.asarray(w, dtype=np.float32) for w in waveforms]
         return PendingBatch(self, waveforms)
+
+    def finisher(self) -> ThreadPoolExecutor | None:
+        """The thread that finishes batches (Tuning.finish "thread"), else None."""
+        if self.tuning.finish != "thread":
+            return None
+        if self._finisher is None:
+            self._finisher = ThreadPoolExecutor(1, thread_name_prefix="batchasr-finish")
+        return self._finisher
 
     def to_transcript(self, ids: list[int], times: list[list[int]]) -> Transcript:
         pieces = [self.tokens[i] for i in ids]
@@ -441,17 +457,32 @@ class PendingBatch:
         return DecodeRun(self.asr.model, feats, lengths)
 
     def advance(self) -> None:
-        """Wait for the encoder, fire CIF and queue the decoder (result() does it too)."""
-        if self.run is not None:
-            self.run.launch_decoder()
+        """Wait for the encoder, fire CIF and queue the decoder (result() does it too). With
+        Tuning.finish "thread", the rest (the wait for the tokens, timestamps, text) then
+        goes on on the recognizer's finishing thread, beside the next batch's launches,
+        which release the GIL."""
+        if self.run is None:
+            return
+        self.run.launch_decoder()
+        finisher = self.asr.finisher()
+        if (finisher is not None and not getattr(self.run, "finish_launches", True)
+                and self._finishing is None):
+            self._finishing = finisher.submit(self._transcripts)
+
+    _finishing: Future | None = None
+
+    def _transcripts(self) -> list[Transcript]:
+        out = self.run.finish()
+        return [self.asr.to_transcript(out.token_ids[row], out.token_times_ms[row])
+                for row in range(len(self.live))]
 
     def result(self) -> list[Transcript]:
         if self.run is not None:
-            out = self.run.finish()
-            self.run = None
-            for row, i in enumerate(self.live):
-                self.results[i] = self.asr.to_transcript(out.token_ids[row],
-                                                         out.token_times_ms[row])
+            done = self._finishing.result() if self._finishing is not None else \
+                self._transcripts()
+            self.run = self._finishing = None
+            for i, transcript in zip(self.live, done):
+                self.results[i] = transcript
         return self.results
 
 

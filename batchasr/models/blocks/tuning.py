@@ -33,10 +33,17 @@ environment, so a loaded model keeps the switches it was built with.
     BATCHASR_DFT           fft (default) | matmul          the fbank's power spectrum by FFT,
                                                            or by one GEMM with the DFT's rows
                                                            (no FFT plan per batch shape)
-    BATCHASR_UPLOAD        inline (default) | stream       a batch's padded waveforms read in
-                                                           place by the frontend's first
-                                                           kernel, or first copied to the
-                                                           device on a stream of their own
+    BATCHASR_UPLOAD        inline (default) | fill |       a batch's padded waveforms copied
+                           stream                          by mx.array and read in place by
+                                                           the frontend's first kernel; or
+                                                           written by numpy into a zeroed MLX
+                                                           buffer; or copied to the device on
+                                                           a stream of their own
+    BATCHASR_FINISH        inline (default) | thread       Paraformer: a batch's end (the wait
+                                                           for its tokens, timestamps, text)
+                                                           on the model's thread, or on a
+                                                           thread of its own beside the next
+                                                           batch's launches
     BATCHASR_RETIRE_AT     0 .. 1 (0.25 on a GPU, 0 on     Fun-ASR-Nano's continuous decoding:
                            the CPU)                        finished rows stay in the batch,
                                                            idle, until they are this fraction
@@ -77,6 +84,7 @@ class Tuning:
     compile: bool = False
     upload: str = "inline"
     dft: str = "fft"
+    finish: str = "inline"
     retire_at: float = 0.25
 
     @classmethod
@@ -94,6 +102,7 @@ class Tuning:
                    compile=env.get("BATCHASR_COMPILE") == "1",
                    upload=env.get("BATCHASR_UPLOAD", cls.upload),
                    dft=env.get("BATCHASR_DFT", cls.dft),
+                   finish=env.get("BATCHASR_FINISH", cls.finish),
                    retire_at=float(env.get("BATCHASR_RETIRE_AT", retire_at)))
 
 
