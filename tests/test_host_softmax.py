@@ -65,3 +65,23 @@ def test_auto_picks_the_form_of_the_device(monkeypatch, cuda, cpu, form):
     assert used == ([] if form == "unfused" else [form])
     predictor = CifPredictorV2(PredictorArgs(idim=8))
     assert predictor.matmul == cuda
+
+
+def test_prefix_masks_take_the_in_place_path_with_the_same_floats(monkeypatch):
+    """A batch's key mask (B, 1, 1, T), each row's keys a prefix, goes through the in-place
+    path: bit for bit the floats of the general masked path, rows with no key all zeros; a
+    mask that is not a prefix takes the general path."""
+    rng = np.random.default_rng(5)
+    for B, T, lens in [(3, 40, [40, 17, 0]), (2, 1, [1, 0]), (4, 130, [130, 1, 64, 129])]:
+        x = mx.array((rng.standard_normal((B, 4, T, T)) * 6).astype(np.float32))
+        keep = mx.array(np.arange(T)[None, :] < np.array(lens)[:, None])[:, None, None, :]
+        assert host_softmax._prefix_lengths(keep, x.shape).tolist() == lens
+        fast = np.array(host_softmax.softmax(x, keep))
+        general = np.array(host_softmax.softmax(x, mx.broadcast_to(keep, (B, 1, T, T))))
+        assert np.array_equal(fast, general)
+        assert (fast[np.array(lens) == 0] == 0).all()
+    holes = mx.array([[True, False, True]])[:, None, None, :]
+    assert host_softmax._prefix_lengths(holes, (1, 2, 3, 3)) is None
+    p = np.array(host_softmax.softmax(mx.zeros((1, 2, 3, 3)), holes))
+    np.testing.assert_allclose(p[..., [0, 2]], 0.5)
+    assert (p[..., 1] == 0).all()

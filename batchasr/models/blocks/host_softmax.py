@@ -33,6 +33,9 @@ def softmax(x: mx.array, key_mask: mx.array | None = None) -> mx.array:
     with no key that counts is all zeros (the official `masked_fill(mask, min) -> softmax ->
     masked_fill(mask, 0)`)."""
     s = _as_float32(x)
+    lengths = _prefix_lengths(key_mask, s.shape)
+    if lengths is not None:
+        return _prefix_softmax(s, lengths).astype(x.dtype)
     empty = None
     if key_mask is not None:
         s = np.where(np.asarray(key_mask), s, np.float32(-np.inf))
@@ -50,6 +53,40 @@ def softmax(x: mx.array, key_mask: mx.array | None = None) -> mx.array:
     if empty is not None:
         e = np.where(empty, np.float32(0), e)
     return mx.array(e).astype(x.dtype)
+
+
+def _prefix_lengths(key_mask: mx.array | None, shape: tuple) -> np.ndarray | None:
+    """Per batch row, how many keys count, when ``key_mask`` is (B, 1, ..., 1, T) and every
+    row's keys that count are its first ones (padding at the end, as a batch's lengths make
+    it); else None."""
+    if key_mask is None or key_mask.ndim != len(shape) or key_mask.shape[0] != shape[0] \
+            or key_mask.shape[-1] != shape[-1] or any(d != 1 for d in key_mask.shape[1:-1]):
+        return None
+    keep = np.asarray(key_mask).reshape(shape[0], shape[-1])
+    lengths = keep.sum(axis=-1)
+    if not np.array_equal(keep, np.arange(shape[-1])[None, :] < lengths[:, None]):
+        return None
+    return lengths
+
+
+def _prefix_softmax(s: np.ndarray, lengths: np.ndarray) -> mx.array:
+    """The masked softmax of `softmax` when each batch row's keys are a prefix: written
+    straight into a zeroed MLX buffer (no masked copy of the scores, no copy back), exp only
+    where a key counts. The same floats as the masked path: the same maximum, differences
+    and exps, and each sum over the whole row, its zeros included, in the same order."""
+    out_mx = mx.zeros(s.shape, mx.float32)
+    mx.eval(out_mx)
+    out = np.asarray(memoryview(out_mx))
+    for b, n in enumerate(lengths.tolist()):
+        if n:
+            row, dst = s[b, ..., :n], out[b, ..., :n]
+            np.subtract(row, row.max(axis=-1, keepdims=True), out=dst)
+            np.exp(dst, out=dst)
+    total = out.sum(axis=-1, keepdims=True)
+    if not lengths.all():  # rows with no key: 0 / 1, all zeros
+        total[lengths == 0] = 1.0
+    out /= total
+    return out_mx
 
 
 def log_softmax(x: mx.array) -> mx.array:
