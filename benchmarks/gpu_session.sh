@@ -164,10 +164,12 @@ for step in "$@"; do
                  done
                fi ;;
     opcost) # what an MLX operation costs the host, by kind, and the model's operations;
-            # then the same with MLX's CUDA graphs on (batchasr sets them off)
+            # OPCOST_GRAPHS=1: then the same with MLX's CUDA graphs on (batchasr sets them off)
             python3 benchmarks/op_cost.py --dtype bfloat16
-            echo "== MLX_USE_CUDA_GRAPHS=1"
-            MLX_USE_CUDA_GRAPHS=1 python3 benchmarks/op_cost.py --dtype bfloat16 ;;
+            if [ "${OPCOST_GRAPHS:-0}" = 1 ]; then
+              echo "== MLX_USE_CUDA_GRAPHS=1"
+              MLX_USE_CUDA_GRAPHS=1 python3 benchmarks/op_cost.py --dtype bfloat16
+            fi ;;
     vadscale) # the VADs' CPU per file with 1..16 reader-like processes at once (longform's audio)
               lscpu > "$OUT/lscpu.txt" 2>&1
               python3 benchmarks/vad_scaling.py --wav /tmp/batchasr-longform/audio-16x20min/long000.wav \
