@@ -48,6 +48,7 @@ from batchasr.models.blocks.sanm import (
     fsmn_padding,
     layer_norm,
     merge_heads,
+    packed_heads,
     split_heads,
     use_compiled,
 )
@@ -131,10 +132,9 @@ class MultiHeadedAttentionCrossAtt(TunedAttention, nn.Module):
         self.linear_out = nn.Linear(n_feat, n_feat)
 
     def __call__(self, x: mx.array, memory: mx.array, memory_mask: mx.array) -> mx.array:
-        k, v = mx.split(self.linear_k_v(memory), 2, axis=-1)
+        k, v = packed_heads(self.linear_k_v(memory), 2, self.h, self.method)
         q = split_heads(self.linear_q(x), self.h)
-        out = attention(q, split_heads(k, self.h), split_heads(v, self.h), memory_mask,
-                        self.method)
+        out = attention(q, k, v, memory_mask, self.method)
         return self.linear_out(merge_heads(out))
 
 

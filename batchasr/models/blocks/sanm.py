@@ -116,6 +116,13 @@ def fsmn_padding(kernel_size: int, sanm_shfit: int) -> int:
     return left + sanm_shfit if sanm_shfit > 0 else left
 
 
+def resolved(method: str) -> str:
+    """An attention method with "auto" resolved for this process's device (see attention)."""
+    if method != "auto":
+        return method
+    return "host" if host_softmax.on_cpu() else "unfused" if on_cuda() else "fast"
+
+
 def attention(q: mx.array, k: mx.array, v: mx.array, key_mask: mx.array | None,
               method: str = "fast") -> mx.array:
     """Scaled dot-product attention, q/k/v (B, H, T, d); padded keys get no weight.
@@ -125,8 +132,7 @@ def attention(q: mx.array, k: mx.array, v: mx.array, key_mask: mx.array | None,
     cuDNN plan per new batch shape); "host", the same GEMMs around numpy's softmax (MLX's CPU
     backend runs exp one element at a time: `host_softmax`); "auto", host on the CPU,
     unfused where MLX's CUDA backend is the device, fast elsewhere (Apple GPUs)."""
-    if method == "auto":
-        method = "host" if host_softmax.on_cpu() else "unfused" if on_cuda() else "fast"
+    method = resolved(method)
     scale = q.shape[-1] ** -0.5
     mask = None if key_mask is None else key_mask[:, None, None, :]
     if method == "fast":
@@ -161,6 +167,19 @@ def split_heads(x: mx.array, heads: int) -> mx.array:
     return x.reshape(B, T, heads, D // heads).transpose(0, 2, 1, 3)
 
 
+def packed_heads(x: mx.array, parts: int, heads: int, method: str) -> list[mx.array]:
+    """x (B, T, parts * D), projections side by side (q|k|v or k|v) -> each (B, heads, T,
+    D / heads). For the GEMM forms of attention they are made contiguous by one copy of x,
+    where each strided one would otherwise be copied by its own matmul (one launch less per
+    layer, the same values); MLX's fused kernel takes them as views."""
+    if resolved(method) == "fast":
+        return [split_heads(p, heads) for p in mx.split(x, parts, axis=-1)]
+    B, T, W = x.shape
+    stacked = mx.contiguous(x.reshape(B, T, parts, heads, W // (parts * heads))
+                            .transpose(2, 0, 3, 1, 4))
+    return [stacked[i] for i in range(parts)]
+
+
 def merge_heads(x: mx.array) -> mx.array:
     B, H, T, d = x.shape
     return x.transpose(0, 2, 1, 3).reshape(B, T, H * d)
@@ -180,11 +199,10 @@ class MultiHeadedAttentionSANM(TunedAttention, nn.Module):
 
     def __call__(self, x: mx.array, mask: mx.array | None) -> mx.array:
         qkv = self.linear_q_k_v(x)
-        q, k, v = mx.split(qkv, 3, axis=-1)
+        v = mx.split(qkv, 3, axis=-1)[2]
         # FSMN memory: masked v, depthwise conv, plus v itself, masked again
         memory = self.fsmn_block.memory(v, mask)
-        out = attention(split_heads(q, self.h), split_heads(k, self.h),
-                        split_heads(v, self.h), mask, self.method)
+        out = attention(*packed_heads(qkv, 3, self.h, self.method), mask, self.method)
         return self.linear_out(merge_heads(out)) + memory
 
 
