@@ -197,12 +197,12 @@ class WavFrontend:
                 size, shift, _ = window_sizes(conf.fs, conf.frame_length, conf.frame_shift)
                 n_frames = T_out * conf.lfr_n
                 n_max = max(n_max, (n_frames - 1) * shift + size)
-            rows = [waveforms[i] for i in regular]
+            regular_waves = [waveforms[i] for i in regular]
             if self.upload == "fill":
-                batch = filled_batch(rows, n_max)
+                batch = filled_batch(regular_waves, n_max)
             else:
                 padded = self._host_batch(len(regular), n_max)
-                for r, w in enumerate(rows):
+                for r, w in enumerate(regular_waves):
                     padded[r, : len(w)] = w
                     padded[r, len(w):] = 0.0
                 batch = self._device_array(padded)
