@@ -116,20 +116,27 @@ def timed_job(asr, manifest: Path, args, tag: str):
 def fresh_job(asr, manifest: Path, args, name: str):
     """`run_job` over the manifest in a new job folder ``name`` of ``args.workdir``, with the
     bench's job options. Returns its RunSummary and the GPU busy % over it."""
+    return job_in_new_folder(asr, manifest, Path(args.workdir) / name,
+                             batch_seconds=job_batch_seconds(args), readers=args.readers,
+                             reader_processes=args.reader_processes,
+                             subtitle_formats=subtitle_formats(args))
+
+
+def job_in_new_folder(asr, manifest: Path, job: Path, **options):
+    """`run_job(job, asr, progress=False, **options)` over the manifest, the folder ``job``
+    made anew; peak memory counted from its start. Returns its RunSummary and the GPU busy %
+    over it (None without nvidia-smi)."""
     from batchasr.manifest.read import open_manifest
     from batchasr.queue.store import JobQueue
     from batchasr.runner.local import run_job
 
-    job = Path(args.workdir) / name
     shutil.rmtree(job, ignore_errors=True)
     job.mkdir(parents=True)
     with JobQueue(job) as q:
         q.enqueue(open_manifest(manifest))
     mx.reset_peak_memory()
     with GPUBusy() as busy:
-        summary = run_job(job, asr, batch_seconds=job_batch_seconds(args), progress=False,
-                          readers=args.readers, reader_processes=args.reader_processes,
-                          subtitle_formats=subtitle_formats(args))
+        summary = run_job(job, asr, progress=False, **options)
     return summary, busy.percent
 
 

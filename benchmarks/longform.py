@@ -28,7 +28,6 @@ import argparse
 import datetime
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -41,9 +40,9 @@ import mlx.core as mx  # noqa: E402
 import numpy as np  # noqa: E402
 
 from batchasr.runner import vad_network  # noqa: E402
-from benchmarks.gpu_busy import GPUBusy  # noqa: E402
 
-from benchmarks.bench import append_results, machine, peak_rss_gb  # noqa: E402
+from benchmarks.bench import (append_results, job_in_new_folder, machine,  # noqa: E402
+                              peak_rss_gb)
 
 FS = 16000
 SOURCES = ["en_16k_mono.wav", "zh_22k.ogg", "en_8k.wav", "zh_44k_stereo.flac", "en_24bit.wav",
@@ -80,24 +79,14 @@ def make_long_audio(folder: Path, files: int, minutes: float, seed: int = 0) -> 
 
 
 def run_batchasr(asr, manifest: Path, vad: str, args) -> dict:
-    from batchasr.manifest.read import open_manifest
-    from batchasr.queue.store import JobQueue
-    from batchasr.runner.local import run_job
-
     rows = manifest.read_text().splitlines()
     warm = manifest.parent / "warmup.csv"
     warm.write_text("\n".join(rows[:2]) + "\n")
     for attempt, source in (("warmup", warm), ("timed", manifest)):
-        job = Path(args.workdir) / f"job-longform-{Path(vad).name}-{attempt}"
-        shutil.rmtree(job, ignore_errors=True)
-        job.mkdir(parents=True)
-        with JobQueue(job) as q:
-            q.enqueue(open_manifest(source))
-        mx.reset_peak_memory()
-        with GPUBusy() as busy:
-            s = run_job(job, asr, batch_seconds=args.batch_seconds, progress=False,
-                        readers=args.readers, vad=vad, vad_processes=args.vad_processes,
-                        reader_processes=args.reader_processes)
+        s, gpu_busy = job_in_new_folder(
+            asr, source, Path(args.workdir) / f"job-longform-{Path(vad).name}-{attempt}",
+            batch_seconds=args.batch_seconds, readers=args.readers, vad=vad,
+            vad_processes=args.vad_processes, reader_processes=args.reader_processes)
     return dict(value=round(s.audio_s / s.wall_s, 2), wall_s=round(s.wall_s, 3),
                 audio_s=round(s.audio_s, 2), done=s.done, failed=s.failed,
                 stages_s=dict(vad=round(s.vad_s, 3), model=round(s.model_s, 3),
@@ -106,7 +95,7 @@ def run_batchasr(asr, manifest: Path, vad: str, args) -> dict:
                               vad_processes=round(s.vad_processes_s, 3),
                               write_thread=round(s.write_s, 3)),
                 batches=s.batches, padding=round(s.padding, 3),
-                reader_processes=s.reader_processes, gpu_busy_percent=busy.percent,
+                reader_processes=s.reader_processes, gpu_busy_percent=gpu_busy,
                 peak_memory_gb=round(mx.get_peak_memory() / 1e9, 3),
                 peak_rss_gb=round(peak_rss_gb(), 3))
 
