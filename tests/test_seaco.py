@@ -125,6 +125,26 @@ def test_batched_equals_unbatched(asr, label):
         assert [[k.start_ms, k.end_ms] for k in t.tokens] == exp["token_timestamps"], clip
 
 
+def test_batches_finished_on_their_own_thread(monkeypatch):
+    """BATCHASR_FINISH=thread: SeACo's batch ends (after advance()) on the finishing thread
+    while the next batch is submitted; the official tokens and timestamps all the same."""
+    monkeypatch.setenv("BATCHASR_FINISH", "thread")
+    threaded = load_model(FIXTURE)
+    names = list(CLIPS)
+    batches = [names[:2], names[2:]]
+    pending = []
+    for batch in batches:
+        p = threaded.submit([wave(c) for c in batch], hotwords=hotwords("list"))
+        p.advance()
+        assert p._finishing is not None
+        pending.append(p)
+    for batch, p in zip(batches, pending):
+        for clip, t in zip(batch, p.result()):
+            exp = CLIPS[clip]["list"]
+            assert [k.id for k in t.tokens] == exp["token_ids"], clip
+            assert [[k.start_ms, k.end_ms] for k in t.tokens] == exp["token_timestamps"], clip
+
+
 def test_batch_padding_is_invisible(asr):
     """Pairs of very different lengths, with hotwords: each row as if alone (the official
     batch lets the padding into the CIF and runs its BLSTM back from the padded end)."""

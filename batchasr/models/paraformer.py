@@ -315,10 +315,6 @@ class DecodeRun:
         self.ids = mx.argmax(logp, axis=-1)
         mx.async_eval(self.ids)
 
-    # finish() only waits for and reads the device's results, then works on the host: it may
-    # run on another thread than the one that launched the run (Tuning.finish)
-    finish_launches = False
-
     def finish(self, *, timestamps: bool = True, keep_cif: bool = False) -> ParaformerOutput:
         self.launch_decoder()
         cif, lens, B = self.cif, self.lens, self.B
@@ -446,6 +442,7 @@ class PendingBatch:
             if lens[i] == 0:  # shorter than one fbank window: nothing to recognise
                 self.results[i] = Transcript(text="")
         self.run = None
+        self._finishing: Future | None = None  # the end on the finishing thread (advance)
         if self.live:
             if len(self.live) < self.n:  # the frames already end at the live rows' bucket
                 idx = mx.array(np.array(self.live, dtype=np.int32))
@@ -465,11 +462,10 @@ class PendingBatch:
             return
         self.run.launch_decoder()
         finisher = self.asr.finisher()
-        if (finisher is not None and not getattr(self.run, "finish_launches", True)
-                and self._finishing is None):
+        # once the decoder is launched, a run's finish() only waits for and reads the device's
+        # results, then works on the host: another thread may do it (SeACo's run too)
+        if finisher is not None and self._finishing is None:
             self._finishing = finisher.submit(self._transcripts)
-
-    _finishing: Future | None = None
 
     def _transcripts(self) -> list[Transcript]:
         out = self.run.finish()
