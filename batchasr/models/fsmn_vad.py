@@ -87,10 +87,17 @@ class ModelArgs(BaseModelArgs):
 
 
 def _linear(x: np.ndarray, w: tuple[np.ndarray, np.ndarray | None]) -> np.ndarray:
-    """x (..., idim) -> (..., odim) as one 2-D GEMM (numpy loops a stacked matmul)."""
+    """x (..., idim) -> (..., odim) as one 2-D GEMM (numpy loops a stacked matmul), the bias
+    added in place."""
     weight_t, bias = w
     y = (x.reshape(-1, x.shape[-1]) @ weight_t).reshape(*x.shape[:-1], -1)
-    return y if bias is None else y + bias
+    if bias is not None:
+        y += bias
+    return y
+
+
+def _relu(x: np.ndarray) -> np.ndarray:
+    return np.maximum(x, 0, out=x)
 
 
 class Model:
@@ -161,27 +168,30 @@ class Model:
                 o += t
         return out, xp[:, xp.shape[1] - self.args.context :].copy()
 
-    def __call__(self, feats: np.ndarray, cache: list[np.ndarray]) -> tuple[np.ndarray, list]:
-        """feats (B, T, input_dim) -> (posteriors or logits (B, T, output_dim), new cache)."""
+    def __call__(self, feats: np.ndarray, cache: list[np.ndarray], ids=None
+                 ) -> tuple[np.ndarray, list]:
+        """feats (B, T, input_dim) -> (posteriors or logits (B, T, output_dim), new cache);
+        with ``ids``, only those classes' (B, T, len(ids)) (the same values)."""
         L = self.layers
         x = np.asarray(feats, np.float32)
-        x = np.maximum(_linear(_linear(x, L["in_linear1"]), L["in_linear2"]), 0)
+        x = _relu(_linear(_linear(x, L["in_linear1"]), L["in_linear2"]))
         new_cache = []
         for i, c in enumerate(cache):
             h, c = self._memory(_linear(x, L[f"fsmn.{i}.linear"]), c, self.memories[i])
-            x = np.maximum(_linear(h, L[f"fsmn.{i}.affine"]), 0)
+            x = _relu(_linear(h, L[f"fsmn.{i}.affine"]))
             new_cache.append(c)
         x = _linear(_linear(x, L["out_linear1"]), L["out_linear2"])
         if not self.args.use_softmax:
-            return x, new_cache
+            return (x if ids is None else x[..., list(ids)]), new_cache
         e = np.exp(x - x.max(axis=-1, keepdims=True))
-        return e / e.sum(axis=-1, keepdims=True), new_cache
+        total = e.sum(axis=-1, keepdims=True)
+        return (e if ids is None else e[..., list(ids)]) / total, new_cache
 
     def silence(self, feats: np.ndarray, cache: list[np.ndarray], ids) -> tuple[np.ndarray, list]:
         """Posteriors of the classes `ids` only (B, T, len(ids)), and the new cache: what the
-        endpoint reads (`FsmnVAD.network`; batchasr.models.fsmn_vad_device has the same call)."""
-        probs, new_cache = self(feats, cache)
-        return probs[..., list(ids)], new_cache
+        endpoint reads (`FsmnVAD.network`; batchasr.models.fsmn_vad_device has the same call).
+        Only those columns are divided by the row sums."""
+        return self(feats, cache, ids)
 
 
 # ---------------------------------------------------------------------------------------------
