@@ -71,8 +71,7 @@ def test_full_disk_while_writing_stops_the_run_and_resume_completes(tmp_path, fa
     if where == "part":
         monkeypatch.setattr(parquet, "write_part", _fail_after(2, parquet.write_part))
     else:
-        monkeypatch.setattr(writers, "write_item_subtitles",
-                            _fail_after(3, writers.write_item_subtitles))
+        monkeypatch.setattr(writers, "item_file", _fail_after(3, writers.item_file))
     with pytest.raises(DiskFullError) as e:
         run_job(job, fake_model, batch_seconds=2.0, progress=False)
     msg = str(e.value)
@@ -90,7 +89,7 @@ def test_other_subtitle_errors_stay_logged(tmp_path, fake_model, monkeypatch):
 
     def broken(*a, **k):
         raise OSError(errno.EACCES, "Permission denied")
-    monkeypatch.setattr(writers, "write_item_subtitles", broken)
+    monkeypatch.setattr(writers, "item_file", broken)
     s = run_job(job, fake_model, batch_seconds=4.0, progress=False)
     assert s.done == 3
 

@@ -43,7 +43,7 @@ def test_the_same_files_as_the_writer_threads(two_jobs, fake_model):
 def test_a_process_killed_mid_run_loses_nothing(two_jobs, fake_model, monkeypatch, caplog):
     here, there = two_jobs
     run_job(here, fake_model, batch_seconds=2.0, progress=False, subtitle_process=False)
-    real, calls = SubtitleProcess.write, [0]
+    real, calls = SubtitleProcess.send, [0]
 
     def killed_on_the_second_batch(self, *a, **k):
         calls[0] += 1
@@ -52,7 +52,7 @@ def test_a_process_killed_mid_run_loses_nothing(two_jobs, fake_model, monkeypatc
             self.proc.join()
         return real(self, *a, **k)
 
-    monkeypatch.setattr(SubtitleProcess, "write", killed_on_the_second_batch)
+    monkeypatch.setattr(SubtitleProcess, "send", killed_on_the_second_batch)
     with caplog.at_level(logging.WARNING, logger="batchasr.worker"):
         s = run_job(there, fake_model, batch_seconds=2.0, progress=False, subtitle_process=True)
     assert calls[0] == 2  # the writer's threads took over after it died
@@ -71,17 +71,17 @@ def test_errors_cross_the_pipe_with_their_meaning():
 def test_a_full_disk_in_the_process_stops_the_run_and_resume_completes(tmp_path, fake_model,
                                                                      monkeypatch):
     job = make_job(tmp_path, DURATIONS)
-    real, calls = SubtitleProcess.write, [0]
+    real, calls = SubtitleProcess.receive, [0]
 
-    def full_on_the_second_batch(self, fmt, folder, options, items):
+    def full_on_the_second_batch(self):
         calls[0] += 1
-        out = real(self, fmt, folder, options, items)
+        errors, folder_error = real(self)
         if calls[0] == 2:  # as the process reports ENOSPC
             return [_rebuilt(_described(OSError(errno.ENOSPC, "No space left on device")))
-                    for _ in items], None
-        return out
+                    for _ in errors], None
+        return errors, folder_error
 
-    monkeypatch.setattr(SubtitleProcess, "write", full_on_the_second_batch)
+    monkeypatch.setattr(SubtitleProcess, "receive", full_on_the_second_batch)
     with pytest.raises(DiskFullError):
         run_job(job, fake_model, batch_seconds=2.0, progress=False, subtitle_process=True)
     monkeypatch.undo()
@@ -93,14 +93,19 @@ def test_a_full_disk_in_the_process_stops_the_run_and_resume_completes(tmp_path,
 def test_other_errors_are_logged_and_the_item_stays_done(tmp_path, fake_model, monkeypatch,
                                                          caplog):
     job = make_job(tmp_path, DURATIONS[:3])
-    real = SubtitleProcess.write
+    real_send, real_receive, sent = SubtitleProcess.send, SubtitleProcess.receive, []
 
-    def item1_fails(self, fmt, folder, options, items):
-        errors, folder_error = real(self, fmt, folder, options, items)
+    def remember(self, fmt, folder, options, items):
+        sent.append(items)
+        return real_send(self, fmt, folder, options, items)
+
+    def item1_fails(self):
+        errors, folder_error = real_receive(self)
         return [RuntimeError("cue trouble") if item_id == "item1" else e
-                for (item_id, _, _), e in zip(items, errors)], folder_error
+                for (item_id, _, _), e in zip(sent.pop(0), errors)], folder_error
 
-    monkeypatch.setattr(SubtitleProcess, "write", item1_fails)
+    monkeypatch.setattr(SubtitleProcess, "send", remember)
+    monkeypatch.setattr(SubtitleProcess, "receive", item1_fails)
     s = run_job(job, fake_model, batch_seconds=10.0, progress=False, subtitle_process=True)
     assert s.done == 3
     assert "could not write srt subtitles for item1" in caplog.text
@@ -126,13 +131,13 @@ def test_a_failed_folder_fsync_stops_the_run(tmp_path, fake_model, monkeypatch):
     process, the run stops as it would on the writer's own threads, and nothing is done
     without its files."""
     job = make_job(tmp_path, DURATIONS[:2])
-    real = SubtitleProcess.write
+    real = SubtitleProcess.receive
 
-    def fsync_fails(self, *a, **k):
-        errors, _ = real(self, *a, **k)
+    def fsync_fails(self):
+        errors, _ = real(self)
         return errors, OSError(errno.EIO, "Input/output error")
 
-    monkeypatch.setattr(SubtitleProcess, "write", fsync_fails)
+    monkeypatch.setattr(SubtitleProcess, "receive", fsync_fails)
     with pytest.raises(OSError, match="Input/output error"):
         run_job(job, fake_model, batch_seconds=10.0, progress=False, subtitle_process=True)
     monkeypatch.undo()

@@ -5,11 +5,12 @@ import os
 import random
 import re
 import unicodedata
+from pathlib import Path
 
 import pytest
 import srt
 
-from batchasr.files import atomic_write
+from batchasr.files import atomic_write, atomic_write_many
 from batchasr.outputs.cues import Cue, SubtitleOptions, build_cues
 from batchasr.outputs.names import safe_name, subtitle_path
 from batchasr.outputs.writers import (
@@ -430,6 +431,61 @@ def test_atomic_write_failure_leaves_nothing(tmp_path):
         atomic_write(target, boom)
     assert target.read_text() == "old"
     assert os.listdir(tmp_path) == ["x.srt"]
+
+
+def test_atomic_write_many_each_file_all_or_nothing(tmp_path, monkeypatch):
+    """Many files at once: each is written whole or not at all, each one's error is its own,
+    every file is fsynced before its rename, and no temp file is left behind."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    (tmp_path / "b.srt").write_text("old b")
+    (tmp_path / "c.srt").write_text("old c")
+    synced, renamed = [], []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        name = os.readlink(f"/proc/self/fd/{fd}") if os.path.exists("/proc/self/fd") else ""
+        if ".c.srt." in name:
+            raise OSError(5, "Input/output error")
+        synced.append(name)
+        return real_fsync(fd)
+
+    def replace(a, b):
+        assert any(str(a) in n for n in synced) or not os.path.exists("/proc/self/fd")
+        renamed.append(Path(b).name)
+        return real_replace(a, b)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    files = [(tmp_path / "a.srt", b"new a"), (tmp_path / "b.srt", b"new b" * 10000),
+             (tmp_path / "c.srt", b"new c"), (tmp_path / "missing" / "d.srt", b"d")]
+    with ThreadPoolExecutor(4) as pool:
+        errors = atomic_write_many(files, pool)
+    assert errors[0] is None and errors[1] is None
+    assert errors[2] is not None and errors[2].errno == 5
+    assert isinstance(errors[3], FileNotFoundError)
+    assert (tmp_path / "a.srt").read_bytes() == b"new a"
+    assert (tmp_path / "b.srt").read_bytes() == b"new b" * 10000
+    assert (tmp_path / "c.srt").read_text() == "old c"  # its fsync failed: untouched
+    assert sorted(renamed) == ["a.srt", "b.srt"]
+    assert sorted(os.listdir(tmp_path)) == ["a.srt", "b.srt", "c.srt"]
+
+
+def test_atomic_write_many_interrupted_leaves_no_temp_files(tmp_path, monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    real_replace, calls = os.replace, [0]
+
+    def replace(a, b):
+        calls[0] += 1
+        if calls[0] == 2:
+            raise KeyboardInterrupt
+        return real_replace(a, b)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with ThreadPoolExecutor(2) as pool, pytest.raises(KeyboardInterrupt):
+        atomic_write_many([(tmp_path / f"{i}.srt", b"x") for i in range(4)], pool)
+    assert sorted(os.listdir(tmp_path)) == ["0.srt"]
 
 
 def test_atomic_write_respects_umask(tmp_path):

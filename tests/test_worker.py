@@ -446,14 +446,14 @@ def test_disk_full_stops_the_run_and_keeps_what_is_written(tmp_path, fake_model,
 
 def test_a_subtitle_problem_does_not_fail_the_item(tmp_path, fake_model, monkeypatch, caplog):
     from batchasr.outputs import writers
-    real = writers.write_item_subtitles
+    real = writers.item_file
 
-    def broken_for_item1(job_dir, item_id, *a, **kw):
+    def broken_for_item1(folder, item_id, *a, **kw):
         if item_id == "item1":
             raise ValueError("cue trouble")
-        return real(job_dir, item_id, *a, **kw)
+        return real(folder, item_id, *a, **kw)
 
-    monkeypatch.setattr(writers, "write_item_subtitles", broken_for_item1)
+    monkeypatch.setattr(writers, "item_file", broken_for_item1)
     job = make_job(tmp_path, [1.0, 1.0, 1.0])
     s = run_job(job, fake_model, batch_seconds=10.0, progress=False)
     assert s.done == 3

@@ -185,7 +185,14 @@ def write_item_subtitles(
     ``sync_dir=False`` skips the per-file folder fsync (the caller fsyncs the folder once)."""
     folder = Path(folder) if folder is not None else default_folder(job_dir, fmt)
     folder.mkdir(parents=True, exist_ok=True)
-    path = subtitle_path(folder, item_id, fmt)
-    text = get_writer(fmt).item_text(transcript, options, duration_s=duration_s)
+    path, text = item_file(folder, item_id, transcript, options, duration_s=duration_s, fmt=fmt)
     atomic_write(path, text, sync_dir=sync_dir)
     return path
+
+
+def item_file(folder: str | os.PathLike, item_id: str, transcript: Transcript,
+              options: SubtitleOptions | None = None, *, duration_s: float | None = None,
+              fmt: str = "srt") -> tuple[Path, str]:
+    """The path and text ``write_item_subtitles`` writes (nothing is written)."""
+    return (subtitle_path(folder, item_id, fmt),
+            get_writer(fmt).item_text(transcript, options, duration_s=duration_s))

@@ -5,8 +5,9 @@ Laying out cues is Python, several files at once on threads: in the model's proc
 the interpreter from the thread that launches the model's kernels (on an H100, 18003 s of
 clips end to end ran at 3109 RTFx without subtitles against 2708 with them, one run each).
 Here the writer thread sends a batch's result rows (the Parquet part's rows, from which
-``export`` renders the same files) and waits for the reply before it commits the batch, so
-the order part -> subtitles -> commit, and what a kill leaves, are unchanged.
+``export`` renders the same files), writes the part meanwhile, and waits for the reply before
+it commits the batch: part and subtitles are both durable before the commit, as before, and
+a kill before it leaves an item that is redone.
 
 Rows cross the pipe pickled, between this run's own processes only. A process that dies is
 reported and the writer goes on writing subtitles on its own threads, the same way
@@ -20,12 +21,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Sequence
 
-from batchasr.files import fsync_dir
+from batchasr.files import atomic_write_many, fsync_dir
 from batchasr.outputs import writers
 from batchasr.outputs.rows import row_to_transcript
 from batchasr.runner.read_processes import start_method, start_stage_process
 
-SUBTITLE_WRITERS = 8  # files written (and fsynced) at once: an fsync waits on the disk
+SUBTITLE_WRITERS = 32  # fsyncs in flight at once: each waits on the disk, and the
+# journal commits concurrent ones together
 PROCESS_NAME = "batchasr-subs"  # what ps shows for it (Linux)
 
 
@@ -48,8 +50,20 @@ class SubtitleProcess:
               items: Sequence[tuple[str, dict, float | None]]) -> tuple[list, OSError | None]:
         """What ``write_subtitle_files`` returns, done in the process. SubtitleProcessDied
         when the process is gone (nothing of the request can be relied on)."""
+        self.send(fmt, folder, options, items)
+        return self.receive()
+
+    def send(self, fmt: str, folder: Path, options: Any,
+             items: Sequence[tuple[str, dict, float | None]]) -> None:
+        """Ask for ``write``'s work without waiting; ``receive`` returns its answer (answers
+        come in the order asked)."""
         try:
             self.conn.send(("write", fmt, str(folder), options, list(items)))
+        except (OSError, EOFError) as e:
+            raise SubtitleProcessDied(f"the subtitle process ended ({self._exit()})") from e
+
+    def receive(self) -> tuple[list, OSError | None]:
+        try:
             errors, folder_error = self.conn.recv()
         except (OSError, EOFError) as e:
             raise SubtitleProcessDied(f"the subtitle process ended ({self._exit()})") from e
@@ -76,22 +90,29 @@ class SubtitleProcess:
 def write_subtitle_files(pool: ThreadPoolExecutor, fmt: str, folder: str | Path, options: Any,
                          items: Sequence[tuple[str, dict, float | None]]
                          ) -> tuple[list[BaseException | None], OSError | None]:
-    """Write each item ((id, result row, duration)) as a ``fmt`` file into ``folder``, several
-    at once on ``pool`` (each atomically, fsynced: an fsync waits on the disk, and the journal
-    commits concurrent ones together), then fsync the folder once. Returns per item None or
-    the error its file met, and the folder fsync's error. The one way a run writes them, here
-    or in the subtitle process; from the row, as ``export`` does."""
-    def write(item) -> BaseException | None:
-        item_id, row, duration_s = item
+    """Write each item ((id, result row, duration)) as a ``fmt`` file into ``folder``, each
+    atomically and fsynced (``files.atomic_write_many``: all written, then all fsynced at once
+    on ``pool``, since an fsync waits on the disk and the journal commits concurrent ones
+    together, then renamed), then fsync the folder once. Returns per item None or the error
+    its file met, and the folder fsync's error. The one way a run writes them, here or in the
+    subtitle process; from the row, as ``export`` does."""
+    folder = Path(folder)
+    errors: list[BaseException | None] = [None] * len(items)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        return [e] * len(items), None
+    files, where = [], []
+    for i, (item_id, row, duration_s) in enumerate(items):
         try:
-            writers.write_item_subtitles(None, item_id, row_to_transcript(row), options,
-                                         duration_s=duration_s, fmt=fmt, folder=folder,
-                                         sync_dir=False)
-            return None
+            path, text = writers.item_file(folder, item_id, row_to_transcript(row), options,
+                                           duration_s=duration_s, fmt=fmt)
+            files.append((path, text.encode("utf-8")))
+            where.append(i)
         except Exception as e:
-            return e
-
-    errors = list(pool.map(write, items))
+            errors[i] = e
+    for i, error in zip(where, atomic_write_many(files, pool)):
+        errors[i] = error
     folder_error = None
     if any(e is None for e in errors):  # new names to make durable
         try:

@@ -276,9 +276,14 @@ class Writer:
         transcripts = {w.item.id: t for w, t in zip(works, transcripts)}
         rows = [result_row(w.as_row_item(), transcripts[w.item.id], self.model_name)
                 for w in works]
-        part = parquet.write_part(self.job_dir, rows)
+        asked = self._ask_subtitles(works, rows)  # written while the part is
+        try:
+            part = parquet.write_part(self.job_dir, rows)
+        except BaseException:
+            self._drop_answers(asked)
+            raise
         self.crash("after_part")
-        self._write_subtitles(works, rows)
+        self._write_subtitles(works, rows, asked)
         committed = queue.complete([w.item.id for w in works], part, owner=self.owner,
                                    durations={w.item.id: w.duration_s for w in works})
         if committed < len(works):
@@ -292,14 +297,38 @@ class Writer:
         self.crash("after_complete")
         return committed
 
-    def _write_subtitles(self, works: Sequence[Work], rows: Sequence[dict]) -> None:
+    def _ask_subtitles(self, works: Sequence[Work], rows: Sequence[dict]) -> list[str]:
+        """Send the subtitle process every format's request for these items (answered by
+        ``_write_subtitles``); returns the formats asked."""
+        if self._subtitles is None or not works:
+            return []
+        items = [(w.item.id, row, w.duration_s) for w, row in zip(works, rows)]
+        asked = []
+        try:
+            for fmt in self.opts.subtitle_formats:
+                self._subtitles.send(fmt, names.default_folder(self.job_dir, fmt),
+                                     self.opts.subtitle_options, items)
+                asked.append(fmt)
+        except SubtitleProcessDied as e:
+            self._subtitle_process_died(e)
+        return asked
+
+    def _write_subtitles(self, works: Sequence[Work], rows: Sequence[dict],
+                         asked: Sequence[str] = ()) -> None:
         # Subtitles are a convenience copy (the export renders them from the parts), so a
         # problem with one is logged and does not fail its item; a full disk stops the run
-        # as a part would (the batch is then not done).
+        # as a part would (the batch is then not done). ``asked``: formats the subtitle
+        # process was sent already (their answers come first, in that order).
         items = [(w.item.id, row, w.duration_s) for w, row in zip(works, rows)]
         for fmt in self.opts.subtitle_formats:
             folder = names.default_folder(self.job_dir, fmt)
-            errors, folder_error = self._subtitle_files(fmt, folder, items)
+            answer = None
+            if fmt in asked and self._subtitles is not None:
+                try:
+                    answer = self._subtitles.receive()
+                except SubtitleProcessDied as e:
+                    self._subtitle_process_died(e)
+            errors, folder_error = answer or self._subtitle_files(fmt, folder, items)
             for (item_id, _, _), error in zip(items, errors):
                 if error is None:
                     continue
@@ -310,12 +339,25 @@ class Writer:
             if folder_error is not None:
                 raise folder_error
 
+    def _drop_answers(self, asked: Sequence[str]) -> None:
+        """Read and drop the answers to requests sent (the batch failed before them)."""
+        for _ in asked:
+            if self._subtitles is None:
+                return
+            try:
+                self._subtitles.receive()
+            except SubtitleProcessDied as e:
+                self._subtitle_process_died(e)
+
+    def _subtitle_process_died(self, e: SubtitleProcessDied) -> None:
+        logger.warning("%s: subtitles are written in this process from now on", e)
+        self._subtitles = None
+
     def _subtitle_files(self, fmt: str, folder: Path, items: list) -> tuple[list, OSError | None]:
         """``write_subtitle_files`` in the subtitle process, else (or once it died) here."""
         if self._subtitles is not None:
             try:
                 return self._subtitles.write(fmt, folder, self.opts.subtitle_options, items)
             except SubtitleProcessDied as e:
-                logger.warning("%s: subtitles are written in this process from now on", e)
-                self._subtitles = None
+                self._subtitle_process_died(e)
         return write_subtitle_files(self._syncs, fmt, folder, self.opts.subtitle_options, items)
