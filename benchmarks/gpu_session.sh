@@ -119,6 +119,11 @@ for step in "$@"; do
                   BATCHASR_FSMN=$f python3 -m pytest -q -p no:cacheprovider -rf --tb=long \
                     tests/test_paraformer_parity.py -k half_precision 2>&1 | tail -60
                 done ;;
+    overhead) # the job around the model on this host's disk and cores: 18000 s of the bench's
+              # clips through a recognizer that does no work, with and without subtitles
+              for subs in srt none; do
+                python3 benchmarks/job_overhead.py --audio-s 18000 --subtitles $subs --repeats 2
+              done ;;
     short1800) python3 benchmarks/bench.py paraformer --audio-s 1800 --dtypes bfloat16 \
                  --baseline --repeats 2 --readers 8 --batch-seconds 1000 --ncpu "$NCPU" ;;
     sensevoice) python3 benchmarks/bench.py sensevoice --audio-s 1800 --dtypes bfloat16,float32 \
