@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+os.environ.setdefault("BATCHASR_CPU_LANES", "1")  # one batch in flight through submit, as on a GPU
 
 from batchasr.transcript import Segment, Token, Transcript  # noqa: E402
 from benchmarks.bench import job_in_new_folder, machine, make_audio  # noqa: E402

@@ -58,6 +58,7 @@ class Feed:
         self.claim_budget = claim_budget  # items this run may still claim
         self.exhausted = False  # the last claim found the queue empty
         self.claimed: deque[Item] = deque()  # claimed, not yet handed to a reader
+        self.n_reading = 0  # works whose reader has not sent its last message (w.reading)
         self.buffer = Prefetch(opts.prefetch_samples)
         self.readers: ThreadPoolExecutor | None = None
         self.started: StartedLog | None = None  # opened by initialize()
@@ -104,7 +105,7 @@ class Feed:
     def more_coming(self) -> bool:
         """Could more audio arrive without running a batch first? (feed_readers has just
         claimed whatever the readers can take.)"""
-        return bool(self.claimed) or any(w.reading for w in self.works.values())
+        return bool(self.claimed) or self.n_reading > 0
 
     def take_ends(self) -> None:
         """When stopping: the readers' last messages of files read whole (not through the
@@ -133,6 +134,7 @@ class Feed:
             if w.cutter is not None:
                 w.cutter.close()
         self.works.clear()
+        self.n_reading = 0
         self.claimed.clear()
         if ids:
             logger.info("%d unfinished item(s) go back to pending", len(ids))
@@ -163,15 +165,14 @@ class Feed:
         """Keep a claim's worth of files queued for the reader threads, so they never wait
         for the main thread (a hand-over per file would cost a GIL switch each). Queued
         files hold no audio; the prefetch buffer bounds what is decoded."""
-        reading = sum(w.reading for w in self.works.values())
-        while reading < max(2 * self.n_readers, self.opts.claim_size):
+        while self.n_reading < max(2 * self.n_readers, self.opts.claim_size):
             if not self.claimed and (self.claim_budget <= 0 or self.exhausted
                                      or not self.claim()):
                 return
             w = Work(self.claimed.popleft())
             self.works[w.item.id] = w
+            self.n_reading += 1
             self.readers.submit(self.read, w)
-            reading += 1
 
     def read(self, w: Work) -> None:
         """Reader thread: decode one file into pieces; always ends with one 'end' or
@@ -313,7 +314,9 @@ class Feed:
             if not w.failed:
                 self.add_cuts(w, [msg[2]])
             return
-        w.reading = False
+        if w.reading:
+            w.reading = False
+            self.n_reading -= 1
         if kind == "error":
             self.completion.fail(w, msg[2])
         else:
