@@ -104,10 +104,76 @@ def test_speech_flags_are_frame_state():
         ep = E.Endpointer(opts)
         ep.add_frames(two, db)
         want = [ep.frame_state(t) == E.SPEECH for t in range(3000)]
-        got, avg = speech_flags(two, db, speech_noise_thres=opts.speech_noise_thres,
-                                speech_2_noise_ratio=1.0, snr_thres=snr, decibel_thres=dbt,
-                                noise_frames=opts.noise_frame_num_used_for_snr,
-                                noise_average=-100.0)
-        assert got.tolist() == want
-        assert avg == ep.noise_average_decibel
+        got = speech_flags(two, db, speech_noise_thres=opts.speech_noise_thres,
+                           speech_2_noise_ratio=1.0, snr_thres=snr, decibel_thres=dbt,
+                           noise_frames=opts.noise_frame_num_used_for_snr, noise_average=-100.0)
+        assert got.speech.tolist() == want
+        assert got.noise_after == ep.noise_average_decibel
+        again = E.Endpointer(opts)  # the noise average before any frame, as the loop has it
+        again.add_frames(two, db)
+        decided = 0
+        for t in (0, 1, 700, 2999):
+            while decided < t:
+                again.frame_state(decided)
+                decided += 1
+            assert got.noise_before(t) == again.noise_average_decibel
         assert 0 < sum(want) < 3000
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_chunk_at_once_is_the_frame_loop_under_random_options(seed):
+    """Random `model_conf` values (another checkpoint's config.yaml may set any of them)."""
+    rng = np.random.default_rng(100 + seed)
+    win = int(rng.choice([30, 50, 100, 200, 300]))
+    opts = E.FsmnVADOptions(
+        window_size_ms=win,
+        sil_to_speech_time_thres=int(rng.integers(0, win + 20)),
+        speech_to_sil_time_thres=int(rng.integers(0, win + 20)),
+        max_end_silence_time=int(rng.choice([0, 100, 400, 800, 3000])),
+        max_start_silence_time=int(rng.choice([100, 3000])),
+        do_extend=int(rng.integers(0, 2)),
+        lookback_time_start_point=int(rng.choice([0, 50, 200, 600])),
+        lookahead_time_end_point=int(rng.choice([0, 30, 100, 700])),
+        max_single_segment_time=int(rng.choice([300, 2000, 60000])),
+        speech_noise_thres=float(rng.choice([-0.2, 0.0, 0.3, 0.6, 0.95])),
+        speech_2_noise_ratio=float(rng.choice([0.5, 1.0, 1.5])),
+        snr_thres=float(rng.choice([-100.0, -20.0, 3.0])),
+        decibel_thres=float(rng.choice([-100.0, -50.0, -38.0])))
+    fast, slow = E.Endpointer(opts), E.Endpointer(opts)
+    slow.bulk = False
+    probs, db = _input(rng, 4000)
+    for i, idx in enumerate(np.array_split(np.arange(4000), int(rng.integers(1, 6)))):
+        final = idx[-1] == 3999
+        out = []
+        for ep in (fast, slow):
+            ep.add_frames(probs[idx][:, None], db[idx])
+            try:
+                ep.detect(len(idx), final)
+                out.append(ep.take_segments(final))
+            except IndexError as e:  # as the official's own loop fails (see below)
+                out.append(type(e))
+        assert out[0] == out[1]
+        if out[0] is IndexError:
+            return
+        assert _state(fast) == _state(slow), f"chunk {i}"
+
+
+def test_an_end_past_its_frame_reads_as_the_official():
+    """max_end_silence_time below speech_to_sil_time_thres makes the end silence negative:
+    a pause ends speech at the next frame, whose history is then released, and the official
+    frame loop reads the frames' scores from the end of what is left (negative indices). The
+    chunk-at-once path falls back to the frame loop there, so it reads the same."""
+    opts = E.FsmnVADOptions(window_size_ms=50, sil_to_speech_time_thres=30,
+                            speech_to_sil_time_thres=40, max_end_silence_time=0, do_extend=0)
+    rng = np.random.default_rng(3)
+    p = np.r_[np.full(300, 0.01), np.full(40, 0.99), rng.uniform(0, 1, 500)]
+    db = rng.uniform(-60, 20, len(p))
+    fast, slow = E.Endpointer(opts), E.Endpointer(opts)
+    slow.bulk = False
+    segs = []
+    for ep in (fast, slow):
+        ep.add_frames(p[:, None], db)
+        ep.detect(len(p), False)
+        segs.append(ep.take_segments(False))
+    assert segs[0] == segs[1] and segs[0]
+    assert _state(fast) == _state(slow)

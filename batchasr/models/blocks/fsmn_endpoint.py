@@ -20,7 +20,7 @@ import numpy as np
 
 from batchasr.audio.decode import SAMPLE_RATE
 from batchasr.models.base import BaseModelArgs
-from batchasr.models.blocks.fsmn_frames import speech_flags
+from batchasr.models.blocks.fsmn_frames import FrameStates, speech_flags
 from batchasr.models.blocks.vad import SpeechSegment
 
 START_NOT_DETECTED, IN_SPEECH, END_DETECTED = 1, 2, 3  # VadStateMachine
@@ -181,25 +181,32 @@ class Endpointer:
                 self._detect_one(self.frame_state(t), t, is_final and i == 0)
         else:
             first = self.frm_cnt - n_new
-            speech = self._speech_flags(first, n_new)
+            states = self._frame_states(first, n_new)
+            speech = states.speech
             if self.o.fe_prior_thres >= math.fabs(1.0):  # _detect_one's prior test
-                speech[:] = False
-            _detect_runs(self, speech, first, is_final)
+                speech = np.zeros_like(speech)
+            j = _detect_runs(self, speech, first, is_final)
+            if j < n_new:  # history released past the next frame: the frame loop from there
+                self.noise_average_decibel = states.noise_before(j)
+                for i in range(n_new - 1 - j, -1, -1):
+                    t = self.frm_cnt - 1 - i
+                    self._detect_one(self.frame_state(t), t, is_final and i == 0)
+            else:
+                self.noise_average_decibel = states.noise_after
         self._release(self.data_buf_start_frame)
 
-    def _speech_flags(self, first: int, n: int) -> np.ndarray:
+    def _frame_states(self, first: int, n: int) -> FrameStates:
         """`frame_state` of frames [first, first + n) at once (the same states, and the same
-        noise average after them)."""
+        noise average along them), as long as no history before a frame is released."""
         o = self.o
         i = first - self._drop
-        decibels = np.asarray(self.decibel[i : i + n], np.float64)
-        speech, self.noise_average_decibel = speech_flags(
-            np.asarray(self.scores[i : i + len(decibels)], np.float64), decibels,
+        return speech_flags(
+            np.asarray(self.scores[i : i + n], np.float64),
+            np.asarray(self.decibel[i : i + n], np.float64),
             speech_noise_thres=self.speech_noise_thres,
             speech_2_noise_ratio=o.speech_2_noise_ratio, snr_thres=o.snr_thres,
             decibel_thres=o.decibel_thres, noise_frames=o.noise_frame_num_used_for_snr,
             noise_average=self.noise_average_decibel)
-        return np.concatenate([speech, np.zeros(n - len(speech), bool)])  # missing: silence
 
     def take_segments(self, is_final: bool) -> list[SpeechSegment]:
         """Segments to report after a chunk (non-streaming input: complete ones, all at the end)."""
@@ -358,9 +365,12 @@ class Endpointer:
 SLAB = 256  # frames whose window sums one step computes; a longer run takes more steps
 
 
-def _detect_runs(ep: "Endpointer", speech: np.ndarray, first: int, is_final: bool) -> None:
+def _detect_runs(ep: "Endpointer", speech: np.ndarray, first: int, is_final: bool) -> int:
     """Frames [first, first + len(speech)) with these speech states through ``ep``, as
-    `_detect_one` frame by frame would take them."""
+    `_detect_one` frame by frame would take them. Returns how many were taken: fewer when an
+    end of speech released the history past the next frame (an end set beyond its frame by
+    a negative end silence), from which the frame loop reads other frames' scores, as the
+    official does."""
     n = len(speech)
     last = n - 1 if is_final else n  # the file's last frame: always frame by frame
     flags = speech.astype(np.int64)
@@ -373,6 +383,9 @@ def _detect_runs(ep: "Endpointer", speech: np.ndarray, first: int, is_final: boo
                 continue
         ep._detect_one(SPEECH if speech[j] else SIL, first + j, is_final and j == n - 1)
         j += 1
+        if ep._drop > first + j:
+            return j
+    return n
 
 
 def _run(ep: "Endpointer", flags: np.ndarray, j: int, end: int, first: int) -> int:

@@ -11,17 +11,32 @@ the frame loop's, frame for frame (tests compare the two on random and adversari
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 
 MARGIN = 1e-9  # relative; the estimates' error is below 1e-14
 
 
+class FrameStates(NamedTuple):
+    speech: np.ndarray  # (T,) bool: the frame is speech
+    updates: np.ndarray  # frames that moved the noise average, in order
+    averages: list[float]  # the noise average before the first update, then after each
+
+    @property
+    def noise_after(self) -> float:
+        return self.averages[-1]
+
+    def noise_before(self, frame: int) -> float:
+        """The noise average as the frame loop has it before deciding ``frame``."""
+        return self.averages[int(np.searchsorted(self.updates, frame))]
+
+
 def speech_flags(scores: np.ndarray, decibels: np.ndarray, *, speech_noise_thres: float,
                  speech_2_noise_ratio: float, snr_thres: float, decibel_thres: float,
-                 noise_frames: int, noise_average: float) -> tuple[np.ndarray, float]:
-    """scores: (T,) or (T, k) silence posteriors (float32 or float64), decibels (T,). Returns
-    (speech (T,) bool, the noise average after the last frame)."""
+                 noise_frames: int, noise_average: float) -> FrameStates:
+    """scores: (T,) or (T, k) silence posteriors (float32 or float64), decibels (T,): the
+    frames' states and the noise average along them."""
     scores = np.asarray(scores, np.float64)
     if scores.ndim == 2:  # Python's sum over the ids, left to right
         p = scores[:, 0].copy()
@@ -57,7 +72,7 @@ def speech_flags(scores: np.ndarray, decibels: np.ndarray, *, speech_noise_thres
         noise_at = np.asarray(averages)[np.searchsorted(updates, candidates)]
         d = db[candidates]
         speech[candidates] = ((d - noise_at) >= snr_thres) & (d >= decibel_thres)
-    return speech, avg
+    return FrameStates(speech, updates, averages)
 
 
 def _log(x: float) -> float:
