@@ -20,7 +20,7 @@ import numpy as np
 
 from batchasr.audio.decode import SAMPLE_RATE
 from batchasr.models.base import BaseModelArgs
-from batchasr.models.blocks.fsmn_frames import FrameStates, speech_flags
+from batchasr.models.blocks.fsmn_frames import FrameStates, posterior_says_speech, speech_flags
 from batchasr.models.blocks.vad import SpeechSegment
 
 START_NOT_DETECTED, IN_SPEECH, END_DETECTED = 1, 2, 3  # VadStateMachine
@@ -153,9 +153,7 @@ class Endpointer:
         if cur_decibel < o.decibel_thres:
             return SIL
         sum_score = self.scores[i] if len(o.sil_pdf_ids) == 1 else sum(self.scores[i])
-        noise_prob = _log(sum_score) * o.speech_2_noise_ratio
-        speech_prob = _log(1.0 - sum_score)
-        if math.exp(speech_prob) >= math.exp(noise_prob) + self.speech_noise_thres:
+        if posterior_says_speech(sum_score, o.speech_2_noise_ratio, self.speech_noise_thres):
             if cur_snr >= o.snr_thres and cur_decibel >= o.decibel_thres:
                 return SPEECH
             return SIL
@@ -176,9 +174,7 @@ class Endpointer:
         if self.state == END_DETECTED:
             pass
         elif not self.bulk:
-            for i in range(n_new - 1, -1, -1):
-                t = self.frm_cnt - 1 - i
-                self._detect_one(self.frame_state(t), t, is_final and i == 0)
+            self._frame_loop(n_new, is_final)
         else:
             first = self.frm_cnt - n_new
             states = self._frame_states(first, n_new)
@@ -188,12 +184,16 @@ class Endpointer:
             j = _detect_runs(self, speech, first, is_final)
             if j < n_new:  # history released past the next frame: the frame loop from there
                 self.noise_average_decibel = states.noise_before(j)
-                for i in range(n_new - 1 - j, -1, -1):
-                    t = self.frm_cnt - 1 - i
-                    self._detect_one(self.frame_state(t), t, is_final and i == 0)
+                self._frame_loop(n_new - j, is_final)
             else:
                 self.noise_average_decibel = states.noise_after
         self._release(self.data_buf_start_frame)
+
+    def _frame_loop(self, n: int, is_final: bool) -> None:
+        """The official loop over the last n frames: each decided, then detected."""
+        for i in range(n - 1, -1, -1):
+            t = self.frm_cnt - 1 - i
+            self._detect_one(self.frame_state(t), t, is_final and i == 0)
 
     def _frame_states(self, first: int, n: int) -> FrameStates:
         """`frame_state` of frames [first, first + n) at once (the same states, and the same
@@ -449,6 +449,3 @@ def _voice_detected(ep: "Endpointer", ta: int, tb: int) -> None:
     ep.data_buf_start_frame = max(ep.data_buf_start_frame, ta) + (tb - ta + 1)
     ep.output[-1].end_ms = (tb + 1) * ep.o.frame_in_ms
 
-
-def _log(x: float) -> float:
-    return math.log(x) if x > 0.0 else -math.inf

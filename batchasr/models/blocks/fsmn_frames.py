@@ -55,10 +55,7 @@ def speech_flags(scores: np.ndarray, decibels: np.ndarray, *, speech_noise_thres
         sure = np.abs(diff) > MARGIN * np.maximum(1.0, np.maximum(np.abs(lhs), np.abs(rhs)))
     by_prob = diff > 0.0
     for i in np.flatnonzero(~sure & ~below).tolist():  # too close to call: as the frame loop
-        s = float(p[i])
-        noise_prob = _log(s) * speech_2_noise_ratio
-        speech_prob = _log(1.0 - s)
-        by_prob[i] = math.exp(speech_prob) >= math.exp(noise_prob) + speech_noise_thres
+        by_prob[i] = posterior_says_speech(float(p[i]), speech_2_noise_ratio, speech_noise_thres)
     candidates = np.flatnonzero(by_prob & ~below)
     updates = np.flatnonzero(~by_prob & ~below)
     # the noise average's recurrence, over the silent frames, in Python floats
@@ -73,6 +70,16 @@ def speech_flags(scores: np.ndarray, decibels: np.ndarray, *, speech_noise_thres
         d = db[candidates]
         speech[candidates] = ((d - noise_at) >= snr_thres) & (d >= decibel_thres)
     return FrameStates(speech, updates, averages)
+
+
+def posterior_says_speech(sum_score: float, speech_2_noise_ratio: float,
+                          speech_noise_thres: float) -> bool:
+    """GetFrameState's test on one frame's silence posterior, in its Python floats:
+    exp(log(1 - p)) >= exp(log(p) * ratio) + threshold. (The official code raises on p of
+    exactly 0 or 1; here log(0) counts as -inf.)"""
+    noise_prob = _log(sum_score) * speech_2_noise_ratio
+    speech_prob = _log(1.0 - sum_score)
+    return math.exp(speech_prob) >= math.exp(noise_prob) + speech_noise_thres
 
 
 def _log(x: float) -> float:
