@@ -20,10 +20,8 @@ def atomic_write(path: str | os.PathLike, write: Callable | bytes | str, *, sync
     With ``sync_dir`` the folder is fsynced too, so the new name survives a power cut.
     """
     path = Path(path)
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
-    # os.open with 0o666 lets the umask decide the mode, as for any new file (mkstemp's 0600
-    # would make results unreadable to the rest of a team)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    tmp = _temp_path(path)
+    fd = _create(tmp)
     try:
         with os.fdopen(fd, "wb") as f:
             if callable(write):
@@ -34,10 +32,7 @@ def atomic_write(path: str | os.PathLike, write: Callable | bytes | str, *, sync
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        _remove(tmp)
         raise
     if sync_dir:
         fsync_dir(path.parent)
@@ -54,11 +49,9 @@ def atomic_write_many(files: Sequence[tuple[str | os.PathLike, bytes]], pool: Ex
     errors: list[OSError | None] = [None] * len(files)
     try:
         for i, (path, data) in enumerate(files):
-            path = Path(path)
-            tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
+            tmp = _temp_path(Path(path))
             try:
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL
-                             | getattr(os, "O_BINARY", 0), 0o666)
+                fd = _create(tmp)
             except OSError as e:
                 errors[i] = e
                 continue
@@ -100,6 +93,17 @@ def _fsync_path(path: Path | None) -> OSError | None:
     except OSError as e:
         return e
     return None
+
+
+def _temp_path(path: Path) -> Path:
+    """A new hidden name beside ``path`` for its content until the rename."""
+    return path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
+
+
+def _create(path: Path) -> int:
+    # os.open with 0o666 lets the umask decide the mode, as for any new file (mkstemp's 0600
+    # would make results unreadable to the rest of a team)
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
 
 
 def _remove(path: Path) -> None:
