@@ -46,17 +46,12 @@ class SubtitleProcess:
         start_stage_process(self.proc)
         child.close()  # ours is closed: the pipe ends when the process dies
 
-    def write(self, fmt: str, folder: Path, options: Any,
-              items: Sequence[tuple[str, dict, float | None]]) -> tuple[list, OSError | None]:
-        """What ``write_subtitle_files`` returns, done in the process. SubtitleProcessDied
-        when the process is gone (nothing of the request can be relied on)."""
-        self.send(fmt, folder, options, items)
-        return self.receive()
-
     def send(self, fmt: str, folder: Path, options: Any,
              items: Sequence[tuple[str, dict, float | None]]) -> None:
-        """Ask for ``write``'s work without waiting; ``receive`` returns its answer (answers
-        come in the order asked)."""
+        """Ask for ``write_subtitle_files``'s work, done in the process, without waiting;
+        ``receive`` returns its answer (answers come in the order asked). Both raise
+        SubtitleProcessDied when the process is gone (nothing of the request can be relied
+        on)."""
         try:
             self.conn.send(("write", fmt, str(folder), options, list(items)))
         except (OSError, EOFError) as e:

@@ -276,14 +276,15 @@ class Writer:
         transcripts = {w.item.id: t for w, t in zip(works, transcripts)}
         rows = [result_row(w.as_row_item(), transcripts[w.item.id], self.model_name)
                 for w in works]
-        asked = self._ask_subtitles(works, rows)  # written while the part is
+        items = [(w.item.id, row, w.duration_s) for w, row in zip(works, rows)]
+        asked = self._ask_subtitles(items)  # written while the part is
         try:
             part = parquet.write_part(self.job_dir, rows)
         except BaseException:
             self._drop_answers(asked)
             raise
         self.crash("after_part")
-        self._write_subtitles(works, rows, asked)
+        self._write_subtitles(items, asked)
         committed = queue.complete([w.item.id for w in works], part, owner=self.owner,
                                    durations={w.item.id: w.duration_s for w in works})
         if committed < len(works):
@@ -297,12 +298,11 @@ class Writer:
         self.crash("after_complete")
         return committed
 
-    def _ask_subtitles(self, works: Sequence[Work], rows: Sequence[dict]) -> list[str]:
-        """Send the subtitle process every format's request for these items (answered by
-        ``_write_subtitles``); returns the formats asked."""
-        if self._subtitles is None or not works:
+    def _ask_subtitles(self, items: list) -> list[str]:
+        """Send the subtitle process every format's request for these items ((id, row,
+        duration)); ``_write_subtitles`` takes the answers. Returns the formats asked."""
+        if self._subtitles is None or not items:
             return []
-        items = [(w.item.id, row, w.duration_s) for w, row in zip(works, rows)]
         asked = []
         try:
             for fmt in self.opts.subtitle_formats:
@@ -313,13 +313,12 @@ class Writer:
             self._subtitle_process_died(e)
         return asked
 
-    def _write_subtitles(self, works: Sequence[Work], rows: Sequence[dict],
-                         asked: Sequence[str] = ()) -> None:
+    def _write_subtitles(self, items: list, asked: Sequence[str]) -> None:
         # Subtitles are a convenience copy (the export renders them from the parts), so a
         # problem with one is logged and does not fail its item; a full disk stops the run
-        # as a part would (the batch is then not done). ``asked``: formats the subtitle
-        # process was sent already (their answers come first, in that order).
-        items = [(w.item.id, row, w.duration_s) for w, row in zip(works, rows)]
+        # as a part would (the batch is then not done). A format the subtitle process was
+        # asked for is its answer (in the order asked); any other, or every one once the
+        # process died, is written here.
         for fmt in self.opts.subtitle_formats:
             folder = names.default_folder(self.job_dir, fmt)
             answer = None
@@ -328,7 +327,8 @@ class Writer:
                     answer = self._subtitles.receive()
                 except SubtitleProcessDied as e:
                     self._subtitle_process_died(e)
-            errors, folder_error = answer or self._subtitle_files(fmt, folder, items)
+            errors, folder_error = answer or write_subtitle_files(
+                self._syncs, fmt, folder, self.opts.subtitle_options, items)
             for (item_id, _, _), error in zip(items, errors):
                 if error is None:
                     continue
@@ -352,12 +352,3 @@ class Writer:
     def _subtitle_process_died(self, e: SubtitleProcessDied) -> None:
         logger.warning("%s: subtitles are written in this process from now on", e)
         self._subtitles = None
-
-    def _subtitle_files(self, fmt: str, folder: Path, items: list) -> tuple[list, OSError | None]:
-        """``write_subtitle_files`` in the subtitle process, else (or once it died) here."""
-        if self._subtitles is not None:
-            try:
-                return self._subtitles.write(fmt, folder, self.opts.subtitle_options, items)
-            except SubtitleProcessDied as e:
-                self._subtitle_process_died(e)
-        return write_subtitle_files(self._syncs, fmt, folder, self.opts.subtitle_options, items)
