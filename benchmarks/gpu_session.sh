@@ -23,9 +23,11 @@ NCPU=$(nproc)
 for step in "$@"; do
   start=$(date +%s)
   case "$step" in
-    longform) # fsmn-vad's network in the readers (the default) and served from the GPU
+    longform) # fsmn-vad's network in the readers (the default) and served from the GPU by a
+              # thread of the run's process, alternating (LONGFORM_NETWORKS; "device": a process)
               python3 benchmarks/longform.py --files 16 --minutes 20 --fsmn-vad "$FSMN" \
-                --baseline --ncpu "$NCPU" --vad-networks "${LONGFORM_NETWORKS:-host,device}" ;;
+                --baseline --ncpu "$NCPU" \
+                --vad-networks "${LONGFORM_NETWORKS:-host,thread,host,thread}" ;;
     short) python3 benchmarks/bench.py paraformer --audio-s 18000 --dtypes bfloat16 --baseline \
              --repeats 2 --readers 8 --batch-seconds 1000 --ncpu "$NCPU" ;;
     upload-ab) # the frontend's upload: padded and copied by mx.array (inline, the default)

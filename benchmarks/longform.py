@@ -138,7 +138,9 @@ def main(argv=None):
     ap.add_argument("--vad-networks", default="host",
                     help="comma-separated BATCHASR_VAD_NETWORK values for fsmn-vad's runs: host "
                     "(the default: in every reader), device (served from one process on the "
-                    "accelerator), auto (served where the model is on a GPU)")
+                    "accelerator), thread (served from a thread of the run's process; every "
+                    "arm then runs with MLX_ENABLE_TF32=0), auto (served where the model is on "
+                    "a GPU)")
     ap.add_argument("--workdir", default="/tmp/batchasr-longform")
     ap.add_argument("--baseline", action="store_true", help="also time the official funasr")
     ap.add_argument("--baseline-python", default=sys.executable)
@@ -164,6 +166,9 @@ def main(argv=None):
         if not (model_dir / "model.pt").exists():
             subprocess.run([args.baseline_python, str(ROOT / "benchmarks" / "baseline_funasr.py"),
                             "make-paraformer", str(model_dir)], check=True)
+    networks = [n.strip() for n in args.vad_networks.split(",") if n.strip()]
+    if "thread" in networks:  # read by MLX at its first float32 GEMM: the same for every arm
+        os.environ["MLX_ENABLE_TF32"] = "0"
     vads = [v.strip() for v in args.vads.split(",") if v.strip()]
     if "fsmn" in vads and args.fsmn_vad is None:
         ap.error("--vads fsmn needs --fsmn-vad <the published fsmn-vad folder>")
@@ -175,7 +180,6 @@ def main(argv=None):
     command = "python benchmarks/" + " ".join([Path(sys.argv[0]).name] + sys.argv[1:])
     records = []
     placements = [p.strip() for p in args.vad_placements.split(",") if p.strip()]
-    networks = [n.strip() for n in args.vad_networks.split(",") if n.strip()]
     runs = [(vad, placement, network) for placement in placements for vad in vads
             for network in (networks if vad == "fsmn" else networks[:1])]
     for vad, placement, network in runs:
@@ -186,7 +190,7 @@ def main(argv=None):
         spec = str(args.fsmn_vad) if vad == "fsmn" else vad
         r = run_batchasr(asr, manifest, spec, args)
         r.update(vad_placement=placement, vad_in_reader_processes=vad_in_reader_processes(),
-                 vad_network=("device" if vad_network.wanted(spec) else "host"))
+                 vad_network=(network if vad_network.wanted(spec) else "host"))
         r.update(metric=f"rtfx_longform_{vad}", date=date, machine=machine(),
                  model="paraformer-large (random weights)", dtype=args.dtype,
                  batch_seconds=args.batch_seconds, readers=args.readers, command=command,

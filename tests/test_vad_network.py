@@ -19,7 +19,7 @@ from batchasr.audio.cut import CutOptions, iter_pieces
 from batchasr.models.blocks.kaldi_fbank import LFRFrames
 from batchasr.models.loader import load_model, load_vad
 from batchasr.queue.lock import pid_alive
-from batchasr.runner import vad_network
+from batchasr.runner import vad_network, vad_server
 from batchasr.runner.read_processes import Cut, ReadProcesses
 
 from test_reader_processes import run_rows
@@ -218,3 +218,97 @@ def test_the_run_leaves_the_server_room_on_their_gpu_once(monkeypatch):
     finally:
         mx.set_memory_limit(before_memory)
         mx.set_cache_limit(before_cache)
+
+
+# ---- the server as a thread of the run's process (BATCHASR_VAD_NETWORK=thread) ---------------
+
+@pytest.fixture
+def thread_network(monkeypatch):
+    monkeypatch.setenv("BATCHASR_VAD_NETWORK", "thread")
+
+
+def test_readers_cut_the_same_pieces_with_the_network_in_a_thread(tmp_path, thread_network):
+    folder = long_files(tmp_path / "audio", n=2, seconds=130).parent
+    cut = CutOptions(vad=load_vad(FSMN), max_segment_s=10, max_window_s=12)
+    assert vad_network.wanted(str(FSMN))
+    procs = ReadProcesses(2, cut, str(FSMN))
+    server = procs._network
+    assert server.proc is None and server.thread.is_alive()
+    assert server.wait_ready(60)
+    try:
+        for name in ("talk0.wav", "talk1.wav"):
+            same_pieces(list(procs.read(str(folder / name))), pieces_in_process(folder / name, cut))
+        chunks, batches = server.served()
+        assert chunks >= 6 and 1 <= batches <= chunks
+    finally:
+        procs.close()
+    assert not server.thread.is_alive() and not os.path.exists(server.dir)
+
+
+def test_a_run_gives_the_same_rows_with_the_network_in_a_thread(tmp_path, monkeypatch):
+    asr = load_model(MODEL)
+    manifest = long_files(tmp_path / "audio")
+    host, _ = run_rows(tmp_path, "host", manifest, asr, vad=str(FSMN), max_segment_s=10,
+                       reader_processes=2, vad_in_readers=True)
+    monkeypatch.setenv("BATCHASR_VAD_NETWORK", "thread")
+    served, s = run_rows(tmp_path, "thread", manifest, asr, vad=str(FSMN), max_segment_s=10,
+                         reader_processes=2, vad_in_readers=True)
+    assert served == host and s.reader_processes == 2
+
+
+def test_a_thread_that_fails_mid_run_changes_no_piece(tmp_path, thread_network, monkeypatch):
+    answer = vad_server.Server.answer
+    answered = []
+
+    def fail_after_two(self, batch):
+        if len(answered) >= 2:
+            raise RuntimeError("the device is gone")
+        answered.append(len(batch))
+        answer(self, batch)
+
+    monkeypatch.setattr(vad_server.Server, "answer", fail_after_two)
+    folder = long_files(tmp_path / "audio", n=1, seconds=250).parent  # 5 chunks
+    cut = CutOptions(vad=load_vad(FSMN), max_segment_s=10, max_window_s=12)
+    procs = ReadProcesses(1, cut, str(FSMN))
+    server = procs._network
+    assert server.wait_ready(60)
+    try:
+        same_pieces(list(procs.read(str(folder / "talk0.wav"))),
+                    pieces_in_process(folder / "talk0.wav", cut))
+        assert len(answered) == 2 and not server.alive()  # the reader went on by itself
+    finally:
+        procs.close()
+    assert not os.path.exists(server.dir)
+
+
+def test_a_thread_serves_nothing_where_float32_gemms_are_not_exact(tmp_path, thread_network,
+                                                                    monkeypatch):
+    assert vad_server.tf32_off()  # the CPU's float32 GEMMs are float32's
+    monkeypatch.setattr(vad_server, "tf32_off", lambda: False)  # as with TF32 on a GPU
+    server = vad_network.NetworkServer(str(FSMN))
+    try:
+        assert not server.wait_ready(30)  # readers compute the network themselves
+        server.thread.join(30)
+        assert not server.thread.is_alive() and not os.path.exists(server.address)
+    finally:
+        server.close()
+
+
+def test_a_killed_runs_socket_folder_is_removed_by_the_next(tmp_path, monkeypatch):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    orphan, mine, alive = (tmp_path / f"{vad_network.PREFIX}{n}" for n in ("a", "b", "c"))
+    for folder, owner in ((orphan, dead.pid), (mine, os.getpid()), (alive, os.getppid())):
+        folder.mkdir()
+        (folder / "owner").write_text(str(owner))
+    making = tmp_path / f"{vad_network.PREFIX}d"  # no owner yet
+    making.mkdir()
+    monkeypatch.setenv("BATCHASR_VAD_NETWORK", "thread")
+    monkeypatch.setattr(vad_server, "tf32_off", lambda: False)  # no need to load anything
+    server = vad_network.NetworkServer(str(FSMN))
+    server.close()
+    assert not orphan.exists() and mine.exists() and alive.exists() and making.exists()
+    assert str(tmp_path) in server.dir and not os.path.exists(server.dir)

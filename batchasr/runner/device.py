@@ -10,6 +10,10 @@ import mlx.core as mx
 
 def setup_device(device: str = "auto") -> mx.Device:
     """'auto' keeps MLX's default (the GPU when this MLX build has one), 'cpu' or 'gpu' force it."""
+    if os.environ.get("BATCHASR_VAD_NETWORK") == "thread":
+        # fsmn-vad's network served by a thread of this process needs exact float32 GEMMs;
+        # MLX reads this once, at the process's first float32 GEMM (runner.vad_network)
+        os.environ.setdefault("MLX_ENABLE_TF32", "0")
     if device == "cpu":
         mx.set_default_device(mx.cpu)
     elif device == "gpu":
