@@ -96,6 +96,7 @@ def run_batchasr(asr, manifest: Path, vad: str, args) -> dict:
                               write_thread=round(s.write_s, 3)),
                 batches=s.batches, padding=round(s.padding, 3),
                 reader_processes=s.reader_processes, gpu_busy_percent=gpu_busy,
+                vad_network_chunks=s.vad_network_chunks,
                 peak_memory_gb=round(mx.get_peak_memory() / 1e9, 3),
                 peak_rss_gb=round(peak_rss_gb(), 3))
 

@@ -254,6 +254,7 @@ def test_a_run_gives_the_same_rows_with_the_network_in_a_thread(tmp_path, monkey
     served, s = run_rows(tmp_path, "thread", manifest, asr, vad=str(FSMN), max_segment_s=10,
                          reader_processes=2, vad_in_readers=True)
     assert served == host and s.reader_processes == 2
+    assert s.vad_network_chunks > 0 and "fsmn-vad's network served" in str(s)
 
 
 def test_a_thread_that_fails_mid_run_changes_no_piece(tmp_path, thread_network, monkeypatch):

@@ -272,6 +272,7 @@ class Runner:
             if self.read_processes is not None:
                 s.decode_s += self.read_processes.busy_s
                 s.reader_processes = self.read_processes.processes
+                s.vad_network_chunks = self.read_processes.network_chunks
             s.write_s = self.completion.writer.write_s
             s.model_s, s.batches = m.model_s, m.batches
             s.vad_processes_s = self.vad_pool.busy_s if self.vad_pool is not None else 0.0

@@ -179,6 +179,7 @@ class RunSummary:
     padding: float = 0.0  # share of the batches' padded size that was padding
     vad_s: float = 0.0  # the main thread in the VAD
     vad_processes_s: float = 0.0  # CPU seconds of the VAD processes (summed)
+    vad_network_chunks: int = 0  # readers' chunks whose fsmn-vad network was served (opt-in)
     punc_s: float = 0.0  # the main thread putting items together and punctuating them
     segments_reused: int = 0  # segments of long files found saved by an earlier run
     model_audio_s: float = 0.0  # audio sent to the model (VAD segments or windows)
@@ -218,6 +219,8 @@ class RunSummary:
                  f"{self.padding:.0%} padding")
         if self.segments_reused:
             times += f"; {self.segments_reused} saved segment(s) reused"
+        if self.vad_network_chunks:
+            times += f"; fsmn-vad's network served {self.vad_network_chunks} chunk(s)"
         left = self.remaining.get("pending", 0) + self.remaining.get("running", 0)
         stop = f"\n{stop_line(left)}" if self.stopped and left else ""
         if self.workers > 1:

@@ -159,7 +159,7 @@ def run_workers(job_dir: str | os.PathLike, lock, *, devices: list[str | None],
     for s in summaries:
         for f in ("done", "failed", "audio_s", "decode_s", "wait_s", "model_s", "write_s",
                   "batches", "taken_over", "vad_s", "punc_s", "segments_reused",
-                  "model_audio_s"):
+                  "model_audio_s", "vad_network_chunks"):
             setattr(total, f, getattr(total, f) + s[f])
         total.padding += s["padding"] * s["batches"]
         total.stopped = total.stopped or s["stopped"]

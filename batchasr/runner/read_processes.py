@@ -302,6 +302,7 @@ class ReadProcesses:
         self.busy_s = 0.0  # CPU seconds the processes spent reading, summed
         # fsmn-vad's network on the device for every reader (opt-in, runner.vad_network)
         self._network = None
+        self.network_chunks = 0  # chunks the served network answered (counted at close)
         if vad_network.wanted(self.vad_spec):
             with _SPAWN_LOCK:  # not the environment a reader's start changes for a moment
                 environ = dict(os.environ)
@@ -379,6 +380,7 @@ class ReadProcesses:
         for slot in slots:
             slot.close()
         if network is not None:
+            self.network_chunks = network.served()[0]
             network.close()
 
     # ---- reading a file -------------------------------------------------------------------
