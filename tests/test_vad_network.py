@@ -126,15 +126,24 @@ def test_the_server_answers_no_stranger(tmp_path):
     assert not os.path.exists(server.dir)
 
 
-def test_a_run_gives_the_same_rows_with_the_network_on_the_device(tmp_path, monkeypatch):
+@pytest.mark.parametrize("mode", ["device", "thread"])  # a process of its own, or a thread
+def test_a_run_gives_the_same_rows_with_the_network_served(tmp_path, monkeypatch, mode):
     asr = load_model(MODEL)
     manifest = long_files(tmp_path / "audio")
     host, _ = run_rows(tmp_path, "host", manifest, asr, vad=str(FSMN), max_segment_s=10,
                        reader_processes=2, vad_in_readers=True)
-    monkeypatch.setenv("BATCHASR_VAD_NETWORK", "device")
-    device, s = run_rows(tmp_path, "device", manifest, asr, vad=str(FSMN), max_segment_s=10,
+    monkeypatch.setenv("BATCHASR_VAD_NETWORK", mode)
+    start = vad_network.NetworkServer.__init__
+
+    def start_and_wait(self, *args, **kwargs):  # so that the server answers every chunk
+        start(self, *args, **kwargs)
+        assert self.wait_ready(60)
+
+    monkeypatch.setattr(vad_network.NetworkServer, "__init__", start_and_wait)
+    served, s = run_rows(tmp_path, mode, manifest, asr, vad=str(FSMN), max_segment_s=10,
                          reader_processes=2, vad_in_readers=True)
-    assert device == host and s.reader_processes == 2
+    assert served == host and s.reader_processes == 2
+    assert s.vad_network_chunks >= 6 and "fsmn-vad's network served" in str(s)
 
 
 def test_the_server_dies_with_the_run_and_leaves_no_folder(tmp_path):
@@ -243,18 +252,6 @@ def test_readers_cut_the_same_pieces_with_the_network_in_a_thread(tmp_path, thre
     finally:
         procs.close()
     assert not server.thread.is_alive() and not os.path.exists(server.dir)
-
-
-def test_a_run_gives_the_same_rows_with_the_network_in_a_thread(tmp_path, monkeypatch):
-    asr = load_model(MODEL)
-    manifest = long_files(tmp_path / "audio")
-    host, _ = run_rows(tmp_path, "host", manifest, asr, vad=str(FSMN), max_segment_s=10,
-                       reader_processes=2, vad_in_readers=True)
-    monkeypatch.setenv("BATCHASR_VAD_NETWORK", "thread")
-    served, s = run_rows(tmp_path, "thread", manifest, asr, vad=str(FSMN), max_segment_s=10,
-                         reader_processes=2, vad_in_readers=True)
-    assert served == host and s.reader_processes == 2
-    assert s.vad_network_chunks > 0 and "fsmn-vad's network served" in str(s)
 
 
 def test_a_thread_that_fails_mid_run_changes_no_piece(tmp_path, thread_network, monkeypatch):
