@@ -45,6 +45,7 @@ from batchasr.runner.vad_server import HEADER, KEY_VAR, MAGIC, serve_here, write
 logger = logging.getLogger("batchasr.worker")
 
 ADDRESS_VAR = "BATCHASR_VAD_NETWORK_ADDRESS"
+PREFIX = "batchasr-vadnet-"  # the socket folders' names, in the temp folder
 REPLY_WAIT_S = 120.0  # for a reply, before a reader gives up on the server
 # what the run's own process leaves to the server on their GPU: the server's limit, its CUDA
 # context and the kernels' workspaces
@@ -147,9 +148,6 @@ class NetworkServer:
                 self.proc.kill()
             self.proc.wait()
         shutil.rmtree(self.dir, ignore_errors=True)
-
-
-PREFIX = "batchasr-vadnet-"
 
 
 def _remove_orphans() -> None:
