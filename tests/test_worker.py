@@ -468,28 +468,57 @@ def test_a_subtitle_problem_does_not_fail_the_item(tmp_path, fake_model, monkeyp
 
 
 def test_bounded_prefetch_with_many_long_files(tmp_path, monkeypatch):
-    # 4 files of 40 s in 5 s windows, a 10 s buffer and a slow model: readers must wait for
-    # the model instead of decoding everything up front; every window arrives in order.
+    # 4 files of 40 s in 5 s windows, a 10 s buffer, a 10 s pool and a slow model: readers
+    # must wait for the model instead of decoding everything up front (the buffer may take
+    # what the pool lacks, so pool and buffer together hold at most 20 s and one window);
+    # every window arrives in order.
     from batchasr.runner import threads
-    peak = [0]
-    real_put = threads.Prefetch.put
+    from batchasr.runner.stages import pool as pool_stage
+    peak, pools = [0], []
+    real_put, real_init = threads.Prefetch.put, pool_stage.Pool.__init__
+
+    def init(self, **kw):
+        real_init(self, **kw)
+        pools.append(self)
 
     def put(self, msg, samples=0, abandon=lambda: False):
         ok = real_put(self, msg, samples, abandon)
-        peak[0] = max(peak[0], self._samples)
+        peak[0] = max(peak[0], self._samples + pools[0].samples)
         return ok
 
     monkeypatch.setattr(threads.Prefetch, "put", put)
+    monkeypatch.setattr(pool_stage.Pool, "__init__", init)
     model = FakeModel(delay_s=0.01)
     job = make_job(tmp_path, [40.0] * 4)
     s = run_job(job, model, batch_seconds=10.0, max_window_s=5.0, progress=False,
                 prefetch_seconds=10.0, pool_seconds=10.0)
     assert s.done == 4 and len(model.seen) == 32
-    assert 0 < peak[0] <= 10 * 16000
+    assert 10 * 16000 < peak[0] <= 25 * 16000
     with JobQueue(job) as q:
         for it in q.items():
             [row] = [r for r in parquet.read_part(job, it.part).to_pylist() if r["id"] == it.id]
             assert [t["start_s"] for t in row["tokens"]] == [5.0 * k for k in range(8)]
+
+
+def test_readers_fill_the_pool_while_the_model_works(tmp_path, monkeypatch):
+    # The buffer takes what the sorting pool lacks besides the prefetch, so a job's second
+    # batch is cut from a full pool (the prefetch alone let the pool grow one batch per
+    # batch run: the first batches came from a part-filled pool, one CPU lane at a time).
+    from batchasr.runner.stages import pool as pool_stage
+    seen = []
+    real_next = pool_stage.Pool.next_batch
+
+    def next_batch(self):
+        seen.append(self.samples)
+        return real_next(self)
+
+    monkeypatch.setattr(pool_stage.Pool, "next_batch", next_batch)
+    model = FakeModel(delay_s=0.1)
+    job = make_job(tmp_path, [2.0] * 40)
+    s = run_job(job, model, batch_seconds=4.0, progress=False, readers=2,
+                reader_processes=0, prefetch_seconds=8.0, pool_seconds=40.0)
+    assert s.done == 40
+    assert seen[0] < 40 * 16000 <= max(seen[1:3])  # an idle start, then the pool whole
 
 
 # ---- models that keep a batch in flight (submit/result, as Paraformer) ---------------------

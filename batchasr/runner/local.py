@@ -295,7 +295,9 @@ class Runner:
         self.feed.step()
         self.completion.write_ready()
         if self.pool and (self.pool.full or not self.feed.more_coming() or self._idle_start()):
-            self.model.step(self.pool.next_batch())
+            batch = self.pool.next_batch()
+            self.feed.open_room()  # the readers refill it while the model works
+            self.model.step(batch)
             self.completion.flush()
             return True
         if self.model.busy:  # no batch to start now: nothing to overlap with

@@ -104,8 +104,9 @@ class RunOptions:
     # Whether those processes run the VAD too (None: unless MLX runs on CUDA, see
     # runner.device.vad_in_reader_processes); if not, the main thread runs it.
     vad_in_readers: bool | None = None
-    # Pipeline. Readers decode ahead into a buffer of prefetch_seconds (default 2 batches);
-    # the main thread sorts a pool of pool_seconds (default POOL_BATCHES) into batches.
+    # Pipeline. Readers decode ahead into a buffer of prefetch_seconds (default 2 batches)
+    # plus what the pool lacks; the main thread sorts a pool of pool_seconds (default
+    # POOL_BATCHES) into batches. Pool and buffer hold at most the two sizes together.
     readers: int = 2
     prefetch_seconds: float | None = None
     pool_seconds: float | None = None

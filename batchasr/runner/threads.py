@@ -41,6 +41,12 @@ class Prefetch:
             self._cv.notify_all()
             return True
 
+    def set_limit(self, max_samples: int) -> None:
+        """A new bound (waiting readers re-check it at once)."""
+        with self._cv:
+            self.max_samples = max_samples
+            self._cv.notify_all()
+
     def get(self, timeout: float = 0.0) -> tuple | None:
         """The oldest message, waiting up to ``timeout`` seconds; None if there is none."""
         with self._cv:

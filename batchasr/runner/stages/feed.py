@@ -83,8 +83,20 @@ class Feed:
         while not self.pool.full:
             msg = self.buffer.get()
             if msg is None:
-                return
+                break
             self.handle(msg)
+        self.open_room()
+
+    def open_room(self) -> None:
+        """Let the readers decode ahead what the sorting pool lacks, besides the prefetch:
+        while the main thread waits for the model they fill the buffer, and its next step
+        moves that into the pool. With the prefetch alone the pool grew by one batch per
+        batch run, so a job's first batches were cut from a part-filled pool (less well
+        sorted) and, on a CPU, ran one lane at a time (the loop starts a batch on a busy
+        model only once the pool is full). Pool and buffer together stay within the pool's
+        target plus the prefetch, as before."""
+        room = max(0, self.pool.target - self.pool.samples)
+        self.buffer.set_limit(self.opts.prefetch_samples + room)
 
     def wait(self) -> None:
         """Wait a little for decoded audio (the model is idle meanwhile)."""
