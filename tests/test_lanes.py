@@ -161,3 +161,38 @@ def test_stable_shapes_give_the_same_results(tmp_path, monkeypatch):
     out = fixture_runs(tmp_path, monkeypatch, "BATCHASR_STABLE_SHAPES", ("0", "1"))
     assert out["0"] == out["1"]
     assert None in quanta and 960 in quanta
+
+
+EXIT_AFTER_LANES = """
+import mlx.core as mx
+import mlx.nn as nn
+from batchasr.runner.stages.lanes import Lanes
+
+lanes = Lanes(2, 2)
+
+def calls(k):
+    def call():  # mlx.nn's activations are mx.compile'd: a compile cache per lane thread
+        x = [mx.ones((n, k)) - 0.5 for n in range(1, 40)]
+        return sum(f(a).sum().item() for a in x for f in (nn.relu, nn.gelu, nn.silu, nn.elu))
+    return call
+
+for k in range(1, 9):
+    lanes.start(None, calls(k))
+    if lanes.full:
+        lanes.next_done()
+while lanes.inflight:
+    lanes.next_done()
+lanes.close()
+"""
+
+
+def test_a_process_may_end_right_after_its_lanes_close():
+    # A lane thread drops its thread-local compile cache after Python's join() returned,
+    # and needs the GIL for it: a process ending at once aborted ("terminate called without
+    # an active exception"), as `batchasr transcribe` did after its last batch, most times.
+    import subprocess
+    import sys
+    for _ in range(3):
+        proc = subprocess.run([sys.executable, "-c", EXIT_AFTER_LANES], capture_output=True,
+                              text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr

@@ -2,12 +2,15 @@
 
 Invariants: :class:`Prefetch` is bounded in samples, not messages, so memory is bounded
 whatever mix of short clips and long windows comes through; :class:`Heartbeat` uses a queue
-connection of its own, so a long model call on the main thread never lets leases lapse.
+connection of its own, so a long model call on the main thread never lets leases lapse;
+:func:`wait_gone` outlasts threads that ran MLX code.
 """
 from __future__ import annotations
 
 import logging
+import os
 import threading
+import time
 from collections import deque
 from pathlib import Path
 
@@ -15,6 +18,22 @@ from batchasr.errors import is_disk_full
 from batchasr.queue.store import JobQueue
 
 logger = logging.getLogger("batchasr.worker")  # the name log lines show (stable)
+
+
+def wait_gone(native_ids: list[int], timeout_s: float = 10.0) -> None:
+    """Wait until these OS threads have ended, not just their Python side (Linux; elsewhere
+    a short pause). A thread that ran an mx.compile'd function (mlx.nn's activations are)
+    drops its thread-local compile cache after Python's join() has returned, and that needs
+    the GIL: if the interpreter is finalizing by then, the thread is unwound inside a
+    noexcept destructor and the process aborts ("terminate called without an active
+    exception"; seen when `batchasr transcribe` exited right after its last batch)."""
+    if not os.path.isdir("/proc/self/task"):
+        time.sleep(0.05)
+        return
+    deadline = time.monotonic() + timeout_s
+    while any(os.path.exists(f"/proc/self/task/{t}") for t in native_ids) \
+            and time.monotonic() < deadline:
+        time.sleep(0.002)  # releases the GIL, which the ending threads need
 
 
 class Prefetch:

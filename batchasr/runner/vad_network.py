@@ -40,6 +40,7 @@ import time
 
 import numpy as np
 
+from batchasr.runner.threads import wait_gone
 from batchasr.runner.vad_server import HEADER, KEY_VAR, MAGIC, serve_here, write_small
 
 logger = logging.getLogger("batchasr.worker")
@@ -143,6 +144,8 @@ class NetworkServer:
             except OSError:
                 pass
             self.thread.join(30)
+            if not self.thread.is_alive():
+                wait_gone([self.thread.native_id])  # its MLX thread-locals freed first
         else:
             if self.proc.poll() is None:
                 self.proc.kill()

@@ -20,6 +20,7 @@ from typing import Any, Callable
 import mlx.core as mx
 
 from batchasr import _blas
+from batchasr.runner.threads import wait_gone
 
 
 def materialize(obj: Any, depth: int = 8) -> None:
@@ -59,6 +60,7 @@ class Lanes:
         self.lock = threading.Lock()
         self.blas_before = _blas.get_threads()  # given back by close()
         self.local = threading.local()
+        self.native_ids: list[int] = []  # the lanes' OS threads (close() waits them out)
         self.pool = ThreadPoolExecutor(n, thread_name_prefix="batchasr-lane",
                                        initializer=self._new_stream)
         self.inflight: collections.deque[tuple[Any, Future]] = collections.deque()
@@ -67,6 +69,8 @@ class Lanes:
         # A stream of its own per lane: MLX runs a stream's ops on one thread, and the
         # threads' default CPU streams are not separate ones.
         self.local.stream = mx.new_stream(mx.default_device())
+        with self.lock:
+            self.native_ids.append(threading.get_native_id())
 
     def _share_blas(self, change: int) -> None:
         # The cores go to the lanes that are busy: all of them to the last one running
@@ -111,5 +115,7 @@ class Lanes:
         """Wait for the calls in flight and stop the threads (MLX's per-thread streams must
         not outlive the interpreter's threads)."""
         self.pool.shutdown(wait=True)
+        wait_gone(self.native_ids)
         if self.blas_before is not None:
             _blas.set_threads(self.blas_before)
+
