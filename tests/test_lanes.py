@@ -196,3 +196,27 @@ def test_a_process_may_end_right_after_its_lanes_close():
         proc = subprocess.run([sys.executable, "-c", EXIT_AFTER_LANES], capture_output=True,
                               text=True, timeout=120)
         assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("lanes", ["1", "2"])
+def test_transcribe_streams_on_lanes_with_the_same_results(tmp_path, monkeypatch, lanes):
+    # `batchasr transcribe` (runner.transcribe) runs its batches on the lanes as `run` does:
+    # two at once on a CPU, each file still whole and in input order.
+    from batchasr.audio.cut import CutOptions
+    from batchasr.runner.transcribe import transcribe_files
+
+    from conftest import write_marked_wav
+    monkeypatch.setenv("BATCHASR_CPU_LANES", lanes)
+    files = [(str(write_marked_wav(tmp_path / f"f{i}.wav", d, i + 1)), None)
+             for i, d in enumerate([1.0, 7.5, 2.0, 3.5, 1.5, 9.0, 2.5, 4.0])]
+    model = CountingFake()
+    cut = CutOptions(vad=None, max_window_s=3.0, max_segment_s=3.0)
+    got = list(transcribe_files(model, iter(files), cut, batch_seconds=3.0,
+                                reader_processes=0))
+    assert [r.path for r in got] == [f for f, _ in files]
+    assert all(r.error is None for r in got)
+    texts = [[s.text for s in r.transcript.segments] for r in got]
+    marks = [{int(t.split(":")[0][1:]) for t in ts} for ts in texts]
+    assert marks == [{i + 1} for i in range(len(files))]
+    assert sum(model.calls) == sum(len(ts) for ts in texts)
+    assert model.most == int(lanes)

@@ -85,19 +85,22 @@ def transcribe_items(model: ASRModel, items: Sequence[DecodedItem], *, batch_sec
     fails on ``max_failures_in_a_row`` pieces in a row.
     """
     sink = _ItemsSink(items)
-    stage = ModelStage(model, sink, max_failures_in_a_row=max_failures_in_a_row, run=run,
-                       pipelined=False)
+    stage = _stage(model, sink, max_failures_in_a_row, run)
     names = getattr(model, "item_options", ())
     pieces = [Piece(k, j, *it.windows[j], it.item.get("language"), 0, None,
                     item_options(names, it.item.get("extra")))
               for k, it in enumerate(items) if it.error is None for j in range(len(it.windows))]
     quantum = _quantum(model)
-    for options in dict.fromkeys(p.options for p in pieces):  # one batch, one set of options
-        alike = [p for p in pieces if p.options == options]
-        for batch in batch_plan([len(p.audio) for p in alike], batch_seconds=batch_seconds,
-                                padded_seconds=padded_seconds, max_items=max_items,
-                                quantum=quantum):
-            stage.step([alike[i] for i in batch])
+    try:
+        for options in dict.fromkeys(p.options for p in pieces):  # a batch, one set of options
+            alike = [p for p in pieces if p.options == options]
+            for batch in batch_plan([len(p.audio) for p in alike], batch_seconds=batch_seconds,
+                                    padded_seconds=padded_seconds, max_items=max_items,
+                                    quantum=quantum):
+                stage.step([alike[i] for i in batch])
+        stage.shutdown()  # the batches still in flight
+    finally:
+        stage.close()
     done = [k for k in range(len(items)) if sink.errors[k] is None]
     outs = dict(zip(done, assemble_finished(model, [list(sink.got[k].values()) for k in done],
                                             punctuator)))
@@ -301,6 +304,17 @@ def _read_pieces(events, read: dict, cut: CutOptions):
         events.close()  # left early: the rest of the file is dropped
 
 
+def _stage(model: ASRModel, sink, max_failures_in_a_row: int,
+           run: RunBatch | None) -> ModelStage:
+    """The model stage as the local worker runs it: a batch in flight while the host
+    finishes the one before (the model's ``submit``), or on a CPU that many batches at once
+    (``runner.device.cpu_lanes``). A ``run`` given by the caller is called plainly."""
+    from batchasr.runner.device import cpu_lanes
+
+    return ModelStage(model, sink, max_failures_in_a_row=max_failures_in_a_row, run=run,
+                      pipelined=None if run is None else False, lanes=cpu_lanes())
+
+
 def _quantum(model: ASRModel) -> int | None:
     """The stable-shape quantum (runner.device, imported here: it imports MLX)."""
     from batchasr.runner.device import stable_shapes_quantum
@@ -315,8 +329,18 @@ def _transcribe_files(model: ASRModel, files, cut: CutOptions, *, batch_seconds:
     pool = Pool(batch_seconds=batch_seconds, max_items=max_items, arrival_order=True,
                 target=pool_samples(pool_seconds, batch_seconds, STREAM_POOL_BATCHES),
                 quantum=_quantum(model))
-    stage = ModelStage(model, _FilesSink(pool), max_failures_in_a_row=max_failures_in_a_row,
-                       run=run, pipelined=False)
+    stage = _stage(model, _FilesSink(pool), max_failures_in_a_row, run)
+    try:
+        yield from _stream(model, files, cut, pool, stage, punctuator, stats, vad_pool,
+                           readers)
+    finally:
+        stage.close()
+
+
+def _stream(model: ASRModel, files, cut: CutOptions, pool: Pool, stage: ModelStage, punctuator,
+            stats: dict | None, vad_pool: VADPool | None, readers: ReadAhead | None):
+    """The loop of :func:`_transcribe_files`: pieces of the files in input order into the
+    pool, a batch whenever it is full, each file yielded once all its pieces are back."""
     pending: dict[int, _StreamedFile] = {}  # read or being read, not yet yielded
     state = {"next": 0}
     if stats is not None:
@@ -392,6 +416,7 @@ def _transcribe_files(model: ASRModel, files, cut: CutOptions, *, batch_seconds:
     while pool:
         run_batch()
         yield from finished()
+    stage.shutdown()  # the batches still in flight
     yield from finished()
 
 
