@@ -220,3 +220,31 @@ def test_transcribe_streams_on_lanes_with_the_same_results(tmp_path, monkeypatch
     assert marks == [{i + 1} for i in range(len(files))]
     assert sum(model.calls) == sum(len(ts) for ts in texts)
     assert model.most == int(lanes)
+
+
+def test_runs_in_one_process_reuse_the_lane_threads():
+    # MLX never frees a stream and each CPU stream keeps an OS thread: lanes made anew for
+    # every run (a Ray actor makes one per block) would add threads without end.
+    import os
+    import mlx.core as mx
+    if not os.path.isdir("/proc/self/task"):
+        pytest.skip("counts threads through /proc")
+
+    def threads() -> int:
+        return len(os.listdir("/proc/self/task"))
+
+    def one_run():
+        lanes = Lanes(2, 2)
+        for _ in range(4):
+            lanes.start(None, lambda: mx.eval(mx.ones((8, 8)) @ mx.ones((8, 8))))
+            if lanes.full:
+                lanes.next_done()
+        while lanes.inflight:
+            lanes.next_done()
+        lanes.close()
+
+    one_run()
+    before = threads()
+    for _ in range(10):
+        one_run()
+    assert threads() <= before

@@ -12,7 +12,9 @@ long one), so lanes change when results come back, never what they are.
 """
 from __future__ import annotations
 
+import atexit
 import collections
+import os
 import threading
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any, Callable
@@ -50,27 +52,79 @@ def materialize(obj: Any, depth: int = 8) -> None:
     mx.eval(found)
 
 
+class _LaneThreads:
+    """The process's lane threads, made once and reused by every run in it. MLX never
+    frees a stream, each CPU stream keeps an OS thread of its own, and a stream serves only
+    the thread that made it: new lane threads per run (a Ray actor runs one per block)
+    would add streams and threads without end. At exit the threads are waited out until
+    the OS has ended them (``runner.threads.wait_gone``)."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.pool: ThreadPoolExecutor | None = None
+        self.size = 0
+        self.native_ids: list[int] = []
+        self.local = threading.local()  # each lane thread's streams, by device
+
+    def executor(self, n: int) -> ThreadPoolExecutor:
+        """A pool of at least ``n`` lane threads."""
+        with self.lock:
+            old = None
+            if self.pool is None or self.size < n:
+                old, old_ids = self.pool, self.native_ids
+                self.pool, self.size, self.native_ids = ThreadPoolExecutor(
+                    n, thread_name_prefix="batchasr-lane", initializer=self._started), n, []
+            pool = self.pool
+        if old is not None:
+            old.shutdown(wait=True)
+            wait_gone(old_ids)
+        return pool
+
+    def _started(self) -> None:
+        with self.lock:
+            self.native_ids.append(threading.get_native_id())
+
+    def stream(self):
+        """This lane thread's MLX stream on the default device (a stream of its own: MLX
+        runs a stream's ops on one thread, and threads' default CPU streams are not
+        separate ones)."""
+        streams = self.local.__dict__.setdefault("streams", {})
+        device = mx.default_device()
+        if str(device) not in streams:
+            streams[str(device)] = mx.new_stream(device)
+        return streams[str(device)]
+
+    def end(self) -> None:
+        with self.lock:
+            pool, ids, self.pool, self.size, self.native_ids = self.pool, self.native_ids, None, 0, []
+        if pool is not None:
+            pool.shutdown(wait=True)
+            wait_gone(ids)
+
+    def forget(self) -> None:  # in a forked child: the parent's threads are not there
+        self.lock = threading.Lock()
+        self.pool, self.size, self.native_ids = None, 0, []
+        self.local = threading.local()
+
+
+LANE_THREADS = _LaneThreads()
+atexit.register(LANE_THREADS.end)  # after Python's join of the pool's threads
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=LANE_THREADS.forget)
+
+
 class Lanes:
     """``n`` threads running model calls; at most ``n`` batches in flight (the caller takes
-    a finished one before it gives another)."""
+    a finished one before it gives another). The threads are the process's
+    (:data:`LANE_THREADS`)."""
 
     def __init__(self, n: int, cores: int):
         self.n, self.cores = n, cores
         self.running = 0
         self.lock = threading.Lock()
         self.blas_before = _blas.get_threads()  # given back by close()
-        self.local = threading.local()
-        self.native_ids: list[int] = []  # the lanes' OS threads (close() waits them out)
-        self.pool = ThreadPoolExecutor(n, thread_name_prefix="batchasr-lane",
-                                       initializer=self._new_stream)
+        self.pool = LANE_THREADS.executor(n)
         self.inflight: collections.deque[tuple[Any, Future]] = collections.deque()
-
-    def _new_stream(self) -> None:
-        # A stream of its own per lane: MLX runs a stream's ops on one thread, and the
-        # threads' default CPU streams are not separate ones.
-        self.local.stream = mx.new_stream(mx.default_device())
-        with self.lock:
-            self.native_ids.append(threading.get_native_id())
 
     def _share_blas(self, change: int) -> None:
         # The cores go to the lanes that are busy: all of them to the last one running
@@ -84,7 +138,7 @@ class Lanes:
     def _run(self, call: Callable[[], Any]) -> Any:
         self._share_blas(+1)
         try:
-            with mx.stream(self.local.stream):
+            with mx.stream(LANE_THREADS.stream()):
                 return call()
         finally:
             self._share_blas(-1)
@@ -112,10 +166,8 @@ class Lanes:
         return [tag for tag, _ in list(self.inflight)]  # one C call: safe from other threads
 
     def close(self) -> None:
-        """Wait for the calls in flight and stop the threads (MLX's per-thread streams must
-        not outlive the interpreter's threads)."""
-        self.pool.shutdown(wait=True)
-        wait_gone(self.native_ids)
+        """Wait for the calls in flight (take their results first: shutdown()) and give the
+        BLAS its threads back. The lane threads stay for the process's next run."""
+        wait([f for _, f in self.inflight])
         if self.blas_before is not None:
             _blas.set_threads(self.blas_before)
-
