@@ -15,8 +15,10 @@ from __future__ import annotations
 import atexit
 import collections
 import os
+import queue
 import threading
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from typing import Any, Callable
 
 import mlx.core as mx
@@ -53,36 +55,54 @@ def materialize(obj: Any, depth: int = 8) -> None:
 
 
 class _LaneThreads:
-    """The process's lane threads, made once and reused by every run in it. MLX never
+    """The process's lane threads, made once and reused by every run in it: MLX never
     frees a stream, each CPU stream keeps an OS thread of its own, and a stream serves only
-    the thread that made it: new lane threads per run (a Ray actor runs one per block)
-    would add streams and threads without end. At exit the threads are waited out until
-    the OS has ended them (``runner.threads.wait_gone``)."""
+    the thread that made it, so new lane threads per run (a Ray actor runs one per block)
+    would add streams and threads without end.
+
+    Daemon threads taking calls from one queue, started before any call is given (a
+    thread started on demand, as ThreadPoolExecutor does, was left unregistered when a
+    second Ctrl-C interrupted the start, and the interpreter then waited for it at exit
+    for ever). At exit (atexit, while the interpreter still runs) they are stopped and
+    waited for until the OS has ended them (``runner.threads.wait_gone``)."""
 
     def __init__(self):
         self.lock = threading.Lock()
-        self.pool: ThreadPoolExecutor | None = None
-        self.size = 0
+        self.calls: queue.SimpleQueue = queue.SimpleQueue()
+        self.threads: list[threading.Thread] = []
         self.native_ids: list[int] = []
         self.local = threading.local()  # each lane thread's streams, by device
 
-    def executor(self, n: int) -> ThreadPoolExecutor:
-        """A pool of at least ``n`` lane threads."""
+    def ensure(self, n: int) -> None:
+        """At least ``n`` lane threads, each started and waiting for calls."""
         with self.lock:
-            old = None
-            if self.pool is None or self.size < n:
-                old, old_ids = self.pool, self.native_ids
-                self.pool, self.size, self.native_ids = ThreadPoolExecutor(
-                    n, thread_name_prefix="batchasr-lane", initializer=self._started), n, []
-            pool = self.pool
-        if old is not None:
-            old.shutdown(wait=True)
-            wait_gone(old_ids)
-        return pool
+            while len(self.threads) < n:
+                started = threading.Event()
+                t = threading.Thread(target=self._serve, args=(started,), daemon=True,
+                                     name=f"batchasr-lane_{len(self.threads)}")
+                t.start()
+                started.wait()
+                self.threads.append(t)
 
-    def _started(self) -> None:
-        with self.lock:
-            self.native_ids.append(threading.get_native_id())
+    def submit(self, call: Callable[[], Any]) -> Future:
+        future: Future = Future()
+        self.calls.put((future, call))
+        return future
+
+    def _serve(self, started: threading.Event) -> None:
+        self.native_ids.append(threading.get_native_id())
+        started.set()
+        while (work := self.calls.get()) is not None:
+            future, call = work
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                result = call()
+            except BaseException as e:
+                future.set_exception(e)
+            else:
+                future.set_result(result)
+            del work, future, call
 
     def stream(self):
         """This lane thread's MLX stream on the default device (a stream of its own: MLX
@@ -94,21 +114,25 @@ class _LaneThreads:
             streams[str(device)] = mx.new_stream(device)
         return streams[str(device)]
 
-    def end(self) -> None:
+    def end(self, timeout_s: float = 10.0) -> None:
+        """Stop the threads once their calls are done (a call still running after
+        ``timeout_s`` is left to the process's end)."""
         with self.lock:
-            pool, ids, self.pool, self.size, self.native_ids = self.pool, self.native_ids, None, 0, []
-        if pool is not None:
-            pool.shutdown(wait=True)
-            wait_gone(ids)
+            threads, ids, self.threads, self.native_ids = self.threads, self.native_ids, [], []
+        for _ in threads:
+            self.calls.put(None)
+        deadline = time.monotonic() + timeout_s
+        for t in threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        wait_gone([i for t, i in zip(threads, ids) if not t.is_alive()],
+                  max(0.0, deadline - time.monotonic()))
 
     def forget(self) -> None:  # in a forked child: the parent's threads are not there
-        self.lock = threading.Lock()
-        self.pool, self.size, self.native_ids = None, 0, []
-        self.local = threading.local()
+        self.__init__()
 
 
 LANE_THREADS = _LaneThreads()
-atexit.register(LANE_THREADS.end)  # after Python's join of the pool's threads
+atexit.register(LANE_THREADS.end)
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=LANE_THREADS.forget)
 
@@ -123,7 +147,7 @@ class Lanes:
         self.running = 0
         self.lock = threading.Lock()
         self.blas_before = _blas.get_threads()  # given back by close()
-        self.pool = LANE_THREADS.executor(n)
+        LANE_THREADS.ensure(n)
         self.inflight: collections.deque[tuple[Any, Future]] = collections.deque()
 
     def _share_blas(self, change: int) -> None:
@@ -144,7 +168,7 @@ class Lanes:
             self._share_blas(-1)
 
     def start(self, tag: Any, call: Callable[[], Any]) -> None:
-        self.inflight.append((tag, self.pool.submit(self._run, call)))
+        self.inflight.append((tag, LANE_THREADS.submit(lambda: self._run(call))))
 
     @property
     def full(self) -> bool:
