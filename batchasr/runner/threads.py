@@ -3,15 +3,20 @@
 Invariants: :class:`Prefetch` is bounded in samples, not messages, so memory is bounded
 whatever mix of short clips and long windows comes through; :class:`Heartbeat` uses a queue
 connection of its own, so a long model call on the main thread never lets leases lapse;
-:func:`wait_gone` outlasts threads that ran MLX code.
+:class:`ServiceThreads` are made once per process and outlasted at exit (:func:`wait_gone`),
+since threads that ran MLX code must end before the interpreter does.
 """
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import queue
 import threading
 import time
 from collections import deque
+from concurrent.futures import Future
+from typing import Any, Callable
 from pathlib import Path
 
 from batchasr.errors import is_disk_full
@@ -34,6 +39,91 @@ def wait_gone(native_ids: list[int], timeout_s: float = 10.0) -> None:
     while any(os.path.exists(f"/proc/self/task/{t}") for t in native_ids) \
             and time.monotonic() < deadline:
         time.sleep(0.002)  # releases the GIL, which the ending threads need
+
+
+class ServiceThreads:
+    """Threads of the process that run MLX calls (CPU lanes, the VAD network's server), made
+    once and reused by every run in it: MLX never frees a stream, each CPU stream keeps an
+    OS thread of its own, and a stream serves only the thread that made it, so new threads
+    per run (a Ray actor runs one per block) would add streams and threads without end.
+
+    Daemon threads taking calls from one queue, each started before any call is given (a
+    thread started on demand, as ThreadPoolExecutor does, was left unregistered when a
+    second Ctrl-C interrupted the start, and the interpreter then waited for it at exit
+    for ever). At exit (atexit, while the interpreter still runs) they are stopped and
+    waited for until the OS has ended them (:func:`wait_gone`); a forked child forgets the
+    parent's."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self._reset()
+        atexit.register(self.end)
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
+        self.lock = threading.Lock()
+        self.calls: queue.SimpleQueue = queue.SimpleQueue()
+        self.threads: list[threading.Thread] = []
+        self.native_ids: list[int] = []
+        self.local = threading.local()  # each thread's MLX streams, by device
+
+    def ensure(self, n: int) -> None:
+        """At least ``n`` threads, each started and waiting for calls."""
+        with self.lock:
+            while len(self.threads) < n:
+                started = threading.Event()
+                t = threading.Thread(target=self._serve, args=(started,), daemon=True,
+                                     name=f"{self.name}_{len(self.threads)}")
+                t.start()
+                started.wait()
+                self.threads.append(t)
+
+    def submit(self, call: Callable[[], Any]) -> Future:
+        """Run ``call`` on the first free thread (call ensure() first)."""
+        future: Future = Future()
+        self.calls.put((future, call))
+        return future
+
+    def _serve(self, started: threading.Event) -> None:
+        self.native_ids.append(threading.get_native_id())
+        started.set()
+        while (work := self.calls.get()) is not None:
+            future, call = work
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                result = call()
+            except BaseException as e:
+                future.set_exception(e)
+            else:
+                future.set_result(result)
+            del work, future, call
+
+    def stream(self):
+        """On one of these threads: its MLX stream on the default device, made once (a
+        stream of its own: MLX runs a stream's ops on one thread, and threads' default CPU
+        streams are not separate ones)."""
+        import mlx.core as mx
+
+        streams = self.local.__dict__.setdefault("streams", {})
+        device = mx.default_device()
+        if str(device) not in streams:
+            streams[str(device)] = mx.new_stream(device)
+        return streams[str(device)]
+
+    def end(self, timeout_s: float = 10.0) -> None:
+        """Stop the threads once their calls are done (a call still running after
+        ``timeout_s`` is left to the process's end)."""
+        with self.lock:
+            threads, ids, self.threads, self.native_ids = self.threads, self.native_ids, [], []
+        for _ in threads:
+            self.calls.put(None)
+        deadline = time.monotonic() + timeout_s
+        for t in threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        wait_gone([i for t, i in zip(threads, ids) if not t.is_alive()],
+                  max(0.0, deadline - time.monotonic()))
 
 
 class Prefetch:

@@ -37,10 +37,11 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import wait
 
 import numpy as np
 
-from batchasr.runner.threads import wait_gone
+from batchasr.runner.threads import ServiceThreads
 from batchasr.runner.vad_server import HEADER, KEY_VAR, MAGIC, serve_here, write_small
 
 logger = logging.getLogger("batchasr.worker")
@@ -51,6 +52,9 @@ REPLY_WAIT_S = 120.0  # for a reply, before a reader gives up on the server
 # what the run's own process leaves to the server on their GPU: the server's limit, its CUDA
 # context and the kernels' workspaces
 SERVER_ROOM = 4 << 30
+# the thread server's thread (BATCHASR_VAD_NETWORK=thread), made once: one MLX stream for
+# every run of the process (runner.threads.ServiceThreads)
+SERVER_THREAD = ServiceThreads("batchasr-vadnet")
 
 
 def wanted(vad_spec: str | None) -> bool:
@@ -92,10 +96,10 @@ class NetworkServer:
 
             self._stop = threading.Event()
             listener = Listener(self.address, family="AF_UNIX", backlog=64, authkey=self.key)
-            self.thread = threading.Thread(target=serve_here, name="batchasr-vadnet",
-                                           args=(vad_spec, listener, self.dir, self._stop),
-                                           daemon=True)
-            self.thread.start()
+            SERVER_THREAD.ensure(1)
+            folder, stop = self.dir, self._stop
+            self.thread = SERVER_THREAD.submit(lambda: serve_here(
+                vad_spec, listener, folder, stop, SERVER_THREAD.stream()))
             return
         leave_gpu_memory(SERVER_ROOM)  # this process shares its GPU with the server
         # this package importable there however this process found it (a script's sys.path)
@@ -132,7 +136,7 @@ class NetworkServer:
 
     def alive(self) -> bool:
         if self.thread is not None:
-            return self.thread.is_alive() and not self._stop.is_set()
+            return not self.thread.done() and not self._stop.is_set()
         return self.proc.poll() is None
 
     def close(self) -> None:
@@ -143,9 +147,7 @@ class NetworkServer:
                     s.connect(self.address)
             except OSError:
                 pass
-            self.thread.join(30)
-            if not self.thread.is_alive():
-                wait_gone([self.thread.native_id])  # its MLX thread-locals freed first
+            wait([self.thread], timeout=30)
         else:
             if self.proc.poll() is None:
                 self.proc.kill()

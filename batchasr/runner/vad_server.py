@@ -47,16 +47,17 @@ def serve(vad_spec: str, address: str, key: bytes, parent: int) -> None:
     Server(vad_spec, listener, os.path.dirname(address)).run()
 
 
-def serve_here(vad_spec: str, listener, folder: str, stop: threading.Event) -> None:
+def serve_here(vad_spec: str, listener, folder: str, stop: threading.Event, stream) -> None:
     """The server as a thread of the run's process (BATCHASR_VAD_NETWORK=thread), on an MLX
     stream of its own: its kernels and the model's then share one CUDA context, where two
-    processes' contexts take turns on the GPU. It serves only where this process's float32
+    processes' contexts take turns on the GPU (``stream``: this thread's, made once for the
+    process, runner.threads.ServiceThreads). It serves only where this process's float32
     GEMMs are exact (TF32 off: ``tf32_off``); if not, or if it fails, it closes the socket
     and the readers compute the network themselves."""
     import mlx.core as mx
 
     try:
-        with mx.stream(mx.new_stream(mx.default_device())):
+        with mx.stream(stream):
             if not tf32_off():
                 logger.warning("fsmn-vad network thread not started: this process's float32 "
                                "GEMMs run as TF32 (set MLX_ENABLE_TF32=0 before MLX starts)")

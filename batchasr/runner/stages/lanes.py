@@ -12,19 +12,15 @@ long one), so lanes change when results come back, never what they are.
 """
 from __future__ import annotations
 
-import atexit
 import collections
-import os
-import queue
 import threading
-import time
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from typing import Any, Callable
 
 import mlx.core as mx
 
 from batchasr import _blas
-from batchasr.runner.threads import wait_gone
+from batchasr.runner.threads import ServiceThreads
 
 
 def materialize(obj: Any, depth: int = 8) -> None:
@@ -54,87 +50,8 @@ def materialize(obj: Any, depth: int = 8) -> None:
     mx.eval(found)
 
 
-class _LaneThreads:
-    """The process's lane threads, made once and reused by every run in it: MLX never
-    frees a stream, each CPU stream keeps an OS thread of its own, and a stream serves only
-    the thread that made it, so new lane threads per run (a Ray actor runs one per block)
-    would add streams and threads without end.
-
-    Daemon threads taking calls from one queue, started before any call is given (a
-    thread started on demand, as ThreadPoolExecutor does, was left unregistered when a
-    second Ctrl-C interrupted the start, and the interpreter then waited for it at exit
-    for ever). At exit (atexit, while the interpreter still runs) they are stopped and
-    waited for until the OS has ended them (``runner.threads.wait_gone``)."""
-
-    def __init__(self):
-        self.lock = threading.Lock()
-        self.calls: queue.SimpleQueue = queue.SimpleQueue()
-        self.threads: list[threading.Thread] = []
-        self.native_ids: list[int] = []
-        self.local = threading.local()  # each lane thread's streams, by device
-
-    def ensure(self, n: int) -> None:
-        """At least ``n`` lane threads, each started and waiting for calls."""
-        with self.lock:
-            while len(self.threads) < n:
-                started = threading.Event()
-                t = threading.Thread(target=self._serve, args=(started,), daemon=True,
-                                     name=f"batchasr-lane_{len(self.threads)}")
-                t.start()
-                started.wait()
-                self.threads.append(t)
-
-    def submit(self, call: Callable[[], Any]) -> Future:
-        future: Future = Future()
-        self.calls.put((future, call))
-        return future
-
-    def _serve(self, started: threading.Event) -> None:
-        self.native_ids.append(threading.get_native_id())
-        started.set()
-        while (work := self.calls.get()) is not None:
-            future, call = work
-            if not future.set_running_or_notify_cancel():
-                continue
-            try:
-                result = call()
-            except BaseException as e:
-                future.set_exception(e)
-            else:
-                future.set_result(result)
-            del work, future, call
-
-    def stream(self):
-        """This lane thread's MLX stream on the default device (a stream of its own: MLX
-        runs a stream's ops on one thread, and threads' default CPU streams are not
-        separate ones)."""
-        streams = self.local.__dict__.setdefault("streams", {})
-        device = mx.default_device()
-        if str(device) not in streams:
-            streams[str(device)] = mx.new_stream(device)
-        return streams[str(device)]
-
-    def end(self, timeout_s: float = 10.0) -> None:
-        """Stop the threads once their calls are done (a call still running after
-        ``timeout_s`` is left to the process's end)."""
-        with self.lock:
-            threads, ids, self.threads, self.native_ids = self.threads, self.native_ids, [], []
-        for _ in threads:
-            self.calls.put(None)
-        deadline = time.monotonic() + timeout_s
-        for t in threads:
-            t.join(max(0.0, deadline - time.monotonic()))
-        wait_gone([i for t, i in zip(threads, ids) if not t.is_alive()],
-                  max(0.0, deadline - time.monotonic()))
-
-    def forget(self) -> None:  # in a forked child: the parent's threads are not there
-        self.__init__()
-
-
-LANE_THREADS = _LaneThreads()
-atexit.register(LANE_THREADS.end)
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=LANE_THREADS.forget)
+# The process's lane threads (runner.threads.ServiceThreads: made once, reused by every run)
+LANE_THREADS = ServiceThreads("batchasr-lane")
 
 
 class Lanes:
