@@ -251,12 +251,33 @@ def test_two_workers_one_killed_mid_batch_the_other_finishes_exactly_once(tmp_pa
     assert summary_of(out)["done"] == len(DURATIONS)  # the doomed one committed nothing
 
 
+def wait_stopped(pid: int, timeout_s: float = 5.0) -> None:
+    """Wait until every thread of ``pid`` is stopped (Linux: state T in /proc; elsewhere a
+    short pause)."""
+    tasks = Path(f"/proc/{pid}/task")
+    if not tasks.is_dir():
+        time.sleep(0.05)
+        return
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        states = []
+        for t in tasks.iterdir():
+            try:
+                states.append((t / "stat").read_text().rsplit(")", 1)[1].split()[0])
+            except (OSError, IndexError):
+                pass  # the thread ended
+        if states and all(st in "tT" for st in states):
+            return
+        time.sleep(0.002)
+
+
 def stop_outside_a_transaction(proc: subprocess.Popen, job: Path, tries: int = 100) -> None:
     """SIGSTOP `proc` at a moment it holds no SQLite write lock. A process frozen inside a
     transaction (its heartbeat renewing leases, say) blocks every writer of the job, which is
     SQLite's nature and not what this test is about."""
     for _ in range(tries):
         proc.send_signal(signal.SIGSTOP)
+        wait_stopped(proc.pid)  # SIGSTOP lands a moment later: a commit may begin meanwhile
         con = sqlite3.connect(job / "queue.db", timeout=0.05, isolation_level=None)
         try:
             con.execute("BEGIN IMMEDIATE")
