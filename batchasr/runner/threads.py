@@ -151,7 +151,10 @@ class Prefetch:
             return True
 
     def set_limit(self, max_samples: int) -> None:
-        """A new bound (waiting readers re-check it at once)."""
+        """A new bound (waiting readers re-check it at once). Called at every step of
+        the main loop: an unchanged bound wakes nobody."""
+        if max_samples == self.max_samples:  # only this (the main) thread sets it
+            return
         with self._cv:
             self.max_samples = max_samples
             self._cv.notify_all()

@@ -308,11 +308,11 @@ def _stage(model: ASRModel, sink, max_failures_in_a_row: int,
            run: RunBatch | None) -> ModelStage:
     """The model stage as the local worker runs it: a batch in flight while the host
     finishes the one before (the model's ``submit``), or on a CPU that many batches at once
-    (``runner.device.cpu_lanes``). A ``run`` given by the caller is called plainly."""
+    (``runner.device.cpu_lanes``)."""
     from batchasr.runner.device import cpu_lanes
 
     return ModelStage(model, sink, max_failures_in_a_row=max_failures_in_a_row, run=run,
-                      pipelined=None if run is None else False, lanes=cpu_lanes())
+                      lanes=cpu_lanes())
 
 
 def _quantum(model: ASRModel) -> int | None:

@@ -122,7 +122,7 @@ class ModelStage:
     """The batch in flight. ``step(batch)`` runs a batch (pipelined: starts it, finishes the
     previous one); ``shutdown()`` finishes the batch in flight. Results go to ``sink``.
     ``run`` replaces the plain model call; ``pipelined`` (default: the model has
-    ``submit``) keeps one batch in flight; ``lanes`` > 1 runs that many batches at once on
+    ``submit`` and no ``run`` is given) keeps one batch in flight; ``lanes`` > 1 runs that many batches at once on
     threads of their own instead (CPUs). Call ``close()`` when done. Times and counts:
     ``model_s``, ``batches``, ``transcribed_s``, ``padding``."""
 
@@ -138,8 +138,9 @@ class ModelStage:
         self.lanes = Lanes(lanes, cpu_cores()) if lanes > 1 else None
         if self.lanes is not None:
             materialize(model)
-        self.pipelined = (callable(getattr(model, "submit", None)) if pipelined is None
-                          else pipelined)
+        # a caller's ``run`` is called as it is: the pipelined path calls the model's submit
+        self.pipelined = (run is None and callable(getattr(model, "submit", None))
+                          if pipelined is None else pipelined)
         self.streak = FailureStreak(max_failures_in_a_row)
         self.crash = crash or (lambda point: None)
         self.slow_s = slow_s
