@@ -221,7 +221,8 @@ def end_to_end_record(s, **extra) -> dict:
     return dict(metric="rtfx_end_to_end", value=round(s.audio_s / s.wall_s, 2),
                 wall_s=round(s.wall_s, 3), stages_s=dict(
                     model=round(s.model_s, 3), waiting_for_audio=round(s.wait_s, 3),
-                    decode_threads=round(s.decode_s, 3), write_thread=round(s.write_s, 3)),
+                    decode_threads=round(s.decode_s, 3), write_thread=round(s.write_s, 3),
+                    first_batch=round(s.first_batch_s, 3), drain=round(s.drain_s, 3)),
                 batches=s.batches, **extra, done=s.done,
                 peak_memory_gb=round(mx.get_peak_memory() / 1e9, 3),
                 peak_rss_gb=round(peak_rss_gb(), 3))

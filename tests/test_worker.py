@@ -69,6 +69,9 @@ def test_all_items_done_exactly_once(tmp_path, fake_model):
     assert items["item3"].duration_s == pytest.approx(2.5)
     assert s.audio_s == pytest.approx(sum(DURATIONS))
     assert s.model_s > 0 and s.batches == len(fake_model.calls) and s.wall_s >= s.model_s
+    # the run's start before its first batch and its end after the last, within its wall
+    assert 0 < s.first_batch_s and 0 < s.drain_s
+    assert s.first_batch_s + s.model_s + s.drain_s <= s.wall_s
     # subtitles per item, named by the item id
     assert len(list((job / "subtitles").glob("*.srt"))) == len(DURATIONS)
     # a second run finds nothing to do and transcribes nothing again

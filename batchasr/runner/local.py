@@ -260,6 +260,7 @@ class Runner:
         finally:
             # Normal end, Ctrl-C, or an error: stop the readers, let the writer finish what
             # it was given, and hand every item not written back to pending.
+            loop_end = time.perf_counter()
             self.model.close()
             self.feed.shutdown()
             self.completion.shutdown()
@@ -267,7 +268,10 @@ class Runner:
             heartbeat.close()
             self.progress.shutdown()
             s, m = self.summary, self.model
-            s.wall_s = time.perf_counter() - t0
+            end = time.perf_counter()
+            s.wall_s = end - t0
+            s.drain_s = end - loop_end
+            s.first_batch_s = (m.first_batch_at - t0) if m.first_batch_at is not None else 0.0
             s.decode_s = self.feed.decode_s
             if self.read_processes is not None:
                 s.decode_s += self.read_processes.busy_s

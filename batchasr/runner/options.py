@@ -175,6 +175,8 @@ class RunSummary:
     reader_processes: int = 0  # reader processes that did the decoding (0: threads)
     wait_s: float = 0.0  # the main thread waiting for decoded audio: the model idle on I/O
     model_s: float = 0.0
+    first_batch_s: float = 0.0  # from the run's start to its first batch sent to the model
+    drain_s: float = 0.0  # from the model's last batch to the run's end (readers, writer drained)
     write_s: float = 0.0  # parts, subtitles, queue commits (on the writer thread)
     batches: int = 0
     padding: float = 0.0  # share of the batches' padded size that was padding

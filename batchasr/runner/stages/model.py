@@ -147,6 +147,7 @@ class ModelStage:
         self.inflight: tuple[list, Any] | None = None  # (pieces, pending or its exception)
         self.current: list = []  # the batch being started or run on the main thread
         self.model_s = 0.0
+        self.first_batch_at: float | None = None  # perf_counter() when the first batch came
         self.batches = 0
         self.transcribed_s = 0.0
         self.padded = self.useful = 0  # samples in batches once padded / of real audio
@@ -172,6 +173,8 @@ class ModelStage:
         batch = [p for p in batch if not self.sink.is_failed(p)]
         if not batch:
             return
+        if self.first_batch_at is None:
+            self.first_batch_at = time.perf_counter()
         self.crash("batch")
         waves, langs = [p.audio for p in batch], [p.language for p in batch]
         options = dict(getattr(batch[0], "options", ()))  # a batch's pieces share them
