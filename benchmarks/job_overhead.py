@@ -103,6 +103,8 @@ def main(argv=None):
                                   rtfx=round(s.audio_s / s.wall_s, 1),
                                   waiting_for_audio_s=round(s.wait_s, 3),
                                   write_thread_s=round(s.write_s, 3),
+                                  first_batch_s=round(s.first_batch_s, 3),
+                                  drain_s=round(s.drain_s, 3),
                                   reader_cpu_s=round(s.decode_s, 3), batches=s.batches,
                                   device_ms_per_s=args.device_ms_per_s,
                                   overlapped=model.overlapped)),
