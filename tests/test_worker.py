@@ -379,8 +379,9 @@ def test_kills_count_attempts_only_for_the_items_begun(tmp_path):
     p = subprocess.run([sys.executable, "-c", CLAIM_ALL_RUNNER, str(job), str(TESTS)],
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
-    assert p.stdout.split("SUMMARY")[1].split() == [str(len(durations) - 1), "0"]
-    check_done_exactly_once(job, [f"item{i}" for i in range(1, len(durations))])
+    # the resume does the rest (what every run began failed: item0, maybe one more)
+    assert p.stdout.split("SUMMARY")[1].split() == [str(len(durations) - len(failed)), "0"]
+    check_done_exactly_once(job, sorted(set(running) - failed))
     assert not any((job / "started").glob("*.log"))  # a clean end leaves no log
 
 
@@ -521,7 +522,9 @@ def test_readers_fill_the_pool_while_the_model_works(tmp_path, monkeypatch):
     s = run_job(job, model, batch_seconds=4.0, progress=False, readers=2,
                 reader_processes=0, prefetch_seconds=8.0, pool_seconds=40.0)
     assert s.done == 40
-    assert seen[0] < 40 * 16000 <= max(seen[1:3])  # an idle start, then the pool whole
+    # the pool whole by the third batch (with the prefetch alone it held 8, 12, 16 s then;
+    # readers that finish before the loop's first step may fill it for the first batch)
+    assert max(seen[:3]) >= 40 * 16000
 
 
 # ---- models that keep a batch in flight (submit/result, as Paraformer) ---------------------
