@@ -162,8 +162,8 @@ def run_workers(job_dir: str | os.PathLike, lock, *, devices: list[str | None],
                   "model_audio_s", "vad_network_chunks"):
             setattr(total, f, getattr(total, f) + s[f])
         # the slowest worker's start and end
-        total.first_batch_s = max(total.first_batch_s, s.get("first_batch_s", 0.0))
-        total.drain_s = max(total.drain_s, s.get("drain_s", 0.0))
+        total.first_batch_s = max(total.first_batch_s, s["first_batch_s"])
+        total.drain_s = max(total.drain_s, s["drain_s"])
         total.padding += s["padding"] * s["batches"]
         total.stopped = total.stopped or s["stopped"]
     total.padding = total.padding / total.batches if total.batches else 0.0

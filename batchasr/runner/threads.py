@@ -16,8 +16,8 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import Future
-from typing import Any, Callable
 from pathlib import Path
+from typing import Any, Callable
 
 from batchasr.errors import is_disk_full
 from batchasr.queue.store import JobQueue
@@ -106,8 +106,9 @@ class ServiceThreads:
         streams are not separate ones)."""
         import mlx.core as mx
 
-        streams = self.local.__dict__.setdefault("streams", {})
-        device = mx.default_device()
+        if not hasattr(self.local, "streams"):
+            self.local.streams = {}
+        streams, device = self.local.streams, mx.default_device()
         if str(device) not in streams:
             streams[str(device)] = mx.new_stream(device)
         return streams[str(device)]

@@ -122,9 +122,10 @@ class ModelStage:
     """The batch in flight. ``step(batch)`` runs a batch (pipelined: starts it, finishes the
     previous one); ``shutdown()`` finishes the batch in flight. Results go to ``sink``.
     ``run`` replaces the plain model call; ``pipelined`` (default: the model has
-    ``submit`` and no ``run`` is given) keeps one batch in flight; ``lanes`` > 1 runs that many batches at once on
-    threads of their own instead (CPUs). Call ``close()`` when done. Times and counts:
-    ``model_s``, ``batches``, ``transcribed_s``, ``padding``."""
+    ``submit`` and no ``run`` is given) keeps one batch in flight; ``lanes`` > 1 runs that
+    many batches at once on threads of their own instead (CPUs). Call ``close()`` when
+    done. Times and counts: ``model_s``, ``first_batch_at``, ``batches``, ``transcribed_s``,
+    ``padding``."""
 
     def __init__(self, model: ASRModel, sink: ResultSink, *,
                  max_failures_in_a_row: int = DEFAULT_MAX_FAILURES_IN_A_ROW,
